@@ -1,0 +1,45 @@
+"""`alpacakit curate ...`: clean and deduplicate instruction data from any source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Curate instruction data: exact ROUGE-L dedup, refusal/boilerplate cleaning.", no_args_is_help=True)
+
+
+@app.command("dedup")
+def dedup(
+    input: Path = typer.Argument(..., help="JSON list or JSONL of records with an 'instruction' field (other fields are kept)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
+    seeds: Optional[Path] = typer.Option(None, "--seeds", help="Self-instruct seed JSONL (or records file): these start the pool and are never written."),
+    threshold: float = typer.Option(0.7, "--threshold", help="Drop a record whose ROUGE-L F-measure with any earlier kept instruction is above this."),
+) -> None:
+    """Keep an instruction only if its ROUGE-L F with every earlier kept one is <= threshold.
+
+    Decisions are identical to the rouge_score package (RougeScorer(['rougeL'])), computed
+    exactly but fast (52K instructions in seconds instead of hours).
+    """
+    from alpacakit.curate.dedup import dedup_file
+
+    stats = dedup_file(input, output, seeds=seeds, threshold=threshold)
+    typer.echo(stats.summary())
+
+
+@app.command("clean")
+def clean(
+    input: Path = typer.Argument(..., help="Records with 'instruction' and 'output' (JSON, JSONL, CSV, HF folder)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
+    discards: Optional[Path] = typer.Option(None, "--discards", help="Also write the dropped records with their reason."),
+    patterns: Optional[Path] = typer.Option(None, "--patterns", help="YAML with 'refusal' and 'boilerplate' regex lists."),
+    keep_truncated: bool = typer.Option(False, "--keep-truncated", help="Keep answers whose finish_reason is 'length'."),
+) -> None:
+    """Drop empty, truncated, refusing ("As an AI language model..."), boilerplate and duplicate answers."""
+    from alpacakit.config import RefusalConfig
+    from alpacakit.curate.clean import clean_file
+
+    cfg = RefusalConfig(patterns=str(patterns) if patterns else None, drop_truncated=not keep_truncated)
+    counts = clean_file(input, output, cfg, discards)
+    typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -1,0 +1,58 @@
+"""Entry point: `alpacakit VERB ...`.
+
+Only typer/rich are imported here; each verb imports its stage (and torch, llama_cpp, openai)
+when it runs, so `alpacakit --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from alpacakit.cli import config_cmd, curate, export, generate
+from alpacakit.cli import train as train_cmd
+
+app = typer.Typer(
+    name="alpacakit",
+    help=(
+        "The Alpaca formula as software.\n\n"
+        "generate -> curate -> train -> eval -> export / chat / serve.\n\n"
+        "Start with `alpacakit generate --help`. Models are named the same way everywhere: an embedded "
+        "name (qwen2.5-coder-1.5b-instruct, smollm2-135m-instruct, gemma-3-270m), a .gguf path, a model "
+        "folder, or openai:MODEL with --base-url."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.command("generate")(generate.generate)
+app.command("train")(train_cmd.train)
+app.command("merge")(train_cmd.merge)
+app.add_typer(curate.app, name="curate")
+app.add_typer(export.app, name="export")
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    from alpacakit.errors import AlpacakitError
+
+    try:
+        app()
+    except AlpacakitError as e:
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+        if e.hint:
+            err.print(f"[bold]fix:[/] {e.hint}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Build the self-instruct request: our requirements, N seed tasks as numbered examples, and
+the opening of the next task for the teacher to continue.
+
+The prompt text is data (`prompts/self_instruct.txt`, `prompts/self_instruct_example.txt`,
+`prompts/task_types.yaml`); this module only fills it in. Which seed tasks and task types a
+request shows depends only on (rng_seed, request index), so a resumed run asks the same
+questions it would have asked.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from alpacakit.generate.seeds import SeedTask
+
+NO_INPUT = "<noinput>"
+
+
+def _prompt_file(name: str) -> str:
+    return (resources.files("alpacakit.generate") / "prompts" / name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def _default_templates() -> tuple[str, str, tuple[str, ...]]:
+    header = _prompt_file("self_instruct.txt")
+    example = _prompt_file("self_instruct_example.txt")
+    types = tuple(yaml.safe_load(_prompt_file("task_types.yaml")))
+    return header, example, types
+
+
+@dataclass(frozen=True)
+class SelfInstructRequest:
+    index: int
+    prompt: str
+    seed_ids: tuple[str, ...]
+    first_new_number: int
+    stop: tuple[str, ...]
+
+
+class PromptBuilder:
+    """Turns a request index into a prompt. `header_path` replaces our requirements text."""
+
+    def __init__(self, seeds: list[SeedTask], *, num_examples: int = 3, tasks_per_request: int = 20,
+                 rng_seed: int = 42, header_path: str | Path | None = None, num_task_types: int = 6):
+        header, example, types = _default_templates()
+        if header_path:
+            header = Path(header_path).read_text(encoding="utf-8")
+        self.header, self.example, self.task_types = header, example, types
+        self.seeds = seeds
+        self.num_examples = min(num_examples, len(seeds))
+        self.tasks_per_request = tasks_per_request
+        self.rng_seed = rng_seed
+        self.num_task_types = num_task_types
+        self._by_category: dict[str, list[SeedTask]] = {}
+        for s in seeds:
+            self._by_category.setdefault(s.category or "", []).append(s)
+
+    def _pick_seeds(self, rng: random.Random) -> list[SeedTask]:
+        """Draw examples from distinct categories when the seed file has them, so no single
+        kind of task (say, code) dominates what the teacher imitates."""
+        if len(self._by_category) >= self.num_examples > 1:
+            cats = rng.sample(sorted(self._by_category), self.num_examples)
+            return [rng.choice(self._by_category[c]) for c in cats]
+        return rng.sample(self.seeds, self.num_examples)
+
+    def build(self, index: int) -> SelfInstructRequest:
+        rng = random.Random(f"{self.rng_seed}:{index}")
+        examples = self._pick_seeds(rng)
+        types = rng.sample(self.task_types, min(self.num_task_types, len(self.task_types)))
+        parts = [self.header.replace("{last_number}", str(self.tasks_per_request))
+                 .replace("{task_types}", "; ".join(types))]
+        for i, task in enumerate(examples, start=1):
+            parts.append(self.example.replace("{number}", str(i))
+                         .replace("{instruction}", task.instruction)
+                         .replace("{input}", task.input or NO_INPUT)
+                         .replace("{output}", task.output))
+        nxt = len(examples) + 1
+        prompt = "".join(p if p.endswith("\n") else p + "\n" for p in parts) + f"###\n{nxt}. Instruction:"
+        after_last = self.tasks_per_request + 1
+        return SelfInstructRequest(
+            index=index, prompt=prompt, seed_ids=tuple(t.id for t in examples), first_new_number=nxt,
+            stop=(f"\n{after_last}. Instruction", f"\n{after_last}.", f"{after_last}. Instruction"),
+        )

@@ -1,0 +1,177 @@
+"""`alpacakit generate` as a library function: plan, replay the journal, ask the teacher for
+what is missing, keep the manifest up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alpacakit import __version__
+from alpacakit.config import AlpacakitConfig
+from alpacakit.errors import DataError
+from alpacakit.generate.journal import EXAMPLES, JournaledJob, JobTotals, Request, run_requests
+
+
+@dataclass
+class GenerateResult:
+    out_dir: Path
+    status: str
+    totals: JobTotals
+
+    @property
+    def examples_path(self) -> Path:
+        return self.out_dir / EXAMPLES
+
+    def summary(self) -> str:
+        t = self.totals
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(t.discards.items(), key=lambda kv: -kv[1])) or "none"
+        return (f"{self.status}: kept {t.kept} examples in {self.examples_path} from {t.requests} requests "
+                f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}); discarded: {reasons}")
+
+
+def resolve_api(config: AlpacakitConfig) -> str:
+    """'auto' means raw completions for local GGUF teachers (they follow the numbered format
+    far better without a chat template) and chat for endpoints."""
+    api = config.teacher.api
+    if api == "auto":
+        api = "chat" if config.teacher.model.startswith("openai:") else "completions"
+    return api
+
+
+def describe_teacher(config: AlpacakitConfig) -> dict[str, Any]:
+    t = config.teacher
+    if t.model.startswith("openai:"):
+        return {"name": t.model.split(":", 1)[1], "source": t.base_url or "https://api.openai.com/v1"}
+    from alpacakit.models import describe
+
+    return describe(t.model)
+
+
+def _estimator(config: AlpacakitConfig):
+    """Worst-case dollars of one request (prompt estimate + all of max_tokens)."""
+    from alpacakit.teachers.accounting import estimate_cost
+
+    price, max_tokens = config.teacher.price, config.teacher.max_tokens
+
+    def estimate(req: Request) -> float:
+        messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
+            {"role": "user", "content": req.prompt}]
+        if req.api == "chat":
+            return estimate_cost(price, max_tokens=max_tokens, messages=messages)
+        return estimate_cost(price, max_tokens=max_tokens, prompt=req.prompt)
+
+    return estimate
+
+
+def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str | Path | None = None,
+             prompt_field: str = "instruction", input_field: str = "input", show_progress: bool = True,
+             teacher: Any = None) -> GenerateResult:
+    """Self-instruct (default) or answer mode (`from_prompts`) into `out_dir`, resumably.
+
+    Rerunning with the same settings continues where the last run stopped; raising
+    `generate.num` extends a finished run. `teacher` overrides `config.teacher` (tests).
+    """
+    out_dir = Path(out_dir)
+    api = resolve_api(config)
+    teacher_name = config.teacher.model
+    done: set[int] = set()  # filled by the journal replay; the plan skips these requests
+    if from_prompts:
+        from alpacakit.generate.answer import build_plan as build_answer_plan
+
+        plan = build_answer_plan(config, api, teacher_name, done, from_prompts, prompt_field, input_field,
+                                 limit=None)
+        target = plan.total
+    else:
+        from alpacakit.generate.self_instruct import build_plan
+
+        plan = build_plan(config, api, teacher_name, done)
+        target = config.generate.num
+    job = JournaledJob(out_dir, plan.processor, done)
+    previous = job.read_manifest()
+    if previous and previous.get("fingerprint") != plan.fingerprint and job.journal_path.exists():
+        diff = sorted(k for k in plan.fingerprint if previous.get("fingerprint", {}).get(k) != plan.fingerprint[k])
+        raise DataError(
+            f"{out_dir} holds a generation made with other settings ({', '.join(diff)} differ)",
+            hint="use a new --out-dir, or rerun with the settings recorded in its manifest.json",
+        )
+    job.replay()
+
+    started = time.time()
+    manifest: dict[str, Any] = {
+        "stage": "generate", "status": "running", "alpacakit_version": __version__,
+        "python": platform.python_version(), "fingerprint": plan.fingerprint,
+        "config": {"teacher": config.teacher.model_dump(mode="json"),
+                   "generate": config.generate.model_dump(mode="json"),
+                   "curate": config.curate.model_dump(mode="json")},
+        "teacher": describe_teacher(config) if teacher is None else {"name": getattr(teacher, "name", "custom")},
+        "inputs": plan.inputs, "target": target,
+        "created_at": (previous or {}).get("created_at", started),
+        "wall_seconds": float((previous or {}).get("wall_seconds", 0.0)),
+    }
+
+    def update_manifest(status: str) -> None:
+        manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
+        manifest["wall_seconds_this_run"] = round(time.time() - started, 2)
+        job.write_manifest(manifest)
+
+    if from_prompts:
+        should_stop = lambda totals: False  # noqa: E731 - stop when the prompts run out
+    else:
+        should_stop = lambda totals: totals.kept >= target  # noqa: E731
+    if should_stop(job.totals) or (from_prompts and len(done) >= target):
+        update_manifest("complete")
+        return GenerateResult(out_dir, "complete", job.totals)
+
+    update_manifest("running")
+    status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
+                              update_manifest, bool(from_prompts)))
+    manifest["wall_seconds"] = round(manifest["wall_seconds"] + time.time() - started, 2)
+    update_manifest(status)
+    return GenerateResult(out_dir, status, job.totals)
+
+
+async def _run(config, job, plan, api, should_stop, target, teacher, show_progress, update_manifest, answer_mode) -> str:
+    from alpacakit.generate.progress import GenerationProgress
+
+    own_teacher = teacher is None
+    if own_teacher:
+        from alpacakit.teachers import make_teacher
+
+        teacher = make_teacher(config.teacher)
+    t = config.teacher
+    sampling = {"max_tokens": t.max_tokens, "temperature": t.temperature, "top_p": t.top_p}
+    if t.seed is not None:
+        sampling["seed"] = t.seed
+    concurrency = min(config.generate.request_batch, t.max_concurrency,
+                      getattr(teacher, "max_concurrency", t.max_concurrency))
+    progress = GenerationProgress(target=target, totals=job.totals, enabled=show_progress,
+                                  unit="answered" if answer_mode else "kept")
+    last_manifest = [0.0]
+
+    def on_result(entry: dict, kept: list, discards: list) -> None:
+        progress.update()
+        if time.monotonic() - last_manifest[0] > 5:
+            update_manifest("running")
+            last_manifest[0] = time.monotonic()
+
+    job.open()
+    try:
+        with progress:
+            stopped = await run_requests(
+                job, teacher, plan.indices, plan.make_request, should_stop=should_stop, concurrency=concurrency,
+                sampling=sampling, estimate_cost=_estimator(config), max_cost=config.generate.max_cost,
+                on_result=on_result)
+    finally:
+        job.close()
+        if own_teacher:
+            await teacher.aclose()
+    if stopped == "budget":
+        return "stopped_at_budget"
+    if answer_mode:
+        return "complete" if stopped == "exhausted" else stopped
+    return "complete" if stopped == "done" else "request_limit"

@@ -1,0 +1,107 @@
+"""Self-instruct generation, Stanford Alpaca's way by default.
+
+Each request shows the teacher our requirements and N seed tasks, and asks it to continue the
+numbered list. Every task in the answer is parsed, filtered (`filters.py`) and kept only if its
+ROUGE-L F-measure with every instruction already in the pool (seeds, then kept ones, in order)
+is <= the threshold. The pool grows as examples are kept (exact streaming dedup, `curate/rouge.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alpacakit.config import AlpacakitConfig
+from alpacakit.generate.filters import InstructionFilter
+from alpacakit.generate.journal import JournaledJob, Request
+from alpacakit.generate.parse import parse_tasks
+from alpacakit.generate.prompt import PromptBuilder
+from alpacakit.generate.seeds import SeedTask, default_seeds_path, load_seed_tasks
+from alpacakit.io import sha256_file
+
+
+class SelfInstructProcessor:
+    """Journal entry -> kept examples + discards. Deterministic given the entry sequence."""
+
+    def __init__(self, seeds: list[SeedTask], config: AlpacakitConfig, teacher_name: str):
+        from alpacakit.curate.rouge import RougeDeduper
+
+        g = config.generate
+        self.filter = InstructionFilter(g.filters)
+        self.dedup = RougeDeduper(threshold=g.similarity_threshold, keep_most_similar=g.keep_most_similar)
+        for s in seeds:
+            self.dedup.add_seed(s.instruction)
+        self.teacher_name = teacher_name
+
+    def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
+        tasks, parse_discards = parse_tasks(
+            entry.get("text") or "", entry.get("first_number", 4), entry.get("finish_reason", "stop"),
+            continues_prompt=entry.get("api") != "chat")
+        req = entry["index"]
+        discards = [{"request": req, "reason": d.reason, "text": d.text[:2000]} for d in parse_discards]
+        if not tasks and not parse_discards:
+            discards.append({"request": req, "reason": "empty_response", "text": (entry.get("text") or "")[:2000]})
+        kept = []
+        for t in tasks:
+            reason = self.filter.reason(t.instruction)
+            if reason:
+                discards.append({"request": req, "reason": reason, "instruction": t.instruction})
+                continue
+            result = self.dedup.add_if_novel(t.instruction)
+            if not result.kept:
+                discards.append({"request": req, "reason": "near_duplicate", "instruction": t.instruction,
+                                 "max_similarity": result.max_similarity,
+                                 "most_similar": dict(list(result.most_similar.items())[:3])})
+                continue
+            kept.append({
+                "instruction": t.instruction, "input": t.input, "output": t.output,
+                "teacher": self.teacher_name, "request": req, "seed_ids": entry.get("seed_ids", []),
+                "max_similarity": result.max_similarity,
+                "avg_similarity": result.mean_similarity,
+                "most_similar_instructions": result.most_similar,
+            })
+        return kept, discards
+
+
+@dataclass
+class SelfInstructPlan:
+    """Everything the runner needs: the processor, the request factory, and the fingerprint
+    that a resumed run must match."""
+
+    processor: SelfInstructProcessor
+    make_request: Callable[[int], Request]
+    indices: Iterator[int]
+    fingerprint: dict[str, Any]
+    inputs: dict[str, Any]
+
+
+def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[int]) -> SelfInstructPlan:
+    """`done` is the job's live set of answered request indices (filled by its replay)."""
+    g = config.generate
+    seeds_path = Path(g.seeds) if g.seeds else default_seeds_path()
+    seeds = load_seed_tasks(seeds_path)
+    builder = PromptBuilder(seeds, num_examples=g.num_prompt_instructions, tasks_per_request=g.tasks_per_request,
+                            rng_seed=g.rng_seed, header_path=g.prompt)
+    prompt_sha = hashlib.sha256((builder.header + builder.example + "\n".join(builder.task_types)).encode()).hexdigest()
+
+    def make_request(index: int) -> Request:
+        r = builder.build(index)
+        return Request(index=index, prompt=r.prompt, api=api, stop=r.stop if api == "completions" else (),
+                       meta={"seed_ids": list(r.seed_ids), "first_number": r.first_new_number})
+
+    return SelfInstructPlan(
+        processor=SelfInstructProcessor(seeds, config, teacher_name),
+        make_request=make_request,
+        indices=(i for i in range(g.max_requests or 10 + 2 * g.num) if i not in done),
+        fingerprint={
+            "mode": "self-instruct", "teacher": config.teacher.model, "api": api,
+            "seeds_sha256": sha256_file(seeds_path), "prompt_sha256": prompt_sha,
+            "rng_seed": g.rng_seed, "num_prompt_instructions": g.num_prompt_instructions,
+            "tasks_per_request": g.tasks_per_request, "similarity_threshold": g.similarity_threshold,
+            "filters": g.filters.model_dump(),
+        },
+        inputs={"seeds": {"path": str(seeds_path), "sha256": sha256_file(seeds_path), "count": len(seeds)}},
+    )

@@ -1,0 +1,189 @@
+"""Files between stages: JSON / JSONL records, append-only logs, atomic writes, hashes.
+
+Append-only JSONL is how long jobs survive `kill -9`: each record is one line written with a
+single `write` and flushed; a torn last line (the process died mid-write) is detected and
+cut off on the next open, never parsed as data.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from alpacakit.errors import DataError
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _json_error(path: Path, lineno: int, err: Exception, what: str) -> DataError:
+    return DataError(
+        f"{path}:{lineno}: {what}: {err}",
+        hint="fix or delete that line; every line of a JSONL file must be one JSON object",
+    )
+
+
+def iter_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-empty line.
+
+    `tolerate_torn_tail` skips an unparsable *last* line that has no newline: what a process
+    killed mid-write leaves behind in our own append-only logs.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    torn = not data.endswith(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if tolerate_torn_tail and torn and i == len(lines):
+                return
+            raise _json_error(path, i, e, "not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, found {type(obj).__name__}")
+        yield i, obj
+
+
+def read_records(path: str | Path, *, required: Iterable[str] = ()) -> list[dict]:
+    """Read a JSON list, JSONL or CSV file of records, checking required fields.
+
+    Errors name file:line (for JSON lists: the item index) and the missing field.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        return _read_hf_dataset(path, required)
+    required = list(required)
+    records: list[tuple[str, dict]] = []
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                records.append((f"{path}:{i}", row))
+    else:
+        text = path.read_text(encoding="utf-8")
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+            for i, obj in enumerate(items):
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}: item {i}: expected an object, found {type(obj).__name__}")
+                records.append((f"{path}: item {i}", obj))
+        else:
+            for lineno, obj in iter_jsonl(path):
+                records.append((f"{path}:{lineno}", obj))
+    for where, obj in records:
+        for field in required:
+            if field not in obj:
+                raise DataError(
+                    f"{where}: missing field {field!r} (found fields: {', '.join(sorted(obj)) or 'none'})",
+                    hint=f"every record needs {', '.join(repr(r) for r in required)}",
+                )
+    return [obj for _, obj in records]
+
+
+def _read_hf_dataset(path: Path, required: Iterable[str]) -> list[dict]:
+    try:
+        import datasets  # heavy: only for HF folders
+    except ImportError:
+        raise DataError(f"{path} is a folder (an HF datasets folder?) but `datasets` is not installed",
+                        hint='pip install "alpacakit[train]"') from None
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    rows = [dict(r) for r in ds]
+    for i, r in enumerate(rows):
+        for field in required:
+            if field not in r:
+                raise DataError(f"{path}: row {i}: missing field {field!r}")
+    return rows
+
+
+class JsonlAppender:
+    """Append-only JSONL writer: one `write` per record, flushed (and fsynced if asked).
+
+    On open it truncates a torn last line left by a killed process, so the file always
+    holds whole records.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_torn_tail(self.path)
+        self._f = open(self.path, "ab")
+        self._fsync = fsync
+
+    def write(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._f.write(line)
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline (a write interrupted by kill -9)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = f.seek(0) or f.read()
+        cut = data.rfind(b"\n") + 1
+        f.truncate(cut)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write a whole JSONL file atomically; returns the record count."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)

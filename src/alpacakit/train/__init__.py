@@ -1,0 +1,12 @@
+"""The train stage: fine-tune a base model on instruction data (full, LoRA, QLoRA; multi-stage).
+
+Library entry points (heavy imports happen inside them):
+- `alpacakit.train.recipe.train(cfg: TrainConfig, output_dir=..., resume=False, overwrite=False) -> TrainResult`
+- `alpacakit.train.merge.merge(model_dir) -> Path` and `load_trained(model_dir) -> (model, tokenizer, PromptFormat)`
+- `alpacakit.train.config.TrainConfig`, `list_presets()`, `load_train_config(path, overrides, extra)`
+- `alpacakit.train.tiny.make_tiny_base(path)`: a tiny real model folder for tests.
+"""
+
+# alpacakit.config imports alpacakit.train.config at its end; importing it first here makes
+# either import order work (train.config needs alpacakit.config.Section to exist).
+import alpacakit.config  # noqa: F401

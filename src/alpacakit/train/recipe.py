@@ -1,0 +1,468 @@
+"""The training recipe, top to bottom: base -> (LoRA) -> stages -> model folder.
+
+    run = train(cfg, output_dir="runs/x/model", resume=False)
+
+1. check everything that can be checked before loading a model (output folder, data files,
+   prompt format, QLoRA on CPU, batch arithmetic);
+2. resolve and load the base (a GGUF is dequantised once and cached), wrap it with LoRA;
+3. for each stage: read its data, tokenize with Stanford's label rule, train with the
+   transformers Trainer (checkpoints every `save_steps`), save the stage's weights and a
+   `done.json`; the next stage starts from these weights;
+4. write adapter/ (or merged/ for a full fine-tune), tokenizer, prompt_format.json,
+   manifest.json, logs/ (TensorBoard) and loss.png into OUT.partial/, then rename it to OUT.
+
+Everything is written under `OUT.partial/` until the last step, so a folder named OUT is
+always complete. `resume=True` continues an interrupted OUT.partial/: finished stages are
+loaded from their saved weights and the running stage from its newest complete checkpoint
+(same data order, optimizer, scheduler and RNG state, so the result equals an uninterrupted run).
+
+Under `accelerate launch` / torchrun every process runs this function; the Trainer does DDP,
+and only process 0 writes files outside the Trainer's own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alpacakit.errors import AlpacakitError, ConfigError, DataError
+from alpacakit.prompting import PromptFormat
+from alpacakit.train.config import ResolvedStage, TrainConfig
+
+RUN_CONFIG = "run_config.json"
+STAGE_DONE = "done.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    manifest: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist() -> _Dist:
+    return _Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _barrier(dist: _Dist) -> None:
+    if dist.world > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def _log(msg: str, dist: _Dist) -> None:
+    if dist.main:
+        print(msg, flush=True)
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    d = cfg.model_dump(mode="json")
+    d.pop("output_dir", None)
+    d.pop("preset", None)  # already applied: the resolved values are what matter
+    return d
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+# ---------------------------------------------------------------------------- checks
+
+def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> list[ResolvedStage]:
+    """Every check that needs no model: fail in a second, not after loading weights."""
+    partial = out.with_name(out.name + ".partial")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists (a finished model folder)",
+                          hint="pass --overwrite to replace it, or choose another --out")
+    if partial.exists() and not resume:
+        raise ConfigError(f"{partial} holds an interrupted training run",
+                          hint="rerun with --resume to continue it, or delete that folder to start over")
+    if resume and (partial / RUN_CONFIG).exists():
+        saved = json.loads((partial / RUN_CONFIG).read_text(encoding="utf-8"))
+        changed = _diff(saved, _config_dict(cfg))
+        if changed:
+            raise ConfigError(
+                f"--resume: the config differs from the interrupted run's ({partial / RUN_CONFIG}):\n  "
+                + "\n  ".join(changed[:20]),
+                hint="resume with the same settings, or delete the .partial folder to start a new run",
+            )
+    stages = cfg.stage_list()
+    for st in stages:
+        if not st.data:
+            raise ConfigError(f"stage {st.name!r}: no training data" if cfg.stages else "train.data is not set",
+                              hint="set train.data (or --data) to a JSONL / Alpaca JSON / ShareGPT file or an HF datasets folder")
+        for p in (st.data, st.val_data):
+            if p and not Path(p).exists():
+                raise DataError(f"{p}: training data not found (stage {st.name!r})")
+        st.accumulation(_dist().world)  # raises on impossible batch arithmetic
+    if cfg.method == "qlora":
+        from alpacakit.train.base_model import qlora_kwargs
+
+        qlora_kwargs(None)  # raises a clear error without CUDA / bitsandbytes
+    if cfg.loss != "full" and cfg.packing is False and cfg.loss_chunk < 1:
+        raise ConfigError("loss_chunk must be >= 1")
+    PromptFormat.load(cfg.prompt_format)
+    return stages
+
+
+# ---------------------------------------------------------------------------- model
+
+def _lora_targets_error(model: Any, targets: list[str], err: Exception) -> ConfigError:
+    import torch
+
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    return ConfigError(f"lora.target_modules {targets} do not match this model's layers ({err})",
+                       hint=f"linear layers in this model: {', '.join(names)} (or use ['all-linear'])")
+
+
+def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    targets = cfg.lora.target_modules
+    lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
+                    task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets)
+    try:
+        return get_peft_model(model, lc)
+    except ValueError as e:
+        raise _lora_targets_error(model, targets, e) from None
+
+
+def _load_stage_weights(model: Any, cfg: TrainConfig, weights: Path, base_path: str) -> Any:
+    """Put a finished stage's weights into `model` (LoRA) or load them (full)."""
+    if cfg.method == "full":
+        from transformers import AutoModelForCausalLM
+
+        from alpacakit.train.base_model import torch_dtype
+
+        return AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype(cfg.precision))
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    set_peft_model_state_dict(model, load_peft_weights(str(weights)))
+    return model
+
+
+# ---------------------------------------------------------------------------- data
+
+class _ListDataset:
+    """A list of tokenized examples as a map-style dataset (no pyarrow round trip)."""
+
+    def __init__(self, rows: list[dict[str, list[int]]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.rows[i]
+
+
+def _stage_data(st: ResolvedStage, cfg: TrainConfig, fmt: PromptFormat, tok: Any) -> tuple[list, list, dict]:
+    from alpacakit.train.data import DataStats, load_samples, split_validation, tokenize_samples
+
+    stats = DataStats()
+    samples = load_samples(st.data, stats, st.max_examples)
+    if st.val_data:
+        vstats = DataStats()
+        val = load_samples(st.val_data, vstats)
+        train_s = samples
+    else:
+        train_s, val = split_validation(samples, st.val_size, cfg.seed)
+        vstats = None
+    rows = tokenize_samples(train_s, fmt, tok, st.max_length, stats)
+    if not rows:
+        raise DataError(
+            f"{st.data}: none of the {len(train_s)} examples has a response token within max_length {st.max_length}",
+            hint="raise max_length, or check that the records have non-empty outputs",
+        )
+    vrows = tokenize_samples(val, fmt, tok, st.max_length, vstats) if val else []
+    info = {"train": stats.as_dict(), "validation_examples": len(vrows)}
+    if vstats:
+        info["validation_files"] = vstats.files
+    return rows, vrows, info
+
+
+# ---------------------------------------------------------------------------- one stage
+
+def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bool, world: int) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    from alpacakit.train.base_model import torch_dtype
+
+    cuda = torch.cuda.is_available()
+    dtype = torch_dtype(cfg.precision)
+    eval_strategy = "no"
+    if has_val:
+        eval_strategy = "steps" if cfg.eval_steps else "epoch"
+    return TrainingArguments(
+        output_dir=str(ckdir),
+        num_train_epochs=st.epochs,
+        max_steps=st.max_steps or -1,
+        per_device_train_batch_size=st.batch_size,
+        per_device_eval_batch_size=st.batch_size,
+        gradient_accumulation_steps=st.accumulation(world),
+        learning_rate=st.lr,
+        lr_scheduler_type=st.scheduler,
+        warmup_steps=st.warmup_ratio,
+        weight_decay=st.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy=eval_strategy,
+        eval_steps=cfg.eval_steps,
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if (cfg.group_by_length and not cfg.packing) else "random",
+        length_column_name="input_ids",
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if world > 1 else None,
+        ddp_backend=("gloo" if not cuda else None) if world > 1 else None,
+    )
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())
+
+
+def _oom_error(cfg: TrainConfig, st: ResolvedStage, e: BaseException) -> AlpacakitError:
+    return AlpacakitError(
+        f"out of memory while training stage {st.name!r} (batch_size {st.batch_size}, max_length {st.max_length}, "
+        f"method {cfg.method}, loss {cfg.loss}): {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+        hint="lower train.batch_size (raise grad_accum to keep the effective batch), lower max_length, set "
+        "gradient_checkpointing: true, use method: lora, or keep loss: chunked",
+    )
+
+
+def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: ResolvedStage, partial: Path,
+               resume: bool, dist: _Dist) -> tuple[Any, dict[str, Any]]:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    from alpacakit.train.collate import PackedCollator, PaddedCollator
+    from alpacakit.train.trainer import (
+        AlpacaTrainer,
+        CheckpointMarker,
+        Meter,
+        ProgressBar,
+        RankReport,
+        ResumeCounters,
+        StepDelay,
+        latest_complete_checkpoint,
+    )
+
+    sdir = partial / "stages" / st.dirname
+    t0 = time.perf_counter()
+    rows, vrows, data_info = _stage_data(st, cfg, fmt, tok)
+    t_data = time.perf_counter() - t0
+    _log(f"stage {st.name}: {len(rows)} training examples ({data_info['train']['supervised_tokens']} response "
+         f"tokens), {len(vrows)} validation", dist)
+    meter = Meter()
+    collator = PackedCollator() if cfg.packing else PaddedCollator(tok.pad_token_id if tok.pad_token_id is not None
+                                                                   else tok.eos_token_id)
+    args = _training_args(cfg, st, sdir / "checkpoints", bool(vrows), dist.world)
+    callbacks = [CheckpointMarker(), ResumeCounters(meter), StepDelay(), ProgressBar(f"train {st.name}"),
+                 RankReport(partial / "logs" / "ranks", st.dirname, meter)]
+    if dist.main:
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(partial / "logs" / st.dirname))))
+    loss_mode = cfg.loss
+    if loss_mode == "chunked" and any(os.environ.get(v, "").lower() == "true"
+                                      for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")):
+        loss_mode = "supervised"  # sharded weights: the LM head must run inside the wrapped forward
+    trainer = AlpacaTrainer(
+        model=model, args=args, train_dataset=_ListDataset(rows), eval_dataset=_ListDataset(vrows) if vrows else None,
+        data_collator=collator, callbacks=callbacks, loss_mode=loss_mode, loss_chunk=cfg.loss_chunk, meter=meter,
+    )
+    ckpt = latest_complete_checkpoint(sdir / "checkpoints") if resume else None
+    if ckpt:
+        _log(f"stage {st.name}: resuming from {ckpt.name}", dist)
+    t1 = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except Exception as e:
+        if _is_oom(e):
+            raise _oom_error(cfg, st, e) from None
+        raise
+    t_train = time.perf_counter() - t1
+    metrics: dict[str, Any] = {}
+    if vrows:
+        metrics = {k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
+    weights = sdir / "weights"
+    if dist.main:
+        tmp = sdir / "weights.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp)
+        if weights.exists():
+            shutil.rmtree(weights)
+        os.replace(tmp, weights)
+    info = {
+        "name": st.name, "index": st.index, "settings": st.model_dump(mode="json"),
+        "accumulation": st.accumulation(dist.world), "world_size": dist.world,
+        "data": data_info, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "resumed_from": ckpt.name if ckpt else None,
+        "final_train_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "eval": metrics, "log_history": trainer.state.log_history,
+        "durations_s": {"data": round(t_data, 2), "train": round(t_train, 2)},
+    }
+    if dist.main:
+        from alpacakit.io import atomic_write_json
+
+        atomic_write_json(sdir / STAGE_DONE, info)
+    _barrier(dist)
+    return trainer.model, info
+
+
+# ---------------------------------------------------------------------------- the run
+
+def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False) -> TrainResult:
+    """Fine-tune `cfg.base` on `cfg`'s data; returns the finished model folder and its manifest."""
+    from alpacakit.train.base_model import load_model, load_tokenizer, resolve_base
+
+    started = time.time()
+    dist = _dist()
+    out = Path(output_dir or cfg.output_dir)
+    partial = out.with_name(out.name + ".partial")
+    stages = preflight(cfg, out, resume, overwrite)
+    if dist.world > 1:
+        import torch
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())  # joins the process group used for barriers
+
+    import torch
+    from transformers import set_seed
+
+    t0 = time.perf_counter()
+    base = resolve_base(cfg.base)
+    tok = load_tokenizer(base)
+    fmt = PromptFormat.load(cfg.prompt_format).bind(tok)
+    if dist.main:
+        partial.mkdir(parents=True, exist_ok=True)
+        if not (partial / RUN_CONFIG).exists():
+            from alpacakit.io import atomic_write_json
+
+            atomic_write_json(partial / RUN_CONFIG, _config_dict(cfg))
+    _barrier(dist)
+    set_seed(cfg.seed)
+    model = load_model(base, precision=cfg.precision, quantize_4bit=cfg.method == "qlora")
+    if cfg.method in ("lora", "qlora"):
+        model = _wrap_lora(model, cfg)
+    t_load = time.perf_counter() - t0
+    if dist.main:
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        print(f"base {cfg.base} ({base.source}); method {cfg.method}: {n_train:,} trainable of {n_all:,} parameters",
+              flush=True)
+
+    results: list[dict[str, Any]] = []
+    for st in stages:
+        sdir = partial / "stages" / st.dirname
+        if resume and (sdir / STAGE_DONE).exists() and (sdir / "weights").exists():
+            _log(f"stage {st.name}: already finished, loading its weights", dist)
+            model = _load_stage_weights(model, cfg, sdir / "weights", base.path)
+            results.append(json.loads((sdir / STAGE_DONE).read_text(encoding="utf-8")))
+            continue
+        model, info = _run_stage(model, tok, fmt, cfg, st, partial, resume, dist)
+        results.append(info)
+
+    manifest: dict[str, Any] = {}
+    if dist.main:
+        manifest = _finish(cfg, out, partial, base, tok, fmt, results, started, t_load, overwrite, dist)
+    _barrier(dist)
+    if not dist.main:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return TrainResult(out, manifest, results)
+
+
+def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt: PromptFormat,
+            results: list[dict[str, Any]], started: float, t_load: float, overwrite: bool, dist: _Dist) -> dict:
+    from alpacakit.io import atomic_write_json
+    from alpacakit.train.outputs import loss_series, plot_losses, publish, versions
+
+    last = partial / "stages" / f"{results[-1]['index'] + 1:02d}-{results[-1]['name']}" / "weights"
+    final = partial / ("merged" if cfg.method == "full" else "adapter")
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(last, final)
+    tok.save_pretrained(partial)
+    if cfg.method == "full":
+        tok.save_pretrained(final)
+        fmt.save(final)
+    fmt.save(partial)
+    plot_losses(results, partial / "loss.png")
+    if not cfg.keep_checkpoints:
+        # checkpoints and stage weights were only needed to resume; the final weights are in adapter/ or merged/
+        for st_dir in (partial / "stages").glob("*"):
+            shutil.rmtree(st_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(st_dir / "weights", ignore_errors=True)
+    series = loss_series(results)
+    manifest = {
+        "kind": "alpacakit.model",
+        "complete": True,
+        "method": cfg.method,
+        "weights": final.name,
+        "base": base.describe(),
+        "prompt_format": fmt.name,
+        "data": [f for r in results for f in r["data"]["train"]["files"]],
+        "config": _config_dict(cfg),
+        "stages": [{k: v for k, v in r.items() if k != "log_history"} for r in results],
+        "steps": sum(r["steps"] for r in results),
+        "losses": [{"step": s, "loss": v} for s, v in series["train"]],
+        "eval_losses": [{"step": s, "eval_loss": v} for s, v in series["eval"]],
+        "final_train_loss": results[-1].get("final_train_loss"),
+        "world_size": dist.world,
+        "durations_s": {"load": round(t_load, 2), "total": round(time.time() - started, 2),
+                        "stages": {r["name"]: r["durations_s"] for r in results}},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+    }
+    atomic_write_json(partial / "manifest.json", manifest)
+    (partial / RUN_CONFIG).unlink(missing_ok=True)
+    publish(partial, out, overwrite)
+    print(f"model folder: {out}  ({manifest['steps']} steps, final loss {manifest['final_train_loss']})", flush=True)
+    return manifest

@@ -1,0 +1,289 @@
+"""`alpacakit generate` against a real OpenAI-compatible server on 127.0.0.1 that plays a script.
+
+The teacher side is the real `openai` SDK over HTTP; the server (tests/fake_openai.py) injects
+429s, 500s, timeouts and malformed output. Runs go through the library function and the CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alpacakit.config import load_config
+from alpacakit.generate.runner import generate
+from alpacakit.io import iter_jsonl
+from fake_openai import FakeOpenAIServer
+
+SEEDS = [
+    ("Suggest a name for a bakery that sells only bread.", "", "The Daily Loaf"),
+    ("Classify the animal as a mammal, bird or fish.", "Penguin", "Bird"),
+    ("Convert the temperature from Celsius to Fahrenheit.", "20 degrees Celsius", "68 degrees Fahrenheit"),
+    ("Give two tips for sleeping better at night.", "", "Keep a fixed bedtime; avoid screens late."),
+]
+
+
+def write_seeds(path: Path) -> Path:
+    with open(path, "w") as f:
+        for i, (ins, inp, out) in enumerate(SEEDS):
+            f.write(json.dumps({"id": f"s{i}", "name": f"seed_{i}", "instruction": ins,
+                                "instances": [{"input": inp, "output": out}], "is_classification": False}) + "\n")
+    return path
+
+
+_counter = itertools.count()
+
+
+def unique_instruction() -> str:
+    """Instructions that share almost no words with each other (ROUGE-L far below 0.7)."""
+    n = next(_counter)
+    words = [f"w{n}x{k}" for k in range(6)]
+    return f"Explain {' '.join(words)} briefly."
+
+
+def tasks_text(first: int, count: int, *, duplicate: str | None = None, chat: bool = True) -> str:
+    """What a well-behaved teacher writes: `count` numbered tasks starting at `first`."""
+    parts = []
+    for k in range(count):
+        n = first + k
+        ins = duplicate if (duplicate and k == 0) else unique_instruction()
+        parts.append(f"{n}. Instruction: {ins}\n{n}. Input:\n<noinput>\n{n}. Output:\nAnswer number {n}.")
+    text = "\n###\n".join(parts)
+    return text if chat else text.split("Instruction:", 1)[1]
+
+
+def responder(tasks_per_response: int = 3):
+    def answer(body):
+        prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
+        first = int(re.findall(r"(\d+)\. Instruction:", prompt)[-1])
+        return tasks_text(first, tasks_per_response, chat="messages" in body)
+    return answer
+
+
+def config(server: FakeOpenAIServer, seeds: Path, **generate_fields):
+    return load_config(None, None, {
+        "teacher": {"model": "openai:fake-model", "base_url": server.url, "max_retries": 4, "backoff_base_s": 0.05,
+                    "backoff_max_s": 0.2, "timeout_s": 1.0, "max_concurrency": 2},
+        "generate": {"seeds": str(seeds), "request_batch": 2, **generate_fields},
+    })
+
+
+@pytest.fixture()
+def server():
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+def test_generation_survives_errors_and_counts_everything(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    server.script([
+        {"status": 429, "retry_after": 0.1},
+        {"status": 500},
+        {"sleep": 1.5},                                   # longer than timeout_s: retried
+        {"malformed": True},                              # invalid JSON body: retried
+        {"text": tasks_text(4, 3, duplicate=SEEDS[0][0]) + "\n###\n7. Instruction: Describe the picture of a cat.\n"
+                 "7. Input:\n<noinput>\n7. Output:\nA cat.\n###\n8. Instruction: Say hi\n8. Output:\nHi"},
+    ])
+    cfg = config(server, seeds, num=8)
+    result = generate(cfg, tmp_path / "out", show_progress=False)
+
+    assert result.status == "complete"
+    kept = [o for _, o in iter_jsonl(tmp_path / "out" / "examples.jsonl")]
+    assert len(kept) >= 8
+    assert len({k["instruction"] for k in kept}) == len(kept)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["discards_by_reason"]["near_duplicate"] == 1      # the copy of a seed task
+    assert counts["discards_by_reason"]["blacklisted_word"] == 1    # "picture"
+    assert counts["discards_by_reason"]["too_short"] == 1           # "Say hi"
+    assert counts["kept"] == len(kept)
+    assert counts["attempts"] >= counts["requests"] + 4              # four failed tries were retried
+    journal = [o for _, o in iter_jsonl(tmp_path / "out" / "responses.jsonl")]
+    assert len(journal) == counts["requests"] == len({e["index"] for e in journal})
+    assert manifest["status"] == "complete"
+    assert manifest["inputs"]["seeds"]["count"] == len(SEEDS)
+    example = kept[0]
+    assert {"instruction", "input", "output", "teacher", "request", "max_similarity",
+            "most_similar_instructions"} <= set(example)
+
+
+def test_rerun_extends_without_asking_again(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    out = tmp_path / "out"
+    generate(config(server, seeds, num=5), out, show_progress=False)
+    first_requests = len(server.requests)
+    first = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
+
+    again = generate(config(server, seeds, num=5), out, show_progress=False)
+    assert again.status == "complete" and len(server.requests) == first_requests   # nothing to do
+
+    generate(config(server, seeds, num=11), out, show_progress=False)
+    after = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
+    assert after[: len(first)] == first and len(after) >= 11
+    assert len(set(after)) == len(after)
+
+
+def test_other_settings_in_same_folder_are_refused(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    generate(config(server, seeds, num=3), tmp_path / "out", show_progress=False)
+    from alpacakit.errors import DataError
+    with pytest.raises(DataError, match="other settings"):
+        generate(config(server, seeds, num=3, rng_seed=7), tmp_path / "out", show_progress=False)
+
+
+def test_budget_stops_before_it_is_exceeded(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = lambda body: {"text": tasks_text(4, 2), "usage": {"prompt_tokens": 1000, "completion_tokens": 200}}
+    cfg = config(server, seeds, num=1000, max_cost=0.05)
+    cfg.teacher.price.input_per_1m = 10.0
+    cfg.teacher.price.output_per_1m = 30.0
+    cfg.teacher.max_tokens = 300
+    result = generate(cfg, tmp_path / "out", show_progress=False)
+    assert result.status == "stopped_at_budget"
+    assert 0 < result.totals.cost_usd <= 0.05
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["cost_usd"] == pytest.approx(result.totals.cost_usd)
+
+
+def run_cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "alpacakit.cli.main", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def test_unreachable_endpoint_fails_clearly_and_leaves_data_intact(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    r = run_cli("generate", "--teacher", "openai:m", "--base-url", f"http://127.0.0.1:{port}/v1", "--seeds", str(seeds),
+                "--num", "3", "-o", str(tmp_path / "out"), "--no-progress",
+                "--set", "teacher.max_retries=2", "--set", "teacher.backoff_base_s=0.01")
+    assert r.returncode == 2
+    assert f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["counts"]["requests"] == 0
+
+
+def test_missing_api_key_names_the_variable(tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    env = {k: v for k, v in os.environ.items() if k != "MY_TEACHER_KEY"}
+    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "generate", "--teacher", "openai:gpt-x",
+                        "--base-url", "https://api.example.invalid/v1", "--api-key-env", "MY_TEACHER_KEY",
+                        "--seeds", str(seeds), "--num", "3", "-o", str(tmp_path / "out"), "--no-progress"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert "MY_TEACHER_KEY" in r.stderr
+
+
+def test_malformed_seed_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "seeds.jsonl"
+    bad.write_text(json.dumps({"id": "a", "instruction": "Name a colour of the sky.", "instances": [{"input": "", "output": "Blue"}]})
+                   + "\n" + '{"id": "b", "instruction": "Broken line", "instances": [\n')
+    r = run_cli("generate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--seeds", str(bad),
+                "-o", str(tmp_path / "out"), "--no-progress")
+    assert r.returncode == 2
+    assert f"{bad}:2" in r.stderr
+
+
+def test_api_key_never_reaches_logs_or_manifest(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    server.api_key = "sk-test-SECRET-123"
+    r = run_cli("generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--api-key-env", "TEACHER_KEY",
+                "--seeds", str(seeds), "--num", "3", "-o", str(tmp_path / "out"), "--no-progress",
+                env={"TEACHER_KEY": "sk-test-SECRET-123"})
+    assert r.returncode == 0, r.stderr
+    assert server.requests[0].authorization == "Bearer sk-test-SECRET-123"
+    for f in (tmp_path / "out").iterdir():
+        assert "SECRET" not in f.read_text(), f
+    assert "SECRET" not in r.stdout + r.stderr
+
+
+def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    answer = responder(2)
+
+    def slow(body):
+        time.sleep(0.15)
+        return answer(body)
+
+    server.responder = slow
+    out = tmp_path / "out"
+    args = ["generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds),
+            "--num", "30", "-o", str(out), "--no-progress", "--concurrency", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "alpacakit.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    journal = out / "responses.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    answered_before = journal.read_bytes().count(b"\n")
+    assert 4 <= answered_before < 15, "the run should have been killed mid-way"
+
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    entries = [o for _, o in iter_jsonl(journal)]
+    indices = [e["index"] for e in entries]
+    assert len(indices) == len(set(indices)), "a request was journaled twice"
+    # every request the server answered was journaled, except those in flight when killed (<= concurrency)
+    assert len(server.requests) - len(entries) <= 2
+    kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
+    assert len(kept) >= 30 and len(set(kept)) == len(kept)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["requests"] == len(entries)
+
+
+def test_answer_mode_curates_refusals_duplicates_and_truncation(server, tmp_path):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("question,notes\nName a prime number.,a\nWhat colour is the sky?,b\n"
+                       "How do I pick a lock?,c\nName a prime number.,d\nWrite a long poem.,e\n\"Translate \"\"cat\"\" to French\",f\n")
+    answers = {
+        "Name a prime number.": {"text": "7"},
+        "What colour is the sky?": {"text": "Blue on a clear day."},
+        "How do I pick a lock?": {"text": "I'm sorry, but I can't help with that."},
+        "Write a long poem.": {"text": "Roses are red, violets", "finish_reason": "length"},
+        'Translate "cat" to French': {"text": ""},
+    }
+    server.responder = lambda body: answers[body["messages"][-1]["content"]]
+    cfg = load_config(None, None, {"teacher": {"model": "openai:fake-model", "base_url": server.url}})
+    result = generate(cfg, tmp_path / "out", from_prompts=prompts, prompt_field="question", show_progress=False)
+    assert result.status == "complete"
+    kept = [o for _, o in iter_jsonl(tmp_path / "out" / "examples.jsonl")]
+    assert sorted(k["instruction"] for k in kept) == ["Name a prime number.", "What colour is the sky?"]
+    assert dict(result.totals.discards) == {"refusal": 1, "exact_duplicate": 1, "truncated": 1, "empty_output": 1}
+    n = len(server.requests)
+    generate(cfg, tmp_path / "out", from_prompts=prompts, prompt_field="question", show_progress=False)
+    assert len(server.requests) == n  # every prompt was answered already
+
+
+def test_export_alpaca_and_hf(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    generate(config(server, seeds, num=4), tmp_path / "out", show_progress=False)
+    examples = tmp_path / "out" / "examples.jsonl"
+    r = run_cli("export", "alpaca", str(examples), "-o", str(tmp_path / "alpaca.json"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "alpaca.json").read_text())
+    assert len(data) >= 4 and set(data[0]) == {"instruction", "input", "output"}
+    r = run_cli("export", "hf", str(examples), "-o", str(tmp_path / "hf"), "--val-fraction", "0.25")
+    assert r.returncode == 0, r.stderr
+    import datasets
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert set(ds) == {"train", "validation"} and len(ds["train"]) + len(ds["validation"]) == len(data)
