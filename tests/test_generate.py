@@ -114,6 +114,7 @@ def test_generation_survives_errors_and_counts_everything(server, tmp_path):
     example = kept[0]
     assert {"instruction", "input", "output", "teacher", "request", "max_similarity",
             "most_similar_instructions"} <= set(example)
+    assert isinstance(example["avg_similarity"], float) and example["max_similarity"] >= example["avg_similarity"]
 
 
 def test_rerun_extends_without_asking_again(server, tmp_path):

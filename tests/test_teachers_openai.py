@@ -112,9 +112,9 @@ def test_list_models_reads_the_models_route(fake_teacher_config):
     assert run(go()) == ["fake-model"]
 
 
-def test_a_teacher_survives_being_used_from_two_event_loops(fake_teacher_config):
-    teacher = make_teacher(fake_teacher_config())
-    assert run(teacher.chat(USER)).text == "echo: Name a colour."
+def test_a_teacher_can_be_closed_and_reused_from_another_event_loop(fake_teacher_config):
+    teacher = make_teacher(fake_teacher_config(max_concurrency=2))
+    assert run(_chat_and_close(teacher)).text == "echo: Name a colour."
     assert run(_chat_and_close(teacher)).text == "echo: Name a colour."
 
 
@@ -224,6 +224,13 @@ def test_a_missing_key_names_the_environment_variable(monkeypatch):
     cfg = TeacherConfig(model="openai:gpt-x", base_url="https://api.example.com/v1", api_key_env="ALPACAKIT_NO_SUCH_KEY")
     with pytest.raises(TeacherError, match="environment variable ALPACAKIT_NO_SUCH_KEY is not set"):
         make_teacher(cfg)
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(fake_openai):
+    cfg = TeacherConfig(model="openai:m", base_url=fake_openai.url, api_key_env="sk-proj-abc123-secret")
+    with pytest.raises(ConfigError, match="name of an environment variable") as err:
+        make_teacher(cfg)
+    assert "abc123" not in str(err.value)
 
 
 def test_a_loopback_endpoint_works_without_a_key(fake_openai, monkeypatch):

@@ -85,6 +85,9 @@ class GenerateConfig(Section):
     request_batch: int = Field(4, ge=1, description="Requests issued per round (bounded by the teacher's max_concurrency).")
     similarity_threshold: float = Field(0.7, ge=0, le=1, description="Keep an instruction only if ROUGE-L F <= this against all kept ones.")
     keep_most_similar: int = Field(10, ge=0, description="Most similar earlier instructions stored per example.")
+    mean_similarity: bool = Field(
+        True, description="Also store each example's exact mean ROUGE-L against the whole pool (Stanford's "
+        "avg_similarity_score). Costs O(pool) per kept example (~40 ms at a 10K pool); switch off for huge runs.")
     max_cost: float | None = Field(None, ge=0, description="Stop cleanly before spending more than this many dollars.")
     max_requests: int | None = Field(
         None, ge=1, description="Stop after this many teacher requests in all (default: 10 + 2 x num, a guard against a "
@@ -115,6 +118,7 @@ class AlpacakitConfig(Section):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig())
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -193,5 +197,6 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 # At the end: alpacakit.train.config builds on Section, defined above (a top-level import would be circular).
 from alpacakit.train.config import TrainConfig  # noqa: E402
+from alpacakit.evaluate.config import EvalConfig  # noqa: E402  (builds on Section/TeacherConfig above)
 
 AlpacakitConfig.model_rebuild()

@@ -22,7 +22,6 @@ again on its next use.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import mmap
@@ -259,6 +258,8 @@ def part_paths(m: EmbeddedModel) -> list[Path]:
 
 
 def _installed_version(dist: str) -> str | None:
+    import importlib.metadata  # 60 ms: only when a manifest asks
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

@@ -32,3 +32,59 @@ def hf(
 
     n = to_hf_dataset(examples, output, val_fraction=val_fraction)
     typer.echo(f"wrote {n} examples to {output}")
+
+
+@app.command("gguf")
+def gguf(
+    model_dir: Path = typer.Argument(..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."),
+    quant: str = typer.Option("q8_0", "--quant", "-q", help="f16, q8_0 or q4_k_m (also f32)."),
+    output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./<model>-<quant>.gguf)."),
+    base: str = typer.Option(None, "--base", help="Base model of an adapter folder, if its adapter_config.json "
+                             "names one that is not on this machine (folder, .gguf or embedded name)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare greedy next tokens with the Hugging Face model "
+                                "in llama.cpp and print the agreement (f16/q8_0 must reach 95%)."),
+    prompts: Path = typer.Option(None, "--prompts", help="Verification prompts, one per line "
+                                 "(default: alpacakit's 20 fixed prompts)."),
+    tokenizer_pre: str = typer.Option(None, "--tokenizer-pre", help="llama.cpp pre-tokenizer name, for a "
+                                      "tokenizer alpacakit does not recognise (e.g. gpt-2, llama-bpe, qwen2)."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for quantizing and verifying."),
+) -> None:
+    """Convert a trained model folder to a GGUF file for llama.cpp (LoRA adapters are merged first).
+
+    The file carries the tokenizer, a chat template in the model's trained prompt format and the
+    format itself; `<file>.json` beside it records the source, sha256 and any verification.
+    """
+    from alpacakit.export.gguf import AGREEMENT_THRESHOLD, VERIFIED_QUANTS, ExportError, export_gguf
+
+    quant = quant.lower()
+    if output is None:
+        name = model_dir.resolve().name
+        if name in ("model", "merged", "adapter"):
+            name = model_dir.resolve().parent.name
+        output = Path(f"{name}-{quant}.gguf")
+    prompt_list = None
+    if prompts is not None:
+        if not prompts.is_file():
+            from alpacakit.errors import DataError
+
+            raise DataError(f"{prompts}: no such file", hint="pass a text file with one prompt per line")
+        prompt_list = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    result = export_gguf(model_dir, output, quant, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
+                         prompts=prompt_list, threads=threads, progress=lambda m: typer.echo(m, err=True))
+    typer.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "
+               f"{result.n_tensors} tensors) in {result.seconds:.1f} s")
+    typer.echo(f"chat template: {result.chat_template_source}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"sidecar: {result.sidecar}")
+    v = result.verification
+    if v:
+        typer.echo(f"verify: top-1 agreement {v['top1_agreement']:.1%} over {v['positions']} positions "
+                   f"({v['prompts']} prompts); next-token {v['next_token_agreement']:.1%}; "
+                   f"tokenizer {v['tokenizer_agreement']:.1%}")
+        if result.quant in VERIFIED_QUANTS and v["top1_agreement"] < AGREEMENT_THRESHOLD:
+            raise ExportError(
+                f"{result.path}: top-1 agreement {v['top1_agreement']:.1%} is below {AGREEMENT_THRESHOLD:.0%}",
+                hint="the file was written but does not reproduce the model; report the model type, "
+                "or try --quant f16",
+            )

@@ -12,6 +12,10 @@ import typer
 
 from alpacakit.cli import config_cmd, curate, export, generate
 from alpacakit.cli import train as train_cmd
+from alpacakit.cli import chat as chat_cmd
+from alpacakit.cli import serve as serve_cmd
+from alpacakit.cli import eval as eval_cmd
+from alpacakit.cli import report as report_cmd
 
 app = typer.Typer(
     name="alpacakit",
@@ -31,9 +35,13 @@ app = typer.Typer(
 app.command("generate")(generate.generate)
 app.command("train")(train_cmd.train)
 app.command("merge")(train_cmd.merge)
+app.command("chat")(chat_cmd.chat)
+app.command("serve")(serve_cmd.serve)
 app.add_typer(curate.app, name="curate")
 app.add_typer(export.app, name="export")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(eval_cmd.app, name="eval")
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

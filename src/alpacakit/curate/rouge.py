@@ -2,37 +2,48 @@
 
 Self-instruct keeps a new instruction only if its ROUGE-L F-measure against every instruction
 already in the pool is <= a threshold (0.7). Stanford's code scores every pair with
-`rouge_score`, which is O(n^2) LCS tables in pure Python: hours for 52K instructions. This
-module reaches the *same* decisions and the same scores, bit for bit, in seconds:
+`rouge_score`: O(n^2) LCS tables in pure Python, hours for 52K instructions. This module
+reaches the *same* decisions and the same scores, bit for bit, without scoring every pair:
 
 * Tokens are exactly `rouge_score`'s default tokenizer (`tokenize`), and a score is exactly its
   float formula (`f_measure`): precision = lcs/len(prediction), recall = lcs/len(target),
   F = 2*p*r/(p+r). Every keep/drop decision compares that float with the threshold, so ties
   such as F = 0.7000000000000001 fall the way `rouge_score` makes them fall.
-* Work is avoided only with bounds that are exact. Mathematically F = 2*lcs/(m+n), and lcs is at
-  most the bag-of-words overlap of the two token lists. For lengths (m, n) we compute, with the
-  float formula itself, `need(m, n)`: the smallest lcs whose F exceeds the threshold. A pair
-  whose overlap is below `need` can never exceed it.
-* Prefix filtering (as in set-similarity joins) turns that into an index look-up. Each token
-  occurrence becomes a key ("the" #1, "the" #2, ...) so that bag overlap is set overlap. Under a
-  fixed order of keys (rarest first), two sets that share at least `tau` keys must share a key
-  among the first `len - tau + 1` keys of each. So each pool entry is indexed only under its
-  rarest keys, and a new instruction probes only its rarest keys: common words ("the", "a",
-  "given") are almost never looked up. `tau(len)` is the smallest `need(len, n)` over all n.
-* Survivors get the exact overlap (a C-speed frozenset intersection), and those still above
-  `need` get an exact LCS length by the bit-parallel algorithm (Allison-Dix / Hyyro), with
+* Work is skipped only through bounds that are exact. Mathematically F = 2*lcs/(m+n), and lcs
+  is at most the bag-of-words overlap of the two token lists. For lengths (m, n),
+  `need(m, n)` is the smallest lcs whose F (the float formula itself) exceeds the threshold;
+  a pair whose overlap is below `need` cannot exceed it.
+* Prefix filtering (from set-similarity joins) turns "overlap >= need" into index look-ups.
+  Each token occurrence is a key ("the" #1, "the" #2, ...), so bag overlap is set overlap.
+  Sort every key set rarest first under one global order. If two sets share o keys, their two
+  rarest shared keys lie within the first len - o + 2 keys of *each* set. So every pool entry
+  is indexed under the key *pairs* of a short prefix of its rarest keys, and a new instruction
+  looks up the pairs of its own prefix: common words ("the", "a", "given") almost never take
+  part, and a shared pair of rare words is already a strong hint.
+* Prefix lengths come from lower bounds on o. For a pair of lengths with n <= m, o >=
+  need(n, n) (so the shorter side needs only a short prefix) and o >= tau(m), the smallest need
+  of m over all partner lengths (the longer side uses its long prefix); symmetrically for n > m.
+  Entries are therefore indexed twice: pairs within the short prefix ("S") and the remaining
+  pairs within the long prefix ("X"); a query looks up its long-prefix pairs in S and its
+  short-prefix pairs in X (`Bounds.plan`).
+* Pairs need o >= 2 and get quadratic for long texts, so very short pairs (need 1) and long
+  texts (prefix above `_PAIR_PREFIX_MAX`) use single keys instead, with the same S/X split;
+  the length cut-offs make sure both sides of any pair use the same kind of signature.
+* Candidates get the exact overlap (a C-speed frozenset intersection), and those still above
+  `need` get an exact LCS length by the bit-parallel algorithm (Allison-Dix / Hyyro) with
   Python ints as bit vectors: one add and a few bit operations per token.
 
-Key order only affects speed, never results. The order is re-derived from key frequencies
-when the pool has doubled (or once up front with `prime`), and the index is rebuilt then.
+The key order only changes speed, never results. The streaming `RougeDeduper` re-derives it
+from key frequencies each time the pool doubles (or once from `prime`), rebuilding its index;
+`curate.dedup.dedup_instructions` uses the same signatures vectorised with numpy for files.
 
 Why F is computed with the new instruction as the target: Stanford calls
 `rouge_scorer._score_lcs(new_instruction_tokens, existing_tokens)`. F is symmetric anyway:
-`2*p*r` is exact-scaled before the one rounding multiply, and `+`/`*` commute in IEEE floats.
+`2*p` is an exact scaling before the one rounding multiply, and IEEE `+` and `*` commute.
 
-Why the float formula is monotone in lcs for fixed lengths (which the bounds rely on): the
-exact value 2*lcs/(m+n) moves by 2/(m+n) per unit of lcs, while the formula's rounding error
-is a few units in the last place (~1e-16); the two cannot cross for any realistic length.
+Why the float formula can be treated as monotone in lcs and in each length (the bounds rely
+on it): the exact value 2*lcs/(m+n) moves by at least 2/(m+n)^2 per unit step, the formula's
+rounding error is a few units in the last place (~1e-16); they cannot cross below ~10^7 tokens.
 """
 
 from __future__ import annotations
@@ -41,24 +52,36 @@ import heapq
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from alpacakit.errors import ConfigError
 
 # rouge_score.tokenize: lowercase, every run of characters outside [a-z0-9] becomes a space,
 # split on whitespace, drop empty tokens. After the substitution only [a-z0-9 ] remain, so
-# str.split() gives exactly the tokens rouge_score keeps after its VALID_TOKEN check.
+# str.split() yields exactly the tokens that survive rouge_score's VALID_TOKEN check.
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
+_NON_ALNUM_OR_NUL = re.compile(r"[^a-z0-9\x00]+")
 
-_NEVER = 1 << 30  # "no lcs is enough" for a pair of lengths
-_OCC_SHIFT = 32  # occurrence key = token id | (occurrence number << 32)
+NEVER = 1 << 30  # "no lcs is enough" for a pair of lengths
+_PAIR_PREFIX_MAX = 16  # longest prefix indexed by key pairs (C(16, 2) = 120 pairs per text)
+_PAIR_CUT_MAX = 4096  # texts this long always use single keys
 _REORDERED_BASE = 1 << 40  # ranks given at a reorder; keys first seen later rank below (rarer)
-_MIN_REORDER = 64  # do not reorder before the pool (plus primed texts) holds this many entries
-_TIE_MARGIN = 1e-9  # >> float error of F (~1e-15), << any gap between distinct F values (>1e-6)
+_MIN_REORDER = 64  # no reorder before the pool (plus primed texts) holds this many entries
+_TIE_MARGIN = 1e-9  # >> float error of F (~1e-15), << any gap between distinct F values
 
 
 def tokenize(text: str) -> list[str]:
     """Tokens exactly as `rouge_score`'s default tokenizer (no stemmer) produces them."""
     return _NON_ALNUM.sub(" ", text.lower()).split()
+
+
+def tokenize_many(texts: Sequence[str]) -> list[list[str]]:
+    """`tokenize` of each text, with one regex pass over all of them. Same tokens: lowercasing
+    maps each character on its own except Greek final sigma, which is a separator either way."""
+    joined = "\x00".join(texts)
+    if joined.count("\x00") != max(len(texts) - 1, 0):  # a text holds NUL itself
+        return [tokenize(x) for x in texts]
+    return [piece.split() for piece in _NON_ALNUM_OR_NUL.sub(" ", joined.lower()).split("\x00")][: len(texts)]
 
 
 def f_measure(lcs: int, target_len: int, prediction_len: int) -> float:
@@ -72,7 +95,7 @@ def f_measure(lcs: int, target_len: int, prediction_len: int) -> float:
     return 0.0
 
 
-def _char_masks(seq: Sequence) -> dict:
+def char_masks(seq: Sequence) -> dict:
     """Position bit masks of each symbol of `seq` (bit i set where seq[i] is that symbol)."""
     masks: dict = {}
     for i, sym in enumerate(seq):
@@ -80,10 +103,11 @@ def _char_masks(seq: Sequence) -> dict:
     return masks
 
 
-def _lcs_with_masks(masks: dict, m: int, other: Iterable) -> int:
-    """Bit-parallel LCS length (Hyyro 2004): V starts all ones; per symbol b of `other`,
-    U = V & M[b]; V = (V + U) | (V - U). The LCS length is the number of zeros in V's low m bits.
-    Carries past bit m never flow back down, so masking once at the end is enough."""
+def lcs_with_masks(masks: dict, m: int, other: Iterable) -> int:
+    """Bit-parallel LCS length (Hyyro 2004) of a length-m sequence, given as `char_masks`, and
+    `other`. V starts all ones; per symbol b of `other`: U = V & M[b]; V = (V + U) | (V - U).
+    The LCS length is the number of zeros in V's low m bits. Carries past bit m never flow
+    back down, so masking once at the end is enough."""
     v = full = (1 << m) - 1
     get = masks.get
     for sym in other:
@@ -98,7 +122,7 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
     """Length of the longest common subsequence of two token sequences (exact)."""
     if not a or not b:
         return 0
-    return _lcs_with_masks(_char_masks(a), len(a), b)
+    return lcs_with_masks(char_masks(a), len(a), b)
 
 
 def rouge_l_f(a: str, b: str) -> float:
@@ -107,6 +131,162 @@ def rouge_l_f(a: str, b: str) -> float:
     ta, tb = tokenize(a), tokenize(b)
     return f_measure(lcs_length(ta, tb), len(ta), len(tb))
 
+
+def check_threshold(threshold: object) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError(
+            f"ROUGE-L threshold must be a number between 0 and 1, got {threshold!r}",
+            hint="use e.g. --threshold 0.7 (Stanford's value); 1.0 keeps everything")
+    return float(threshold)
+
+
+# ------------------------------------------------------------------------------ exact bounds
+
+@dataclass(frozen=True)
+class Plan:
+    """Signatures a text of one length takes part in (prefix lengths in keys, rarest first).
+
+    pairs: index/probe key pairs; pair_short/pair_long are the short (S) and long prefixes.
+    singles: index/probe single keys; single_short/single_long likewise.
+    """
+
+    pairs: bool
+    pair_short: int
+    pair_long: int
+    singles: bool
+    single_short: int
+    single_long: int
+
+
+_NO_PLAN = Plan(False, 0, 0, False, 0, 0)
+
+
+class Bounds:
+    """Everything that depends only on the threshold and the two lengths, cached.
+
+    `need(m, n)`, `tau(length)` and the signature `plan(length)` are shared by the streaming
+    deduper and the vectorised file deduper, so both index exactly the same signatures.
+    """
+
+    def __init__(self, threshold: float):
+        self.threshold = check_threshold(threshold)
+        self._need: dict[tuple[int, int], int] = {}
+        self._tau: dict[int, int] = {}
+        self._plans: dict[int, Plan] = {}
+        self._rows: dict[int, list[int]] = {}
+        self._row_len = 0
+        self._pair_cut, self._single_from = self._cutoffs()
+
+    def need(self, m: int, n: int) -> int:
+        """Smallest lcs whose F (float formula) exceeds the threshold for lengths m, n; NEVER if none."""
+        key = (m, n) if m <= n else (n, m)  # F is symmetric in the lengths
+        got = self._need.get(key)
+        if got is None:
+            got = self._need[key] = self._compute_need(m, n)
+        return got
+
+    def _compute_need(self, m: int, n: int) -> int:
+        cap = min(m, n)
+        if cap == 0:
+            return NEVER
+        t = self.threshold
+        lcs = max(1, min(cap, int(t * (m + n) / 2)))
+        while lcs > 1 and f_measure(lcs - 1, m, n) > t:
+            lcs -= 1
+        while lcs <= cap and not f_measure(lcs, m, n) > t:
+            lcs += 1
+        return lcs if lcs <= cap else NEVER
+
+    def tau(self, length: int) -> int:
+        """Smallest overlap any pair involving a text of this length needs, over all partner
+        lengths (NEVER when no partner can exceed the threshold). It is need(length, n) at the
+        shortest feasible partner n: for feasible n1 < n2, the lcs that suffices for n2 either
+        fits in n1 and then suffices there too (F only grows as n shrinks), or exceeds n1, and
+        need(length, n1) <= n1 anyway."""
+        tau = self._tau.get(length)
+        if tau is None:
+            n = self.smallest_partner(length)
+            tau = self._tau[length] = NEVER if n == NEVER else self.need(length, n)
+        return tau
+
+    def smallest_partner(self, length: int) -> int:
+        """Shortest partner length that can exceed the threshold with this length (or NEVER).
+        A partner n <= length can iff F(lcs=n) > t, which grows with n (2n/(length+n))."""
+        if length == 0 or self.threshold >= 1.0:
+            return NEVER
+        t = self.threshold
+
+        def ok(n: int) -> bool:
+            return f_measure(n, length, n) > t
+
+        n = max(1, min(length, int(t * length / (2 - t))))
+        while n > 1 and ok(n - 1):
+            n -= 1
+        while n <= length and not ok(n):
+            n += 1
+        return n if n <= length else NEVER
+
+    def _cutoffs(self) -> tuple[int, int]:
+        """(pair_cut, single_from): texts shorter than pair_cut use key pairs (their long pair
+        prefix fits in _PAIR_PREFIX_MAX); texts at least single_from long use single keys, and
+        single_from is the shortest partner a text of length pair_cut can have. So any two texts
+        that can exceed the threshold share a kind of signature: both shorter than pair_cut
+        (pairs), or the longer one >= pair_cut and then both >= single_from (singles). Pairs
+        that need only one shared token (tau == 1, tiny texts) use single keys too."""
+        if self.threshold >= 1.0:
+            return NEVER, NEVER  # F <= 1 never exceeds 1: nothing is ever dropped
+        for length in range(2, _PAIR_CUT_MAX):
+            tau = self.tau(length)
+            if tau != NEVER and length - max(tau, 2) + 2 > _PAIR_PREFIX_MAX:
+                return length, self.smallest_partner(length)
+        # Thresholds a hair below 1: any cut is correct (single keys cover every pair); this
+        # one only keeps the search short.
+        return _PAIR_CUT_MAX, self.smallest_partner(_PAIR_CUT_MAX)
+
+    def plan(self, length: int) -> Plan:
+        plan = self._plans.get(length)
+        if plan is None:
+            plan = self._plans[length] = self._make_plan(length)
+        return plan
+
+    def _make_plan(self, length: int) -> Plan:
+        tau = self.tau(length)
+        if tau == NEVER:
+            return _NO_PLAN
+        self_need = self.need(length, length)  # >= tau, finite whenever tau is (threshold < 1)
+        # When every text takes single keys (single_from <= 1), they cover every pair alone.
+        pairs = 2 <= length < self._pair_cut and self._single_from > 1
+        singles = tau == 1 or length >= self._single_from
+        return Plan(
+            pairs=pairs,
+            pair_short=min(length, length - max(self_need, 2) + 2) if pairs else 0,
+            pair_long=min(length, length - max(tau, 2) + 2) if pairs else 0,
+            singles=singles,
+            single_short=length - self_need + 1 if singles else 0,
+            single_long=length - tau + 1 if singles else 0,
+        )
+
+    def need_row(self, m: int, longest: int) -> list[int]:
+        """need(m, n) for n = 0..longest (cached per m; rebuilt when `longest` grows)."""
+        if longest > self._row_len:
+            self._row_len = max(2 * self._row_len, longest, 32)
+            self._rows.clear()
+        row = self._rows.get(m)
+        if row is None:
+            row = self._rows[m] = [self.need(m, n) for n in range(self._row_len + 1)]
+        return row
+
+
+def pair_codes(sorted_keys: Sequence[int], short: int, long: int) -> tuple[list[int], list[int]]:
+    """(pairs within the first `short` keys, pairs within the first `long` keys that are not)
+    as ints `a << 32 | b`, a before b in the key order (key ids are < 2**32)."""
+    sk = sorted_keys
+    inner = [a << 32 | b for a, b in combinations(sk[:short], 2)]
+    outer = [sk[i] << 32 | sk[j] for j in range(short, long) for i in range(j)]
+    return inner, outer
+
+
+# ----------------------------------------------------------------------------- streaming API
 
 @dataclass
 class DedupResult:
@@ -131,7 +311,7 @@ class DedupResult:
 
 
 class _Prepared:
-    """One instruction turned into what the index needs: token ids, occurrence keys, masks."""
+    """One instruction as the index sees it: token ids, occurrence keys, LCS masks."""
 
     __slots__ = ("text", "ids", "keys", "keyset", "m", "_masks")
 
@@ -145,7 +325,7 @@ class _Prepared:
 
     def masks(self) -> dict:
         if self._masks is None:
-            self._masks = _char_masks(self.ids)
+            self._masks = char_masks(self.ids)
         return self._masks
 
 
@@ -153,60 +333,56 @@ class RougeDeduper:
     """A growing pool of instructions with exact ROUGE-L near-duplicate checks.
 
     Seeds go in first (`add_seed`, always added); each new instruction is then checked against
-    everything in the pool, in order, and added only when kept (`add_if_novel`). Nothing is
-    sized up front: the pool grows one instruction at a time, as generation produces them.
+    everything in the pool and added only when kept (`add_if_novel`). Nothing is sized up
+    front: the pool grows one instruction at a time, as generation produces them.
 
-    Modes (results are exact in all of them; only what is reported differs):
+    Modes (decisions are exact in all of them; only what is reported differs):
       * default (`stats=True`): max_similarity and the top `keep_most_similar` are exact. For a
-        kept instruction this searches below the threshold, which touches the common words'
-        index lists: milliseconds on a pool of tens of thousands. Right for generation, where
+        kept instruction this searches below the threshold, through the common words' index
+        lists: about a millisecond on a pool of tens of thousands. Right for generation, where
         the teacher takes far longer per instruction.
-      * `stats=False`: decision only (plus the nearest entry of a dropped instruction). Tens of
-        microseconds per instruction; what `curate dedup` uses for whole datasets.
+      * `stats=False`: the decision only (plus the nearest entry of a dropped instruction):
+        tens of microseconds per instruction.
       * `full_stats=True`: also the exact mean F over the whole pool (Stanford's
         avg_similarity_score), at one LCS per pool entry that shares a word.
 
-    Not thread-safe: one writer at a time.
+    For a whole file at once, `alpacakit.curate.dedup.dedup_instructions` reaches the same
+    decisions faster (vectorised). Not thread-safe: one writer at a time.
     """
 
     def __init__(self, threshold: float = 0.7, keep_most_similar: int = 10, *,
                  stats: bool = True, full_stats: bool = False):
-        if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise ConfigError(
-                f"ROUGE-L threshold must be a number between 0 and 1, got {threshold!r}",
-                hint="use e.g. --threshold 0.7 (Stanford's value); 1.0 keeps everything")
-        if keep_most_similar < 0:
-            raise ConfigError(f"keep_most_similar must be >= 0, got {keep_most_similar}")
+        if isinstance(keep_most_similar, bool) or not isinstance(keep_most_similar, int) or keep_most_similar < 0:
+            raise ConfigError(f"keep_most_similar must be an integer >= 0, got {keep_most_similar!r}")
         if full_stats and not stats:
             raise ConfigError("full_stats=True needs stats=True")
-        self.threshold = float(threshold)
-        self.keep_most_similar = int(keep_most_similar)
+        self._bounds = Bounds(threshold)
+        self.threshold = self._bounds.threshold
+        self.keep_most_similar = keep_most_similar
         self.stats = bool(stats)
         self.full_stats = bool(full_stats)
 
-        self._vocab: dict[str, int] = {}
-        # The pool, one slot per entry, in pool order.
+        self._ids_of: dict[str, int] = {}  # token -> id
+        self._occ_ids: dict[tuple[int, int], int] = {}  # (token id, repeat >= 1) -> key id
+        self._next_id = 0  # token ids and repeat-key ids share one space, all < 2**32
+        # The pool, in order. _alias[i] >= 0 when entry i repeats the text of that earlier entry.
         self._texts: list[str] = []
         self._ids: list[tuple[int, ...]] = []
         self._keysets: list[frozenset[int]] = []
         self._lens: list[int] = []
-        self._alias: list[int] = []  # -1, or the earlier entry with the very same text
+        self._alias: list[int] = []
         self._first_with_text: dict[str, int] = {}
         self._max_len = 0
-        # Key order and the prefix index (keys -> entries indexed under them).
+        # Key order (rank) and the signature index built under it.
         self._rank: dict[int, int] = {}
         self._next_new_rank = 0
-        self._df: dict[int, int] = {}  # key -> pool entries holding it
+        self._df: dict[int, int] = {}
         self._primed_df: dict[int, int] = {}
         self._primed_count = 0
         self._weight_at_reorder = 0
-        self._prefix: dict[int, list[int]] = {}
-        # Every key of every entry (only needed for searches below the threshold).
+        self._index: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})  # pair S, pair X, single S, single X
+        # Every key of every entry, for searches below the threshold (stats only).
         self._full: dict[int, list[int]] | None = {} if self.stats else None
-        # Caches that depend only on the threshold and lengths.
-        self._need_rows: dict[int, list[int]] = {}
-        self._need_row_len = 0
-        self._tau_cache: dict[int, int] = {}
 
     # ----------------------------------------------------------------------------- public API
 
@@ -232,15 +408,15 @@ class RougeDeduper:
     def prime(self, instructions: Iterable[str]) -> None:
         """Order index keys by their rarity in texts that are about to arrive.
 
-        Only speed changes (a better order probes fewer entries); decisions never do. Useful
-        when the whole input is known up front (`curate dedup`); a streaming pool instead
-        re-derives the order from its own contents each time it doubles.
+        Only speed changes (a better order looks up fewer entries); decisions never do. For
+        when the texts are known up front; a streaming pool instead re-derives the order from
+        its own contents each time it doubles.
         """
         df = self._primed_df
         n = 0
         for text in instructions:
             n += 1
-            for k in set(self._keys_of(self._token_ids(tokenize(text)))):
+            for k in self._keys_of(self._token_ids(tokenize(text))):
                 df[k] = df.get(k, 0) + 1
         self._primed_count += n
         self._reorder()
@@ -248,26 +424,33 @@ class RougeDeduper:
     # ------------------------------------------------------------------------ preparation
 
     def _token_ids(self, tokens: list[str]) -> list[int]:
-        vocab = self._vocab
+        ids_of = self._ids_of
         ids = []
         for w in tokens:
-            i = vocab.get(w)
+            i = ids_of.get(w)
             if i is None:
-                i = vocab[w] = len(vocab)
+                i = ids_of[w] = self._next_id
+                self._next_id += 1
             ids.append(i)
         return ids
 
-    @staticmethod
-    def _keys_of(ids: list[int]) -> list[int]:
+    def _keys_of(self, ids: list[int]) -> list[int]:
         """Occurrence keys: the k-th repeat of a token is its own key, so bag overlap = set overlap."""
         if len(set(ids)) == len(ids):
             return list(ids)
-        counts: dict[int, int] = {}
+        seen: dict[int, int] = {}
         keys = []
         for i in ids:
-            c = counts.get(i, 0)
-            counts[i] = c + 1
-            keys.append(i | (c << _OCC_SHIFT))
+            c = seen.get(i, 0)
+            seen[i] = c + 1
+            if c == 0:
+                keys.append(i)
+            else:
+                k = self._occ_ids.get((i, c))
+                if k is None:
+                    k = self._occ_ids[(i, c)] = self._next_id
+                    self._next_id += 1
+                keys.append(k)
         return keys
 
     def _prepare(self, text: str) -> _Prepared:
@@ -286,50 +469,16 @@ class RougeDeduper:
                 self._next_new_rank += 1
         return sorted(keys, key=rank.__getitem__)
 
-    # ---------------------------------------------------------------------- exact bounds
-
-    def _need(self, m: int, n: int) -> int:
-        """Smallest lcs whose F (float formula) exceeds the threshold for lengths m, n; _NEVER if none."""
-        cap = min(m, n)
-        if cap == 0:
-            return _NEVER
-        t = self.threshold
-        lcs = max(1, min(cap, int(t * (m + n) / 2)))
-        while lcs > 1 and f_measure(lcs - 1, m, n) > t:
-            lcs -= 1
-        while lcs <= cap and not f_measure(lcs, m, n) > t:
-            lcs += 1
-        return lcs if lcs <= cap else _NEVER
-
-    def _need_row(self, m: int) -> list[int]:
-        """need(m, n) for each n up to the longest pool entry (cached per m). The row stops
-        where no n can reach the threshold any more (n >= m*(2-t)/t): callers treat an index
-        past its end as _NEVER."""
-        row = self._need_rows.get(m)
-        if row is None:
-            t = self.threshold
-            end = self._need_row_len
-            if t > 0:
-                end = min(end, int(m * (2 - t) / t) + 2)
-            row = [self._need(m, n) for n in range(end + 1)]
-            self._need_rows[m] = row
-        return row
-
-    def _tau(self, length: int) -> int:
-        """Smallest overlap any pair involving a text of this length needs, over all partner
-        lengths: the prefix-filter parameter (_NEVER when no partner can exceed t).
-
-        Partners longer than `length` need at least need(length, length): the cap min(m, n)
-        stays at `length` while F only falls as n grows. So n in 1..length covers all."""
-        tau = self._tau_cache.get(length)
-        if tau is None:
-            tau = min((self._need(length, n) for n in range(1, length + 1)), default=_NEVER)
-            self._tau_cache[length] = tau
-        return tau
-
-    def _prefix_len(self, length: int) -> int:
-        tau = self._tau(length)
-        return 0 if tau == _NEVER else length - tau + 1
+    def _signatures(self, sorted_keys: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
+        """(pairs in the short prefix, other pairs of the long prefix, single keys likewise)."""
+        plan = self._bounds.plan(len(sorted_keys))
+        ps, px, ss, sx = [], [], [], []
+        if plan.pairs:
+            ps, px = pair_codes(sorted_keys, plan.pair_short, plan.pair_long)
+        if plan.singles:
+            ss = sorted_keys[: plan.single_short]
+            sx = sorted_keys[plan.single_short: plan.single_long]
+        return ps, px, ss, sx
 
     # ----------------------------------------------------------------------------- adding
 
@@ -341,16 +490,12 @@ class RougeDeduper:
         self._lens.append(c.m)
         first = self._first_with_text.get(c.text)
         if first is not None:
-            # Same text, same score against anything: searching it again can only repeat work.
+            # Same text, same score against anything: looking it up again only repeats work.
             self._alias.append(first)
             return
         self._first_with_text[c.text] = idx
         self._alias.append(-1)
-        if c.m > self._max_len:
-            self._max_len = c.m
-            if c.m > self._need_row_len:
-                self._need_row_len = max(2 * self._need_row_len, c.m, 32)
-                self._need_rows.clear()
+        self._max_len = max(self._max_len, c.m)
         df = self._df
         for k in c.keys:
             df[k] = df.get(k, 0) + 1
@@ -362,33 +507,32 @@ class RougeDeduper:
                     full[k] = [idx]
                 else:
                     lst.append(idx)
-        if len(self._texts) + self._primed_count >= 2 * self._weight_at_reorder and \
-                len(self._texts) + self._primed_count >= _MIN_REORDER:
+        weight = len(self._texts) + self._primed_count
+        if weight >= 2 * self._weight_at_reorder and weight >= _MIN_REORDER:
             self._reorder()  # indexes the new entry too
         else:
-            self._index_prefix(idx, self._sorted_keys(c.keys))
+            self._index_entry(idx, self._sorted_keys(c.keys))
 
-    def _index_prefix(self, idx: int, sorted_keys: list[int]) -> None:
-        prefix = self._prefix
-        for k in sorted_keys[: self._prefix_len(len(sorted_keys))]:
-            lst = prefix.get(k)
-            if lst is None:
-                prefix[k] = [idx]
-            else:
-                lst.append(idx)
+    def _index_entry(self, idx: int, sorted_keys: list[int]) -> None:
+        for table, codes in zip(self._index, self._signatures(sorted_keys)):
+            for code in codes:
+                lst = table.get(code)
+                if lst is None:
+                    table[code] = [idx]
+                else:
+                    lst.append(idx)
 
     def _reorder(self) -> None:
-        """Rank keys rarest first by pool + primed frequency, and rebuild the prefix index."""
+        """Rank keys rarest first by pool + primed frequency, and rebuild the index."""
         df, pdf = self._df, self._primed_df
         keys = set(self._rank) | set(df) | set(pdf)
         order = sorted(keys, key=lambda k: (df.get(k, 0) + pdf.get(k, 0), k))
-        self._rank = {k: _REORDERED_BASE + i for i, k in enumerate(order)}
+        self._rank = rank = {k: _REORDERED_BASE + i for i, k in enumerate(order)}
         self._weight_at_reorder = len(self._texts) + self._primed_count
-        self._prefix = {}
-        rank = self._rank
+        self._index = ({}, {}, {}, {})
         for idx, keyset in enumerate(self._keysets):
             if self._alias[idx] < 0:
-                self._index_prefix(idx, sorted(keyset, key=rank.__getitem__))
+                self._index_entry(idx, sorted(keyset, key=rank.__getitem__))
 
     # ---------------------------------------------------------------------------- checking
 
@@ -398,9 +542,9 @@ class RougeDeduper:
         if not self.stats:
             if kept:
                 return DedupResult(kept=True, max_similarity=None)
-            best_f, best_idx = max((f, -i) for i, f in hits)
+            best_f, neg_idx = max((f, -i) for i, f in hits)
             return DedupResult(kept=False, max_similarity=best_f,
-                               most_similar={self._texts[-best_idx]: best_f})
+                               most_similar={self._texts[-neg_idx]: best_f})
         if self.full_stats:
             top, mean = self._all_scores(c, self.keep_most_similar)
         else:
@@ -412,38 +556,45 @@ class RougeDeduper:
     def _hits_above_threshold(self, c: _Prepared) -> list[tuple[int, float]]:
         """Every pool entry (first of its text) whose F with `c` exceeds the threshold, exactly."""
         m = c.m
-        p = self._prefix_len(m)
-        if p == 0 or not self._prefix:
+        plan = self._bounds.plan(m)
+        if not (plan.pairs or plan.singles) or len(self._lens) == 0:
             return []
-        prefix = self._prefix
+        sk = self._sorted_keys(c.keys)
+        pair_s, pair_x, single_s, single_x = self._index
         candidates: set[int] = set()
-        for k in self._sorted_keys(c.keys)[:p]:
-            lst = prefix.get(k)
-            if lst is not None:
-                candidates.update(lst)
+        if plan.pairs:
+            inner, outer = pair_codes(sk, plan.pair_short, plan.pair_long)
+            for table, codes in ((pair_s, inner), (pair_s, outer), (pair_x, inner)):
+                for code in codes:
+                    lst = table.get(code)
+                    if lst is not None:
+                        candidates.update(lst)
+        if plan.singles:
+            for table, codes in ((single_s, sk[: plan.single_long]), (single_x, sk[: plan.single_short])):
+                for code in codes:
+                    lst = table.get(code)
+                    if lst is not None:
+                        candidates.update(lst)
         if not candidates:
             return []
-        row = self._need_row(m)
+        row = self._bounds.need_row(m, self._max_len)
         lens, keysets, ids = self._lens, self._keysets, self._ids
         keyset = c.keyset
         t = self.threshold
         hits = []
-        row_end = len(row)
         for e in candidates:
             n = lens[e]
-            if n >= row_end:
-                continue
             need = row[n]
             if need > m or len(keyset & keysets[e]) < need:
                 continue
-            f = f_measure(_lcs_with_masks(c.masks(), m, ids[e]), m, n)
+            f = f_measure(lcs_with_masks(c.masks(), m, ids[e]), m, n)
             if f > t:
                 hits.append((e, f))
         return hits
 
     def _top_k(self, c: _Prepared, k: int, known: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """The k best pool entries by (F desc, index asc), exactly; `known` are exact scores
-        already computed (the entries above the threshold)."""
+        """The k best pool entries by (F desc, index asc), exactly; `known` holds the exact
+        scores already computed (every entry above the threshold)."""
         if len(known) >= k:
             return sorted(known, key=lambda x: (-x[1], x[0]))[:k]
         m = c.m
@@ -475,14 +626,14 @@ class RougeDeduper:
                     bound = f_measure(len(keyset & keysets[e]), m, n)
                     if (bound, -e) <= heap[0]:
                         continue
-                item = (f_measure(_lcs_with_masks(c.masks(), m, ids[e]), m, n), -e)
+                item = (f_measure(lcs_with_masks(c.masks(), m, ids[e]), m, n), -e)
                 if len(heap) < k:
                     heapq.heappush(heap, item)
                 elif item > heap[0]:
                     heapq.heapreplace(heap, item)
         top = [(-neg, f) for f, neg in sorted(heap, reverse=True)]
         if len(top) < k:
-            # Fewer than k entries share a word: the rest score 0.0, earliest first.
+            # Every entry sharing a word is in `top` already: the rest score 0.0, earliest first.
             for e in range(len(self._texts)):
                 if len(top) >= k:
                     break
@@ -503,7 +654,7 @@ class RougeDeduper:
         scores = np.zeros(len(self._texts), dtype=np.float64)
         m = c.m
         for e in candidates:
-            scores[e] = f_measure(_lcs_with_masks(c.masks(), m, self._ids[e]), m, self._lens[e])
+            scores[e] = f_measure(lcs_with_masks(c.masks(), m, self._ids[e]), m, self._lens[e])
         for e, first in enumerate(self._alias):
             if first >= 0:
                 scores[e] = scores[first]

@@ -131,7 +131,7 @@ def _special_behaviour(tokenizer: Any) -> tuple[bool, bool]:
 
 def _is_spm_style(tj: dict[str, Any]) -> bool:
     """SentencePiece-style: spaces become `▁` (normalizer or Metaspace) instead of byte-level `Ġ`."""
-    blob = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")])
+    blob = json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")], ensure_ascii=False)
     if "ByteLevel" in blob:
         return False
     return "\u2581" in blob or "Metaspace" in blob

@@ -31,7 +31,8 @@ class SelfInstructProcessor:
 
         g = config.generate
         self.filter = InstructionFilter(g.filters)
-        self.dedup = RougeDeduper(threshold=g.similarity_threshold, keep_most_similar=g.keep_most_similar)
+        self.dedup = RougeDeduper(threshold=g.similarity_threshold, keep_most_similar=g.keep_most_similar,
+                                  full_stats=g.mean_similarity)
         for s in seeds:
             self.dedup.add_seed(s.instruction)
         self.teacher_name = teacher_name

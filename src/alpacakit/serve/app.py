@@ -156,10 +156,15 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
                               param=req.token_limit_param, code="max_tokens_exceeded")
         return asked
 
-    def check_prompt_length(n: int, param: str) -> None:
+    def check_prompt_length(n: int, max_tokens: int, param: str) -> None:
         if n > config.max_prompt_tokens:
             raise bad_request(f"The prompt is {n} tokens long; this server accepts at most {config.max_prompt_tokens} "
                               "prompt tokens. Shorten the prompt or the conversation history.",
+                              param=param, code="context_length_exceeded")
+        window = backend.context_window
+        if window and n + max_tokens > window:
+            raise bad_request(f"The prompt ({n} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
+                              f"window of {window} tokens. Shorten the prompt or lower max_tokens.",
                               param=param, code="context_length_exceeded")
 
     async def screen(text: str, param: str) -> None:
@@ -216,7 +221,7 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
                               code="chat_not_supported")
         max_tokens = token_limit(req)
         messages = req.plain_messages()
-        check_prompt_length(backend.count_prompt_tokens(messages=messages), "messages")
+        check_prompt_length(backend.count_prompt_tokens(messages=messages), max_tokens, "messages")
         user_text = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
         ticket = await admitted(lambda: screen(user_text, "messages"))
         stream = backend.stream_chat(messages, **sampling(req, max_tokens))
@@ -238,7 +243,7 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         req = parse_request(CompletionRequest, await read_json(request))
         max_tokens = token_limit(req)
         prompt = req.prompt_text
-        check_prompt_length(backend.count_prompt_tokens(prompt=prompt), "prompt")
+        check_prompt_length(backend.count_prompt_tokens(prompt=prompt), max_tokens, "prompt")
         ticket = await admitted(lambda: screen(prompt, "prompt"))
         stream = backend.stream_complete(prompt, **sampling(req, max_tokens))
         if req.stream:

@@ -56,6 +56,12 @@ class ServeBackend:
         return getattr(self.teacher, "has_chat_template", True) is not False
 
     @property
+    def context_window(self) -> int | None:
+        """Tokens the model can attend to (prompt + answer), when the backend says; None if unknown."""
+        n = getattr(self.teacher, "context_window", None)
+        return n if isinstance(n, int) and n > 0 else None
+
+    @property
     def exact_token_counts(self) -> bool:
         return callable(getattr(self.teacher, "count_tokens", None))
 

@@ -36,7 +36,19 @@ class Completion:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """A model that answers. `name` identifies it in manifests and outputs."""
+    """A model that answers. `name` identifies it in manifests and outputs.
+
+    Optional extras, not part of the protocol check (a backend may have them; callers test
+    with `getattr`), used by `alpacakit chat` and `alpacakit serve`:
+
+    - `stream_chat(messages, **same keywords as chat)` and `stream_complete(prompt, **...)`:
+      async generators yielding text pieces (str) as they are generated, then the final
+      `Completion`. Closing the generator early stops the generation (within a token for
+      local models). `teachers/streaming.py` has the thread-to-async bridge local backends use.
+    - `count_tokens(text) -> int` and `count_chat_tokens(messages) -> int`: exact prompt
+      lengths in the model's tokens (servers refuse over-long prompts before queueing them).
+    - `has_chat_template: bool`: False for a local base model that can only continue text.
+    """
 
     name: str
 

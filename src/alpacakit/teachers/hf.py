@@ -238,6 +238,12 @@ class HFTeacher:
         instruction, inp = fold_messages(messages)
         return fmt.build(instruction, inp)
 
+    @property
+    def context_window(self) -> int | None:
+        """The model's position limit (prompt + answer), from its config."""
+        n = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return int(n) if n else None
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -329,11 +335,20 @@ class HFTeacher:
                 emit(scanner.feed(new))
 
             def end(self) -> None:
+                text = tok.decode(generated, skip_special_tokens=True)
+                emit(scanner.feed(text[self.shown:]))  # whatever was held back, even a broken character
                 emit(scanner.flush())
 
+        deadline = [float("inf")]  # set once the model lock is held: waiting for it is not generating
+        timed_out = threading.Event()
+
         class Halt(StoppingCriteria):
+            """Stops after a stop string, when the reader has gone, or past the deadline."""
+
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                flag = cancelled.is_set() or scanner.stopped
+                if time.monotonic() > deadline[0]:
+                    timed_out.set()
+                flag = cancelled.is_set() or scanner.stopped or timed_out.is_set()
                 return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
 
         gen_kwargs: dict[str, Any] = {
@@ -353,8 +368,12 @@ class HFTeacher:
             if seed is not None:
                 torch.manual_seed(seed)
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            deadline[0] = time.monotonic() + float(self.config.timeout_s)
             with torch.inference_mode():
                 self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
+        if timed_out.is_set():
+            raise TeacherError(f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
+                               hint="raise the timeout, lower max_tokens, or use a smaller model")
         if scanner.stopped or (generated and generated[-1] in self._eos_ids):
             finish = "stop"
         elif len(generated) >= max_new:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -80,6 +81,11 @@ def is_loopback(url: str) -> bool:
 
 def read_api_key(env_var: str, base_url: str) -> str:
     """The key from `env_var`; a placeholder for loopback URLs; else a TeacherError naming the variable."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_var or "") or env_var.startswith("sk-"):
+        # never echo it: this is where people paste the key itself
+        raise ConfigError("teacher.api_key_env must be the name of an environment variable (e.g. OPENAI_API_KEY), "
+                          "and the value given is not a variable name",
+                          hint="put the key in an environment variable and give its name; keys never go in config files")
     key = os.environ.get(env_var, "").strip()
     if key:
         return key
@@ -172,6 +178,8 @@ class OpenAICompatTeacher:
 
         Both are tied to the loop they were first used on, so a teacher reused across
         `asyncio.run()` calls gets fresh ones instead of "bound to a different event loop".
+        Call `aclose()` before leaving each loop: a client left on a finished loop cannot close
+        its idle connections (they are reclaimed by the garbage collector, with a ResourceWarning).
         """
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._client is None:

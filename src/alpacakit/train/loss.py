@@ -30,6 +30,8 @@ def _function() -> Any:
         def forward(ctx: Any, hidden: Any, weight: Any, bias: Any, targets: Any, chunk: int,
                     softcap: float | None) -> Any:
             need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            if weight.dtype != hidden.dtype:  # e.g. a bf16 head with fp32 hidden states
+                hidden = hidden.to(weight.dtype)
             need_b = bias is not None and ctx.needs_input_grad[2]
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if need_h else None

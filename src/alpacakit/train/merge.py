@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def load_trained(model_dir: str | Path, *, merged: bool | None = None, dtype: An
         if manifest.get("method") == "full":
             raise ConfigError(f"{d}: a full fine-tune has no adapter; its weights are in merged/")
         base = AutoModelForCausalLM.from_pretrained(_base_path(manifest), dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(d / "adapter"))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # peft probing deprecated transformers names
+            model = PeftModel.from_pretrained(base, str(d / "adapter"))
     model.eval()
     return model, tok, fmt
 

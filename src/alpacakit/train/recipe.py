@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,9 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
                 raise DataError(f"{p}: training data not found (stage {st.name!r})")
         st.accumulation(_dist().world)  # raises on impossible batch arithmetic
     if cfg.method == "qlora":
-        from alpacakit.train.base_model import qlora_kwargs
+        from alpacakit.train.base_model import qlora_kwargs, torch_dtype
 
-        qlora_kwargs(None)  # raises a clear error without CUDA / bitsandbytes
-    if cfg.loss != "full" and cfg.packing is False and cfg.loss_chunk < 1:
-        raise ConfigError("loss_chunk must be >= 1")
+        qlora_kwargs(torch_dtype(cfg.precision))  # raises a clear error without CUDA / bitsandbytes
     PromptFormat.load(cfg.prompt_format)
     return stages
 
@@ -147,7 +146,9 @@ def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
                     task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets)
     try:
-        return get_peft_model(model, lc)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # peft probing deprecated transformers names
+            return get_peft_model(model, lc)
     except ValueError as e:
         raise _lora_targets_error(model, targets, e) from None
 
@@ -247,8 +248,8 @@ def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bo
         use_cpu=not cuda,
         remove_unused_columns=False,
         prediction_loss_only=True,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if (cfg.group_by_length and not cfg.packing) else "random",
         length_column_name="input_ids",
         dataloader_num_workers=0,
@@ -301,7 +302,8 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
     collator = PackedCollator() if cfg.packing else PaddedCollator(tok.pad_token_id if tok.pad_token_id is not None
                                                                    else tok.eos_token_id)
     args = _training_args(cfg, st, sdir / "checkpoints", bool(vrows), dist.world)
-    callbacks = [CheckpointMarker(), ResumeCounters(meter), StepDelay(), ProgressBar(f"train {st.name}"),
+    progress = ProgressBar(f"train {st.name}")
+    callbacks = [CheckpointMarker(), ResumeCounters(meter), StepDelay(), progress,
                  RankReport(partial / "logs" / "ranks", st.dirname, meter)]
     if dist.main:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(partial / "logs" / st.dirname))))
@@ -313,6 +315,9 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
         model=model, args=args, train_dataset=_ListDataset(rows), eval_dataset=_ListDataset(vrows) if vrows else None,
         data_collator=collator, callbacks=callbacks, loss_mode=loss_mode, loss_chunk=cfg.loss_chunk, meter=meter,
     )
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the progress bar shows the logs; no dict dumps on stdout
     ckpt = latest_complete_checkpoint(sdir / "checkpoints") if resume else None
     if ckpt:
         _log(f"stage {st.name}: resuming from {ckpt.name}", dist)
@@ -320,13 +325,18 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
     try:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except Exception as e:
+        progress.close()
         if _is_oom(e):
             raise _oom_error(cfg, st, e) from None
         raise
     t_train = time.perf_counter() - t1
     metrics: dict[str, Any] = {}
     if vrows:
-        metrics = {k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        if not evals or evals[-1].get("step") != trainer.state.global_step:
+            trainer.evaluate()  # the schedule did not evaluate the final weights
+            evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        metrics = {k: v for k, v in evals[-1].items() if isinstance(v, (int, float))}
     weights = sdir / "weights"
     if dist.main:
         tmp = sdir / "weights.tmp"
@@ -434,11 +444,6 @@ def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt
         fmt.save(final)
     fmt.save(partial)
     plot_losses(results, partial / "loss.png")
-    if not cfg.keep_checkpoints:
-        # checkpoints and stage weights were only needed to resume; the final weights are in adapter/ or merged/
-        for st_dir in (partial / "stages").glob("*"):
-            shutil.rmtree(st_dir / "checkpoints", ignore_errors=True)
-            shutil.rmtree(st_dir / "weights", ignore_errors=True)
     series = loss_series(results)
     manifest = {
         "kind": "alpacakit.model",
@@ -464,5 +469,9 @@ def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt
     atomic_write_json(partial / "manifest.json", manifest)
     (partial / RUN_CONFIG).unlink(missing_ok=True)
     publish(partial, out, overwrite)
+    if not cfg.keep_checkpoints:
+        # Checkpoints and stage weights were only needed to resume (the stages' done.json are in
+        # the manifest); deleted after the rename, so a crash before it can still resume.
+        shutil.rmtree(out / "stages", ignore_errors=True)
     print(f"model folder: {out}  ({manifest['steps']} steps, final loss {manifest['final_train_loss']})", flush=True)
     return manifest

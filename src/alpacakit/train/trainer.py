@@ -76,13 +76,16 @@ class AlpacaTrainer(Trainer):
 
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        # With a KV cache, transformers skips packed-sequence detection and packed examples would
+        # attend to each other; training never needs the cache anyway.
+        inputs["use_cache"] = False
         keep, targets = supervised_positions(labels)
         n = targets.numel()
         if self.loss_mode == "full":
-            out = model(**inputs)
-            logits = out.logits[:, :-1].float()
-            total = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+            # the model's own loss (what Stanford's train.py gets): logits at every position,
+            # mean over supervised tokens; times n for the sum
+            out = model(**inputs, labels=labels)
+            total = out.loss * n
         elif self.loss_mode == "supervised":
             out = model(**inputs, logits_to_keep=keep)
             total = torch.nn.functional.cross_entropy(out.logits.float(), targets, reduction="sum")
@@ -207,6 +210,9 @@ class ProgressBar(TrainerCallback):
             self.bar.write(f"{self.desc}: step {state.global_step} eval_loss {logs['eval_loss']:.4f}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -229,6 +235,10 @@ class RankReport(TrainerCallback):
         self.folder = folder
         self.stage = stage
         self.meter = meter
+        self.initial_digest: str | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.initial_digest = trainable_digest(model) if model is not None else None
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         rank = int(os.environ.get("RANK", "0"))
@@ -236,6 +246,7 @@ class RankReport(TrainerCallback):
         report = {
             "rank": rank, "world_size": args.world_size, "stage": self.stage, "steps": state.global_step,
             "examples": self.meter.examples, "tokens": self.meter.tokens, "supervised_tokens": self.meter.supervised,
+            "initial_digest": self.initial_digest,
             "trainable_digest": trainable_digest(model) if model is not None else None,
         }
         (self.folder / f"{self.stage}-rank{rank}.json").write_text(json.dumps(report, indent=2) + "\n")

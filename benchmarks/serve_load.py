@@ -1,0 +1,194 @@
+"""Load test for `alpacakit serve`: N concurrent clients against a real server on 127.0.0.1.
+
+Starts `alpacakit serve MODEL` as a subprocess (any free port), then runs the same fixed set
+of streamed chat requests (prompts in benchmarks/data/serve_prompts.txt, greedy, fixed
+max_tokens) once per concurrency level, by default 1 client and then N clients. For each level
+it prints latency percentiles (time to first token and full answer), throughput (requests/s
+and generated tokens/s) and the error count, and at the end the N-vs-1 ratios, measured in
+this same run.
+
+A local llama.cpp model generates one request at a time (the server queues the rest, up to
+serve.queue_size), so on a CPU the expected result is: throughput about the same at N as at 1,
+latency about N times higher, zero errors. A ratio far below 1 would mean queueing overhead;
+any error (429, 5xx, broken stream) is a bug at these settings.
+
+    python benchmarks/serve_load.py                       # smollm2-135m-instruct, 1 vs 4 clients
+    python benchmarks/serve_load.py --clients 8 --requests 24 --max-tokens 48
+    python benchmarks/serve_load.py --model runs/quickstart/export/model-q4_k_m.gguf
+
+Bounded: --requests per level (default 16) and --time-limit seconds overall (default 600).
+Exit status 1 if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = HERE / "data" / "serve_prompts.txt"
+
+
+@dataclass
+class Level:
+    clients: int
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def start_server(model: str, queue: int, threads: int | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "alpacakit.cli.main", "serve", model, "--port", "0", "--queue-size", str(queue),
+           "--max-concurrency", "1", *(["--threads", str(threads)] if threads else []), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "NO_COLOR": "1"})
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith("listening on "):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, line.split()[-1]
+    proc.kill()
+    raise SystemExit("server did not start:\n" + "".join(seen))
+
+
+async def one_request(client, url: str, prompt: str, max_tokens: int, level: Level) -> None:  # noqa: ANN001
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    done = False
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                level.errors.append(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    level.errors.append(chunk["error"]["message"])
+                    return
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - counted, reported
+        level.errors.append(f"{type(e).__name__}: {e}")
+        return
+    if not done:
+        level.errors.append("stream ended without [DONE]")
+        return
+    level.latencies.append(time.perf_counter() - t0)
+    level.ttfts.append(first if first is not None else float("nan"))
+    level.tokens += tokens
+
+
+async def run_level(url: str, clients: int, prompts: list[str], max_tokens: int, deadline: float) -> Level:
+    import httpx
+
+    level = Level(clients)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+
+    async def worker(client) -> None:  # noqa: ANN001
+        while not queue.empty() and time.monotonic() < deadline:
+            await one_request(client, url, queue.get_nowait(), max_tokens, level)
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+    level.wall_s = time.perf_counter() - t0
+    if not queue.empty():
+        level.errors.append(f"time limit reached with {queue.qsize()} request(s) not sent")
+    return level
+
+
+def report(level: Level) -> None:
+    print(f"  clients={level.clients:<3} ok={level.ok:<4} errors={len(level.errors):<3} wall={level.wall_s:6.1f}s  "
+          f"throughput={level.ok / level.wall_s:5.2f} req/s {level.tokens / level.wall_s:6.1f} tok/s")
+    print(f"      latency p50/p90/p99 = {pct(level.latencies, 50):.2f} / {pct(level.latencies, 90):.2f} / "
+          f"{pct(level.latencies, 99):.2f} s   first token p50/p90 = {pct(level.ttfts, 50):.2f} / "
+          f"{pct(level.ttfts, 90):.2f} s")
+    for e in level.errors[:5]:
+        print(f"      error: {e}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent clients of the second level")
+    ap.add_argument("--requests", type=int, default=16, help="requests per level")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model")
+    ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
+    ap.add_argument("--url", default=None, help="use a server that is already running instead of starting one")
+    args = ap.parse_args()
+
+    base = [line.strip() for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [base[i % len(base)] for i in range(args.requests)]
+    deadline = time.monotonic() + args.time_limit
+    proc = None
+    url = args.url
+    if url is None:
+        t0 = time.perf_counter()
+        proc, url = start_server(args.model, queue=max(8, args.clients * 2), threads=args.threads, extra=[])
+        print(f"server: {args.model} at {url} (started in {time.perf_counter() - t0:.1f} s)")
+    try:
+        asyncio.run(run_level(url, 1, prompts[:2], args.max_tokens, deadline))  # warm-up, not counted
+        levels = []
+        for clients in dict.fromkeys((1, args.clients)):
+            level = asyncio.run(run_level(url, clients, prompts, args.max_tokens, deadline))
+            levels.append(level)
+            report(level)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    one, many = levels[0], levels[-1]
+    if len(levels) > 1 and one.ok and many.ok:
+        print(f"ratio {many.clients} vs 1 client(s): throughput x{(many.ok / many.wall_s) / (one.ok / one.wall_s):.2f}, "
+              f"p50 latency x{pct(many.latencies, 50) / pct(one.latencies, 50):.2f}, "
+              f"p50 first token x{pct(many.ttfts, 50) / pct(one.ttfts, 50):.2f}")
+    failed = sum(len(level.errors) for level in levels)
+    print("errors: none" if not failed else f"errors: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

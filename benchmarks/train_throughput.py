@@ -1,0 +1,178 @@
+"""Training throughput and memory: Stanford's way vs ours, side by side in one run.
+
+    python benchmarks/train_throughput.py [--model gemma-3-270m] [--steps 6] [--batch 4] [--max-length 256]
+
+Same model (LoRA r 8 on q/v, Alpaca-LoRA's setting), same examples (a seeded sample of
+../shared/data/alpaca_data.json, for its real length distribution), same batches in the same
+order, same transformers Trainer, fp32 on CPU. Only what differs between the two is switched:
+
+- baseline (what Stanford's train.py does): each batch padded to its longest example, logits
+  for every position, cross-entropy with -100 on prompt and padding;
+- ours: padding-free packing (one row per batch, examples cannot attend to each other) and the
+  chunked loss (hidden states kept only where a response token is predicted, projected onto the
+  vocabulary a chunk at a time, gradient computed in the same pass).
+
+Each variant runs in its own child process (so peak RSS is its own), one after the other.
+Printed: supervised (response) tokens per second over the measured steps (after a warm-up
+step), peak RSS, and the ratios ours / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "alpaca_data.json"
+
+
+def _status_mb(key: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, in MB, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs), so that
+    the training peak is not hidden under the model-loading peak, which both variants share."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import TrainerCallback, TrainingArguments
+
+    from alpacakit.prompting import PromptFormat
+    from alpacakit.train.base_model import load_model, load_tokenizer, resolve_base
+    from alpacakit.train.collate import PackedCollator, PaddedCollator
+    from alpacakit.train.config import TrainConfig
+    from alpacakit.train.data import Sample, Turn, tokenize_samples
+    from alpacakit.train.recipe import _ListDataset, _wrap_lora
+    from alpacakit.train.trainer import AlpacaTrainer
+
+    torch.set_num_threads(args.threads)
+    records = json.loads(Path(args.data).read_text(encoding="utf-8"))
+    n = args.batch * (args.steps + 1)
+    picked = random.Random(args.seed).sample(records, n)
+    base = resolve_base(args.model)
+    tok = load_tokenizer(base)
+    fmt = PromptFormat.load("alpaca").bind(tok)
+    rows = tokenize_samples([Sample([Turn(r["instruction"], r.get("input", ""), r["output"])], "bench") for r in picked],
+                            fmt, tok, args.max_length)
+    cfg = TrainConfig(preset="alpaca-lora", base=args.model, precision="fp32")
+    model = _wrap_lora(load_model(base, precision="fp32"), cfg)
+    rss_loaded = _status_mb("VmRSS")
+    reset = _reset_peak_rss()
+
+    class Timer(TrainerCallback):
+        """Wall time and supervised tokens of each optimizer step."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.tokens: list[int] = []
+            self.meter = None
+            self.t = 0.0
+            self.n = 0
+
+        def on_step_begin(self, *a, **k):  # noqa: ANN002
+            self.n = self.meter.supervised
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):  # noqa: ANN002
+            self.times.append(time.perf_counter() - self.t)
+            self.tokens.append(self.meter.supervised - self.n)
+
+    timer = Timer()
+    ours = args.mode == "ours"
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp, max_steps=args.steps + 1, per_device_train_batch_size=args.batch, learning_rate=3e-4,
+            lr_scheduler_type="constant", logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True,
+            use_cpu=True, seed=args.seed, data_seed=args.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        )
+        trainer = AlpacaTrainer(
+            model=model, args=targs, train_dataset=_ListDataset(rows),
+            data_collator=PackedCollator() if ours else PaddedCollator(tok.pad_token_id),
+            loss_mode="chunked" if ours else "full", callbacks=[timer],
+        )
+        timer.meter = trainer.meter
+        trainer.train()
+    meter = trainer.meter
+    # the first step is warm-up: measure the others
+    measured_tokens = sum(timer.tokens[1:])
+    measured_time = sum(timer.times[1:])
+    return {
+        "mode": args.mode,
+        "supervised_tokens_per_s": measured_tokens / measured_time,
+        "s_per_step": measured_time / max(len(timer.times) - 1, 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_training_mb": _status_mb("VmHWM") if reset else None,
+        "rss_after_load_mb": rss_loaded,
+        "supervised_tokens": meter.supervised,
+        "tokens_in_batches": meter.tokens,
+        "steps": len(timer.times),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--steps", type=int, default=6, help="measured steps (after one warm-up step)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mode:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return
+    if not Path(args.data).exists():
+        sys.exit(f"{args.data}: not found (pass --data PATH to an Alpaca JSON file)")
+    results = {}
+    for mode in ("baseline", "ours"):
+        cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--data", args.data, "--steps",
+               str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length), "--threads",
+               str(args.threads), "--seed", str(args.seed)]
+        print(f"running {mode} ...", flush=True)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if r.returncode != 0 or line is None:
+            sys.exit(f"{mode} failed:\n{r.stderr[-3000:]}")
+        results[mode] = json.loads(line[len("RESULT "):])
+    b, o = results["baseline"], results["ours"]
+    print(f"\nmodel {args.model}, LoRA r8 q/v, batch {args.batch}, max length {args.max_length}, {args.steps} measured "
+          f"steps, {args.threads} threads, fp32 CPU")
+    print(f"{'':10s} {'sup tok/s':>10s} {'s/step':>8s} {'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}")
+    for name, r in results.items():
+        print(f"{name:10s} {r['supervised_tokens_per_s']:10.2f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['peak_rss_training_mb'] or 0:17.0f} {r['rss_after_load_mb']:15.0f}")
+    speed = o["supervised_tokens_per_s"] / b["supervised_tokens_per_s"]
+    mem = o["peak_rss_mb"] / b["peak_rss_mb"]
+    print(f"\nsupervised tokens/s: ours / baseline = {speed:.2f}x   (target >= 2x)")
+    print(f"peak RSS (process):  ours / baseline = {mem:.2f}x   (target <= 0.7x; includes the model-loading peak both share)")
+    if b["peak_rss_training_mb"] and o["peak_rss_training_mb"]:
+        mem_t = o["peak_rss_training_mb"] / b["peak_rss_training_mb"]
+        print(f"peak RSS (training): ours / baseline = {mem_t:.2f}x")
+    print(json.dumps({"speed_ratio": round(speed, 3), "peak_rss_ratio": round(mem, 3), **{k: v for k, v in results.items()}}))
+
+
+if __name__ == "__main__":
+    main()

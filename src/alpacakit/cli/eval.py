@@ -1,0 +1,275 @@
+"""`alpacakit eval ...`: honest evaluation (human A/B, capability benchmarks, and more).
+
+Each command parses its arguments and calls a library function in `alpacakit.evaluate`;
+heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Evaluate: answers to judge, LLM pairwise judging, human A/B judging, capability benchmarks, "
+                  "contamination.", no_args_is_help=True)
+
+
+@app.command("human")
+def human(
+    a: Optional[Path] = typer.Argument(None, help="Answers of the first system: AlpacaEval-style JSON [{instruction, output, generator}] (or JSONL)."),
+    b: Optional[Path] = typer.Argument(None, help="Answers of the second system, same format; matched to the first by instruction."),
+    db: Path = typer.Option(Path("eval/human-ab.sqlite"), "--db", help="SQLite file holding the study; reuse it to resume."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep the loopback default unless raters are on other machines."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the per-rater item order and left/right placement (fixed when the study is created)."),
+    title: str = typer.Option("Which answer is better?", "--title", help="Heading of the rating page."),
+) -> None:
+    """Blind A/B rating by people in a local web page, the way Alpaca was evaluated.
+
+    Raters open the printed URL, enter their name and press A, B or T (tie) for each
+    instruction; system names are never shown and the sides are shuffled per rater and item.
+    Everything is stored in --db at once: stop the server any time and start it again (with or
+    without the two files) to continue. Several raters can rate at the same time.
+
+    Examples:
+
+      alpacakit eval human eval/outputs-student.json eval/outputs-teacher.json --db eval/human.sqlite
+
+      alpacakit eval human --db eval/human.sqlite          # resume
+
+      alpacakit eval human-export eval/human.sqlite -o eval/human-results.json
+    """
+    from alpacakit.evaluate.human.app import serve_study
+
+    serve_study(db, a, b, host=host, port=port, seed=seed, title=title, echo=print)
+
+
+@app.command("human-export")
+def human_export(
+    db: Path = typer.Argument(..., help="The SQLite file of a study (`alpacakit eval human --db`)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Results JSON: win rates, Cohen's kappa per rater pair, every judgment."),
+) -> None:
+    """Export a human A/B study: win rates and inter-rater agreement (Cohen's kappa).
+
+    Writes the win rate per system (ties count half; averaged per item over its raters),
+    Cohen's kappa for each pair of raters over the items both judged, position bias, and every
+    judgment with the system names filled in.
+    """
+    from alpacakit.evaluate.human.stats import export_results, summary_lines
+    from alpacakit.io import atomic_write_json
+
+    res = export_results(db)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output, res)
+    for line in summary_lines(res):
+        typer.echo(line)
+    typer.echo(f"wrote {output}")
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("bench")
+def bench(
+    model: str = typer.Option(..., "--model", "-m", help="Model: an alpacakit/HF model folder, a .gguf file, or an embedded name (gemma-3-270m, ...)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated: built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), "
+                                        ".jsonl files, MMLU-style .csv files or folders [default: all built-in]."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N items per task (the same seeded pick for every model)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: eval/bench-<system>.json]."),
+    system: Optional[str] = typer.Option(None, "--system", help="Name of the system in the results [default: from -o bench-<system>.json, else the model's name]."),
+    prompt: str = typer.Option("auto", "--prompt", help="auto (the model's own prompt format if it has one, else plain), plain, "
+                               "or a prompt format (alpaca, chat, a .json file)."),
+    mc_score: str = typer.Option("norm", "--mc-score", help="Multiple choice: norm (log-likelihood per byte, the headline) or raw (sum)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest short answer generated."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context window for GGUF models."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model of a LoRA adapter folder, when not where the adapter says."),
+    lm_eval_tasks: Optional[str] = typer.Option(None, "--lm-eval-tasks", help="Also run these lm-evaluation-harness tasks (e.g. mmlu,nq_open); "
+                                                "needs `pip install lm-eval` and hub access."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+) -> None:
+    """Capability benchmarks: multiple choice by log-likelihood, short answers by EM and F1.
+
+    Zero-shot, on HF / alpacakit model folders and GGUF models (embedded names too).
+
+    Run it on the base model, the student and the teacher with the same --tasks and --limit:
+    the report sets their accuracies side by side (knowledge), next to the pairwise win rate
+    (style). Rerunning an interrupted command continues where it stopped.
+
+    Examples:
+
+      alpacakit eval bench --model gemma-3-270m -o runs/demo/eval/bench-base.json
+
+      alpacakit eval bench --model runs/demo/model -o runs/demo/eval/bench-student.json --limit 50
+
+      alpacakit eval bench --model qwen2.5-coder-1.5b-instruct --tasks facts_mc,mmlu_csv/ -o eval/bench-teacher.json
+    """
+    import sys
+
+    from alpacakit.evaluate.bench.runner import run_bench
+
+    task_list = _split(tasks)
+    if output is None:
+        name = system or (Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name or model)
+        output = Path("eval") / f"bench-{name}.json"
+    shown: dict[str, int] = {}
+
+    def report(task: str, done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done - shown.get(task, 0) >= step:
+            shown[task] = done
+            print(f"  {task}: {done}/{total}", file=sys.stderr, flush=True)
+
+    res = run_bench(model, tasks=task_list, limit=limit, out=output, system=system, prompt=prompt, mc_score=mc_score,
+                    max_new_tokens=max_new_tokens, n_ctx=n_ctx, n_threads=threads, base=base,
+                    lm_eval_tasks=_split(lm_eval_tasks), progress=report if progress else None)
+    typer.echo(f"{res['system']} ({res.get('prompt', {}).get('mode', 'lm-eval')} prompt):")
+    for name, t in res["tasks"].items():
+        extra = f", f1 {t['f1']:.3f}" if t.get("f1") is not None else ""
+        typer.echo(f"  {name}: {t['metric']} {t['accuracy']:.3f} (n={t['n']}{extra})")
+    if res["overall"]["accuracy"] is not None:
+        typer.echo(f"  overall (macro): {res['overall']['accuracy']:.3f}")
+    typer.echo(f"wrote {output}")
+
+
+# --------------------------------------------------------------------------- answers, LLM judging, contamination
+
+
+@app.command("generate")
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="System to evaluate: a model folder, a .gguf file, an embedded name, or openai:MODEL."),
+    output: Path = typer.Option(..., "-o", "--output", help="AlpacaEval-style JSON to write, e.g. runs/NAME/eval/outputs-student.json (its journal goes beside it, in .work/)."),
+    eval_set: Optional[str] = typer.Option(None, "--eval-set", "-s", help="alpacakit (our held-out set), or a self-instruct user-oriented JSONL, AlpacaEval JSON, or instruction/input file [default: alpacakit]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Generator name written into the file (the report looks for base, student, teacher) [default: from -o outputs-<name>.json, else the model]."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible endpoint (with --model openai:MODEL)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."),
+    prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="Ask a local model through this format (alpaca, chat, a .json) instead of its own."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N eval items (smoke runs)."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="Self-instruct files: first | all instances per instruction [default: first]."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest answer in tokens [default: 512]."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature [default: 0.7]."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight at once (endpoints)."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop cleanly before spending more than this many dollars."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set eval.system.top_p=0.95."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Answer an eval set with any system, written as [{instruction, output, generator, dataset}].
+
+    Resumable: kill it and run the same command again; only missing answers are asked for.
+
+    Examples:
+
+      alpacakit eval generate --model gemma-3-270m --name base -o runs/demo/eval/outputs-base.json
+
+      alpacakit eval generate --model runs/demo/model --name student -o runs/demo/eval/outputs-student.json
+
+      alpacakit eval generate --model openai:gpt-4o-mini --name teacher -o eval/outputs-teacher.json \\
+          --eval-set user_oriented_instructions.jsonl
+    """
+    from alpacakit.config import load_config
+    from alpacakit.evaluate.outputs import generate_outputs
+
+    extra = {"eval": {"eval_set": eval_set, "limit": limit, "instances": instances, "prompt_format": prompt_format,
+                      "system": {"model": model, "base_url": base_url, "api_key_env": api_key_env,
+                                 "max_tokens": max_tokens, "temperature": temperature, "max_concurrency": concurrency}}}
+    cfg = load_config(config, set_, extra)
+    res = generate_outputs(cfg, output, name=name, show_progress=progress, max_cost=max_cost)
+    typer.echo(res.summary())
+    if res.status != "complete":
+        raise typer.Exit(3 if res.status == "stopped_at_budget" else 1)
+
+
+@app.command("pairwise")
+def pairwise(
+    model_outputs: Path = typer.Argument(..., help="Answers of the system being rated (AlpacaEval JSON): its win rate is reported."),
+    baseline_outputs: Path = typer.Argument(..., help="Answers of the baseline it is compared with (e.g. the teacher's)."),
+    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="Judge folder: alpacakit_verdict, alpacakit_reasoned, or a path to your own [default: alpacakit_verdict]."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model that judges: embedded name, .gguf, or openai:MODEL [default: the judge folder's]."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible judge endpoint."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the judge's API key."),
+    order: Optional[str] = typer.Option(None, "--order", help="both (each pair in both orders, averaged) | random (one seeded order per pair) [default: both]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random order."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: pairwise-<model>-vs-<baseline>.json beside MODEL_OUTPUTS]."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Judge only the first N shared instructions."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Judge requests in flight (endpoints)."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop judging cleanly before spending more than this many dollars."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval.judge section)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set eval.judge.price.input_per_1m=0.15."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """An LLM judge compares two systems' answers; win rate (AlpacaEval's definition) with SE and length control.
+
+    Every judgment is journaled: a crash, a rerun or a longer eval set pays for nothing twice.
+
+    Examples:
+
+      alpacakit eval pairwise runs/demo/eval/outputs-student.json runs/demo/eval/outputs-teacher.json
+
+      alpacakit eval pairwise a.json b.json --judge alpacakit_reasoned --judge-model openai:gpt-4o-mini \\
+          --set eval.judge.price.input_per_1m=0.15 --set eval.judge.price.output_per_1m=0.6
+    """
+    from alpacakit.config import load_config
+    from alpacakit.evaluate.pairwise import judge_pairwise
+
+    extra = {"eval": {"judge": {"name": judge, "model": judge_model, "base_url": base_url, "api_key_env": api_key_env,
+                                "order": order, "seed": seed, "max_concurrency": concurrency, "max_cost": max_cost}}}
+    cfg = load_config(config, set_, extra)
+    res = judge_pairwise(model_outputs, baseline_outputs, cfg, out=output, show_progress=progress, limit=limit)
+    typer.echo(res.summary())
+    if res.status != "complete":
+        raise typer.Exit(3)
+
+
+@app.command("judges")
+def judges() -> None:
+    """List the built-in judge folders (copy one to write your own)."""
+    from alpacakit.evaluate.judges import judges_dir, list_judges
+
+    for name, description in list_judges().items():
+        typer.echo(f"{name}: {description}")
+    typer.echo(f"(folders in {judges_dir()})")
+
+
+@app.command("contamination")
+def contamination(
+    train: Path = typer.Argument(..., help="Training data with an 'instruction' field (JSONL, JSON, CSV or an HF datasets folder)."),
+    eval_set: Optional[str] = typer.Option(None, "--eval-set", "-s", help="Eval set to protect [default: alpacakit]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="ROUGE-L F above which an example is a copy [default: 0.7]."),
+    write_clean: Optional[Path] = typer.Option(None, "--write-clean", help="Also write the training data without the copies here (.jsonl or .json)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the full report (every pair) as JSON here."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field."),
+) -> None:
+    """Find training examples whose instruction copies an eval instruction (ROUGE-L F > 0.7).
+
+    Exit status 1 when any is found, so scripts can stop before training on the eval set.
+
+    Example:
+
+      alpacakit eval contamination runs/demo/data/examples.jsonl --write-clean runs/demo/data/clean.jsonl
+    """
+    from alpacakit.config import load_config
+    from alpacakit.evaluate.contamination import check_contamination
+    from alpacakit.io import atomic_write_json
+
+    cfg = load_config(config, set_, {"eval": {"eval_set": eval_set, "contamination_threshold": threshold}})
+    ev = cfg.eval
+    rep = check_contamination(train, ev.eval_set, threshold=ev.contamination_threshold, instances=ev.instances,
+                              write_clean=write_clean)
+    if output:
+        atomic_write_json(output, rep)
+    typer.echo(f"{rep['n_contaminated_train']} of {rep['n_train']} training examples copy one of {rep['n_eval']} "
+               f"eval instructions (ROUGE-L F > {rep['threshold']}); {rep['n_contaminated_eval']} eval instructions affected")
+    for p in rep["pairs"][:10]:
+        typer.echo(f"  train #{p['train_index']} ~ eval {p['eval_id']} (F={p['rouge_l']:.3f}): {p['train_instruction'][:90]!r}")
+    if len(rep["pairs"]) > 10:
+        typer.echo(f"  ... {len(rep['pairs']) - 10} more" + (f" in {output}" if output else " (use -o to write them all)"))
+    if "clean" in rep:
+        typer.echo(f"wrote {rep['clean']['kept']} examples to {rep['clean']['path']}")
+    if rep["n_contaminated_train"]:
+        raise typer.Exit(1)

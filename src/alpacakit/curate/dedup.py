@@ -1,0 +1,367 @@
+"""`alpacakit curate dedup`: exact ROUGE-L near-duplicate removal for a whole file.
+
+Decisions are those of the streaming `RougeDeduper` (and of Stanford's loop over
+`rouge_score`): an instruction is kept iff its ROUGE-L F with every seed and every earlier kept
+instruction is <= the threshold. With the whole file known up front the same index signatures
+(`rouge.Bounds.plan`: key pairs / single keys of each text's rarest-first prefix) can be built
+and joined with numpy instead of one Python dict look-up at a time:
+
+1. tokenize once; number each token occurrence (bag overlap = set overlap); rank keys by
+   document frequency over the file, rarest first; sort each text's keys by that rank;
+2. emit every text's signatures as int64 codes (pairs a*K+b, single keys K*K+a; S or X table);
+3. walk the file in chunks: join the chunk's probe codes against the index codes of earlier
+   texts that are still alive (seeds, kept texts, and the undecided texts of this chunk), by
+   binary search on (code, text) keys; drop candidate pairs whose exact length bound or a
+   256-bit occurrence-mask bound on their overlap is below `need`;
+4. resolve the chunk in order in Python: a text is dropped at its first *kept* candidate with
+   an exact F above the threshold (bit-parallel LCS + rouge_score's float formula).
+
+Dropped texts leave the index before the next chunk, so a big cluster of near-duplicates costs
+what it costs in streaming, and a chunk whose join would be too large is split in two.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+from alpacakit.curate.rouge import (Bounds, char_masks, check_threshold, f_measure, lcs_with_masks,
+                                    tokenize_many)
+from alpacakit.errors import DataError
+from alpacakit.io import iter_jsonl, read_records, write_jsonl
+
+_CHUNK = 4096  # texts decided per join; dropped ones leave the index after each chunk
+_MAX_JOIN = 4_000_000  # candidate (text, earlier text) events per join before a chunk is split
+_MASK_WORDS = 4  # 256-bit occurrence masks for the overlap bound
+
+
+@dataclass
+class DedupStats:
+    """What `dedup_file` did."""
+
+    input: Path
+    output: Path
+    read: int
+    seeds: int
+    kept: int
+    dropped: int
+    threshold: float
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"read {self.read}, kept {self.kept}, dropped {self.dropped} as near-duplicates "
+                f"(ROUGE-L F > {self.threshold:g} vs {self.seeds} seeds and earlier kept records), "
+                f"{self.seconds:.1f}s -> {self.output}")
+
+
+def dedup_instructions(instructions: Sequence[str], seeds: Sequence[str] = (), threshold: float = 0.7,
+                       progress: Callable[[int, int], None] | None = None) -> list[bool]:
+    """Keep flags, in order, for `instructions` checked against `seeds` + earlier kept ones.
+
+    Exactly the decisions of `RougeDeduper(threshold)` fed the seeds and then each instruction
+    with `add_if_novel` (and of rouge_score's pairwise loop), computed in bulk. `progress`, if
+    given, is called with (instructions decided, total) after each chunk.
+    """
+    t = check_threshold(threshold)
+    texts = list(seeds) + list(instructions)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"instruction {i} must be a str, got {type(text).__name__}")
+    if len(texts) == len(seeds):
+        return []
+    return _Bulk(texts, len(seeds), Bounds(t)).run(progress)
+
+
+class _Bulk:
+    """The steps of `dedup_instructions` over one list of texts (seeds first)."""
+
+    def __init__(self, texts: list[str], n_seeds: int, bounds: Bounds):
+        import numpy as np
+
+        self.np = np
+        self.n, self.n_seeds, self.bounds, self.t = len(texts), n_seeds, bounds, bounds.threshold
+        self._tokens(texts)
+        self._rank_keys()
+        self._masks()
+        codes, items, inner = self._signatures()
+        self._join_tables(codes, items, inner)
+        self.kept = np.ones(self.n, dtype=bool)
+        self._ids: dict[int, list[int]] = {}
+        self._need_table = None
+
+    # 1. tokens, occurrence keys, ranks -----------------------------------------------------
+
+    def _tokens(self, texts: list[str]) -> None:
+        np = self.np
+        tokens = tokenize_many(texts)
+        self.lens = np.fromiter(map(len, tokens), dtype=np.int64, count=self.n)
+        self.off = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(self.lens, out=self.off[1:])
+        flat = list(chain.from_iterable(tokens))
+        vocab = {w: i for i, w in enumerate(dict.fromkeys(flat))}
+        self.vocab_size = max(len(vocab), 1)
+        self.flat_ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+        self.owner = np.repeat(np.arange(self.n, dtype=np.int64), self.lens)  # text of each token
+
+    def _rank_keys(self) -> None:
+        """Occurrence keys (the k-th repeat of a token is a key of its own), ranked by document
+        frequency, rarest first; `srk` holds each text's ranks in ascending order."""
+        np = self.np
+        total = len(self.flat_ids)
+        text_token = self.owner * self.vocab_size + self.flat_ids
+        order = np.argsort(text_token, kind="stable")
+        grouped = text_token[order]
+        pos = np.arange(total, dtype=np.int64)
+        first = np.ones(total, dtype=bool)
+        first[1:] = grouped[1:] != grouped[:-1]
+        repeat = np.empty(total, dtype=np.int64)
+        repeat[order] = pos - np.maximum.accumulate(np.where(first, pos, 0))
+        keys = self.flat_ids + repeat * self.vocab_size
+        uniq, inverse, df = np.unique(keys, return_inverse=True, return_counts=True)
+        self.k = k = len(uniq)
+        rank_of = np.empty(k, dtype=np.int64)
+        rank_of[np.lexsort((uniq, df))] = np.arange(k, dtype=np.int64)
+        base = self.owner * k
+        self.srk = np.sort(base + rank_of[inverse.reshape(-1)]) - base
+        self.pos_in_text = pos - self.off[self.owner] if total else pos
+
+    def _masks(self) -> None:
+        """256-bit masks of each text's keys; rank % 256 puts the 256 most frequent keys on
+        distinct bits. overlap <= popcount(mask_a & mask_b) + min(lost_a, lost_b), where lost
+        counts a text's keys that share a bit with another of its keys."""
+        np = self.np
+        self.masks = np.zeros((self.n, _MASK_WORDS), dtype=np.uint64)
+        if len(self.srk):
+            bit = self.srk % (64 * _MASK_WORDS)
+            one = np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64))
+            np.bitwise_or.at(self.masks, (self.owner, bit // 64), one)
+        self.lost = self.lens - _popcount(self.masks)
+
+    # 2. signatures ---------------------------------------------------------------------------
+
+    def _signatures(self):
+        """Every text's signature codes (pairs a*K+b, single keys K*K+a, a and b ranks), the
+        text each belongs to, and whether it lies in the short prefix ("inner")."""
+        np = self.np
+        k, srk, off = self.k, self.srk, self.off
+        lengths, length_of = np.unique(self.lens, return_inverse=True)
+        plans = [self.bounds.plan(int(x)) for x in lengths]
+        p_short, p_long, s_short, s_long = (
+            np.array([getattr(p, name) for p in plans], dtype=np.int64)[length_of.reshape(-1)]
+            for name in ("pair_short", "pair_long", "single_short", "single_long"))
+        codes, items, inner = [], [], []
+        for width in np.unique(p_long).tolist():
+            if width < 2:
+                continue
+            group = np.flatnonzero(p_long == width)
+            r = srk[off[group][:, None] + np.arange(width)]
+            ia, ib = _triangle(width)
+            codes.append((r[:, ia] * k + r[:, ib]).reshape(-1))
+            items.append(np.repeat(group, len(ia)))
+            inner.append((ib[None, :] < p_short[group][:, None]).reshape(-1))
+        pos, owner = self.pos_in_text, self.owner
+        single = pos < s_long[owner]
+        codes.append(k * k + srk[single])
+        items.append(owner[single])
+        inner.append(pos[single] < s_short[owner[single]])
+        return np.concatenate(codes), np.concatenate(items), np.concatenate(inner)
+
+    # 3. join ---------------------------------------------------------------------------------
+
+    def _join_tables(self, codes, items, inner) -> None:
+        """Index: inner signatures in table S (even codes), outer ones in table X (odd codes),
+        as sorted keys code_id * n + text. Probes (texts after the seeds): every signature in
+        S, inner ones in X; sorted by chunk, then code id, so each chunk's binary searches get
+        ascending keys."""
+        np, n = self.np, self.n
+        index_codes = codes * 2 + (~inner)
+        probing = items >= self.n_seeds
+        probe_codes = np.concatenate([codes[probing] * 2, codes[probing & inner] * 2 + 1])
+        probe_items = np.concatenate([items[probing], items[probing & inner]])
+        code_ids, index_cid = np.unique(index_codes, return_inverse=True)
+        self.index_key = np.sort(index_cid.reshape(-1) * n + items)
+        by_value = np.argsort(probe_codes)
+        hit = np.empty(len(probe_codes), dtype=np.int64)
+        hit[by_value] = np.searchsorted(code_ids, probe_codes[by_value])
+        found = hit < len(code_ids)
+        found[found] = code_ids[hit[found]] == probe_codes[found]
+        cid, text = hit[found], probe_items[found]
+        order = np.lexsort((cid, (text - self.n_seeds) // _CHUNK))
+        self.probe_cid, self.probe_text = cid[order], text[order]
+        self.probe_chunk = (self.probe_text - self.n_seeds) // _CHUNK
+
+    def run(self, progress) -> list[bool]:
+        np = self.np
+        for chunk, c0 in enumerate(range(self.n_seeds, self.n, _CHUNK)):
+            c1 = min(self.n, c0 + _CHUNK)
+            p0, p1 = np.searchsorted(self.probe_chunk, [chunk, chunk + 1])
+            self._decide(c0, c1, self.probe_cid[p0:p1], self.probe_text[p0:p1])
+            if progress is not None:
+                progress(c1 - self.n_seeds, self.n - self.n_seeds)
+        return self.kept[self.n_seeds:].tolist()
+
+    def _decide(self, c0: int, c1: int, cid, text) -> None:
+        """Decide texts c0..c1-1 (their probes: `cid`, `text`, sorted by cid)."""
+        np, n = self.np, self.n
+        alive = self.index_key[self.kept[self.index_key % n]]  # dropped texts never drop others
+        lo = np.searchsorted(alive, cid * n)
+        hi = np.searchsorted(alive, cid * n + text)  # earlier texts only
+        counts = hi - lo
+        volume = int(counts.sum())
+        if volume > _MAX_JOIN and c1 - c0 > 1:
+            mid = (c0 + c1) // 2
+            first = text < mid
+            self._decide(c0, mid, cid[first], text[first])
+            self._decide(mid, c1, cid[~first], text[~first])
+            return
+        starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        earlier = alive[starts + np.arange(volume)] % n
+        self._resolve(np.repeat(text, counts), earlier)
+
+    # 4. exact decisions ----------------------------------------------------------------------
+
+    def _resolve(self, later, earlier) -> None:
+        """Filter candidate pairs by exact bounds, then decide their texts in order: a text is
+        dropped at its first kept candidate whose exact F exceeds the threshold."""
+        np, n = self.np, self.n
+        if not len(later):
+            return
+        lens = self.lens
+        need = self._need(lens[later], lens[earlier])
+        overlap = _popcount(self.masks[later] & self.masks[earlier])
+        ok = overlap + np.minimum(self.lost[later], self.lost[earlier]) >= need
+        pair = np.unique(later[ok] * n + earlier[ok])  # by later text, then earlier text
+        later, earlier = pair // n, pair % n
+        kept, t = self.kept, self.t
+        current, a, masks = -1, [], {}
+        for j, i in zip(later.tolist(), earlier.tolist()):
+            if not kept[j] or not kept[i]:
+                continue
+            if j != current:
+                current, a = j, self._text_ids(j)
+                masks = char_masks(a)
+            if f_measure(lcs_with_masks(masks, len(a), self._text_ids(i)), len(a), int(lens[i])) > t:
+                kept[j] = False
+
+    def _text_ids(self, i: int) -> list[int]:
+        got = self._ids.get(i)
+        if got is None:
+            got = self._ids[i] = self.flat_ids[self.off[i]:self.off[i + 1]].tolist()
+        return got
+
+    def _need(self, m, k):
+        """need(m, k) elementwise: a table for lengths up to 256, the cache beyond."""
+        np = self.np
+        if self._need_table is None:
+            top = min(int(self.lens.max()), 256) + 1
+            need = self.bounds.need
+            self._need_table = np.array([[need(a, b) for b in range(top)] for a in range(top)], dtype=np.int64)
+        table = self._need_table
+        top = len(table)
+        small = (m < top) & (k < top)
+        out = table[np.where(small, m, 0), np.where(small, k, 0)]
+        if not small.all():
+            big = np.flatnonzero(~small)
+            out[big] = [self.bounds.need(int(a), int(b)) for a, b in zip(m[big], k[big])]
+        return out
+
+
+def _popcount(words):
+    """Set bits per row of a uint64 matrix (np.bitwise_count needs numpy >= 2)."""
+    import numpy as np
+
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+    return table[np.ascontiguousarray(words).view(np.uint8)].reshape(len(words), -1).sum(axis=1)
+
+
+def _triangle(width: int):
+    """Index pairs (i, j), i < j < width, ordered by j then i."""
+    import numpy as np
+
+    j = np.concatenate([np.full(k, k, dtype=np.int64) for k in range(1, width)])
+    i = np.concatenate([np.arange(k, dtype=np.int64) for k in range(1, width)])
+    return i, j
+
+
+# ------------------------------------------------------------------------------------- files
+
+def _instruction_texts(path: Path, records: list[dict]) -> list[str]:
+    """The `instruction` of each record, with file:line for any that is not a string."""
+    texts = []
+    for i, r in enumerate(records):
+        value = r["instruction"]
+        if not isinstance(value, str):
+            raise DataError(f"{_where(path, i)}: field 'instruction' must be a string, found {type(value).__name__}",
+                            hint="every record needs a text 'instruction'")
+        texts.append(value)
+    return texts
+
+
+def _where(path: Path, index: int) -> str:
+    """file:line of the index-th record of a JSONL file (or 'file: item N' for a JSON list)."""
+    try:
+        if not path.read_text(encoding="utf-8").lstrip().startswith("["):
+            for k, (lineno, _) in enumerate(iter_jsonl(path)):
+                if k == index:
+                    return f"{path}:{lineno}"
+    except (OSError, UnicodeDecodeError, DataError):
+        pass
+    return f"{path}: item {index}"
+
+
+def dedup_file(input: str | Path, output: str | Path, seeds: str | Path | None = None,
+               threshold: float = 0.7) -> DedupStats:
+    """Write the records of `input` whose instruction is not a near-duplicate, as JSONL.
+
+    `input`: JSON list or JSONL of records with an `instruction` field (other fields are kept).
+    `seeds`: optional self-instruct seed JSONL (or any records file with `instruction`); seeds
+    start the pool and are never written. The output keeps input order and is written
+    atomically, so a failed run leaves no partial file.
+    """
+    start = time.perf_counter()
+    t = check_threshold(threshold)
+    input, output = Path(input), Path(output)
+    records = read_records(input, required=["instruction"])
+    texts = _instruction_texts(input, records)
+    seed_texts: list[str] = []
+    if seeds is not None:
+        seeds = Path(seeds)
+        seed_texts = _instruction_texts(seeds, read_records(seeds, required=["instruction"]))
+    with _ProgressBar(len(texts)) as progress:
+        keep = dedup_instructions(texts, seed_texts, t, progress=progress)
+    kept = write_jsonl(output, (r for r, k in zip(records, keep) if k))
+    return DedupStats(input=input, output=output, read=len(records), seeds=len(seed_texts), kept=kept,
+                      dropped=len(records) - kept, threshold=t, seconds=time.perf_counter() - start)
+
+
+class _ProgressBar:
+    """A transient rich progress bar on a terminal for large inputs; nothing otherwise."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._progress = None
+        self._task = None
+
+    def __enter__(self):
+        if self.total < 20_000 or not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._progress = Progress(console=Console(stderr=True), transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task("dedup", total=self.total)
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()

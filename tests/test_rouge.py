@@ -1,0 +1,437 @@
+"""Exact ROUGE-L dedup: every score and every keep/drop decision equals rouge_score's.
+
+The reference is the `rouge_score` package itself (RougeScorer(["rougeL"]), no stemmer), used
+the way Stanford's self-instruct code uses it: `_score_lcs(new_tokens, pool_tokens)`, keep when
+the max F over the pool is <= the threshold, in pool order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rouge_score import rouge_scorer
+
+import alpacakit.curate.dedup as bulk
+from alpacakit.curate.dedup import dedup_instructions
+from alpacakit.curate.rouge import (NEVER, Bounds, DedupResult, RougeDeduper, f_measure, lcs_length,
+                                    rouge_l_f, tokenize, tokenize_many)
+from alpacakit.errors import ConfigError
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def ref_tokens(text: str) -> list[str]:
+    return SCORER._tokenizer.tokenize(text)
+
+
+def ref_f(new: str, old: str) -> float:
+    return rouge_scorer._score_lcs(ref_tokens(new), ref_tokens(old)).fmeasure
+
+
+def ref_dedup(seeds: list[str], texts: list[str], threshold: float):
+    """Stanford's loop: (keep flags, max F per text, all scores per text in pool order, pool texts)."""
+    pool = list(seeds)
+    keep, maxes, all_scores, pools = [], [], [], []
+    for text in texts:
+        scores = [ref_f(text, old) for old in pool]
+        all_scores.append(scores)
+        pools.append(list(pool))
+        best = max(scores, default=0.0)
+        maxes.append(best)
+        keep.append(best <= threshold)
+        if keep[-1]:
+            pool.append(text)
+    return keep, maxes, all_scores, pools
+
+
+def stream(seeds, texts, threshold, **kw) -> list[DedupResult]:
+    d = RougeDeduper(threshold, **kw)
+    for s in seeds:
+        d.add_seed(s)
+    return [d.add_if_novel(t) for t in texts]
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+TOKENIZER_CASES = [
+    "", " ", "\t\n\r", "!!!", "...?!", "--- *** ///", "Hello, World!", "don't won't it's", "O'Reilly's",
+    "3.14159 and 2,000,000 items", "COVID-19 in 2020-03-11", "e-mail@example.com http://x.org/a?b=c",
+    "café naïve résumé", "Straße groß", "İstanbul", "ΣΟΦΟΣ σοφος", "日本語のテキスト", "emoji 😀 test 👍🏽",
+    "ＡＢＣ fullwidth １２３", "\u212a kelvin", "ﬁne ligature", "tab\tsep\u00a0nbsp\u2028line", "x_y x-y x.y",
+    "MiXeD CaSe WoRdS", "a", "A1b2C3", "   leading and trailing   ", "dup dup dup", "\x00nul\x00byte",
+]
+
+
+@pytest.mark.parametrize("text", TOKENIZER_CASES)
+def test_tokenize_is_rouge_score_tokenizer(text):
+    assert tokenize(text) == ref_tokens(text)
+
+
+def test_tokenize_many_matches_tokenize_including_nul_and_final_sigma():
+    texts = TOKENIZER_CASES + ["ΟΔΟΣ", "ΟΔΟΣ.", "ends with Σ", "Σ starts"]
+    assert tokenize_many(texts) == [tokenize(t) for t in texts]
+    clean = [t for t in texts if "\x00" not in t]
+    assert tokenize_many(clean) == [tokenize(t) for t in clean]
+    assert tokenize_many([]) == [] and tokenize_many([""]) == [[]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("aAbZ09 .,'-\t\néİΣ\u212a😀_")), max_size=40))
+def test_tokenize_property(text):
+    assert tokenize(text) == ref_tokens(text)
+
+
+# ---------------------------------------------------------------------------- single pairs
+
+def test_lcs_length_matches_rouge_score_table_including_long_sequences():
+    rng = random.Random(7)
+    for _ in range(200):
+        a = [rng.choice("abcde") for _ in range(rng.randint(0, 150))]
+        b = [rng.choice("abcde") for _ in range(rng.randint(0, 150))]
+        expected = rouge_scorer._lcs_table(a, b)[-1][-1] if a and b else 0
+        assert lcs_length(a, b) == expected
+
+
+def near_duplicates(rng: random.Random, base: str, k: int) -> list[str]:
+    """Word edits, reorders, case changes and punctuation around one sentence."""
+    words = base.split()
+    out = []
+    for _ in range(k):
+        w = list(words)
+        op = rng.choice(["delete", "insert", "swap", "case", "punct", "replace", "shuffle"])
+        i = rng.randrange(len(w))
+        if op == "delete" and len(w) > 1:
+            w.pop(i)
+        elif op == "insert":
+            w.insert(i, rng.choice(["very", "the", "a", "quickly", "new"]))
+        elif op == "swap" and len(w) > 1:
+            j = rng.randrange(len(w))
+            w[i], w[j] = w[j], w[i]
+        elif op == "case":
+            w = [x.upper() if rng.random() < 0.5 else x.title() for x in w]
+        elif op == "punct":
+            w = [x + rng.choice([",", ".", "!", "?", ";", "'s"]) for x in w]
+        elif op == "replace":
+            w[i] = rng.choice(["list", "write", "poem", "story", "explain"])
+        else:
+            rng.shuffle(w)
+        out.append(" ".join(w))
+    return out
+
+
+BASES = [
+    "Write a short poem about the sea at night",
+    "Give three tips for staying healthy",
+    "Explain why the sky is blue to a five year old child",
+    "Rewrite the following sentence in the passive voice",
+    "Generate a list of ten creative names for a coffee shop in Paris",
+]
+
+
+def test_rouge_l_f_equals_rouge_score_on_near_duplicates():
+    rng = random.Random(0)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 12)] + BASES + ["", "?!", "the the the"]
+    for a in texts:
+        for b in texts:
+            assert rouge_l_f(a, b) == SCORER.score(a, b)["rougeL"].fmeasure
+
+
+def tie_pair(lcs: int, m: int, n: int) -> tuple[str, str]:
+    """Texts of m and n distinct words whose LCS is exactly `lcs` words."""
+    a = [f"w{i}" for i in range(m)]
+    b = a[:lcs] + [f"v{i}" for i in range(n - lcs)]
+    return " ".join(a), " ".join(b)
+
+
+@pytest.mark.parametrize("lcs,m,n,expected", [
+    (7, 8, 12, 0.7000000000000001),   # exactly 0.7 on paper, rounds above: rouge_score drops it
+    (7, 13, 7, 0.7000000000000001),
+    (7, 10, 10, 0.7),                 # exactly 0.7 in floats too: kept
+    (14, 20, 20, 0.7),
+    (21, 23, 37, 0.6999999999999998),  # rounds below: kept
+])
+def test_exact_ties_at_the_threshold_fall_as_rouge_score_decides(lcs, m, n, expected):
+    new, old = tie_pair(lcs, m, n)
+    ref = ref_f(new, old)
+    assert ref == expected == f_measure(lcs, m, n) == rouge_l_f(new, old)
+    d = RougeDeduper(0.7)
+    d.add_seed(old)
+    result = d.check(new)
+    assert result.kept == (ref <= 0.7)
+    assert result.max_similarity == ref
+    assert dedup_instructions([new], [old], 0.7) == [ref <= 0.7]
+
+
+def test_the_threshold_bound_agrees_with_the_float_formula_for_every_length_pair():
+    for t in (0.0, 0.3, 0.5, 0.7, 0.9):
+        b = Bounds(t)
+        for m in range(0, 45):
+            for n in range(0, 45):
+                above = [lcs for lcs in range(0, min(m, n) + 1) if f_measure(lcs, m, n) > t]
+                assert b.need(m, n) == (min(above) if above else NEVER)
+                if above:  # monotone: every lcs from need up to min(m, n) exceeds t
+                    assert above == list(range(above[0], min(m, n) + 1))
+            assert b.tau(m) == min((b.need(m, n) for n in range(1, 4 * m + 3)), default=NEVER)
+
+
+# ---------------------------------------------------------------------------- the deduper
+
+def test_deduper_matches_stanford_loop_on_near_duplicate_sets_with_stats():
+    rng = random.Random(1)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 15)]
+    rng.shuffle(texts)
+    seeds = BASES[:2]
+    keep, maxes, scores, pools = ref_dedup(seeds, texts, 0.7)
+    results = stream(seeds, texts, 0.7, keep_most_similar=5, full_stats=True)
+    assert [r.kept for r in results] == keep
+    assert [r.max_similarity for r in results] == maxes
+    for r, s, pool in zip(results, scores, pools):
+        assert r.mean_similarity == float(np.mean(s))
+        order = sorted(range(len(pool)), key=lambda i: (-s[i], i))
+        expected = {}
+        for i in order:
+            expected.setdefault(pool[i], s[i])
+        assert list(r.most_similar.items()) == list(expected.items())[:5]
+    assert dedup_instructions(texts, seeds, 0.7) == keep
+    assert 0 < sum(keep) < len(texts)  # the set really has near-duplicates and novel ones
+
+
+def test_decision_only_mode_reports_the_nearest_entry_of_dropped_ones():
+    d = RougeDeduper(0.7, keep_most_similar=0, stats=False)
+    d.add_seed("Write a poem about the sea")
+    d.add_seed("Write a poem about the sea at dawn")
+    kept = d.add_if_novel("Explain how a rainbow forms")
+    assert kept == DedupResult(kept=True, max_similarity=None, mean_similarity=None, most_similar={})
+    dropped = d.add_if_novel("Write a poem about the sea at night")
+    expected = ref_f("Write a poem about the sea at night", "Write a poem about the sea at dawn")
+    assert not dropped.kept and dropped.max_similarity == expected
+    assert dropped.most_similar == {"Write a poem about the sea at dawn": expected}
+    assert len(d) == 3
+
+
+def test_top_k_ties_list_earlier_pool_entries_first_and_pad_with_zero_scores():
+    d = RougeDeduper(0.7, keep_most_similar=4)
+    for s in ["alpha beta", "beta alpha", "gamma delta", "alpha gamma"]:
+        d.add_seed(s)
+    r = d.check("alpha zeta")
+    # F = 0.5 with "alpha beta", "beta alpha" (tie: pool order) and "alpha gamma"; 0.0 with the rest.
+    assert list(r.most_similar.items()) == [("alpha beta", 0.5), ("beta alpha", 0.5), ("alpha gamma", 0.5),
+                                            ("gamma delta", 0.0)]
+    assert r.kept and r.max_similarity == 0.5
+
+
+def test_empty_pool_empty_text_and_repeated_seeds():
+    d = RougeDeduper(0.7, full_stats=True)
+    assert d.check("anything") == DedupResult(True, 0.0, None, {})
+    d.add_seed("Same seed text")
+    d.add_seed("Same seed text")
+    d.add_seed("Other seed")
+    r = d.check("same seed text!")
+    assert not r.kept and r.max_similarity == 1.0
+    assert list(r.most_similar) == ["Same seed text", "Other seed"]
+    assert r.mean_similarity == float(np.mean([1.0, 1.0, ref_f("same seed text!", "Other seed")]))
+    # No tokens: F is 0 against everything (rouge_score's rule), so it is always kept.
+    assert d.add_if_novel("?!?").kept and d.add_if_novel("...").kept
+    assert len(d) == 5
+
+
+def test_check_does_not_add_but_add_if_novel_does():
+    d = RougeDeduper()
+    d.add_seed("Name three primary colors")
+    assert d.check("Describe the water cycle").kept and len(d) == 1
+    assert d.add_if_novel("Describe the water cycle").kept and len(d) == 2
+    assert not d.check("Describe the water cycle.").kept
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "0.7", True])
+def test_threshold_outside_0_1_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="threshold"):
+        RougeDeduper(bad)
+    with pytest.raises(ConfigError):
+        dedup_instructions(["a"], threshold=bad)
+
+
+def test_threshold_extremes():
+    texts = ["a b", "a b", "c d", "b x", ""]
+    assert dedup_instructions(texts, threshold=1.0) == [True] * 5
+    assert [r.kept for r in stream([], texts, 1.0)] == [True] * 5
+    keep0, *_ = ref_dedup([], texts, 0.0)
+    assert dedup_instructions(texts, threshold=0.0) == keep0 == [r.kept for r in stream([], texts, 0.0)]
+
+
+# ---------------------------------------------------------------------------- properties
+
+VOCAB = ["a", "b", "c", "d", "the", "of", "to", "Write", "poem", "x"]
+text_st = st.lists(st.sampled_from(VOCAB + [",", "!", "A", "B"]), min_size=0, max_size=12).map(" ".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seeds=st.lists(text_st, max_size=4), texts=st.lists(text_st, min_size=1, max_size=25),
+       threshold=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.7, 0.8, 1.0]))
+def test_streaming_and_bulk_equal_rouge_score_loop(seeds, texts, threshold):
+    keep, maxes, scores, _ = ref_dedup(seeds, texts, threshold)
+    results = stream(seeds, texts, threshold, keep_most_similar=3, full_stats=True)
+    assert [r.kept for r in results] == keep
+    assert [r.max_similarity for r in results] == maxes
+    assert [r.mean_similarity for r in results] == [float(np.mean(s)) if s else None for s in scores]
+    fast = stream(seeds, texts, threshold, keep_most_similar=0, stats=False)
+    assert [r.kept for r in fast] == keep
+    assert [r.max_similarity for r, k in zip(fast, keep) if not k] == [m for m, k in zip(maxes, keep) if not k]
+    assert dedup_instructions(texts, seeds, threshold) == keep
+
+
+def edited_long_texts(rng: random.Random, count: int, lo: int, hi: int) -> list[str]:
+    """Long texts (which use single-key signatures) with small edits between them."""
+    words = [f"w{i}" for i in range(12)] + ["the", "of", "and"]
+    bases = [[rng.choice(words) for _ in range(rng.randint(lo, hi))] for _ in range(4)]
+    out = []
+    for _ in range(count):
+        w = list(rng.choice(bases))
+        for _ in range(rng.randint(0, 5)):
+            op = rng.random()
+            if op < 0.35 and w:
+                w.pop(rng.randrange(len(w)))
+            elif op < 0.7:
+                w.insert(rng.randint(0, len(w)), rng.choice(words))
+            elif w:
+                w[rng.randrange(len(w))] = rng.choice(words)
+        out.append(" ".join(w))
+    return out
+
+
+@pytest.mark.parametrize("seed,lo,hi,threshold", [(1, 15, 40, 0.7), (2, 25, 70, 0.7), (3, 10, 30, 0.5),
+                                                  (4, 2, 20, 0.3), (5, 30, 60, 0.85)])
+def test_long_texts_and_small_join_chunks_match_rouge_score(monkeypatch, seed, lo, hi, threshold):
+    rng = random.Random(seed)
+    texts = edited_long_texts(rng, 40, lo, hi)
+    seeds, texts = texts[:3], texts[3:]
+    keep, maxes, _, _ = ref_dedup(seeds, texts, threshold)
+    assert [r.kept for r in stream(seeds, texts, threshold, keep_most_similar=1)] == keep
+    assert [r.max_similarity for r in stream(seeds, texts, threshold, keep_most_similar=1)] == maxes
+    monkeypatch.setattr(bulk, "_CHUNK", 5)
+    monkeypatch.setattr(bulk, "_MAX_JOIN", 20)  # forces chunks to be split while joining
+    assert dedup_instructions(texts, seeds, threshold) == keep
+
+
+def test_pool_reorders_as_it_grows_without_changing_decisions():
+    rng = random.Random(11)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 40)]
+    rng.shuffle(texts)
+    plain = [r.kept for r in stream([], texts, 0.7, stats=False)]
+    primed = RougeDeduper(0.7, stats=False)
+    primed.prime(texts)
+    assert [primed.add_if_novel(t).kept for t in texts] == plain == dedup_instructions(texts, [], 0.7)
+    assert plain == ref_dedup([], texts, 0.7)[0]
+
+
+def test_rouge_l_f_is_symmetric_in_floats():
+    rng = random.Random(3)
+    for _ in range(300):
+        lcs = rng.randint(1, 30)
+        m, n = lcs + rng.randint(0, 40), lcs + rng.randint(0, 40)
+        assert f_measure(lcs, m, n) == f_measure(lcs, n, m)
+        assert math.isclose(f_measure(lcs, m, n), 2 * lcs / (m + n))
+
+
+def test_bulk_overlap_bound_with_many_distinct_words_matches_rouge_score():
+    """Texts of 40-70 words from a 3000-word vocabulary: each text's keys collide on the
+    256-bit masks, so the bulk bound must count them (and stay an upper bound)."""
+    rng = random.Random(5)
+    vocab = [f"t{i}" for i in range(3000)]
+    bases = [[rng.choice(vocab) for _ in range(rng.randint(40, 70))] for _ in range(6)]
+    texts = []
+    for _ in range(60):
+        w = list(rng.choice(bases))
+        for _ in range(rng.randint(0, 14)):
+            i = rng.randrange(len(w))
+            if rng.random() < 0.5:
+                w.pop(i)
+            else:
+                w.insert(i, rng.choice(vocab))
+        texts.append(" ".join(w))
+    keep, maxes, _, _ = ref_dedup([], texts, 0.7)
+    assert 6 <= sum(keep) < len(texts) - 10
+    assert dedup_instructions(texts, [], 0.7) == keep
+    assert [r.max_similarity for r in stream([], texts, 0.7, keep_most_similar=1)] == maxes
+
+
+def test_bulk_mask_bound_never_undercounts_the_bag_overlap():
+    """popcount(mask_a & mask_b) + min(lost_a, lost_b) >= bag overlap, for every pair, even
+    with many keys per text colliding on the 256 bits (and the lost term is really needed)."""
+    from collections import Counter
+
+    rng = random.Random(9)
+    vocab = [f"t{i}" for i in range(600)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(30, 90))) for _ in range(40)]
+    b = bulk._Bulk(texts, 0, Bounds(0.7))
+    bags = [Counter(tokenize(t)) for t in texts]
+    needed_lost = False
+    for i in range(len(texts)):
+        for j in range(len(texts)):
+            overlap = sum((bags[i] & bags[j]).values())
+            shared_bits = int(bulk._popcount(b.masks[i:i + 1] & b.masks[j:j + 1])[0])
+            assert shared_bits + min(b.lost[i], b.lost[j]) >= overlap
+            needed_lost |= shared_bits < overlap
+    assert needed_lost
+
+
+def short_prefix(kind: str, length: int, t: float = 0.7) -> int:
+    plan = Bounds(t).plan(length)
+    return plan.pair_short if kind == "pairs" else plan.single_short
+
+
+@pytest.mark.parametrize("kind,n", [("pairs", 14), ("pairs", 24), ("singles", 40), ("singles", 60)])
+def test_a_match_found_only_through_the_long_prefix_of_the_longer_text(kind, n):
+    """The pool text (n words) has its first shared word just past its short prefix and the
+    new text has it inside its short prefix (at its end when lengths allow), so the only matching signature lies
+    in the X table of the longer text: both engines must still drop the new text."""
+    t, s = 0.7, 2 if kind == "pairs" else 1
+    k = short_prefix(kind, n)
+    shared = [f"s{i}" for i in range(n - k)]
+    own = max(u for u in range(0, 40)  # as many own words as still put it within its short prefix
+              if u <= short_prefix(kind, len(shared) + u) - s and f_measure(len(shared), len(shared) + u, n) > t)
+    old = " ".join([f"u{i}" for i in range(k)] + shared)  # rare words first (all appear once)
+    new = " ".join([f"v{i}" for i in range(own)] + shared)
+    assert ref_f(new, old) > t
+    for stats in (True, False):
+        d = RougeDeduper(t, stats=stats)
+        d.prime([old, new])  # ranks: words seen once, then the shared ones
+        d.add_seed(old)
+        assert d.check(new).kept is False
+    assert dedup_instructions([new], [old], t) == [False]
+
+
+def test_near_threshold_copies_of_long_texts_with_colliding_mask_bits():
+    """Eight 80-word texts, each with copies that have 21-23 words replaced: F just above 0.7
+    against their original only. More than 256 keys are shared, so shared keys collide on the
+    256-bit masks of both texts, and only the collision count keeps the bulk bound exact."""
+    rng = random.Random(21)
+    vocab = [f"t{i}" for i in range(5000)]
+    originals = [[rng.choice(vocab) for _ in range(80)] for _ in range(8)]
+    copies = []
+    for base in originals:
+        for d in (21, 22, 23):
+            w = list(base)
+            for _ in range(d):
+                w.pop(rng.randrange(len(w)))
+            for _ in range(d):
+                w.insert(rng.randrange(len(w) + 1), f"new{rng.randrange(10**6)}")
+            copies.append(" ".join(w))
+    seeds = [" ".join(b) for b in originals]
+    keep, maxes, _, _ = ref_dedup(seeds, copies, 0.7)
+    assert keep.count(False) >= 12  # most copies really are just above the threshold
+    assert dedup_instructions(copies, seeds, 0.7) == keep
+    assert [r.max_similarity for r in stream(seeds, copies, 0.7, keep_most_similar=1)] == maxes
+
+
+def test_popcount_fallback_for_numpy_1_matches(monkeypatch):
+    words = np.random.default_rng(0).integers(0, 2**63, size=(64, 4), dtype=np.int64).astype(np.uint64)
+    expected = [sum(bin(int(w)).count("1") for w in row) for row in words]
+    assert bulk._popcount(words).tolist() == expected
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert bulk._popcount(words).tolist() == expected
