@@ -8,9 +8,9 @@ order, same transformers Trainer, fp32 on CPU. Only what differs between the two
 
 - baseline (what Stanford's train.py does): each batch padded to its longest example, logits
   for every position, cross-entropy with -100 on prompt and padding;
-- ours: padding-free packing (one row per batch, examples cannot attend to each other) and the
-  chunked loss (hidden states kept only where a response token is predicted, projected onto the
-  vocabulary a chunk at a time, gradient computed in the same pass).
+- ours: padding-free packing (one row per batch; attention runs per example, so examples cannot
+  attend to each other) and the chunked loss (hidden states kept only where a response token is
+  predicted, projected onto the vocabulary a chunk at a time, gradient computed in the same pass).
 
 Each variant runs in its own child process (so peak RSS is its own), one after the other.
 Printed: supervised (response) tokens per second over the measured steps (after a warm-up
@@ -152,7 +152,10 @@ def main() -> None:
                str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length), "--threads",
                str(args.threads), "--seed", str(args.seed)]
         print(f"running {mode} ...", flush=True)
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        # Passive OpenMP waiting: on a machine shared with other jobs, spinning threads make timings
+        # swing wildly; both variants get the same setting.
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
         if r.returncode != 0 or line is None:
             sys.exit(f"{mode} failed:\n{r.stderr[-3000:]}")

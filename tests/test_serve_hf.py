@@ -107,38 +107,68 @@ def test_alpaca_format_folder_builds_the_trained_prompt_and_folds_history(tiny_c
     assert asyncio.run(teacher.chat(two, max_tokens=3)).usage.completion_tokens == 3
 
 
-def test_lora_adapter_folder_is_merged_onto_its_base(tiny_chat_model, tmp_path):
+@pytest.fixture(scope="module")
+def lora(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A LoRA adapter (random, non-zero) on the tiny model, and the greedy tokens it should give."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_chat_model)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                 init_lora_weights=False))
-    root = tmp_path / "lora-run"
-    peft_model.save_pretrained(root / "adapter")
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_chat_model),
+                                LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
+                                           init_lora_weights=False))
+    adapter = tmp_path_factory.mktemp("lora") / "adapter"
+    peft_model.save_pretrained(adapter)
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
+    prompt = "the dog"
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+
+    def greedy(model: Any) -> list[int]:
+        with torch.inference_mode():
+            out = model.eval().generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                        do_sample=False, pad_token_id=0)
+        return out[0, ids.shape[1]:].tolist()
+
+    want = greedy(peft_model.merge_and_unload())
+    base_out = greedy(AutoModelForCausalLM.from_pretrained(tiny_chat_model))
+    assert want != base_out  # the adapter changes the answer, so matching it below means something
+    return {"adapter": adapter, "prompt": prompt, "want": tok.decode(want, skip_special_tokens=True), "tok": tok}
+
+
+def test_alpacakit_lora_model_folder_is_loaded_with_its_manifest_and_merged(tiny_chat_model, lora, tmp_path):
+    root = tmp_path / "model"
+    shutil.copytree(lora["adapter"], root / "adapter")
+    lora["tok"].save_pretrained(root)
+    PromptFormat.load("chat").bind(lora["tok"]).save(root)
+    manifest = {"kind": "alpacakit.model", "complete": True, "method": "lora", "weights": "adapter",
+                "base": {"ref": str(tiny_chat_model), "path": str(tiny_chat_model)}, "prompt_format": "chat"}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    # the adapter records a base path that no longer exists: the manifest's is used
     cfg_path = root / "adapter" / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(tiny_chat_model)
-    cfg_path.write_text(json.dumps(cfg))
-    base_tok = AutoTokenizer.from_pretrained(tiny_chat_model)
-    PromptFormat.load("chat").bind(base_tok).save(root)
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "base_model_name_or_path": "/gone/base"}))
 
     teacher = HFTeacher(root, GREEDY)
-    assert teacher.layout.adapter == root / "adapter" and teacher.layout.base == str(tiny_chat_model)
-    prompt = "the dog"
-    ids = torch.tensor([base_tok(prompt)["input_ids"]])
-    merged = peft_model.merge_and_unload().eval()
-    with torch.inference_mode():
-        want = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                               eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
-        plain = AutoModelForCausalLM.from_pretrained(tiny_chat_model).eval()
-        base_out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                  do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
-    assert want.tolist() != base_out.tolist()  # the adapter changes the answer, so the check below means something
-    got = asyncio.run(teacher.complete(prompt, max_tokens=8))
-    assert got.text == base_tok.decode(want, skip_special_tokens=True)
+    assert teacher.layout.alpacakit and teacher.layout.adapter == root / "adapter"
+    assert not hasattr(teacher.model, "peft_config")  # merged, not a PeftModel
+    got = asyncio.run(teacher.complete(lora["prompt"], max_tokens=8))
+    assert got.text == lora["want"]
+
+    manifest["complete"] = False
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="incomplete"):
+        HFTeacher(root, GREEDY)
+
+
+def test_bare_adapter_folder_uses_the_given_base(tiny_chat_model, lora, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora["adapter"], adapter)
+    cfg_path = adapter / "adapter_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "base_model_name_or_path": "/gone/base"}))
+    with pytest.raises(TeacherError, match="/gone/base"):
+        HFTeacher(adapter, GREEDY)
+    teacher = HFTeacher(adapter, GREEDY, base=str(tiny_chat_model))
+    assert asyncio.run(teacher.complete(lora["prompt"], max_tokens=8)).text == lora["want"]
 
 
 def test_adapter_with_a_missing_base_says_how_to_fix_it(tmp_path):
@@ -192,3 +222,39 @@ def test_generation_past_the_timeout_is_an_error(tiny_chat_model):
     slow = HFTeacher(tiny_chat_model, TeacherConfig(model="tiny", temperature=0.0, max_tokens=400, timeout_s=0.05))
     with pytest.raises(TeacherError, match="timed out"):
         asyncio.run(slow.complete("the cat", max_tokens=400))
+
+
+@pytest.mark.slow  # trains a tiny model and starts a subprocess that imports transformers: ~40 s on 2 cores
+def test_a_folder_written_by_alpacakit_train_chats_in_the_terminal(tmp_path):
+    """End to end with the training stage's real output: train a tiny LoRA model, then
+    `alpacakit chat MODEL_DIR` with piped stdin answers with the saved Alpaca prompt."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from alpacakit.train.config import TrainConfig
+    from alpacakit.train.recipe import train
+    from alpacakit.train.tiny import make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base")
+    data = tmp_path / "examples.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}) + "\n"
+                            for w in ["red", "blue", "cat", "dog"]))
+    out = tmp_path / "run" / "model"
+    train(TrainConfig(base=str(base), data=str(data), epochs=1, batch_size=4, lr=1e-3, save_steps=50,
+                      logging_steps=1), output_dir=out)
+    assert (out / "adapter").is_dir() and (out / "prompt_format.json").is_file()
+
+    teacher = HFTeacher(out, GREEDY)
+    assert teacher.layout.alpacakit and teacher.prompt_format.name == "alpaca" and teacher.name == "run/model"
+    expected = asyncio.run(teacher.chat([{"role": "user", "content": "Repeat the word cat."}], max_tokens=6)).text
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "chat", str(out), "--temperature", "0", "--max-tokens", "6",
+         "--threads", "1"],
+        input="Repeat the word cat.\nAnd again?\n/exit\n", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert re.findall(r"history: (\d+) turn", proc.stderr) == ["1", "2"]
+    assert proc.stdout.split("\n\n")[0].strip() == expected.strip()

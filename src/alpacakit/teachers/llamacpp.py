@@ -7,9 +7,11 @@
 - One model, one request at a time: calls run in a worker thread (`asyncio.to_thread`) behind
   a lock, so the event loop stays free for other work (writing journals, HTTP teachers).
 - Usage comes from llama.cpp's own token counts; cost is usage x `config.price`, 0 by default.
-- Timeouts are best effort: the deadline is checked before every generated token, so a slow
-  or stalled generation stops and is retried like a remote timeout, but the prompt-evaluation
-  step that comes before the first token cannot be interrupted.
+- `timeout_s` is a stall timeout: a generation that produces no new token for `timeout_s`
+  seconds stops and is retried like a remote timeout (models.md reports rare stalls). A long
+  generation that keeps producing tokens is never cut off, however slow the machine: retrying it
+  would only pay for the same tokens again. The prompt-evaluation step before the first token
+  cannot be interrupted.
 - Sampling: temperature, top_p, stop and max_tokens as given; llama.cpp's own defaults for the
   rest (top_k=40, min_p=0.05), which keep small models on track. `config.seed` seeds the model
   once at load, so a run is reproducible while successive requests still differ; a `seed`
@@ -243,22 +245,25 @@ class LlamaCppTeacher:
     def _generate(self, route: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Runs in a worker thread, one at a time per model.
 
-        The deadline is enforced by a logits processor (llama.cpp calls it before sampling
+        The stall timeout is enforced by a logits processor (llama.cpp calls it before sampling
         each token, on both the chat and the raw route; `create_chat_completion` takes no
-        stopping criteria): past the deadline it leaves end-of-sequence as the only choice.
+        stopping criteria): when the gap since the previous token exceeds `timeout_s` it leaves
+        end-of-sequence as the only choice.
         """
         from llama_cpp import LogitsProcessorList
 
-        deadline = time.monotonic() + timeout_s
+        last_token_at = time.monotonic()
         timed_out = False
         eos = self._llm.token_eos()
 
         def stop_past_deadline(_tokens: Any, scores: Any) -> Any:
-            nonlocal timed_out
-            if timed_out or time.monotonic() > deadline:
+            nonlocal timed_out, last_token_at
+            now = time.monotonic()
+            if timed_out or now - last_token_at > timeout_s:
                 timed_out = True
                 scores[:] = -float("inf")
                 scores[eos] = 0.0
+            last_token_at = now
             return scores
 
         with self._lock:

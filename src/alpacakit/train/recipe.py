@@ -467,6 +467,9 @@ def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt
         "versions": versions(),
     }
     atomic_write_json(partial / "manifest.json", manifest)
+    from alpacakit.cards import write_model_card
+
+    write_model_card(partial)  # lineage, inherited licences, costs: from the manifests just written
     (partial / RUN_CONFIG).unlink(missing_ok=True)
     publish(partial, out, overwrite)
     if not cfg.keep_checkpoints:

@@ -105,6 +105,25 @@ class AlpacaTrainer(Trainer):
             self.meter.add(tokens, n, examples)
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _attention(self) -> Any:
+        """Per-example attention while batches are packed rows (see attention.py)."""
+        from contextlib import nullcontext
+
+        from alpacakit.train.attention import packed_attention
+        from alpacakit.train.collate import PackedCollator
+
+        if isinstance(self.data_collator, PackedCollator):
+            return packed_attention(causal_lm(self.model))
+        return nullcontext()
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        with self._attention():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        with self._attention():
+            return super().evaluate(*args, **kwargs)
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:
             tok_s, sup_s = self.meter.window()
