@@ -82,6 +82,9 @@ def gguf(
         typer.echo(f"verify: top-1 agreement {v['top1_agreement']:.1%} over {v['positions']} positions "
                    f"({v['prompts']} prompts); next-token {v['next_token_agreement']:.1%}; "
                    f"tokenizer {v['tokenizer_agreement']:.1%}")
+        if v.get("decisive_agreement") is not None:
+            typer.echo(f"verify: {v['decisive_agreement']:.1%} where the HF model's choice is clear "
+                       f"({v['decisive_positions']} positions with a lead of at least 0.5 logits)")
         if result.quant in VERIFIED_QUANTS and v["top1_agreement"] < AGREEMENT_THRESHOLD:
             raise ExportError(
                 f"{result.path}: top-1 agreement {v['top1_agreement']:.1%} is below {AGREEMENT_THRESHOLD:.0%}",

@@ -45,6 +45,10 @@ VERIFIED_QUANTS = ("f32", "f16", "q8_0")
 AGREEMENT_THRESHOLD = 0.95
 _LLAMA_FTYPE_Q4_K_M = 15  # llama.h: LLAMA_FTYPE_MOSTLY_Q4_K_M
 _MAX_VERIFY_TOKENS = 256
+_GGML_TYPE_F32 = 0
+# a position is "decisive" when the HF model's top token leads the runner-up by this many logits
+# (a probability ratio of e^0.5 = 1.65): disagreements elsewhere are near-ties that any rounding flips
+_DECISIVE_GAP = 0.5
 
 _MODEL_FOLDER_HELP = (
     "a model folder holds config.json, the weights (*.safetensors) and the tokenizer (tokenizer.json, "
@@ -526,7 +530,9 @@ def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[
     Each prompt (in the model's prompt format, when it has one) is tokenized by the HF
     tokenizer; both models then see those same ids, and the argmax of the logits is compared
     at every position (`top1_agreement`) and at the last one (`next_token_agreement`, the
-    token a greedy answer would start with). `tokenizer_agreement` is the share of prompts
+    token a greedy answer would start with). `decisive_agreement` is the agreement where the HF
+    model's top token leads the runner-up by at least 0.5 logits: quantization flips near-ties,
+    a broken export also flips clear choices. `tokenizer_agreement` is the share of prompts
     that llama.cpp's own tokenizer splits into exactly the same ids.
     """
     import numpy as np
@@ -547,9 +553,12 @@ def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[
     ids_list = [list(tok(t, add_special_tokens=add_special)["input_ids"])[:_MAX_VERIFY_TOKENS] for t in texts]
     longest = max(len(i) for i in ids_list)
 
+    # The KV cache stays f32 (llama.cpp's runtime default is f16): the figure then measures the
+    # file (weights, tokenizer, hyperparameters), not a runtime setting the user can change.
     llm = Llama(model_path=str(gguf_path), n_ctx=max(64, longest + 8), n_batch=max(64, longest + 8),
-                logits_all=True, verbose=False, n_threads=threads or _default_threads(), seed=0)
-    agree = total = last_agree = tok_same = 0
+                logits_all=True, verbose=False, n_threads=threads or _default_threads(), seed=0,
+                type_k=_GGML_TYPE_F32, type_v=_GGML_TYPE_F32)
+    agree = total = last_agree = tok_same = decisive = decisive_agree = 0
     max_diffs: list[float] = []
     mismatched_prompts: list[dict[str, Any]] = []
     try:
@@ -561,6 +570,10 @@ def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[
             ll = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
             hf_top, ll_top = hf.argmax(-1), ll[:, : hf.shape[1]].argmax(-1)
             same = hf_top == ll_top
+            top2 = np.partition(hf, -2, axis=-1)[:, -2:]
+            clear = (top2[:, 1] - top2[:, 0]) >= _DECISIVE_GAP
+            decisive += int(clear.sum())
+            decisive_agree += int((same & clear).sum())
             agree += int(same.sum())
             total += len(ids)
             last_agree += int(same[-1])
@@ -577,6 +590,8 @@ def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[
         "positions": total,
         "top1_agreement": round(agree / total, 4),
         "next_token_agreement": round(last_agree / len(prompts), 4),
+        "decisive_positions": decisive,
+        "decisive_agreement": round(decisive_agree / decisive, 4) if decisive else None,
         "tokenizer_agreement": round(tok_same / len(prompts), 4),
         "max_logit_diff_median": round(float(np.median(max_diffs)), 4),
         "tokenizer_mismatches": mismatched_prompts,

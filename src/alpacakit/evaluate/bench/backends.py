@@ -300,11 +300,23 @@ class LlamaCppBackend(Backend):
         self._llm.eval(ids)
         return self._read(ids, n_cont)
 
+    _gen_logits_all = False
+
     def generate(self, context: str, *, max_tokens: int, stop: list[str], add_special: bool) -> str:
+        """Greedy answer. The model was opened with `logits_all=True` for scoring, but a
+        generation needs only the last position's logits: computing the output layer for every
+        prompt token too costs more than the rest of the model for Gemma's 262K vocabulary, so
+        it is switched off for the call (llama-cpp-python reads that flag on each evaluation)."""
         ids = self._encode(context, add_special)
         self._check_fits(len(ids) + max_tokens)
-        out = self._llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
-                                          stop=[s for s in stop if s] or None)
+        llm = self._llm
+        saved = llm._logits_all
+        llm._logits_all = self._gen_logits_all
+        try:
+            out = llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
+                                        stop=[s for s in stop if s] or None)
+        finally:
+            llm._logits_all = saved
         return _cut(out["choices"][0]["text"], stop)
 
     def close(self) -> None:
