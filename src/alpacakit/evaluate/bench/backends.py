@@ -249,13 +249,15 @@ class LlamaCppBackend(Backend):
 
     def loglikelihood(self, context: str, continuations: list[str], *, add_special: bool = True) -> list[tuple[float, int]]:
         """Like the base class, but the prompt is evaluated once per item and each choice on top
-        of it (llama.cpp keeps the prompt's KV cache and logits), instead of the whole prompt
-        once per choice: several times faster for multiple choice.
+        of it (llama.cpp keeps the prompt's KV cache), instead of the whole prompt once per
+        choice: several times faster for multiple choice. The prompt is evaluated without its
+        output layer (only the logits at the prompt's last token are needed, and those are
+        computed with each choice), which for Gemma's 262K vocabulary is most of the cost.
 
-        Every choice is computed as "prompt, then continuation", whatever was evaluated before,
-        so scores do not depend on item order (matrix products in llama.cpp differ in the last
-        bits with the batch size, so the split must always be the same). A model whose cache
-        cannot be cut at the prompt's end (llama.cpp says so) is evaluated from scratch per choice.
+        Every choice is computed as "prompt minus its last token, then last token + choice",
+        whatever was evaluated before, so scores do not depend on item order (llama.cpp's matrix
+        products differ in the last bits with the batch size, so the split must always be the
+        same). A model whose cache cannot be cut there is evaluated from scratch per choice.
         """
         splits = [self.split(context, c, add_special) for c in continuations]
         for ids, _ in splits:
@@ -264,15 +266,30 @@ class LlamaCppBackend(Backend):
         if not self.reuse_prefix or p == 0 or any(ids[:p] != splits[0][0][:p] for ids, _ in splits):
             return [(self._score(ids, n), n) for ids, n in splits]
         llm = self._llm
+        q = p - 1
         llm.reset()
-        llm.eval(splits[0][0][:p])
+        if q:
+            self._eval_without_logits(splits[0][0][:q])
         out = []
         for ids, n in splits:
-            if not self._cut_to(p):
+            if q and not self._cut_to(q):
                 return [(self._score(ids, n), n) for ids, n in splits]
-            llm.eval(ids[p:])
+            if not q:
+                llm.reset()
+            llm.eval(ids[q:])
             out.append((self._read(ids, n), n))
         return out
+
+    def _eval_without_logits(self, ids: list[int]) -> None:
+        """Evaluate `ids` into the KV cache without computing their logits (llama-cpp-python
+        reads its logits_all flag on every evaluation)."""
+        llm = self._llm
+        saved = llm._logits_all
+        llm._logits_all = False
+        try:
+            llm.eval(ids)
+        finally:
+            llm._logits_all = saved
 
     def _cut_to(self, p: int) -> bool:
         """Forget every token after the first `p`; False when llama.cpp cannot."""
@@ -289,7 +306,11 @@ class LlamaCppBackend(Backend):
         """Sum of the continuation's log-probabilities from the stored logits rows."""
         import numpy as np
 
-        logits = np.asarray(self._llm.scores[len(ids) - n_cont - 1: len(ids) - 1], dtype=np.float64)
+        llm = self._llm
+        start = len(ids) - n_cont - 1
+        if llm.n_tokens != len(ids):  # the rows read must be those of this very evaluation
+            raise RuntimeError(f"internal: {llm.n_tokens} tokens evaluated, {len(ids)} expected")
+        logits = np.asarray(llm.scores[start: len(ids) - 1], dtype=np.float64)
         top = logits.max(axis=1, keepdims=True)
         logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
         target = np.asarray(ids[-n_cont:])
