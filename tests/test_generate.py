@@ -288,3 +288,13 @@ def test_export_alpaca_and_hf(server, tmp_path):
     import datasets
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert set(ds) == {"train", "validation"} and len(ds["train"]) + len(ds["validation"]) == len(data)
+
+
+def test_every_request_shows_at_least_one_example_with_an_input():
+    from alpacakit.generate.prompt import PromptBuilder
+    from alpacakit.generate.seeds import load_seed_tasks
+
+    builder = PromptBuilder(load_seed_tasks(), num_examples=3)
+    seeds = {s.id: s for s in builder.seeds}
+    for i in range(200):
+        assert any(seeds[sid].input for sid in builder.build(i).seed_ids)

@@ -66,8 +66,15 @@ class PromptBuilder:
         kind of task (say, code) dominates what the teacher imitates."""
         if len(self._by_category) >= self.num_examples > 1:
             cats = rng.sample(sorted(self._by_category), self.num_examples)
-            return [rng.choice(self._by_category[c]) for c in cats]
-        return rng.sample(self.seeds, self.num_examples)
+            picked = [rng.choice(self._by_category[c]) for c in cats]
+        else:
+            picked = rng.sample(self.seeds, self.num_examples)
+        # A teacher copies what it sees: with no example that has an input it writes <noinput>
+        # every time (seen with Qwen2.5-Coder), so one example always carries an input.
+        with_input = [s for s in self.seeds if s.input and s not in picked]
+        if with_input and not any(s.input for s in picked):
+            picked[-1] = rng.choice(with_input)
+        return picked
 
     def build(self, index: int) -> SelfInstructRequest:
         rng = random.Random(f"{self.rng_seed}:{index}")
