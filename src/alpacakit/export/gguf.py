@@ -301,7 +301,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _tensor_plan(name: str, data: Any, quant: str) -> tuple[Any, Any]:
+def _tensor_plan(data: Any, quant: str) -> tuple[Any, Any]:
     """(array to write, raw ggml type or None) for one float32 tensor under a quantization."""
     import gguf
     import numpy as np
@@ -347,7 +347,7 @@ def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
     say(f"converting tensors ({plan.arch}, {quant})")
     n = 0
     for gname, data in plan.tensors(loaded.model.state_dict()):
-        arr, raw = _tensor_plan(gname, data, quant)
+        arr, raw = _tensor_plan(data, quant)
         if raw is None:
             writer.add_tensor(gname, arr)
         else:
