@@ -9,6 +9,7 @@ Tokens are whitespace words, so prompt-length limits are easy to hit on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -66,13 +67,15 @@ class ScriptedTeacher:
 
     async def stream_chat(self, messages: list[dict[str, str]], **kw: Any) -> AsyncIterator[str | Completion]:
         self.calls.append({"messages": messages, **kw})
-        async for item in self._pieces(kw):
-            yield item
+        async with contextlib.aclosing(self._pieces(kw)) as inner:  # closes it with us, not at GC
+            async for item in inner:
+                yield item
 
     async def stream_complete(self, prompt: str, **kw: Any) -> AsyncIterator[str | Completion]:
         self.calls.append({"prompt": prompt, **kw})
-        async for item in self._pieces(kw):
-            yield item
+        async with contextlib.aclosing(self._pieces(kw)) as inner:  # closes it with us, not at GC
+            async for item in inner:
+                yield item
 
     async def _last(self, stream: AsyncIterator[str | Completion]) -> Completion:
         final = None

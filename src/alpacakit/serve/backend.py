@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,9 @@ class ServeBackend:
     async def stream_chat(self, messages: list[dict[str, str]], **kw: Any) -> AsyncIterator[str | Completion]:
         fn = getattr(self.teacher, "stream_chat", None)
         if fn is not None:
-            async for item in fn(messages, **kw):
-                yield item
+            async with contextlib.aclosing(fn(messages, **kw)) as inner:  # closes it with us, not at GC
+                async for item in inner:
+                    yield item
             return
         c = await self.teacher.chat(messages, **kw)
         if c.text:
@@ -91,8 +93,9 @@ class ServeBackend:
     async def stream_complete(self, prompt: str, **kw: Any) -> AsyncIterator[str | Completion]:
         fn = getattr(self.teacher, "stream_complete", None)
         if fn is not None:
-            async for item in fn(prompt, **kw):
-                yield item
+            async with contextlib.aclosing(fn(prompt, **kw)) as inner:  # closes it with us, not at GC
+                async for item in inner:
+                    yield item
             return
         c = await self.teacher.complete(prompt, **kw)
         if c.text:

@@ -22,6 +22,7 @@ streamed (`stream_chat` / `stream_complete`) and cancelled between tokens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -300,14 +301,18 @@ class HFTeacher:
             raise TeacherError(f"{self.name}: cannot build a prompt from these messages: {e}") from None
         stops = [*self.prompt_format.stop, *(kw.pop("stop", None) or [])]
         ids = self._encode(prompt, self.prompt_format.add_special_tokens)
-        async for item in self._stream(ids, stops, **kw):
-            yield item
+        inner = self._stream(ids, stops, **kw)
+        async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
+            async for item in inner:
+                yield item
 
     async def stream_complete(self, prompt: str, **kw: Any) -> AsyncIterator[str | Completion]:
         """Raw continuation of `prompt` (no template), streamed like stream_chat()."""
         stops = list(kw.pop("stop", None) or [])
-        async for item in self._stream(self._encode(prompt, True), stops, **kw):
-            yield item
+        inner = self._stream(self._encode(prompt, True), stops, **kw)
+        async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
+            async for item in inner:
+                yield item
 
     async def aclose(self) -> None:
         self.model = None

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import logging
 import os
@@ -332,20 +333,26 @@ class LlamaCppTeacher:
         """chat(), streamed. Closing the iterator early stops generation within one token."""
         if not self.has_chat_template or self.api == "completions":
             await self.chat(messages)  # raises the same TeacherError as chat()
-        async for item in self._stream("chat", {"messages": messages}, max_tokens, temperature, top_p, stop, seed):
-            yield item
+        inner = self._stream("chat", {"messages": messages}, max_tokens, temperature, top_p, stop, seed)
+        async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
+            async for item in inner:
+                yield item
 
     async def stream_complete(self, prompt: str, *, max_tokens: int | None = None,
                               temperature: float | None = None, top_p: float | None = None,
                               stop: list[str] | None = None, seed: int | None = None) -> AsyncIterator[str | Completion]:
         """complete(), streamed (a raw continuation; with api=chat, one user message)."""
         if self.api == "chat":
-            async for item in self.stream_chat([{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                               temperature=temperature, top_p=top_p, stop=stop, seed=seed):
-                yield item
+            inner = self.stream_chat([{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                     temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+            async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
+                async for item in inner:
+                    yield item
             return
-        async for item in self._stream("completions", {"prompt": prompt}, max_tokens, temperature, top_p, stop, seed):
-            yield item
+        inner = self._stream("completions", {"prompt": prompt}, max_tokens, temperature, top_p, stop, seed)
+        async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
+            async for item in inner:
+                yield item
 
     async def _stream(self, route: str, payload: dict[str, Any], max_tokens: int | None, temperature: float | None,
                       top_p: float | None, stop: list[str] | None, seed: int | None) -> AsyncIterator[str | Completion]:
