@@ -216,7 +216,12 @@ def test_export_writes_tokenizer_prompt_format_and_a_sidecar(tiny_dirs: dict[str
 
     assert side["sha256"] == sha256_file(out) == res.sha256
     assert side["quant"] == "q8_0" and side["source"]["model_dir"] == str(tiny_dirs["llama"])
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8_0.gguf", "tiny-q8_0.gguf.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["MODEL_CARD.md", "tiny-q8_0.gguf", "tiny-q8_0.gguf.json"]
+    assert res.model_card == out.parent / "MODEL_CARD.md"
+    # a second quantization in the same folder: one card lists both files
+    export_gguf(tiny_dirs["llama"], out.with_name("tiny-f16.gguf"), "f16")
+    card = (out.parent / "MODEL_CARD.md").read_text()
+    assert "| export | tiny-f16.gguf (f16" in card and "| export | tiny-q8_0.gguf (q8_0" in card
 
 
 def test_a_model_without_prompt_format_keeps_its_tokenizers_chat_template(tmp_path: Path) -> None:

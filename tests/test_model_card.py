@@ -46,3 +46,16 @@ def test_write_model_card_writes_file(tmp_path):
     path = write_model_card(model)
     assert path.name == "MODEL_CARD.md"
     assert "Yes: every component is under a permissive licence" in path.read_text()
+
+
+def test_an_export_card_lists_every_gguf_with_its_agreement(tmp_path):
+    exports = [
+        {"file": "model-q4_k_m.gguf", "quant": "q4_k_m", "sha256": "ef" * 32, "size_bytes": 253_000_000},
+        {"file": "model-q8_0.gguf", "quant": "q8_0", "sha256": "12" * 32, "size_bytes": 292_000_000,
+         "verification": {"top1_agreement": 0.983, "positions": 512}},
+    ]
+    card = build_card(make_run(tmp_path), export=exports)
+    assert card.startswith("# Model card: model-q4_k_m.gguf, model-q8_0.gguf")
+    assert "| export | model-q4_k_m.gguf (q4_k_m, 253 MB)" in card and "| export | model-q8_0.gguf (q8_0, 292 MB)" in card
+    assert "model-q8_0.gguf: greedy top-1 agreement with the Hugging Face model: 98.3% over 512 positions" in card
+    assert "Gemma Terms of Use" in card  # an export inherits the trained model's terms

@@ -72,3 +72,14 @@ def test_parser_never_raises_and_accounts_for_every_chunk(text, finish, continue
     for t in tasks:
         assert t.instruction and t.output
     assert all(d.reason in {"malformed", "truncated", "empty_instruction", "empty_output"} for d in discards)
+
+
+def test_commentary_after_a_separator_is_not_part_of_the_output():
+    # Qwen-Coder wrote this: a remark on the ### line, then restarted its numbering.
+    text = (" Rewrite the sentence in another tense.\n6. Input:\nHe is going to the park.\n6. Output:\n"
+            "He went to the park.\n### (Repeat the pattern 5 more times, ensuring variety.)\n"
+            "1. Instruction: Summarize a paragraph.\n2. Input:\nA long text.\n2. Output:\nShort.\n###\n")
+    kept, discards = parse_tasks(text, 5, "stop")
+    assert [t.output for t in kept] == ["He went to the park.", "Short."]
+    assert [t.instruction for t in kept][1] == "Summarize a paragraph."
+    assert discards == []

@@ -84,16 +84,18 @@ def _fmt_sha(sha: str | None) -> str:
     return f"`{sha[:16]}…`" if sha else "n/a"
 
 
-def build_card(model_dir: str | Path, *, export: dict[str, Any] | None = None,
+def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str, Any]] | None = None,
                metrics: dict[str, Any] | None = None) -> str:
-    """Markdown for a trained model folder (and, with `export`, for a GGUF made from it)."""
+    """Markdown for a trained model folder (and, with `export`, for the GGUF files made from it:
+    one sidecar dict or a list of them, as `export_gguf` writes)."""
     model_dir = Path(model_dir)
+    exports = [export] if isinstance(export, dict) else list(export or [])
     manifest = _read_json(model_dir / "manifest.json") or {}
     base = manifest.get("base") or {}
     data_files = manifest.get("data") or []
     gens = _data_manifests(manifest)
     teachers = sorted({(g.get("config", {}).get("teacher", {}) or {}).get("model", "unknown") for g in gens})
-    name = export["file"] if export else model_dir.name
+    name = ", ".join(e.get("file", "?") for e in exports) if exports else model_dir.name
 
     terms = [terms_for("base model", base.get("ref") or base.get("path"))]
     terms += [terms_for("teacher", t) for t in teachers]
@@ -125,8 +127,9 @@ def build_card(model_dir: str | Path, *, export: dict[str, Any] | None = None,
         else:
             lines.append(f"| training data | {f} |")
     lines.append(f"| training | {manifest.get('steps', '?')} steps, final loss {manifest.get('final_train_loss', '?')} |")
-    if export:
-        lines.append(f"| export | {export.get('file')} ({export.get('quant')}), sha256 {_fmt_sha(export.get('sha256'))} |")
+    for e in exports:
+        lines.append(f"| export | {e.get('file')} ({e.get('quant')}, {(e.get('size_bytes') or 0) / 1e6:.0f} MB), "
+                     f"sha256 {_fmt_sha(e.get('sha256'))} |")
     lines += ["", "## Licences and terms it inherits", ""]
     for t in terms:
         link = f" ({t.url})" if t.url else ""
@@ -146,6 +149,12 @@ def build_card(model_dir: str | Path, *, export: dict[str, Any] | None = None,
     if not gens and dur is None:
         lines.append("- not recorded")
     lines += ["", "## Metrics", ""]
+    metrics = dict(metrics or {})
+    for e in exports:
+        v = e.get("verification") or {}
+        if v.get("top1_agreement") is not None:
+            metrics[f"{e.get('file')}: greedy top-1 agreement with the Hugging Face model"] = (
+                f"{v['top1_agreement']:.1%} over {v.get('positions', '?')} positions")
     if metrics:
         for k, v in metrics.items():
             lines.append(f"- {k}: {v}")

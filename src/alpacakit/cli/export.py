@@ -77,6 +77,8 @@ def gguf(
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"sidecar: {result.sidecar}")
+    if result.model_card is not None:
+        typer.echo(f"model card: {result.model_card}")
     v = result.verification
     if v:
         typer.echo(f"verify: top-1 agreement {v['top1_agreement']:.1%} over {v['positions']} positions "

@@ -16,12 +16,13 @@ from alpacakit.cli import chat as chat_cmd
 from alpacakit.cli import serve as serve_cmd
 from alpacakit.cli import eval as eval_cmd
 from alpacakit.cli import report as report_cmd
+from alpacakit.cli import quickstart as quickstart_cmd
 
 app = typer.Typer(
     name="alpacakit",
     help=(
         "The Alpaca formula as software.\n\n"
-        "generate -> curate -> train -> eval -> export / chat / serve.\n\n"
+        "generate -> curate -> train -> eval -> export / chat / serve; `alpacakit quickstart` runs them all.\n\n"
         "Start with `alpacakit generate --help`. Models are named the same way everywhere: an embedded "
         "name (qwen2.5-coder-1.5b-instruct, smollm2-135m-instruct, gemma-3-270m), a .gguf path, a model "
         "folder, or openai:MODEL with --base-url."
@@ -32,6 +33,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("generate")(generate.generate)
 app.command("train")(train_cmd.train)
 app.command("merge")(train_cmd.merge)

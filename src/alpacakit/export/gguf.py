@@ -299,6 +299,7 @@ class ExportResult:
     chat_template_source: str
     verification: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    model_card: Path | None = None
 
 
 def _tensor_plan(data: Any, quant: str) -> tuple[Any, Any]:
@@ -443,7 +444,32 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
         result.verification = verify_gguf(model_dir, output, prompts, base=base, threads=threads, loaded=loaded)
     result.seconds = round(time.perf_counter() - t0, 2)
     _write_sidecar(result, loaded)
+    result.model_card = _write_export_card(result, loaded)
     return result
+
+
+def _write_export_card(result: ExportResult, loaded: LoadedModel) -> Path:
+    """MODEL_CARD.md in the export folder, covering every GGUF there made from the same model
+    (their sidecars), so several quantizations share one card that lists them all."""
+    import json
+
+    from alpacakit.cards import write_model_card
+
+    folder = result.path.parent
+    mine = json.loads(result.sidecar.read_text(encoding="utf-8"))
+    exports = [mine]
+    for side in sorted(folder.glob("*.gguf.json")):
+        if side == result.sidecar:
+            continue
+        try:
+            other = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if other.get("kind") == mine["kind"] and other.get("source") == mine["source"] \
+                and (folder / str(other.get("file", ""))).is_file():
+            exports.append(other)
+    src = loaded.source.manifest_path.parent if loaded.source.manifest_path is not None else loaded.source.given
+    return write_model_card(src, folder / "MODEL_CARD.md", export=sorted(exports, key=lambda e: e.get("file", "")))
 
 
 def _model_name(src: ModelSource) -> str:

@@ -15,6 +15,9 @@ _TASK_START = re.compile(r"(?im)^[ \t]*(?:#+[ \t]*)?(?:(?:task[ \t]*)?\d+[ \t]*[
 _FIELD = re.compile(r"(?im)^[ \t]*(?:\d+[ \t]*[.:)][ \t]*)?(input|output)[ \t]*:[ \t]*")
 _NO_INPUT = re.compile(r"^\s*(?:<\s*no[ _-]?input\s*>|no input|none|n/?a)\s*\.?\s*$", re.IGNORECASE)
 _TRAILING = re.compile(r"\s*(?:#{3,}\s*)+$")
+# A separator line, with whatever a teacher wrote after it ("### (Repeat the pattern 5 more
+# times...)"): the task ends there, as in Stanford's split on "###".
+_SEPARATOR_LINE = re.compile(r"(?m)^[ \t]*#{3,}.*$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def parse_tasks(continuation: str, first_number: int, finish_reason: str, *,
 
 def _parse_chunk(chunk: str) -> tuple[ParsedTask | None, Discard | None]:
     raw = _TRAILING.sub("", chunk).strip()
-    body = _TASK_START.sub("", raw, count=1)
+    body = _SEPARATOR_LINE.split(_TASK_START.sub("", raw, count=1), maxsplit=1)[0]
     fields = list(_FIELD.finditer(body))
     names = [m.group(1).lower() for m in fields]
     if "output" not in names:

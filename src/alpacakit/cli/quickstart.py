@@ -1,0 +1,92 @@
+"""`alpacakit quickstart`: the whole formula on the embedded models, in one resumable command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run folder (data/, model/, export/, eval/, report/)."),
+    tiny: bool = typer.Option(False, "--tiny", help="The smallest run that exercises every stage (~5 min): SmolLM2 teaches and judges."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile field, e.g. --set num=200 --set eval_limit=40."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset, in order: generate,clean,train,export,answers,judge,bench,report."),
+    show: bool = typer.Option(False, "--show", help="Print the profile that would run, and exit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run the Alpaca formula end to end on a CPU with the embedded models.
+
+    The Qwen2.5-Coder 1.5B teacher writes ~100 instructions with answers (self-instruct), copies
+    of the held-out eval set are dropped, Gemma 3 270M base is LoRA-tuned on them, exported to a
+    q4_k_m GGUF, and base, student and teacher answer held-out instructions (judged pairwise by
+    Qwen) and capability questions. It ends with the imitation-gap report, before/after answers
+    and the commands to chat with and serve the student.
+
+    Stop it at any time (Ctrl-C, kill) and run the same command again: finished stages are
+    skipped and the running one resumes. Profiles are data: alpacakit/quickstart/profiles.yaml.
+
+    Examples:
+
+      alpacakit quickstart
+
+      alpacakit quickstart --tiny -o runs/tiny
+
+      alpacakit quickstart --set num=300 --set eval_limit=60 -o runs/bigger
+    """
+    from alpacakit.quickstart.pipeline import STAGES, load_profile, run_quickstart
+
+    profile = load_profile("tiny" if tiny else "default", set_)
+    if show:
+        import yaml
+
+        typer.echo(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False).rstrip())
+        return
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else list(STAGES)
+    typer.echo(f"quickstart ({'tiny' if tiny else 'default'}): {profile.description}")
+    typer.echo(f"run folder: {out}")
+    log = run_quickstart(out, profile, stages=chosen, progress=progress,
+                         say=lambda m: typer.echo(m, err=False))
+    _finale(out, log, profile.before_after)
+
+
+def _finale(out: Path, log: dict, n_examples: int) -> None:
+    """What the run showed, and what to do next."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from alpacakit.quickstart.pipeline import before_after, write_before_after
+
+    console = Console()
+    rows = before_after(out, n_examples)
+    if rows:
+        path = write_before_after(out, rows)
+        table = Table(title="Before (Gemma base) and after (the student), held-out instructions", show_lines=True)
+        table.add_column("instruction", ratio=2)
+        table.add_column("before", ratio=3)
+        table.add_column("after", ratio=3)
+        for r in rows:
+            table.add_row(_clip(r["instruction"], 200), _clip(r["before"], 300), _clip(r["after"], 300))
+        console.print(table)
+        console.print(f"all of them: {path}")
+    verdict = log.get("verdict") or {}
+    if verdict.get("text"):
+        console.print(f"\n[bold]Verdict:[/] {verdict['text']}", highlight=False)
+    stages = log.get("stages") or {}
+    times = ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in stages.items() if "seconds" in v)
+    console.print(f"\ntime per stage: {times}", highlight=False)
+    gguf = next(iter(sorted((out / "export").glob("*.gguf"))), None)
+    console.print("\n[bold]Next:[/]", highlight=False)
+    console.print(f"  report:  {out / 'report' / 'report.html'}", highlight=False)
+    if gguf is not None:
+        console.print(f"  chat:    alpacakit chat {gguf}", highlight=False)
+        console.print(f"  serve:   alpacakit serve {gguf} --port 8000   (web chat at http://127.0.0.1:8000/, "
+                      "OpenAI API at /v1)", highlight=False)
+    console.print(f"  model:   {out / 'model'} (LoRA adapter; `alpacakit merge {out / 'model'}` for full weights)",
+                  highlight=False)
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"

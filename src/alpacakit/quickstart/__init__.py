@@ -1,0 +1,19 @@
+"""`alpacakit quickstart`: the whole Alpaca formula in one resumable command.
+
+generate (teacher writes data) -> clean (drop copies of the eval set) -> train (LoRA on the
+base) -> export (q4_k_m GGUF) -> answers (base, student, teacher answer held-out
+instructions) -> judge (pairwise, each system vs the teacher) -> bench (capability items) ->
+report (style vs knowledge), then before/after answers and the commands to chat and serve.
+
+Each stage calls the same library function as its CLI verb and writes the same files, so a
+quickstart run folder is an ordinary run folder (`alpacakit report RUN` works on it). Every
+stage is resumable on its own (journals, checkpoints); a stage whose output is complete is
+skipped, so rerunning the command after a crash or Ctrl-C continues where it stopped.
+What each profile runs is data: `profiles.yaml` beside this file.
+"""
+
+from __future__ import annotations
+
+from alpacakit.quickstart.pipeline import QuickstartProfile, load_profile, run_quickstart
+
+__all__ = ["QuickstartProfile", "load_profile", "run_quickstart"]

@@ -1,0 +1,280 @@
+"""The quickstart's stages, in order, each one a call to a stage's library function.
+
+Why a pipeline module and not a shell script: each stage decides for itself whether its
+output is already complete (and is then skipped), timings are recorded per stage in
+`RUN/quickstart.json`, and the last stage prints what a newcomer wants to see: did the student
+learn the teacher's style, did it learn anything, and how do I talk to it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from alpacakit.config import Section, build, deep_merge, load_yaml, parse_overrides
+from alpacakit.errors import ConfigError
+
+PROFILES = Path(__file__).with_name("profiles.yaml")
+STAGES = ("generate", "clean", "train", "export", "answers", "judge", "bench", "report")
+
+
+class QuickstartProfile(Section):
+    """What the quickstart runs (see profiles.yaml)."""
+
+    description: str = ""
+    teacher: str = Field("qwen2.5-coder-1.5b-instruct", description="Teacher that writes the data (and answers as 'teacher').")
+    num: int = Field(100, ge=1, description="Examples to keep after curation.")
+    student_base: str = Field("gemma-3-270m", description="Base model to fine-tune.")
+    train_preset: str = Field("cpu-quick", description="`alpacakit train --preset`.")
+    train_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset (train keys).")
+    judge_model: str = Field("qwen2.5-coder-1.5b-instruct", description="Model that judges answers pairwise.")
+    judge_order: str = Field("random", description="both | random (see `alpacakit eval pairwise --help`).")
+    eval_limit: int = Field(24, ge=1, description="Held-out instructions answered and judged.")
+    eval_max_tokens: int = Field(256, ge=16, description="Longest answer per instruction.")
+    bench_limit: int = Field(12, ge=1, description="Items per capability task.")
+    quant: str = Field("q4_k_m", description="GGUF quantization of the exported student.")
+    before_after: int = Field(5, ge=0, description="Before/after answers shown at the end.")
+
+
+def load_profile(name: str = "default", overrides: list[str] | None = None) -> QuickstartProfile:
+    profiles = load_yaml(PROFILES)
+    if name not in profiles:
+        raise ConfigError(f"no quickstart profile {name!r}", hint=f"use one of {', '.join(profiles)}")
+    data = deep_merge(profiles[name], parse_overrides(overrides))
+    return build(QuickstartProfile, data, f"quickstart profile {name}")
+
+
+@dataclass
+class Run:
+    """Paths of a run folder, the same layout every verb uses (runs/NAME/{data,model,eval,export,report})."""
+
+    root: Path
+    profile: QuickstartProfile
+    say: Callable[[str], None]
+    progress: bool = True
+    log: dict[str, Any] = field(default_factory=dict)
+
+    data = property(lambda self: self.root / "data")
+    model = property(lambda self: self.root / "model")
+    eval = property(lambda self: self.root / "eval")
+    export_dir = property(lambda self: self.root / "export")
+
+    @property
+    def train_file(self) -> Path:
+        return self.data / "train.jsonl"
+
+    @property
+    def gguf(self) -> Path:
+        return self.export_dir / f"model-{self.profile.quant}.gguf"
+
+    def outputs(self, label: str) -> Path:
+        return self.eval / f"outputs-{label}.json"
+
+    def systems(self) -> dict[str, str]:
+        """The three systems compared: the base as shipped, our exported student, the teacher."""
+        return {"base": self.profile.student_base, "student": str(self.gguf), "teacher": self.profile.teacher}
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_generate(run: Run) -> str:
+    from alpacakit.config import load_config
+    from alpacakit.generate.runner import generate
+
+    cfg = load_config(None, None, {"teacher": {"model": run.profile.teacher}, "generate": {"num": run.profile.num}})
+    res = generate(cfg, run.data, show_progress=run.progress)
+    if res.status != "complete":
+        raise ConfigError(f"generation stopped: {res.status}", hint="rerun the same command to continue")
+    return res.summary()
+
+
+def stage_clean(run: Run) -> str:
+    """The held-out eval instructions must not be in the training data (ROUGE-L F > 0.7)."""
+    from alpacakit.evaluate.contamination import check_contamination
+    from alpacakit.io import atomic_write_json
+
+    rep = check_contamination(run.data / "examples.jsonl", "alpacakit", write_clean=run.train_file)
+    run.eval.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.eval / "contamination.json", rep)
+    return (f"{rep['n_contaminated_train']} of {rep['n_train']} examples copied an eval instruction and were "
+            f"dropped; training on {rep['clean']['kept']} ({run.train_file})")
+
+
+def stage_train(run: Run) -> str | None:
+    from alpacakit.train.config import load_train_config
+    from alpacakit.train.recipe import train
+
+    if _complete_model(run.model):
+        return None
+    sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.train_set.items()]
+    cfg = load_train_config(None, sets, {"train": {"preset": run.profile.train_preset, "data": str(run.train_file),
+                                                   "base": run.profile.student_base}}).train
+    resume = run.model.with_name(run.model.name + ".partial").exists()
+    res = train(cfg, output_dir=run.model, resume=resume)
+    m = res.manifest
+    return f"{m.get('steps')} steps, final loss {m.get('final_train_loss')}, {m['durations_s']['total']:.0f} s"
+
+
+def stage_export(run: Run) -> str | None:
+    from alpacakit.export.gguf import export_gguf
+
+    if run.gguf.is_file() and run.gguf.with_name(run.gguf.name + ".json").is_file():
+        return None
+    res = export_gguf(run.model, run.gguf, run.profile.quant, progress=run.say if run.progress else None)
+    # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
+    shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")
+    return f"{res.path} ({res.size_bytes / 1e6:.0f} MB), model card {res.model_card}"
+
+
+def stage_answers(run: Run) -> str:
+    from alpacakit.config import load_config
+    from alpacakit.evaluate.outputs import generate_outputs
+
+    lines = []
+    for label, model in run.systems().items():
+        out = run.outputs(label)
+        cfg = load_config(None, None, {"eval": {"limit": run.profile.eval_limit, "system": {
+            "model": model, "max_tokens": run.profile.eval_max_tokens}}})
+        res = generate_outputs(cfg, out, name=label, show_progress=run.progress)
+        if res.status != "complete":
+            raise ConfigError(f"answers of {label} stopped: {res.status}", hint="rerun the same command to continue")
+        lines.append(f"{label}: {res.summary()}")
+    return "; ".join(lines)
+
+
+def stage_judge(run: Run) -> str:
+    from alpacakit.config import load_config
+    from alpacakit.evaluate.pairwise import judge_pairwise
+
+    lines = []
+    cfg = load_config(None, None, {"eval": {"judge": {"model": run.profile.judge_model,
+                                                      "order": run.profile.judge_order}}})
+    for label in ("student", "base"):
+        res = judge_pairwise(run.outputs(label), run.outputs("teacher"), cfg, show_progress=run.progress,
+                             limit=run.profile.eval_limit)
+        if res.status != "complete":
+            raise ConfigError(f"judging {label} stopped: {res.status}", hint="rerun the same command to continue")
+        lines.append(f"{label}: {res.summary()}")
+    return "; ".join(lines)
+
+
+def stage_bench(run: Run) -> str:
+    from alpacakit.evaluate.bench.runner import run_bench
+
+    lines = []
+    for label, model in run.systems().items():
+        res = run_bench(model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label)
+        acc = res["overall"]["accuracy"]
+        lines.append(f"{label} {acc:.1%}" if acc is not None else f"{label} n/a")
+    return "accuracy (macro over tasks): " + ", ".join(lines)
+
+
+def stage_report(run: Run) -> str:
+    from alpacakit.evaluate.report import build_report
+
+    res = build_report(run.root)
+    run.log["verdict"] = res.verdict
+    return f"{res.markdown} and {res.html}"
+
+
+STAGE_FUNCS: dict[str, Callable[[Run], str | None]] = {
+    "generate": stage_generate, "clean": stage_clean, "train": stage_train, "export": stage_export,
+    "answers": stage_answers, "judge": stage_judge, "bench": stage_bench, "report": stage_report,
+}
+
+
+def _complete_model(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_quickstart(root: str | Path, profile: QuickstartProfile, *, say: Callable[[str], None] = print,
+                   stages: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) every stage into `root`; returns the run log also written to
+    `root/quickstart.json` (per-stage seconds and summaries, the report's verdict)."""
+    from alpacakit.io import atomic_write_json
+
+    chosen = list(stages or STAGES)
+    unknown = [s for s in chosen if s not in STAGE_FUNCS]
+    if unknown:
+        raise ConfigError(f"unknown quickstart stage(s): {', '.join(unknown)}", hint=f"stages: {', '.join(STAGES)}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    log_path = root / "quickstart.json"
+    previous: dict[str, Any] = {}
+    if log_path.is_file():
+        try:
+            previous = json.loads(log_path.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+    run = Run(root, profile, say, progress)
+    run.log = {"profile": profile.model_dump(mode="json"), "stages": dict(previous.get("stages") or {}),
+               "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    total0 = time.perf_counter()
+    for i, name in enumerate(chosen, 1):
+        say(f"\n== [{i}/{len(chosen)}] {name} ==")
+        t0 = time.perf_counter()
+        summary = STAGE_FUNCS[name](run)
+        seconds = round(time.perf_counter() - t0, 1)
+        # Seconds add up over runs: a stage resumed after a crash reports all the time it took.
+        entry = dict(run.log["stages"].get(name) or {})
+        entry["seconds"] = round(entry.get("seconds", 0.0) + seconds, 1)
+        entry["runs"] = entry.get("runs", 0) + 1
+        if summary is None:
+            summary = "already complete: skipped"
+        else:
+            entry["summary"] = summary
+        run.log["stages"][name] = entry
+        say(f"   {summary} ({seconds:.0f} s)")
+        atomic_write_json(log_path, run.log)
+    run.log["seconds_this_run"] = round(time.perf_counter() - total0, 1)
+    run.log["seconds_all_stages"] = round(sum(s.get("seconds", 0.0) for s in run.log["stages"].values()), 1)
+    atomic_write_json(log_path, run.log)
+    return run.log
+
+
+def before_after(root: str | Path, n: int) -> list[dict[str, str]]:
+    """The first `n` held-out instructions with the base model's and the student's answers."""
+    root = Path(root)
+    try:
+        base = json.loads((root / "eval" / "outputs-base.json").read_text(encoding="utf-8"))
+        student = json.loads((root / "eval" / "outputs-student.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    by_instruction = {r["instruction"]: r["output"] for r in student}
+    rows = [{"instruction": r["instruction"], "before": r["output"], "after": by_instruction[r["instruction"]]}
+            for r in base if r["instruction"] in by_instruction]
+    return rows[:n]
+
+
+def write_before_after(root: str | Path, rows: list[dict[str, str]]) -> Path:
+    """RUN/report/before_after.md: the same instructions, answered before and after training."""
+    from alpacakit.io import atomic_write_text
+
+    parts = ["# Before and after fine-tuning", "",
+             "The same held-out instructions (never in the training data), answered by the base model "
+             "(before) and the fine-tuned student (after), both as q4_k_m GGUF files.", ""]
+    for i, r in enumerate(rows, 1):
+        parts += [f"## {i}. {r['instruction']}", "", "**Before (base):**", "", _quote(r["before"]), "",
+                  "**After (student):**", "", _quote(r["after"]), ""]
+    path = Path(root) / "report" / "before_after.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text.strip() or "(empty answer)").splitlines())

@@ -1,0 +1,118 @@
+"""`alpacakit quickstart`: every stage runs for real (SmolLM2 teaches and judges, a tiny base
+built from a config is the student), writes an ordinary run folder, and a rerun skips finished
+stages without asking any model twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alpacakit.errors import ConfigError
+from alpacakit.quickstart import load_profile, run_quickstart
+from alpacakit.quickstart.pipeline import STAGES, before_after
+
+pytest.importorskip("torch")
+pytest.importorskip("llama_cpp")
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for _ in path.open(encoding="utf-8"))
+
+
+def test_profiles_are_data_and_take_overrides():
+    default, tiny = load_profile(), load_profile("tiny")
+    assert default.teacher == "qwen2.5-coder-1.5b-instruct" and default.student_base == "gemma-3-270m"
+    assert default.num == 100 and default.quant == "q4_k_m"
+    assert tiny.teacher == "smollm2-135m-instruct" and tiny.num < default.num
+    p = load_profile("tiny", ["num=3", "train_set.max_steps=2"])
+    assert p.num == 3 and p.train_set["max_steps"] == 2 and p.train_set["epochs"] == 1
+    with pytest.raises(ConfigError, match="no quickstart profile 'huge'"):
+        load_profile("huge")
+    with pytest.raises(ConfigError, match="num"):
+        load_profile("default", ["num=0"])
+    with pytest.raises(ConfigError, match="nope"):
+        load_profile("default", ["nope=1"])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
+    from alpacakit.train.tiny import make_tiny_base
+
+    root = tmp_path_factory.mktemp("qs")
+    base = make_tiny_base(root / "tiny-base")
+    profile = load_profile("tiny", [
+        f"student_base={base}", "num=3", "eval_limit=2", "eval_max_tokens=24", "bench_limit=1", "quant=f16",
+        "before_after=2", "train_set.max_steps=2", "train_set.max_length=128",
+    ])
+    said: list[str] = []
+    log = run_quickstart(root / "run", profile, say=said.append, progress=False)
+    return root / "run", log, said
+
+
+def test_every_stage_writes_the_files_of_its_verb(finished_run):
+    run, log, said = finished_run
+    assert list(log["stages"]) == list(STAGES)
+    assert all(s["seconds"] >= 0 and s["summary"] and s["runs"] == 1 for s in log["stages"].values())
+    assert _lines(run / "data" / "examples.jsonl") >= 3
+    assert (run / "data" / "train.jsonl").is_file() and (run / "eval" / "contamination.json").is_file()
+    manifest = json.loads((run / "model" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["steps"] == 2 and manifest["data"][0]["path"].endswith("train.jsonl")
+    assert (run / "model" / "MODEL_CARD.md").is_file()
+    gguf = run / "export" / "model-f16.gguf"
+    assert gguf.is_file() and (run / "export" / "model-f16.gguf.json").is_file()
+    card = (run / "export" / "MODEL_CARD.md").read_text()
+    assert "model-f16.gguf" in card and "smollm2-135m-instruct" in card and "commercially" in card
+    for label in ("base", "student", "teacher"):
+        outputs = json.loads((run / "eval" / f"outputs-{label}.json").read_text())
+        assert len(outputs) == 2 and {o["generator"] for o in outputs} == {label}
+        bench = json.loads((run / "eval" / f"bench-{label}.json").read_text())
+        assert bench["system"] == label and bench["tasks"]
+    assert len(list((run / "eval").glob("pairwise-*.json"))) == 2
+    report = (run / "report" / "report.md").read_text()
+    assert "student" in report and "teacher" in report
+    assert log["verdict"]["kind"] in {"style_not_knowledge", "both", "knowledge_not_style", "neither"}
+    assert any("[8/8] report" in line for line in said)
+
+
+def test_the_student_is_asked_with_its_training_prompt(finished_run):
+    run, _, _ = finished_run
+    work = json.loads((run / "eval" / "outputs-student.work" / "manifest.json").read_text())
+    assert "prompt_format.json beside the GGUF" in json.dumps(work)
+
+
+def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
+    run, _, _ = finished_run
+    journals = sorted(p for p in run.rglob("*.jsonl") if p.name in ("responses.jsonl", "judgments.jsonl"))
+    assert journals
+    before = {p: _lines(p) for p in journals}
+    finished = [run / "model" / "manifest.json", run / "export" / "model-f16.gguf"]
+    stamps = [p.stat().st_mtime_ns for p in finished]
+    profile = load_profile("tiny", [f"student_base={run.parent / 'tiny-base'}", "num=3", "eval_limit=2",
+                                    "eval_max_tokens=24", "bench_limit=1", "quant=f16", "before_after=2",
+                                    "train_set.max_steps=2", "train_set.max_length=128"])
+    log = run_quickstart(run, profile, say=lambda _m: None, progress=False,
+                         stages=["generate", "train", "export", "answers", "judge"])
+    assert {p: _lines(p) for p in journals} == before
+    assert [p.stat().st_mtime_ns for p in finished] == stamps  # not trained or exported again
+    assert log["stages"]["train"]["runs"] == 2 and log["stages"]["export"]["runs"] == 2
+    assert log["stages"]["bench"]["runs"] == 1  # not asked for this time
+
+
+def test_before_after_pairs_base_and_student_answers(finished_run):
+    run, _, _ = finished_run
+    rows = before_after(run, 5)
+    assert len(rows) == 2 and all(r["instruction"] and "before" in r and "after" in r for r in rows)
+
+
+def test_cli_shows_the_profile_and_rejects_unknown_stages(tmp_path):
+    cmd = [sys.executable, "-m", "alpacakit.cli.main", "quickstart"]
+    shown = subprocess.run([*cmd, "--tiny", "--show", "--set", "num=7"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "num: 7" in shown.stdout and "smollm2-135m-instruct" in shown.stdout
+    bad = subprocess.run([*cmd, "--stages", "generate,dance", "-o", str(tmp_path / "r")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "dance" in bad.stderr and "stages:" in bad.stderr
+    assert not (tmp_path / "r" / "data").exists()
