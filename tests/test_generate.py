@@ -298,3 +298,20 @@ def test_every_request_shows_at_least_one_example_with_an_input():
     seeds = {s.id: s for s in builder.seeds}
     for i in range(200):
         assert any(seeds[sid].input for sid in builder.build(i).seed_ids)
+
+
+def test_a_share_of_requests_shows_only_examples_with_inputs_from_distinct_categories():
+    from alpacakit.generate.prompt import PromptBuilder
+    from alpacakit.generate.seeds import load_seed_tasks
+
+    def all_input_share(fraction: float) -> float:
+        builder = PromptBuilder(load_seed_tasks(), num_examples=3, input_requests=fraction)
+        seeds = {s.id: s for s in builder.seeds}
+        shown = [[seeds[sid] for sid in builder.build(i).seed_ids] for i in range(400)]
+        full = [ex for ex in shown if all(s.input for s in ex)]
+        assert all(len({s.category for s in ex}) == 3 for ex in full)
+        return len(full) / len(shown)
+
+    assert 0.5 <= all_input_share(0.5) < 0.65  # half by design, plus some by chance
+    assert all_input_share(1.0) == 1.0
+    assert all_input_share(0.0) < 0.15

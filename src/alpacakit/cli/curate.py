@@ -43,3 +43,31 @@ def clean(
     cfg = RefusalConfig(patterns=str(patterns) if patterns else None, drop_truncated=not keep_truncated)
     counts = clean_file(input, output, cfg, discards)
     typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command("stats")
+def stats(
+    input: Path = typer.Argument(..., help="Records with 'instruction' (and 'input', 'output'): JSON, JSONL, CSV or an HF folder."),
+    kinds: Optional[Path] = typer.Option(None, "--kinds", help="YAML of task kinds (regexes) [default: alpacakit/curate/data/task_kinds.yaml]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """What is in a dataset: size, share with an input, mean lengths, the mix of task kinds.
+
+    Run it on a generation before training: a code-leaning teacher writes code tasks, small
+    teachers forget inputs, and these numbers show it.
+
+    Example:
+
+      alpacakit curate stats runs/default/data/examples.jsonl
+    """
+    import json
+
+    from alpacakit.curate.stats import data_stats
+    from alpacakit.io import read_records
+
+    st = data_stats(read_records(input, required=["instruction"]), kinds)
+    if as_json:
+        typer.echo(json.dumps(st.as_dict(), indent=2))
+    else:
+        for line in st.lines():
+            typer.echo(line)

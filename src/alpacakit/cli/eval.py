@@ -79,8 +79,8 @@ def bench(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated: built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), "
                                         ".jsonl files, MMLU-style .csv files or folders [default: all built-in]."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N items per task (the same seeded pick for every model)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: eval/bench-<system>.json]."),
-    system: Optional[str] = typer.Option(None, "--system", help="Name of the system in the results [default: from -o bench-<system>.json, else the model's name]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: eval/bench-SYSTEM.json]."),
+    system: Optional[str] = typer.Option(None, "--system", help="Name of the system in the results [default: from -o bench-SYSTEM.json, else the model's name]."),
     prompt: str = typer.Option("auto", "--prompt", help="auto (the model's own prompt format if it has one, else plain), plain, "
                                "or a prompt format (alpaca, chat, a .json file)."),
     mc_score: str = typer.Option("norm", "--mc-score", help="Multiple choice: norm (log-likelihood per byte, the headline) or raw (sum)."),
@@ -144,7 +144,7 @@ def generate(
     model: str = typer.Option(..., "--model", "-m", help="System to evaluate: a model folder, a .gguf file, an embedded name, or openai:MODEL."),
     output: Path = typer.Option(..., "-o", "--output", help="AlpacaEval-style JSON to write, e.g. runs/NAME/eval/outputs-student.json (its journal goes beside it, in .work/)."),
     eval_set: Optional[str] = typer.Option(None, "--eval-set", "-s", help="alpacakit (our held-out set), or a self-instruct user-oriented JSONL, AlpacaEval JSON, or instruction/input file [default: alpacakit]."),
-    name: Optional[str] = typer.Option(None, "--name", help="Generator name written into the file (the report looks for base, student, teacher) [default: from -o outputs-<name>.json, else the model]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Generator name written into the file (the report looks for base, student, teacher) [default: from -o outputs-NAME.json, else the model]."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible endpoint (with --model openai:MODEL)."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."),
     prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="Ask a local model through this format (alpaca, chat, a .json) instead of its own."),
@@ -194,7 +194,7 @@ def pairwise(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the judge's API key."),
     order: Optional[str] = typer.Option(None, "--order", help="both (each pair in both orders, averaged) | random (one seeded order per pair) [default: both]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random order."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: pairwise-<model>-vs-<baseline>.json beside MODEL_OUTPUTS]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: pairwise-MODEL-vs-BASELINE.json beside MODEL_OUTPUTS]."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Judge only the first N shared instructions."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Judge requests in flight (endpoints)."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop judging cleanly before spending more than this many dollars."),

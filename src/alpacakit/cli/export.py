@@ -38,7 +38,7 @@ def hf(
 def gguf(
     model_dir: Path = typer.Argument(..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."),
     quant: str = typer.Option("q8_0", "--quant", "-q", help="f16, q8_0 or q4_k_m (also f32)."),
-    output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./<model>-<quant>.gguf)."),
+    output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./MODEL-QUANT.gguf)."),
     base: str = typer.Option(None, "--base", help="Base model of an adapter folder, if its adapter_config.json "
                              "names one that is not on this machine (folder, .gguf or embedded name)."),
     verify: bool = typer.Option(False, "--verify", help="Compare greedy next tokens with the Hugging Face model "
@@ -52,7 +52,7 @@ def gguf(
     """Convert a trained model folder to a GGUF file for llama.cpp (LoRA adapters are merged first).
 
     The file carries the tokenizer, a chat template in the model's trained prompt format and the
-    format itself; `<file>.json` beside it records the source, sha256 and any verification.
+    format itself; FILE.json beside it records the source, sha256 and any verification.
     """
     from alpacakit.export.gguf import AGREEMENT_THRESHOLD, VERIFIED_QUANTS, ExportError, export_gguf
 

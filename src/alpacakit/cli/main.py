@@ -28,7 +28,7 @@ app = typer.Typer(
         "folder, or openai:MODEL with --base-url."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     add_completion=False,
 )

@@ -21,8 +21,8 @@ def report(
 ) -> None:
     """Write report.md, report.html, report.json and plots: did the student gain style, knowledge, both?
 
-    Reads eval/pairwise-*.json (win rates: style), eval/bench-<system>.json (capability accuracy:
-    substance), eval/outputs-<system>.json (answer lengths) and the manifests of data/ and model/
+    Reads eval/pairwise-*.json (win rates: style), eval/bench-SYSTEM.json (capability accuracy:
+    substance), eval/outputs-SYSTEM.json (answer lengths) and the manifests of data/ and model/
     (cost). Systems are found by their labels: base, student and teacher by default. Missing parts
     are listed in the report with the command that makes them.
 

@@ -85,7 +85,7 @@ def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[i
     seeds_path = Path(g.seeds) if g.seeds else default_seeds_path()
     seeds = load_seed_tasks(seeds_path)
     builder = PromptBuilder(seeds, num_examples=g.num_prompt_instructions, tasks_per_request=g.tasks_per_request,
-                            rng_seed=g.rng_seed, header_path=g.prompt)
+                            rng_seed=g.rng_seed, header_path=g.prompt, input_requests=g.input_requests)
     prompt_sha = hashlib.sha256((builder.header + builder.example + "\n".join(builder.task_types)).encode()).hexdigest()
 
     def make_request(index: int) -> Request:
@@ -101,7 +101,10 @@ def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[i
             "mode": "self-instruct", "teacher": config.teacher.model, "api": api,
             "seeds_sha256": sha256_file(seeds_path), "prompt_sha256": prompt_sha,
             "rng_seed": g.rng_seed, "num_prompt_instructions": g.num_prompt_instructions,
-            "tasks_per_request": g.tasks_per_request, "similarity_threshold": g.similarity_threshold,
+            "tasks_per_request": g.tasks_per_request,
+            # added later: only when set, so runs journaled before it still resume
+            **({"input_requests": g.input_requests} if g.input_requests else {}),
+            "similarity_threshold": g.similarity_threshold,
             "filters": g.filters.model_dump(),
         },
         inputs={"seeds": {"path": str(seeds_path), "sha256": sha256_file(seeds_path), "count": len(seeds)}},

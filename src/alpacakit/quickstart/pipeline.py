@@ -90,10 +90,7 @@ def stage_generate(run: Run) -> str:
     from alpacakit.generate.runner import generate
 
     cfg = load_config(None, None, {"teacher": {"model": run.profile.teacher}, "generate": {"num": run.profile.num}})
-    res = generate(cfg, run.data, show_progress=run.progress)
-    if res.status != "complete":
-        raise ConfigError(f"generation stopped: {res.status}", hint="rerun the same command to continue")
-    return res.summary()
+    return _finished(generate(cfg, run.data, show_progress=run.progress), "generation")
 
 
 def stage_clean(run: Run) -> str:
@@ -143,10 +140,8 @@ def stage_answers(run: Run) -> str:
         out = run.outputs(label)
         cfg = load_config(None, None, {"eval": {"limit": run.profile.eval_limit, "system": {
             "model": model, "max_tokens": run.profile.eval_max_tokens}}})
-        res = generate_outputs(cfg, out, name=label, show_progress=run.progress)
-        if res.status != "complete":
-            raise ConfigError(f"answers of {label} stopped: {res.status}", hint="rerun the same command to continue")
-        lines.append(f"{label}: {res.summary()}")
+        lines.append(f"{label}: " + _finished(generate_outputs(cfg, out, name=label, show_progress=run.progress),
+                                              f"answers of {label}"))
     return "; ".join(lines)
 
 
@@ -160,9 +155,7 @@ def stage_judge(run: Run) -> str:
     for label in ("student", "base"):
         res = judge_pairwise(run.outputs(label), run.outputs("teacher"), cfg, show_progress=run.progress,
                              limit=run.profile.eval_limit)
-        if res.status != "complete":
-            raise ConfigError(f"judging {label} stopped: {res.status}", hint="rerun the same command to continue")
-        lines.append(f"{label}: {res.summary()}")
+        lines.append(f"{label}: " + _finished(res, f"judging {label}"))
     return "; ".join(lines)
 
 
@@ -189,6 +182,13 @@ STAGE_FUNCS: dict[str, Callable[[Run], str | None]] = {
     "generate": stage_generate, "clean": stage_clean, "train": stage_train, "export": stage_export,
     "answers": stage_answers, "judge": stage_judge, "bench": stage_bench, "report": stage_report,
 }
+
+
+def _finished(result: Any, what: str) -> str:
+    """The summary of a resumable job that ran to the end; an error (rerun to continue) otherwise."""
+    if result.status != "complete":
+        raise ConfigError(f"{what} stopped: {result.status}", hint="rerun the same command to continue")
+    return result.summary()
 
 
 def _complete_model(folder: Path) -> bool:
