@@ -321,3 +321,17 @@ def test_resume_after_a_failed_second_stage_reuses_the_finished_first_stage(base
     b = load_file(out / "adapter" / "adapter_model.safetensors")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+def test_auto_precision_uses_bf16_only_for_a_frozen_base_on_a_cpu_that_multiplies_bf16(monkeypatch):
+    import torch as _torch
+
+    from alpacakit.train import base_model
+
+    monkeypatch.setattr(_torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(base_model, "cpu_has_native_bf16", lambda: True)
+    assert base_model.torch_dtype("auto", "lora") == _torch.bfloat16
+    assert base_model.torch_dtype("auto", "full") == _torch.float32  # no fp32 master weights on CPU
+    assert base_model.torch_dtype("fp32", "lora") == _torch.float32
+    monkeypatch.setattr(base_model, "cpu_has_native_bf16", lambda: False)
+    assert base_model.torch_dtype("auto", "lora") == _torch.float32

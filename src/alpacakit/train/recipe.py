@@ -120,7 +120,7 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
     if cfg.method == "qlora":
         from alpacakit.train.base_model import qlora_kwargs, torch_dtype
 
-        qlora_kwargs(torch_dtype(cfg.precision))  # raises a clear error without CUDA / bitsandbytes
+        qlora_kwargs(torch_dtype(cfg.precision, cfg.method))  # raises a clear error without CUDA / bitsandbytes
     PromptFormat.load(cfg.prompt_format)
     return stages
 
@@ -160,7 +160,7 @@ def _load_stage_weights(model: Any, cfg: TrainConfig, weights: Path, base_path: 
 
         from alpacakit.train.base_model import torch_dtype
 
-        return AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype(cfg.precision))
+        return AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype(cfg.precision, cfg.method))
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
@@ -217,7 +217,7 @@ def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bo
     from alpacakit.train.base_model import torch_dtype
 
     cuda = torch.cuda.is_available()
-    dtype = torch_dtype(cfg.precision)
+    dtype = torch_dtype(cfg.precision, cfg.method)
     eval_strategy = "no"
     if has_val:
         eval_strategy = "steps" if cfg.eval_steps else "epoch"
@@ -395,15 +395,16 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
             atomic_write_json(partial / RUN_CONFIG, _config_dict(cfg))
     _barrier(dist)
     set_seed(cfg.seed)
-    model = load_model(base, precision=cfg.precision, quantize_4bit=cfg.method == "qlora")
+    model = load_model(base, precision=cfg.precision, quantize_4bit=cfg.method == "qlora", method=cfg.method)
     if cfg.method in ("lora", "qlora"):
         model = _wrap_lora(model, cfg)
     t_load = time.perf_counter() - t0
     if dist.main:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
-        print(f"base {cfg.base} ({base.source}); method {cfg.method}: {n_train:,} trainable of {n_all:,} parameters",
-              flush=True)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        print(f"base {cfg.base} ({base.source}); method {cfg.method}: {n_train:,} trainable of {n_all:,} parameters; "
+              f"base weights {dtype} (precision {cfg.precision})", flush=True)
 
     results: list[dict[str, Any]] = []
     for st in stages:
@@ -431,6 +432,7 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
 def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt: PromptFormat,
             results: list[dict[str, Any]], started: float, t_load: float, overwrite: bool, dist: _Dist) -> dict:
     from alpacakit.io import atomic_write_json
+    from alpacakit.train.base_model import torch_dtype
     from alpacakit.train.outputs import loss_series, plot_losses, publish, versions
 
     last = partial / "stages" / f"{results[-1]['index'] + 1:02d}-{results[-1]['name']}" / "weights"
@@ -449,6 +451,7 @@ def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt
         "kind": "alpacakit.model",
         "complete": True,
         "method": cfg.method,
+        "base_dtype": str(torch_dtype(cfg.precision, cfg.method)).removeprefix("torch."),
         "weights": final.name,
         "base": base.describe(),
         "prompt_format": fmt.name,
