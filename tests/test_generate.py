@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import asyncio
 import re
 import signal
 import subprocess
@@ -315,3 +316,41 @@ def test_a_share_of_requests_shows_only_examples_with_inputs_from_distinct_categ
     assert 0.5 <= all_input_share(0.5) < 0.65  # half by design, plus some by chance
     assert all_input_share(1.0) == 1.0
     assert all_input_share(0.0) < 0.15
+
+
+class _OneAtATime:
+    """A local-model-like teacher: one generation at a time behind a lock (as llama.cpp runs)."""
+
+    def __init__(self, finish_in_flight: bool):
+        self.finish_in_flight = finish_in_flight
+        self.name = "local-fake"
+        self.max_concurrency = 4
+        self.started = 0
+        self._lock = asyncio.Lock()
+
+    async def complete(self, prompt, **kw):
+        from alpacakit.teachers.base import Completion, Usage
+
+        async with self._lock:
+            self.started += 1
+            await asyncio.sleep(0.05)
+            first = int(re.findall(r"(\d+)\. Instruction:", prompt)[-1])
+            return Completion(text=tasks_text(first, 3, chat=False), finish_reason="stop", usage=Usage(10, 30),
+                              model=self.name)
+
+    async def aclose(self):
+        pass
+
+
+@pytest.mark.parametrize("finish_in_flight, journaled", [(False, 1), (True, 4)])
+def test_a_local_teacher_drops_queued_requests_once_the_target_is_reached(tmp_path, finish_in_flight, journaled):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    cfg = load_config(None, None, {"teacher": {"model": "smollm2-135m-instruct", "api": "completions"},
+                                   "generate": {"seeds": str(seeds), "request_batch": 4, "num": 3}})
+    teacher = _OneAtATime(finish_in_flight)
+    result = generate(cfg, tmp_path / "out", show_progress=False, teacher=teacher)
+    assert result.status == "complete" and result.totals.kept >= 3
+    assert len(list(iter_jsonl(tmp_path / "out" / "responses.jsonl"))) == journaled
+    # dropped: the queued requests (at most the next one got the lock before the result was read,
+    # and was cancelled); kept waiting: every request ran
+    assert teacher.started == 4 if finish_in_flight else teacher.started <= 2

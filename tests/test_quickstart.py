@@ -29,7 +29,7 @@ def test_profiles_are_data_and_take_overrides():
     assert default.num == 100 and default.quant == "q4_k_m"
     assert tiny.teacher == "smollm2-135m-instruct" and tiny.num < default.num
     p = load_profile("tiny", ["num=3", "train_set.max_steps=2"])
-    assert p.num == 3 and p.train_set["max_steps"] == 2 and p.train_set["epochs"] == 1
+    assert p.num == 3 and p.train_set["max_steps"] == 2 and p.train_set["epochs"] == 1  # tiny's own kept
     with pytest.raises(ConfigError, match="no quickstart profile 'huge'"):
         load_profile("huge")
     with pytest.raises(ConfigError, match="num"):

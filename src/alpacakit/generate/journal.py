@@ -216,6 +216,11 @@ async def run_requests(
                 kept, discards = job.record(entry)
                 if on_result:
                     on_result(entry, kept, discards)
+            # Target reached: an endpoint's requests in flight are being paid for, so their answers
+            # are waited for and journaled; a local model runs one request at a time, so the others
+            # are only queued, cost nothing yet and would take minutes each: drop them.
+            if should_stop(job.totals) and not getattr(teacher, "finish_in_flight", True):
+                break
         if should_stop(job.totals):
             stopped = "done"
         return stopped

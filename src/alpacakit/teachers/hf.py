@@ -151,6 +151,9 @@ class HFTeacher:
     (a PromptFormat, a built-in name or a JSON path) overrides the folder's saved one.
     """
 
+    # one generation at a time: requests in flight beyond it are only queued (see run_requests)
+    finish_in_flight = False
+
     def __init__(self, path: str | Path, config: Any | None = None, *, base: str | None = None,
                  prompt_format: Any | None = None, device: str = "cpu"):
         try:

@@ -123,6 +123,9 @@ def default_threads() -> int:
 class LlamaCppTeacher:
     """A GGUF model (embedded name or path) loaded in this process. Build it with `make_teacher`."""
 
+    # one generation at a time: requests in flight beyond it are only queued (see run_requests)
+    finish_in_flight = False
+
     def __init__(self, config: Any, tracker: CostTracker | None = None):
         from alpacakit.models import is_embedded, resolve_gguf
 
