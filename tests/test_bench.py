@@ -230,6 +230,7 @@ def test_short_answers_are_greedy_generations_cut_at_the_line_end(tiny: Path, ba
     assert row["output"] == direct
     assert row["prediction"] == extract_answer(direct)
     assert row["em"] == exact_match(row["prediction"], ["4"])
+    assert row["contains"] == contains_answer(row["prediction"], ["4"])  # the headline: on the first line too
 
 
 def test_bench_output_file_format(tiny: Path, tmp_path: Path) -> None:
@@ -246,8 +247,8 @@ def test_bench_output_file_format(tiny: Path, tmp_path: Path) -> None:
     assert set(res["tasks"]) == {"facts_mc", "arithmetic_qa", "reading_qa"}
     for name, t in res["tasks"].items():
         assert 0.0 <= t["accuracy"] <= 1.0 and t["n"] == 2
-        assert t["metric"] == ("acc" if name == "facts_mc" else "em")
-    assert {"em", "f1"} <= set(res["tasks"]["reading_qa"])
+        assert t["metric"] == ("acc" if name == "facts_mc" else "contains")
+    assert {"em", "f1", "contains"} <= set(res["tasks"]["reading_qa"])
     accs = [t["accuracy"] for t in res["tasks"].values()]
     assert res["overall"]["accuracy"] == pytest.approx(sum(accs) / 3)
     assert len(res["items"]) == 6 and all(isinstance(i["correct"], bool) for i in res["items"])
@@ -354,3 +355,12 @@ def test_lm_eval_refuses_gguf_models(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_task_objects_describe_themselves() -> None:
     t = Task(name="x", kind="qa", items=[{"id": "1"}], source="here")
     assert t.describe() == {"name": "x", "kind": "qa", "n_items": 1, "source": "here"}
+
+
+def test_the_headline_of_short_answers_does_not_punish_a_full_sentence() -> None:
+    from alpacakit.evaluate.bench.runner import summarize
+
+    rows = [{"kind": "qa", "em": 0.0, "f1": 0.4, "contains": 1.0},   # "The capital of Germany is Berlin."
+            {"kind": "qa", "em": 1.0, "f1": 1.0, "contains": 1.0}]   # "Berlin"
+    entry = summarize("qa", rows)
+    assert entry["metric"] == "contains" and entry["accuracy"] == 1.0 and entry["em"] == 0.5

@@ -157,3 +157,14 @@ def test_the_report_verb_runs_as_a_command(full_run):
     assert proc.returncode == 0, proc.stderr
     assert "gained style but not knowledge" in proc.stdout
     assert (full_run / "report" / "report.html").is_file()
+
+
+def test_a_judge_that_always_picks_the_first_answer_is_flagged():
+    from alpacakit.evaluate.report import judge_warnings
+
+    row = {"judge": "qwen", "file": "pairwise-student-vs-teacher.json", "n_total": 16}
+    assert judge_warnings([dict(row, first_shown_won=1.0)])[0].startswith(
+        "The judge qwen chose the answer shown first in 100%")
+    assert "second in 95%" in judge_warnings([dict(row, first_shown_won=0.05)])[0]
+    assert judge_warnings([dict(row, first_shown_won=0.6)]) == []
+    assert judge_warnings([dict(row, first_shown_won=1.0, n_total=3)]) == []  # too few to tell

@@ -73,6 +73,8 @@ def _finale(out: Path, log: dict, n_examples: int) -> None:
     verdict = log.get("verdict") or {}
     if verdict.get("text"):
         console.print(f"\n[bold]Verdict:[/] {verdict['text']}", highlight=False)
+    for warning in verdict.get("warnings") or []:
+        console.print(f"[bold red]Warning:[/] {warning}", highlight=False)
     stages = log.get("stages") or {}
     times = ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in stages.items() if "seconds" in v)
     console.print(f"\ntime per stage: {times}", highlight=False)

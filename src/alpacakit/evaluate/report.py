@@ -107,6 +107,20 @@ def _pairwise_rows(found: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def judge_warnings(rows: list[dict[str, Any]], *, extreme: float = 0.9, min_n: int = 8) -> list[str]:
+    """A judge that (nearly) always picks the answer shown first says nothing about the answers:
+    its win rate is then just the share of pairs where the system happened to be shown first."""
+    out = []
+    for r in rows:
+        f = r.get("first_shown_won")
+        if f is not None and (r.get("n_total") or 0) >= min_n and (f >= extreme or f <= 1 - extreme):
+            out.append(f"The judge {r['judge']} chose the answer shown {'first' if f >= 0.5 else 'second'} in "
+                       f"{max(f, 1 - f):.0%} of its decisive verdicts in {r['file']}: that win rate reflects the "
+                       "order of presentation, not the answers. Judge in both orders (`--order both`: the bias "
+                       "then cancels into ties) or with a stronger judge (`--judge-model`).")
+    return out
+
+
 def win_rate_vs(rows: list[dict[str, Any]], system: str, teacher: str) -> dict[str, Any] | None:
     """`system`'s win rate against `teacher`, from either direction of comparison."""
     for r in rows:
@@ -440,6 +454,7 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
     secs = [c["seconds"] for c in ctx["costs"] if c["seconds"] is not None]
     ctx["total_seconds"] = sum(secs) if secs else None
     ctx["verdict"] = verdict(style, knowledge, rcfg, texts)
+    ctx["verdict"]["warnings"] = judge_warnings(pairwise)
 
     hints = texts["missing"]
     run = str(run_dir)

@@ -34,6 +34,8 @@ class QuickstartProfile(Section):
     student_base: str = Field("gemma-3-270m", description="Base model to fine-tune.")
     train_preset: str = Field("cpu-quick", description="`alpacakit train --preset`.")
     train_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset (train keys).")
+    generate_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the generation settings "
+                                         "(dotted alpacakit.yaml keys, e.g. teacher.max_tokens).")
     judge_model: str = Field("qwen2.5-coder-1.5b-instruct", description="Model that judges answers pairwise.")
     judge_order: str = Field("random", description="both | random (see `alpacakit eval pairwise --help`).")
     eval_limit: int = Field(24, ge=1, description="Held-out instructions answered and judged.")
@@ -89,7 +91,8 @@ def stage_generate(run: Run) -> str:
     from alpacakit.config import load_config
     from alpacakit.generate.runner import generate
 
-    cfg = load_config(None, None, {"teacher": {"model": run.profile.teacher}, "generate": {"num": run.profile.num}})
+    sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.generate_set.items()]
+    cfg = load_config(None, sets, {"teacher": {"model": run.profile.teacher}, "generate": {"num": run.profile.num}})
     return _finished(generate(cfg, run.data, show_progress=run.progress), "generation")
 
 
