@@ -26,7 +26,7 @@ def _lines(path: Path) -> int:
 def test_profiles_are_data_and_take_overrides():
     default, tiny = load_profile(), load_profile("tiny")
     assert default.teacher == "qwen2.5-coder-1.5b-instruct" and default.student_base == "gemma-3-270m"
-    assert default.num == 100 and default.quant == "q4_k_m"
+    assert default.num == 100 and default.quant == "q4_k_m" and default.judge == "alpacakit_reasoned"
     assert tiny.teacher == "smollm2-135m-instruct" and tiny.num < default.num
     p = load_profile("tiny", ["num=3", "train_set.max_steps=2"])
     assert p.num == 3 and p.train_set["max_steps"] == 2 and p.train_set["epochs"] == 1  # tiny's own kept
@@ -74,7 +74,9 @@ def test_every_stage_writes_the_files_of_its_verb(finished_run):
     assert len(list((run / "eval").glob("pairwise-*.json"))) == 2
     report = (run / "report" / "report.md").read_text()
     assert "student" in report and "teacher" in report
-    assert log["verdict"]["kind"] in {"style_not_knowledge", "both", "knowledge_not_style", "neither"}
+    # SmolLM2 judges too badly to be sure of a win rate ("incomplete" names what is missing then)
+    assert log["verdict"]["kind"] in {"style_not_knowledge", "both", "knowledge_not_style", "neither", "incomplete"}
+    assert log["verdict"]["text"] and isinstance(log["verdict"]["warnings"], list)
     assert any("[8/8] report" in line for line in said)
 
 

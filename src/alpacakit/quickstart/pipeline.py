@@ -36,6 +36,7 @@ class QuickstartProfile(Section):
     train_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset (train keys).")
     generate_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the generation settings "
                                          "(dotted alpacakit.yaml keys, e.g. teacher.max_tokens).")
+    judge: str = Field("alpacakit_verdict", description="Judge folder (`alpacakit eval judges`).")
     judge_model: str = Field("qwen2.5-coder-1.5b-instruct", description="Model that judges answers pairwise.")
     judge_order: str = Field("random", description="both | random (see `alpacakit eval pairwise --help`).")
     eval_limit: int = Field(24, ge=1, description="Held-out instructions answered and judged.")
@@ -153,7 +154,7 @@ def stage_judge(run: Run) -> str:
     from alpacakit.evaluate.pairwise import judge_pairwise
 
     lines = []
-    cfg = load_config(None, None, {"eval": {"judge": {"model": run.profile.judge_model,
+    cfg = load_config(None, None, {"eval": {"judge": {"name": run.profile.judge, "model": run.profile.judge_model,
                                                       "order": run.profile.judge_order}}})
     for label in ("student", "base"):
         res = judge_pairwise(run.outputs(label), run.outputs("teacher"), cfg, show_progress=run.progress,
