@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 def _kinds(path: str | Path | None = None) -> list[tuple[str, re.Pattern[str], re.Pattern[str] | None]]:
-    path = Path(path) if path else Path(__file__).with_name("data") / "task_kinds.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from alpacakit.config import load_yaml
+
+    raw = load_yaml(Path(path) if path else Path(__file__).with_name("data") / "task_kinds.yaml")
     out = []
     for name, spec in raw.items():
         out.append((name, re.compile(spec["instruction"], re.IGNORECASE),

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from alpacakit.errors import AlpacakitError, ConfigError, DataError
+from alpacakit.train.outputs import partial_dir
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 # quantizations the agreement requirement applies to (q4_k_m trades accuracy for size)
@@ -115,7 +116,7 @@ def locate(model_dir: str | Path, base: str | Path | None = None) -> ModelSource
     """Find the weights, tokenizer, prompt format and manifest of `model_dir` (no loading)."""
     given = Path(model_dir).expanduser()
     if not given.exists():
-        partial = given.with_name(given.name + ".partial")
+        partial = partial_dir(given)
         if partial.exists():
             raise ConfigError(f"{given} does not exist, but {partial} does: that training run did not finish",
                               hint="resume it (rerun the same `alpacakit train` command), then export")
@@ -443,20 +444,17 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
         say("verifying against the Hugging Face model")
         result.verification = verify_gguf(model_dir, output, prompts, base=base, threads=threads, loaded=loaded)
     result.seconds = round(time.perf_counter() - t0, 2)
-    _write_sidecar(result, loaded)
-    result.model_card = _write_export_card(result, loaded)
+    sidecar = _write_sidecar(result, loaded)
+    result.model_card = _write_export_card(result, sidecar, loaded)
     return result
 
 
-def _write_export_card(result: ExportResult, loaded: LoadedModel) -> Path:
+def _write_export_card(result: ExportResult, mine: dict[str, Any], loaded: LoadedModel) -> Path:
     """MODEL_CARD.md in the export folder, covering every GGUF there made from the same model
     (their sidecars), so several quantizations share one card that lists them all."""
-    import json
-
     from alpacakit.cards import write_model_card
 
     folder = result.path.parent
-    mine = json.loads(result.sidecar.read_text(encoding="utf-8"))
     exports = [mine]
     for side in sorted(folder.glob("*.gguf.json")):
         if side == result.sidecar:
@@ -502,13 +500,13 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _write_sidecar(result: ExportResult, loaded: LoadedModel) -> None:
+def _write_sidecar(result: ExportResult, loaded: LoadedModel) -> dict[str, Any]:
     from alpacakit.io import atomic_write_json, sha256_file
 
     source = loaded.source.describe()
     if loaded.source.manifest_path is not None:
         source["manifest_sha256"] = sha256_file(loaded.source.manifest_path)
-    atomic_write_json(result.sidecar, {
+    sidecar = {
         "kind": "alpacakit.export.gguf",
         "file": result.path.name,
         "sha256": result.sha256,
@@ -524,7 +522,9 @@ def _write_sidecar(result: ExportResult, loaded: LoadedModel) -> None:
         "seconds": result.seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
-    })
+    }
+    atomic_write_json(result.sidecar, sidecar)
+    return sidecar
 
 
 # --------------------------------------------------------------------------- verification

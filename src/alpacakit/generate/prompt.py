@@ -59,8 +59,9 @@ class PromptBuilder:
         self.rng_seed = rng_seed
         self.num_task_types = num_task_types
         self.input_requests = input_requests
+        self._with_input = [s for s in seeds if s.input]
         self._by_category = self._categories(seeds)
-        self._with_input_by_category = self._categories([s for s in seeds if s.input])
+        self._with_input_by_category = self._categories(self._with_input)
 
     @staticmethod
     def _categories(seeds: list[SeedTask]) -> dict[str, list[SeedTask]]:
@@ -83,11 +84,10 @@ class PromptBuilder:
         # every time (seen with Qwen2.5-Coder), so one example always carries an input. Even so
         # Qwen wrote an input for only 4% of its tasks (Stanford's data: 40%); `input_requests`
         # makes every example of a share of requests have one (see GenerateConfig).
-        with_inputs = sum(len(g) for g in self._with_input_by_category.values())
-        if self.input_requests and with_inputs >= self.num_examples and rng.random() < self.input_requests:
+        if self.input_requests and len(self._with_input) >= self.num_examples and rng.random() < self.input_requests:
             return self._stratified(self._with_input_by_category, self.num_examples, rng)
         picked = self._stratified(self._by_category, self.num_examples, rng)
-        with_input = [s for s in self.seeds if s.input and s not in picked]
+        with_input = [s for s in self._with_input if s not in picked]
         if with_input and not any(s.input for s in picked):
             picked[-1] = rng.choice(with_input)
         return picked

@@ -111,6 +111,7 @@ def stage_clean(run: Run) -> str:
 
 def stage_train(run: Run) -> str | None:
     from alpacakit.train.config import load_train_config
+    from alpacakit.train.outputs import partial_dir
     from alpacakit.train.recipe import train
 
     if _complete_model(run.model):
@@ -118,7 +119,7 @@ def stage_train(run: Run) -> str | None:
     sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.train_set.items()]
     cfg = load_train_config(None, sets, {"train": {"preset": run.profile.train_preset, "data": str(run.train_file),
                                                    "base": run.profile.student_base}}).train
-    resume = run.model.with_name(run.model.name + ".partial").exists()
+    resume = partial_dir(run.model).exists()
     res = train(cfg, output_dir=run.model, resume=resume)
     m = res.manifest
     return f"{m.get('steps')} steps, final loss {m.get('final_train_loss')}, {m['durations_s']['total']:.0f} s"

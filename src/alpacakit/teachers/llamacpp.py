@@ -22,8 +22,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import logging
 import os
 import threading

@@ -17,12 +17,13 @@ from typing import Any
 
 from alpacakit.errors import ConfigError
 from alpacakit.prompting import PromptFormat
+from alpacakit.train.outputs import partial_dir
 
 
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
     """The manifest of a finished model folder; a clear error for anything else."""
     d = Path(model_dir)
-    partial = d.with_name(d.name + ".partial")
+    partial = partial_dir(d)
     if not d.exists():
         if partial.exists():
             raise ConfigError(f"{d} does not exist, but {partial} does: that training run did not finish",

@@ -73,6 +73,12 @@ def plot_losses(stages: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def partial_dir(out: str | Path) -> Path:
+    """Where a model folder is written until it is complete: `OUT.partial/` beside `OUT/`."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
 def publish(partial: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished `OUT.partial/` to `OUT/`: readers see no folder or a complete one.
 

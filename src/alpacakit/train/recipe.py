@@ -34,6 +34,7 @@ from typing import Any
 from alpacakit.errors import AlpacakitError, ConfigError, DataError
 from alpacakit.prompting import PromptFormat
 from alpacakit.train.config import ResolvedStage, TrainConfig
+from alpacakit.train.outputs import partial_dir
 
 RUN_CONFIG = "run_config.json"
 STAGE_DONE = "done.json"
@@ -92,7 +93,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> list[ResolvedStage]:
     """Every check that needs no model: fail in a second, not after loading weights."""
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_dir(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists (a finished model folder)",
                           hint="pass --overwrite to replace it, or choose another --out")
@@ -372,7 +373,7 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
     started = time.time()
     dist = _dist()
     out = Path(output_dir or cfg.output_dir)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_dir(out)
     stages = preflight(cfg, out, resume, overwrite)
     if dist.world > 1:
         import torch

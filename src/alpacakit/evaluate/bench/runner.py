@@ -47,7 +47,7 @@ from alpacakit.evaluate.bench.tasks import Task, builtin_tasks, load_task, selec
 from alpacakit.prompting import PromptFormat
 
 FORMAT = "alpacakit-bench/1"
-_JOURNAL_VERSION = 1 + 1  # 2: contains scored on the first line
+_JOURNAL_VERSION = 2  # 2: `contains` scored on the first line
 
 
 @lru_cache(maxsize=1)
