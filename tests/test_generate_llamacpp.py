@@ -33,3 +33,24 @@ def test_generate_with_real_llamacpp_teacher(smollm2_gguf, tmp_path):
     assert manifest["status"] in ("complete", "request_limit")
     for k in kept:
         assert k["instruction"] and k["output"] and k["teacher"] == "smollm2-135m-instruct"
+
+
+def test_a_local_teacher_cuts_answers_short_and_journals_what_they_wrote(smollm2_gguf, tmp_path):
+    """Answers in flight are cut (a repeating teacher, or the target in sight) instead of being
+    written to max_tokens or thrown away: each cut answer is journaled with what it had written
+    and processed like any other, and the last, unfinished task is counted as `cut_short`."""
+    from alpacakit.config import load_config
+    from alpacakit.generate.runner import generate
+
+    cfg = load_config(None, ["teacher.model=smollm2-135m-instruct", "teacher.seed=3", "teacher.n_ctx=2048",
+                             "teacher.max_tokens=400", "teacher.max_concurrency=4", "generate.num=3",
+                             "generate.max_requests=6", "generate.filters.min_words=1"], {})
+    result = generate(cfg, tmp_path / "data", show_progress=False)
+    journal = [o for _, o in iter_jsonl(tmp_path / "data" / "responses.jsonl")]
+    cut = [e for e in journal if e.get("cut")]
+    assert cut, "SmolLM2 repeats itself within 400 tokens: some answer must have been cut"
+    assert all(e["finish_reason"] == "length" and e["usage"]["completion_tokens"] < 400 for e in cut)
+    assert len({e["index"] for e in journal}) == len(journal)
+    discards = [o for _, o in iter_jsonl(tmp_path / "data" / "discards.jsonl")]
+    assert sum(d["reason"] == "cut_short" for d in discards) == result.totals.discards["cut_short"] >= 1
+    assert result.totals.kept == len(list(iter_jsonl(tmp_path / "data" / "examples.jsonl")))

@@ -92,7 +92,7 @@ def test_a_fixed_seed_repeats_a_sampled_answer(smol):
     assert a.text == b.text and a.text.strip()
 
 
-def test_concurrent_calls_are_served_one_at_a_time(smol):
+def test_concurrent_calls_each_get_a_whole_answer(smol):
     teacher, tracker = smol
     before = tracker.snapshot()["requests"]
 

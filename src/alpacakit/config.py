@@ -43,7 +43,10 @@ class TeacherConfig(Section):
     api: Literal["auto", "chat", "completions"] = Field(
         "auto", description="chat = chat completions; completions = raw text completion (legacy /v1/completions or no chat template)."
     )
-    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once (local models run one at a time).")
+    max_concurrency: int = Field(
+        6, ge=1, le=64, description="Requests in flight at once. A local GGUF model decodes this many together "
+        "(continuous batching: on a 2-core CPU 6 give ~1.6x the tokens/s of 1, benchmarks/engine_throughput.py), "
+        "each with its own n_ctx tokens of cache.")
     max_retries: int = Field(6, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.")
     backoff_base_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry, with full jitter; Retry-After wins when given.")
     backoff_max_s: float = Field(60.0, gt=0, description="Longest single retry delay.")
@@ -86,8 +89,14 @@ class GenerateConfig(Section):
         0.0, ge=0, le=1, description="Share of requests whose example tasks all have an input (otherwise at least one "
         "has). Small teachers copy the examples' shape: Qwen2.5-Coder wrote inputs for 4% of its tasks at 0, 67% "
         "at 0.5, but then repeated one rewriting pattern (docs/generate.md).")
-    request_batch: int = Field(4, ge=1, description="Requests issued per round (bounded by the teacher's max_concurrency).")
+    request_batch: int = Field(6, ge=1, description="Requests issued per round (bounded by the teacher's max_concurrency).")
     similarity_threshold: float = Field(0.7, ge=0, le=1, description="Keep an instruction only if ROUGE-L F <= this against all kept ones.")
+    cut_runaway_answers: bool = Field(
+        True, description="Local teachers: cut an answer short once it repeats one of its own instructions (ROUGE-L "
+        "above similarity_threshold) or one task runs past max_task_chars. Small teachers loop from there on; the "
+        "tokens would all be discarded.")
+    max_task_chars: int = Field(2000, ge=100, description="With cut_runaway_answers: longest unfinished task "
+                                "(instruction, input and output) before the answer is cut.")
     keep_most_similar: int = Field(10, ge=0, description="Most similar earlier instructions stored per example.")
     mean_similarity: bool = Field(
         True, description="Also store each example's exact mean ROUGE-L against the whole pool (Stanford's "

@@ -22,7 +22,7 @@ def serve(
                                                       help="Base URL when the moderation model is openai:MODEL."),
     max_tokens_cap: Optional[int] = typer.Option(None, "--max-tokens-cap", help="Largest max_tokens a request may ask for [default: 1024]."),
     max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help="Longest prompt in tokens [default: 3072]."),
-    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="Requests generating at once [default: 1]."),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="Requests generating at once (a local GGUF model decodes them together) [default: 4]."),
     queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Requests that may wait; more get 429 [default: 8]."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Model id shown by /v1/models [default: the model's name]."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context window of a GGUF model [default: 4096]."),

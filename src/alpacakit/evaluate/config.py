@@ -19,7 +19,7 @@ from alpacakit.config import Price, Section, TeacherConfig
 def _system_default() -> TeacherConfig:
     # The model under evaluation: modest sampling, a seed, and room for a full answer.
     return TeacherConfig(model="gemma-3-270m", temperature=0.7, top_p=0.9, max_tokens=512, seed=0,
-                         max_concurrency=4)
+                         max_concurrency=6)
 
 
 class JudgeConfig(Section):
@@ -31,7 +31,8 @@ class JudgeConfig(Section):
                               "Default: the judge folder's `model`.")
     base_url: str | None = Field(None, description="Endpoint base URL for an openai: judge.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the judge's API key.")
-    max_concurrency: int = Field(4, ge=1, description="Judge requests in flight at once (local models run one at a time).")
+    max_concurrency: int = Field(6, ge=1, le=64, description="Judge requests in flight at once (a local model "
+                                 "decodes them together).")
     timeout_s: float = Field(300.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(6, ge=0, description="Retries on 429, 5xx, timeouts and connection errors.")
     n_ctx: int = Field(4096, ge=256, description="Context window for a local GGUF judge (two answers must fit).")

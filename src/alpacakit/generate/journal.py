@@ -54,6 +54,7 @@ class JobTotals:
     kept: int = 0
     discards: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     teacher_seconds: float = 0.0
@@ -63,6 +64,7 @@ class JobTotals:
         self.attempts += int(entry.get("attempts", 1))
         usage = entry.get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens", 0))
+        self.cached_tokens += int(usage.get("cached_tokens", 0))
         self.completion_tokens += int(usage.get("completion_tokens", 0))
         self.cost_usd += float(entry.get("cost", 0.0))
         self.teacher_seconds += float(entry.get("latency_s", 0.0))
@@ -71,7 +73,8 @@ class JobTotals:
         return {
             "requests": self.requests, "attempts": self.attempts, "kept": self.kept,
             "discarded": sum(self.discards.values()), "discards_by_reason": dict(sorted(self.discards.items())),
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6), "teacher_seconds": round(self.teacher_seconds, 2),
         }
 
@@ -165,39 +168,81 @@ async def run_requests(
     estimate_cost: Callable[[Request], float] | None = None,
     max_cost: float | None = None,
     on_result: Callable[[dict, list[dict], list[dict]], None] | None = None,
+    target_in_sight: Callable[[JobTotals, list[tuple[Request, str]]], bool] | None = None,
+    on_writing: Callable[[list[tuple[Request, str]]], None] | None = None,
+    cut_request: Callable[[Request, str], bool] | None = None,
+    hold_back: Callable[[JobTotals, list[tuple[Request, str]]], bool] | None = None,
+    check_every_s: float = 2.0,
 ) -> str:
     """Keep up to `concurrency` requests in flight until `should_stop` or the indices run out.
 
     Before each request, the budget check adds its worst-case cost (`estimate_cost`) to what
     was spent and what is in flight; a request that could cross `max_cost` is not sent.
     Returns why it stopped: 'done', 'exhausted' or 'budget'.
+
+    Local models decode the requests in flight together, so when the job is done (or, every
+    `check_every_s`, when `target_in_sight` says the text written so far will finish it) the
+    requests in flight are cut short rather than dropped: a teacher that accepts a `Watch`
+    ends them at once with finish_reason 'length', and their text is journaled and processed
+    like any other answer (the parser drops a last task that may be cut). Nothing written is
+    thrown away, and the job does not wait minutes for the tail of answers it no longer needs.
+    `cut_request` looks at each answer in flight every `check_every_s`: True cuts that one
+    short (e.g. a small teacher that has started repeating itself). `on_writing` sees the text
+    in flight at the same moments (for a progress display). `hold_back` says, before a request
+    is added to those in flight, that they will probably finish the job by themselves: its
+    prompt would be paid for and then cut.
     """
+    from alpacakit.teachers.base import Watch
+
     in_flight: dict[asyncio.Task, float] = {}
+    watches: dict[asyncio.Task, tuple[Request, Watch]] = {}
+    can_cut = bool(getattr(teacher, "accepts_watch", False))
     stopped = "exhausted"
     index_iter = iter(indices)
 
-    async def call(req: Request) -> dict:
+    async def call(req: Request, watch: Watch | None) -> dict:
         t0 = time.monotonic()
         kwargs = dict(sampling)
         if req.stop:
             kwargs["stop"] = list(req.stop)
+        if watch is not None:
+            kwargs["watch"] = watch
         if req.api == "chat":
             messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
                 {"role": "user", "content": req.prompt}]
             c = await teacher.chat(messages, **kwargs)
         else:
             c = await teacher.complete(req.prompt, **kwargs)
-        return {
+        entry = {
             "index": req.index, **req.meta, "api": req.api, "text": c.text, "finish_reason": c.finish_reason,
-            "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens},
+            "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
+                      **({"cached_tokens": c.usage.cached_tokens} if c.usage.cached_tokens else {})},
             "cost": c.cost, "model": c.model, "request_id": c.request_id, "attempts": c.attempts,
             "latency_s": round(getattr(c, "latency_s", 0.0) or (time.monotonic() - t0), 3),
             "received_at": time.time(),
         }
+        if watch is not None and watch.cut.is_set():
+            entry["cut"] = True  # ended early by us, not by the model or max_tokens
+        return entry
+
+    def writing_now() -> list[tuple[Request, str]]:
+        return [(r, w.text) for r, w in watches.values()]
+
+    def record(tasks: set[asyncio.Task]) -> None:
+        # in request order when several finish together, so a rerun journals them alike
+        for task in sorted(tasks, key=lambda t: watches[t][0].index if t in watches else 0):
+            in_flight.pop(task)
+            watches.pop(task, None)
+            entry = task.result()  # a TeacherError after all retries propagates: results so far are safe
+            kept, discards = job.record(entry)
+            if on_result:
+                on_result(entry, kept, discards)
 
     try:
         while True:
             while stopped != "budget" and len(in_flight) < concurrency and not should_stop(job.totals):
+                if hold_back is not None and in_flight and hold_back(job.totals, writing_now()):
+                    break
                 idx = next(index_iter, None)
                 if idx is None:
                     break
@@ -206,19 +251,36 @@ async def run_requests(
                 if max_cost is not None and job.totals.cost_usd + sum(in_flight.values()) + est > max_cost:
                     stopped = "budget"
                     break
-                in_flight[asyncio.ensure_future(call(req))] = est
+                watch = Watch() if can_cut else None
+                task = asyncio.ensure_future(call(req, watch))
+                in_flight[task] = est
+                if watch is not None:
+                    watches[task] = (req, watch)
             if not in_flight:
                 break
-            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                in_flight.pop(task)
-                entry = task.result()  # a TeacherError after all retries propagates: results so far are safe
-                kept, discards = job.record(entry)
-                if on_result:
-                    on_result(entry, kept, discards)
-            # Target reached: an endpoint's requests in flight are being paid for, so their answers
-            # are waited for and journaled; a local model runs one request at a time, so the others
-            # are only queued, cost nothing yet and would take minutes each: drop them.
+            watching = can_cut and any(f is not None for f in (target_in_sight, on_writing, cut_request, hold_back))
+            finished, _ = await asyncio.wait(in_flight, timeout=check_every_s if watching else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            record(finished)
+            if not in_flight:
+                continue
+            writing = writing_now()
+            if on_writing is not None and writing:
+                on_writing(writing)
+            if cut_request is not None:
+                for r, w in watches.values():
+                    if not w.cut.is_set() and cut_request(r, w.text):
+                        w.cut.set()
+            if can_cut and (should_stop(job.totals) or (
+                    target_in_sight is not None and target_in_sight(job.totals, writing))):
+                for _, watch in watches.values():
+                    watch.cut.set()
+                done, _ = await asyncio.wait(in_flight)
+                record(done)
+                continue
+            # Target reached with a local model that cannot cut: its queued requests cost nothing
+            # yet and would take minutes each, so drop them. An endpoint's requests in flight are
+            # being paid for: they are waited for and journaled.
             if should_stop(job.totals) and not getattr(teacher, "finish_in_flight", True):
                 break
         if should_stop(job.totals):
@@ -229,5 +291,3 @@ async def run_requests(
             task.cancel()
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
-
-

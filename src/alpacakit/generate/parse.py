@@ -41,7 +41,8 @@ def parse_tasks(continuation: str, first_number: int, finish_reason: str, *,
     first `Instruction:` label is ignored instead of being read as the first instruction.
 
     When the response hit its token limit (`finish_reason == 'length'`) the last task may be
-    cut mid-sentence, so it is dropped (reason `truncated`), as Stanford Alpaca did.
+    cut mid-sentence, so it is dropped (reason `truncated`), as Stanford Alpaca did; likewise
+    (reason `cut_short`) when we ended the response early (`finish_reason == 'cut'`).
     """
     text = continuation.replace("\r\n", "\n")
     if continues_prompt and not _TASK_START.match(text.lstrip()):
@@ -49,8 +50,8 @@ def parse_tasks(continuation: str, first_number: int, finish_reason: str, *,
     starts = [m.start() for m in _TASK_START.finditer(text)]
     chunks = [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
     tasks: list[tuple[ParsedTask | None, Discard | None]] = [_parse_chunk(c) for c in chunks]
-    if finish_reason == "length" and tasks:
-        tasks[-1] = (None, Discard("truncated", chunks[-1].strip()))
+    if finish_reason in ("length", "cut") and tasks:
+        tasks[-1] = (None, Discard("truncated" if finish_reason == "length" else "cut_short", chunks[-1].strip()))
     kept = [t for t, _ in tasks if t is not None]
     discards = [d for _, d in tasks if d is not None]
     return kept, discards

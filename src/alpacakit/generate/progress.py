@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,12 +33,22 @@ class GenerationProgress:
         t = self.totals
         seen = t.kept + sum(t.discards.values())
         rate = sum(t.discards.values()) / seen if seen else 0.0
-        return (f"discarded {rate:.0%} | req {t.requests} | "
+        writing = f" | {self.writing}" if self.writing else ""
+        return (f"discarded {rate:.0%} | req {t.requests}{writing} | "
                 f"{t.prompt_tokens + t.completion_tokens:,} tok | ${t.cost_usd:.4f}")
 
-    def update(self) -> None:
+    writing = ""  # what the requests in flight have written so far, when the teacher shows it
+    _last_log = 0.0
+
+    def update(self, writing: str | None = None) -> None:
+        """Redraw; `writing` (e.g. "6 writing, 14 tasks so far") replaces the in-flight note.
+        Without a terminal, a line is printed per finished request and at most every 30 s."""
+        if writing is not None:
+            self.writing = writing
         self._progress.update(self._task, completed=self._done(), stats=self._stats())
-        if self.log:
+        now = time.monotonic()
+        if self.log and (writing is None or now - self._last_log >= 30):
+            self._last_log = now
             print(f"[generate] {self.unit} {self._done()}/{self.target} | {self._stats()}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "GenerationProgress":

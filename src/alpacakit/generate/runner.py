@@ -149,6 +149,19 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
         sampling["seed"] = t.seed
     concurrency = min(config.generate.request_batch, t.max_concurrency,
                       getattr(teacher, "max_concurrency", t.max_concurrency))
+    in_sight = runaway = hold_back = None
+    if not answer_mode:
+        from alpacakit.generate.self_instruct import enough_in_flight, runaway_answer, target_in_sight, tasks_written
+
+        in_sight, hold_back = target_in_sight(target), enough_in_flight(target)
+        g = config.generate
+        if g.cut_runaway_answers:
+            runaway = runaway_answer(g.similarity_threshold, g.max_task_chars)
+
+    def on_writing(writing: list) -> None:
+        what = f"{tasks_written(writing)} tasks so far" if not answer_mode else \
+            f"~{sum(len(text) for _, text in writing) // 4:,} tok so far"
+        progress.update(writing=f"{len(writing)} writing, {what}")
     progress = GenerationProgress(target=target, totals=job.totals, enabled=show_progress,
                                   unit="answered" if answer_mode else "kept")
     last_manifest = [0.0]
@@ -165,7 +178,8 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
             stopped = await run_requests(
                 job, teacher, plan.indices, plan.make_request, should_stop=should_stop, concurrency=concurrency,
                 sampling=sampling, estimate_cost=_estimator(config), max_cost=config.generate.max_cost,
-                on_result=on_result)
+                on_result=on_result, target_in_sight=in_sight, on_writing=on_writing,
+                cut_request=runaway, hold_back=hold_back)
     finally:
         job.close()
         if own_teacher:

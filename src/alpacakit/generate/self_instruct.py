@@ -16,7 +16,7 @@ from typing import Any
 
 from alpacakit.config import AlpacakitConfig
 from alpacakit.generate.filters import InstructionFilter
-from alpacakit.generate.journal import JournaledJob, Request
+from alpacakit.generate.journal import JobTotals, JournaledJob, Request
 from alpacakit.generate.parse import parse_tasks
 from alpacakit.generate.prompt import PromptBuilder
 from alpacakit.generate.seeds import SeedTask, default_seeds_path, load_seed_tasks
@@ -38,9 +38,9 @@ class SelfInstructProcessor:
         self.teacher_name = teacher_name
 
     def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
-        tasks, parse_discards = parse_tasks(
-            entry.get("text") or "", entry.get("first_number", 4), entry.get("finish_reason", "stop"),
-            continues_prompt=entry.get("api") != "chat")
+        finish = "cut" if entry.get("cut") else entry.get("finish_reason", "stop")
+        tasks, parse_discards = parse_tasks(entry.get("text") or "", entry.get("first_number", 4), finish,
+                                            continues_prompt=entry.get("api") != "chat")
         req = entry["index"]
         discards = [{"request": req, "reason": d.reason, "text": d.text[:2000]} for d in parse_discards]
         if not tasks and not parse_discards:
@@ -77,6 +77,78 @@ class SelfInstructPlan:
     indices: Iterator[int]
     fingerprint: dict[str, Any]
     inputs: dict[str, Any]
+
+
+def tasks_written(writing: list[tuple[Request, str]]) -> int:
+    """Tasks already complete in answers still being written (the last one may be unfinished
+    and is not counted, as if the answers were cut now)."""
+    n = 0
+    for req, text in writing:
+        tasks, _ = parse_tasks(text, req.meta.get("first_number", 1), "length", continues_prompt=req.api != "chat")
+        n += len(tasks)
+    return n
+
+
+def runaway_answer(threshold: float, max_task_chars: int) -> Callable[[Request, str], bool]:
+    """For `run_requests`: True when an answer being written has stopped producing new tasks.
+
+    Small teachers degenerate in two ways (seen with Qwen2.5-Coder 1.5B): they start repeating
+    their own earlier instructions word for word, and from the first repeat on write almost
+    nothing new (in one trial 17 of 19 tasks after a first repeat were repeats); or one output
+    runs on for thousands of characters until the token limit. Every such token is wasted
+    (repeats are dropped by ROUGE-L anyway, a cut-off task as truncated), and a local teacher
+    writes ~2-4 tokens/s per answer, so the answer is cut at the first repeat (ROUGE-L F above
+    `threshold` against an earlier task of the same answer) or when the unfinished task passes
+    `max_task_chars`."""
+    from alpacakit.curate.rouge import rouge_l_f
+
+    checked: dict[int, int] = {}  # request index -> tasks already compared
+
+    def check(req: Request, text: str) -> bool:
+        tasks, discards = parse_tasks(text, req.meta.get("first_number", 1), "length",
+                                      continues_prompt=req.api != "chat")
+        if discards and len(discards[-1].text) > max_task_chars:
+            return True
+        instructions = [t.instruction.lower() for t in tasks]
+        start = checked.get(req.index, 1)
+        checked[req.index] = max(start, len(instructions))
+        return any(rouge_l_f(instructions[i], instructions[j]) > threshold
+                   for i in range(start, len(instructions)) for j in range(i))
+
+    return check
+
+
+def target_in_sight(target: int) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
+    """For `run_requests`: True when the tasks already complete in the answers being written,
+    kept at the rate seen so far, would reach `target`. Those answers are then cut there
+    instead of being written to their end (a local teacher writes ~4 tokens/s per answer when
+    6 share the CPU: the last answer's tail was minutes of waiting for examples past the target).
+    An estimate that proves too high only means more requests are sent afterwards."""
+
+    def check(totals: JobTotals, writing: list[tuple[Request, str]]) -> bool:
+        complete = tasks_written(writing)
+        seen = totals.kept + sum(totals.discards.values())
+        keep_rate = totals.kept / seen if seen >= 20 else 0.5
+        return complete > 0 and totals.kept + keep_rate * complete >= target
+
+    return check
+
+
+def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
+    """For `run_requests`: True when the answers in flight will probably reach `target` by
+    themselves (each expected to keep at least as many tasks as a finished answer kept on
+    average), so a new request would only pay for its prompt and then be cut."""
+
+    def check(totals: JobTotals, writing: list[tuple[Request, str]]) -> bool:
+        if totals.requests < 3:
+            return False
+        per_request = totals.kept / totals.requests
+        seen = totals.kept + sum(totals.discards.values())
+        keep_rate = totals.kept / seen if seen else 0.0
+        expected = sum(max(per_request, keep_rate * tasks_written([w])) for w in writing)
+        return totals.kept + expected >= target
+
+    return check
 
 
 def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[int]) -> SelfInstructPlan:

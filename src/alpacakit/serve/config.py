@@ -47,7 +47,8 @@ class ServeConfig(_Section):
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for (400 above it).")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that sets none.")
     max_prompt_tokens: int = Field(3072, ge=1, description="Longest prompt, in the model's tokens (400 above it).")
-    max_concurrency: int = Field(1, ge=1, description="Requests generating at once.")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Requests generating at once (a local GGUF model "
+                                 "decodes them together in one batch, each with n_ctx tokens of cache).")
     queue_size: int = Field(8, ge=0, description="Requests that may wait for a free slot; one more gets 429.")
     queue_timeout_s: float = Field(300.0, gt=0, description="Longest wait in the queue before a 503.")
     generation_timeout_s: float = Field(600.0, gt=0, description="Longest one generation may run (a stalled "

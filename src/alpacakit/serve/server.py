@@ -66,7 +66,8 @@ def build_app(model: str, config: ServeConfig, *, base: str | None = None, promp
 
     key = api_key if api_key is not None else read_api_key(config.api_key_env)  # fail before loading a model
     teacher = load_teacher(model, timeout_s=config.generation_timeout_s, n_ctx=config.n_ctx,
-                           n_threads=config.n_threads, base=base, prompt_format=prompt_format)
+                           n_threads=config.n_threads, base=base, prompt_format=prompt_format,
+                           max_concurrency=config.max_concurrency)
     backend = ServeBackend(teacher, config.model_name)
     try:
         safety = make_safety(config.safety, config)

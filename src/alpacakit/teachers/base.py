@@ -7,6 +7,7 @@ requests at once (bounded by `max_concurrency`); local backends serialise on one
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -15,9 +16,11 @@ from typing import Protocol, runtime_checkable
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, found in a local model's cache (not evaluated again)
 
     def __add__(self, other: "Usage") -> "Usage":
-        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
+                     self.cached_tokens + other.cached_tokens)
 
 
 @dataclass
@@ -34,6 +37,18 @@ class Completion:
     latency_s: float = 0.0
 
 
+@dataclass
+class Watch:
+    """A caller's window on one local generation, for backends with `accepts_watch = True`
+    (llama.cpp): `text` grows as tokens are generated, and setting `cut` ends the generation at
+    the next step as if it had reached max_tokens (finish_reason 'length'), keeping its text and
+    usage. Generation uses it to stop every request in flight once the target is in sight,
+    without throwing away what they already wrote."""
+
+    text: str = ""
+    cut: threading.Event = field(default_factory=threading.Event)
+
+
 @runtime_checkable
 class Teacher(Protocol):
     """A model that answers. `name` identifies it in manifests and outputs.
@@ -48,6 +63,7 @@ class Teacher(Protocol):
     - `count_tokens(text) -> int` and `count_chat_tokens(messages) -> int`: exact prompt
       lengths in the model's tokens (servers refuse over-long prompts before queueing them).
     - `has_chat_template: bool`: False for a local base model that can only continue text.
+    - `accepts_watch: bool`: chat() and complete() take `watch=Watch()` (see `Watch`).
     """
 
     name: str
