@@ -94,7 +94,7 @@ def runaway_answer(threshold: float, max_task_chars: int) -> Callable[[Request, 
 
     Small teachers degenerate in two ways (seen with Qwen2.5-Coder 1.5B): they start repeating
     their own earlier instructions word for word, and from the first repeat on write almost
-    nothing new (in one trial 17 of 19 tasks after a first repeat were repeats); or one output
+    nothing new (in one trial 13 of the 14 tasks after a first repeat were repeats); or one output
     runs on for thousands of characters until the token limit. Every such token is wasted
     (repeats are dropped by ROUGE-L anyway, a cut-off task as truncated), and a local teacher
     writes ~2-4 tokens/s per answer, so the answer is cut at the first repeat (ROUGE-L F above
