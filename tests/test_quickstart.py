@@ -46,7 +46,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
     base = make_tiny_base(root / "tiny-base")
     profile = load_profile("tiny", [
         f"student_base={base}", "num=3", "eval_limit=2", "eval_max_tokens=24", "bench_limit=1", "quant=f16",
-        "before_after=2", "train_set.max_steps=2", "train_set.max_length=128",
+        "before_after=2", "train_set.max_steps=2", "train_set.max_length=512",
     ])
     said: list[str] = []
     log = run_quickstart(root / "run", profile, say=said.append, progress=False)

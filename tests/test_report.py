@@ -168,3 +168,16 @@ def test_a_judge_that_always_picks_the_first_answer_is_flagged():
     assert "second in 95%" in judge_warnings([dict(row, first_shown_won=0.05)])[0]
     assert judge_warnings([dict(row, first_shown_won=0.6)]) == []
     assert judge_warnings([dict(row, first_shown_won=1.0, n_total=3)]) == []  # too few to tell
+
+
+def test_comparisons_without_a_single_verdict_are_reported_not_crashed_on(tmp_path, fake_openai, judge_cfg):
+    """A small judge (SmolLM2 in `quickstart --tiny`) may never write a verdict the parser reads:
+    the comparison exists but has no win rate, so there is no win-rate plot to show."""
+    run = tmp_path / "run"
+    student, teacher = _outputs(run, "student", 20), _outputs(run, "teacher", 20)
+    fake_openai.responder = lambda body: "Both answers have their merits and I cannot decide."
+    judge_pairwise(student, teacher, judge_cfg, show_progress=False)
+    res = build_report(run)
+    assert not (res.out_dir / "winrate.png").exists()
+    assert "student" in res.markdown.read_text() and "win rates" not in res.html.read_text()
+    assert res.verdict["kind"] == "incomplete"
