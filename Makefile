@@ -60,7 +60,7 @@ test: $(VENV)/.deps-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The whole formula on the embedded models (see `alpacakit quickstart --help`); rerun to resume.
-# QUICKSTART_ARGS=--tiny for the 4.5-minute version.
+# QUICKSTART_ARGS=--tiny for the 3-minute version.
 quickstart: $(VENV)/.deps-all
 	$(BIN)/alpacakit quickstart $(QUICKSTART_ARGS)
 

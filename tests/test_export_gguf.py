@@ -320,6 +320,40 @@ def test_create_chat_completion_uses_the_trained_prompt(tiny_dirs: dict[str, Pat
 
 
 @needs_llama
+def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(tiny_dirs: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """A small student often writes on into a new `### Instruction:`; the stop strings of its
+    prompt format, carried in the GGUF, end the answer in chat and serve as in eval."""
+    import asyncio
+
+    from alpacakit.config import TeacherConfig
+    from alpacakit.teachers import make_teacher
+
+    assert PromptFormat.load("alpaca").stop == ["### Instruction:", "### Input:", "### Response:"]
+
+    def answer(stop: list[str]) -> tuple[list[str], str]:
+        folder = tmp_path / f"m{len(stop)}"
+        shutil.copytree(tiny_dirs["gemma3"], folder)
+        fmt = json.loads(ALPACA.read_text())
+        (folder / "prompt_format.json").write_text(json.dumps({**fmt, "stop": stop}))
+        out = export_gguf(folder, tmp_path / f"{folder.name}.gguf", "f16").path
+        teacher = make_teacher(TeacherConfig(model=str(out), temperature=0.0, max_tokens=24))
+        try:
+            reply = asyncio.run(teacher.chat([{"role": "user", "content": "Name three colours."}]))
+            return teacher.format_stop, reply.text
+        finally:
+            teacher.close()
+
+    no_stop, full = answer([])
+    assert no_stop == [] and len(full.strip()) >= 6, full
+    cut_at = next(i for i in range(2, len(full) - 2)
+                  if full[i:i + 3].strip() == full[i:i + 3] and full.find(full[i:i + 3]) == i)
+    stops, cut = answer([full[cut_at:cut_at + 3]])
+    assert stops == [full[cut_at:cut_at + 3]]
+    assert cut == full[:cut_at]
+
+
+@needs_llama
 def test_cli_exports_and_prints_the_agreement(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(SHORT_PROMPTS[:2]) + "\n")

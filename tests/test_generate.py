@@ -129,10 +129,13 @@ def test_rerun_extends_without_asking_again(server, tmp_path):
     again = generate(config(server, seeds, num=5), out, show_progress=False)
     assert again.status == "complete" and len(server.requests) == first_requests   # nothing to do
 
+    wall_before = json.loads((out / "manifest.json").read_text())["wall_seconds"]
     generate(config(server, seeds, num=11), out, show_progress=False)
     after = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
     assert after[: len(first)] == first and len(after) >= 11
     assert len(set(after)) == len(after)
+    manifest = json.loads((out / "manifest.json").read_text())  # wall time adds up over the runs
+    assert manifest["wall_seconds"] == pytest.approx(wall_before + manifest["wall_seconds_this_run"], abs=0.02)
 
 
 def test_other_settings_in_same_folder_are_refused(server, tmp_path):

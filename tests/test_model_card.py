@@ -59,3 +59,16 @@ def test_an_export_card_lists_every_gguf_with_its_agreement(tmp_path):
     assert "| export | model-q4_k_m.gguf (q4_k_m, 253 MB)" in card and "| export | model-q8_0.gguf (q8_0, 292 MB)" in card
     assert "model-q8_0.gguf: greedy top-1 agreement with the Hugging Face model: 98.3% over 512 positions" in card
     assert "Gemma Terms of Use" in card  # an export inherits the trained model's terms
+
+
+def test_a_folder_alpacakit_did_not_train_is_carded_as_itself(tmp_path):
+    hf = tmp_path / "qwen-hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-Coder-1.5B-Instruct", "model_type": "qwen2"}))
+    card = build_card(hf, export={"file": "qwen-q8_0.gguf", "quant": "q8_0", "sha256": "ab" * 32,
+                                  "size_bytes": 1_894_000_000, "verification": {"top1_agreement": 0.983, "positions": 290}})
+    assert "**Qwen/Qwen2.5-Coder-1.5B-Instruct** (qwen2), exported as is" in card
+    assert "student" not in card.split("## Lineage")[0] and "fine-tuned" not in card
+    assert "| source folder |" in card and "| training |" not in card
+    assert "**model** `Qwen/Qwen2.5-Coder-1.5B-Instruct`: Apache-2.0" in card
+    assert "98.3% over 290 positions" in card

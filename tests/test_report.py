@@ -51,7 +51,8 @@ def _manifests(run: Path) -> None:
                    "cost_usd": 0.0, "teacher_seconds": 2000.0}, "wall_seconds": 2100.0}))
     (run / "model").mkdir(parents=True, exist_ok=True)
     (run / "model" / "manifest.json").write_text(json.dumps({
-        "kind": "alpacakit.model", "complete": True, "method": "lora", "base": {"name": "gemma-3-270m"},
+        "kind": "alpacakit.model", "complete": True, "method": "lora",
+        "base": {"ref": "gemma-3-270m", "source": "embedded"},
         "steps": 120, "durations_s": {"total": 1500.0}}))
 
 
@@ -106,6 +107,16 @@ def test_a_student_that_gained_style_but_not_knowledge_is_called_out(full_run):
     stages = {c["stage"] for c in data["costs"]}
     assert stages == {"data", "training", "judging", "benchmarks"}
     assert data["knowledge"]["gap_closed"] == 0.0
+
+
+def test_the_cost_table_names_the_base_and_counts_judging_in_wall_time(full_run):
+    _bench(full_run, "student", 3)
+    data = json.loads(build_report(full_run).data.read_text())
+    rows = {c["what"]: c for c in data["costs"]}
+    assert "lora on gemma-3-270m, 120 steps" in rows
+    pairwise = json.loads((full_run / "eval" / "pairwise-student-vs-teacher.json").read_text())
+    judging = next(c for c in data["costs"] if c["stage"] == "judging" and c["what"].startswith("student"))
+    assert judging["seconds"] == pairwise["cost"]["wall_seconds"] > 0
 
 
 def test_a_student_that_gained_knowledge_too_gets_both(full_run):

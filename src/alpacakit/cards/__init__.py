@@ -84,25 +84,10 @@ def _fmt_sha(sha: str | None) -> str:
     return f"`{sha[:16]}…`" if sha else "n/a"
 
 
-def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str, Any]] | None = None,
-               metrics: dict[str, Any] | None = None) -> str:
-    """Markdown for a trained model folder (and, with `export`, for the GGUF files made from it:
-    one sidecar dict or a list of them, as `export_gguf` writes)."""
-    model_dir = Path(model_dir)
-    exports = [export] if isinstance(export, dict) else list(export or [])
-    manifest = _read_json(model_dir / "manifest.json") or {}
-    base = manifest.get("base") or {}
-    data_files = manifest.get("data") or []
-    gens = _data_manifests(manifest)
-    teachers = sorted({(g.get("config", {}).get("teacher", {}) or {}).get("model", "unknown") for g in gens})
-    name = ", ".join(e.get("file", "?") for e in exports) if exports else model_dir.name
-
-    terms = [terms_for("base model", base.get("ref") or base.get("path"))]
-    terms += [terms_for("teacher", t) for t in teachers]
-    if not gens:
-        terms += [terms_for("training data", (f.get("path") if isinstance(f, dict) else f)) for f in data_files]
-
-    lines = [f"# Model card: {name}", ""]
+def _trained_lineage(manifest: dict[str, Any], base: dict[str, Any], teachers: list[str], gens: list[dict[str, Any]],
+                     data_files: list[Any]) -> list[str]:
+    """The card's opening and lineage table for a model alpacakit trained (from its manifests)."""
+    lines: list[str] = []
     method = manifest.get("method", "?")
     lines += [f"A student model: **{base.get('ref', 'unknown base')}** fine-tuned ({method}) on instruction data"
               + (f" written by **{', '.join(teachers)}**." if teachers else "."),
@@ -127,6 +112,38 @@ def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str,
         else:
             lines.append(f"| training data | {f} |")
     lines.append(f"| training | {manifest.get('steps', '?')} steps, final loss {manifest.get('final_train_loss', '?')} |")
+    return lines
+
+
+def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str, Any]] | None = None,
+               metrics: dict[str, Any] | None = None) -> str:
+    """Markdown for a trained model folder (and, with `export`, for the GGUF files made from it:
+    one sidecar dict or a list of them, as `export_gguf` writes)."""
+    model_dir = Path(model_dir)
+    exports = [export] if isinstance(export, dict) else list(export or [])
+    manifest = _read_json(model_dir / "manifest.json") or {}
+    base = manifest.get("base") or {}
+    data_files = manifest.get("data") or []
+    gens = _data_manifests(manifest)
+    teachers = sorted({(g.get("config", {}).get("teacher", {}) or {}).get("model", "unknown") for g in gens})
+    name = ", ".join(e.get("file", "?") for e in exports) if exports else model_dir.name
+
+    if not manifest:
+        # Not an alpacakit training output (a folder from elsewhere, exported as is): its name is
+        # whatever its config says, and its own terms are the only ones it inherits.
+        config = _read_json(model_dir / "config.json") or {}
+        ident = config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name
+        terms = [terms_for("model", ident)]
+        lines = [f"# Model card: {name}", "",
+                 f"**{ident}** ({config.get('model_type', 'unknown architecture')}), exported as is from "
+                 f"`{model_dir}`: alpacakit did not train it, so its lineage is what that folder says.", "",
+                 "## Lineage", "", "| what | value |", "|---|---|", f"| source folder | {model_dir} |"]
+    else:
+        terms = [terms_for("base model", base.get("ref") or base.get("path"))]
+        terms += [terms_for("teacher", t) for t in teachers]
+        if not gens:
+            terms += [terms_for("training data", (f.get("path") if isinstance(f, dict) else f)) for f in data_files]
+        lines = [f"# Model card: {name}", ""] + _trained_lineage(manifest, base, teachers, gens, data_files)
     for e in exports:
         lines.append(f"| export | {e.get('file')} ({e.get('quant')}, {(e.get('size_bytes') or 0) / 1e6:.0f} MB), "
                      f"sha256 {_fmt_sha(e.get('sha256'))} |")

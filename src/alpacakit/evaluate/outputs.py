@@ -60,11 +60,11 @@ class _Progress(GenerationProgress):
 
 async def run_pending(job: JournaledJob, teacher: Any, pending: dict[int, Request], *, sampling: dict[str, Any],
                       concurrency: int, estimate: Callable[[Request], float] | None, max_cost: float | None,
-                      progress_totals: JobTotals, target: int, unit: str, show_progress: bool,
+                      progress_totals: JobTotals, target: int, unit: str, show_progress: bool, label: str,
                       on_entry: Callable[[dict], None] | None = None, heartbeat: Callable[[], None] | None = None,
                       ) -> str:
     """Ask `teacher` for the pending requests, journaling each answer. Returns run_requests' reason."""
-    progress = _Progress(target=target, totals=progress_totals, enabled=show_progress, unit=unit)
+    progress = _Progress(target=target, totals=progress_totals, enabled=show_progress, unit=unit, label=label)
     last = [time.monotonic()]
 
     def on_result(entry: dict, kept: list, discards: list) -> None:
@@ -316,8 +316,7 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
         }
 
         def write_manifest(status: str) -> None:
-            manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time(),
-                            wall_seconds_this_run=round(time.time() - started, 2))
+            manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
             job.write_manifest(manifest)
 
         before = job.totals.as_dict()
@@ -336,6 +335,7 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
                     job, system, pending, sampling=sampling, concurrency=concurrency,
                     estimate=estimator(scfg.price, scfg.max_tokens), max_cost=max_cost,
                     progress_totals=JobTotals(requests=cached, kept=cached), target=len(keys), unit="answered",
+                    label=f"eval generate {generator}",
                     show_progress=show_progress, heartbeat=lambda: write_manifest("running"))
             finally:
                 if own:

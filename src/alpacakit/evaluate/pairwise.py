@@ -223,8 +223,7 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     }
 
     def write_manifest(status: str) -> None:
-        manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time(),
-                        wall_seconds_this_run=round(time.time() - started, 2))
+        manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
         job.write_manifest(manifest)
 
     write_manifest("running")
@@ -248,7 +247,8 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
                     job, t, pending, sampling=sampling,
                     concurrency=min(tcfg.max_concurrency, getattr(t, "max_concurrency", tcfg.max_concurrency)),
                     estimate=estimator(tcfg.price, tcfg.max_tokens), max_cost=jc.max_cost,
-                    progress_totals=shown, target=len(requests), unit="judged", show_progress=show_progress,
+                    progress_totals=shown, target=len(requests), unit="judged",
+                    label=f"eval pairwise {model_gen} vs {base_gen}", show_progress=show_progress,
                     heartbeat=lambda: write_manifest("running"))
             finally:
                 if own:
@@ -284,8 +284,9 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
         "files": {"model": str(model_path), "baseline": str(baseline_path), "work": str(work)},
         "annotations": annotations,
     }
-    atomic_write_json(out, result)
     write_manifest(status)
+    cost["wall_seconds"] = manifest["wall_seconds"]  # the judging job's, over all its runs
+    atomic_write_json(out, result)
     return PairwiseResult(out, status, metrics, cost, bias)
 
 

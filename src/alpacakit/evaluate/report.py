@@ -226,10 +226,10 @@ def costs(found: dict[str, Any]) -> list[dict[str, Any]]:
                      "requests": c.get("requests"),
                      "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
                      "cost_usd": _f(c.get("cost_usd")) or 0.0,
-                     "seconds": _f(dm.get("wall_seconds")) or _f(c.get("teacher_seconds"))})
+                     "seconds": _wall(dm, c.get("teacher_seconds"))})
     tm = found.get("train_manifest")
     if tm:
-        base = (tm.get("base") or {}).get("name", "?")
+        base = (tm.get("base") or {}).get("name") or (tm.get("base") or {}).get("ref") or "?"
         rows.append({"stage": "training", "what": f"{tm.get('method', '?')} on {base}, {tm.get('steps', '?')} steps",
                      "requests": None, "tokens": None, "cost_usd": _f(tm.get("cost_usd")) or 0.0,
                      "seconds": _f((tm.get("durations_s") or {}).get("total"))})
@@ -238,19 +238,25 @@ def costs(found: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"stage": "answers", "what": f"{w.get('generator', '?')} on {c.get('requests', 0)} eval items",
                      "requests": c.get("requests"),
                      "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                     "cost_usd": _f(c.get("cost_usd")) or 0.0, "seconds": _f(c.get("teacher_seconds"))})
+                     "cost_usd": _f(c.get("cost_usd")) or 0.0, "seconds": _wall(w, c.get("teacher_seconds"))})
     for p in found["pairwise"]:
         c = p.get("cost") or {}
         rows.append({"stage": "judging", "what": f"{p.get('model')} vs {p.get('baseline')} by "
                      f"{(p.get('judge') or {}).get('model', '?')}",
                      "requests": c.get("judgments"),
                      "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                     "cost_usd": _f(c.get("cost_usd")) or 0.0, "seconds": _f(c.get("judge_seconds"))})
+                     "cost_usd": _f(c.get("cost_usd")) or 0.0, "seconds": _wall(c, c.get("judge_seconds"))})
     for name, bench in found["bench"].items():
         rows.append({"stage": "benchmarks", "what": f"{name}: {len(bench.get('tasks', {}))} tasks",
                      "requests": None, "tokens": None, "cost_usd": 0.0,
                      "seconds": _f((bench.get("timing") or {}).get("total_s"))})
     return rows
+
+
+def _wall(record: dict[str, Any], latencies: Any) -> float | None:
+    """A job's wall-clock seconds; files from before alpacakit recorded them only have the sum of
+    request latencies, which overlap (several requests decode together)."""
+    return _f(record.get("wall_seconds")) or _f(record.get("wall_seconds_this_run")) or _f(latencies)
 
 
 # --------------------------------------------------------------------------- the verdict

@@ -92,6 +92,8 @@ class JournaledJob:
         self._examples: JsonlAppender | None = None
         self._discards: JsonlAppender | None = None
         self._journal: JsonlAppender | None = None
+        self._started = time.time()
+        self._wall_before: float | None = None  # wall seconds of earlier runs, from the manifest
 
     @property
     def journal_path(self) -> Path:
@@ -143,6 +145,16 @@ class JournaledJob:
         return kept, discards
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write `manifest`, stamped with the wall-clock seconds of this run and of all runs.
+
+        Wall time, not the sum of request latencies: requests overlap (a local teacher decodes
+        several together), so latencies add up to far more than the job took."""
+        if self._wall_before is None:
+            old = self.read_manifest() or {}  # (older manifests recorded only their last run)
+            self._wall_before = float(old.get("wall_seconds") or old.get("wall_seconds_this_run") or 0.0)
+        elapsed = time.time() - self._started
+        manifest["wall_seconds_this_run"] = round(elapsed, 2)
+        manifest["wall_seconds"] = round(self._wall_before + elapsed, 2)
         atomic_write_json(self.out_dir / MANIFEST, manifest)
 
     def read_manifest(self) -> dict[str, Any] | None:

@@ -12,8 +12,11 @@ from alpacakit.generate.journal import JobTotals
 
 
 class GenerationProgress:
-    def __init__(self, target: int, totals: JobTotals, enabled: bool = True, unit: str = "kept"):
+    def __init__(self, target: int, totals: JobTotals, enabled: bool = True, unit: str = "kept",
+                 label: str = "generate"):
+        """`label` starts each logged line (without a terminal): the verb whose job this is."""
         self.totals = totals
+        self.label = label
         self.target = target
         self.unit = unit
         console = Console(stderr=True)
@@ -49,7 +52,7 @@ class GenerationProgress:
         now = time.monotonic()
         if self.log and (writing is None or now - self._last_log >= 30):
             self._last_log = now
-            print(f"[generate] {self.unit} {self._done()}/{self.target} | {self._stats()}", file=sys.stderr, flush=True)
+            print(f"[{self.label}] {self.unit} {self._done()}/{self.target} | {self._stats()}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "GenerationProgress":
         self._progress.__enter__()

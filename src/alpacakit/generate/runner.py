@@ -111,12 +111,10 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
         "teacher": describe_teacher(config) if teacher is None else {"name": getattr(teacher, "name", "custom")},
         "inputs": plan.inputs, "target": target,
         "created_at": (previous or {}).get("created_at", started),
-        "wall_seconds": float((previous or {}).get("wall_seconds", 0.0)),
     }
 
     def update_manifest(status: str) -> None:
         manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
-        manifest["wall_seconds_this_run"] = round(time.time() - started, 2)
         job.write_manifest(manifest)
 
     if from_prompts:
@@ -130,7 +128,6 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     update_manifest("running")
     status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
                               update_manifest, bool(from_prompts)))
-    manifest["wall_seconds"] = round(manifest["wall_seconds"] + time.time() - started, 2)
     update_manifest(status)
     return GenerateResult(out_dir, status, job.totals)
 

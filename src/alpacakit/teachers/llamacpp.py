@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -111,6 +112,16 @@ def open_llama(path: str | os.PathLike[str], **kwargs: Any) -> Any:
             llama_module.llama_cpp.llama_model_default_params = defaults
 
 
+def _format_stop(metadata: dict[str, str]) -> list[str]:
+    """Stop strings of the prompt format that `alpacakit export gguf` saved in the file, if any."""
+    try:
+        fmt = json.loads(metadata.get("alpacakit.prompt_format") or "{}")
+    except ValueError:
+        return []
+    stop = fmt.get("stop") if isinstance(fmt, dict) else None
+    return [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
+
+
 def default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -150,6 +161,7 @@ class LlamaCppTeacher:
             raise
         self._finalizer = weakref.finalize(self, _close_all, self._engine, self._llm)
         self.has_chat_template = bool(self._llm.metadata.get("tokenizer.chat_template"))
+        self.format_stop = _format_stop(self._llm.metadata)
         self._seeds = itertools.count(config.seed) if config.seed is not None else None
 
     @property
@@ -176,7 +188,8 @@ class LlamaCppTeacher:
                    temperature: float | None = None, top_p: float | None = None,
                    stop: list[str] | None = None, seed: int | None = None, watch: Watch | None = None) -> Completion:
         self._check_chat()
-        return await self._call(self._chat_tokens(messages), max_tokens, temperature, top_p, stop, seed, watch)
+        return await self._call(self._chat_tokens(messages), max_tokens, temperature, top_p, self._chat_stop(stop),
+                                seed, watch)
 
     async def complete(self, prompt: str, *, max_tokens: int | None = None,
                        temperature: float | None = None, top_p: float | None = None,
@@ -211,6 +224,11 @@ class LlamaCppTeacher:
                 hint="use raw completions (teacher.api=completions / complete()), or an instruct model such as "
                 "qwen2.5-coder-1.5b-instruct",
             )
+
+    def _chat_stop(self, stop: list[str] | None) -> list[str]:
+        """The caller's stop strings plus those of the prompt format the model was trained in,
+        which its chat template reproduces (a small student may go on to write the next turn)."""
+        return [*self.format_stop, *[s for s in stop or [] if s not in self.format_stop]]
 
     def _alive(self) -> None:
         if not self._finalizer.alive:
@@ -325,7 +343,7 @@ class LlamaCppTeacher:
                           stop: list[str] | None = None, seed: int | None = None) -> AsyncIterator[str | Completion]:
         """chat(), streamed. Closing the iterator early stops generation within one step."""
         self._check_chat()
-        inner = self._stream(self._chat_tokens(messages), max_tokens, temperature, top_p, stop, seed)
+        inner = self._stream(self._chat_tokens(messages), max_tokens, temperature, top_p, self._chat_stop(stop), seed)
         async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
             async for item in inner:
                 yield item
