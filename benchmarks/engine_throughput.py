@@ -1,7 +1,7 @@
 """The batched llama.cpp engine vs one request at a time, on the same self-instruct requests.
 
     python benchmarks/engine_throughput.py [--model qwen2.5-coder-1.5b-instruct] [--requests 6]
-        [--max-tokens 96] [--slots 4,6]
+        [--max-tokens 96] [--slots 4,6] [--flash-attn]
 
 Baseline: llama-cpp-python's `Llama.create_completion`, one request after the other (how the
 local teacher ran before the engine). Then `BatchEngine` with each slot count, all requests
@@ -34,10 +34,11 @@ def baseline(llm, prompts: list[str], max_tokens: int) -> tuple[float, int]:
     return time.perf_counter() - t0, tokens
 
 
-def engine(llm, prompts: list[str], max_tokens: int, slots: int, threads: int) -> tuple[float, int, dict]:
+def engine(llm, prompts: list[str], max_tokens: int, slots: int, threads: int,
+           flash_attn: bool = False) -> tuple[float, int, dict]:
     from alpacakit.teachers.llama_engine import BatchEngine, Job, Sampling
 
-    eng = BatchEngine(llm._model.model, n_slots=slots, n_ctx_per_slot=2048, n_threads=threads)
+    eng = BatchEngine(llm._model.model, n_slots=slots, n_ctx_per_slot=2048, n_threads=threads, flash_attn=flash_attn)
     try:
         t0 = time.perf_counter()
         futures = [eng.submit(Job(tokens=llm.tokenize(p.encode(), add_bos=True, special=True), max_tokens=max_tokens,
@@ -56,6 +57,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--slots", default="4,6")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--flash-attn", action="store_true",
+                    help="also run each slot count with llama.cpp's flash attention (the engine keeps it off)")
     args = ap.parse_args()
     from alpacakit.models import resolve_gguf
     from alpacakit.teachers.llamacpp import default_threads, open_llama
@@ -70,11 +73,15 @@ def main() -> None:
         base_rate = toks / wall
         print(f"one at a time (Llama.create_completion): {wall:7.1f} s  {toks:5d} tokens  {base_rate:6.2f} tokens/s")
         for n in (int(x) for x in args.slots.split(",")):
-            wall, toks, stats = engine(llm, prompts, args.max_tokens, n, threads)
-            rate = toks / wall
-            print(f"engine, {n} slots:                        {wall:7.1f} s  {toks:5d} tokens  {rate:6.2f} tokens/s"
-                  f"  ratio {rate / base_rate:.2f}x  (prompt tokens evaluated {stats['prompt_tokens']}, "
-                  f"reused from cache {stats['reused_tokens']})")
+            rates = {}
+            for fa in (False, True) if args.flash_attn else (False,):
+                wall, toks, stats = engine(llm, prompts, args.max_tokens, n, threads, flash_attn=fa)
+                rate = rates[fa] = toks / wall
+                label = f"engine, {n} slots{', flash attention' if fa else ''}:"
+                vs_off = f" ({rate / rates[False]:.2f}x the same engine without it)" if fa else ""
+                print(f"{label:42s}{wall:7.1f} s  {toks:5d} tokens  {rate:6.2f} tokens/s"
+                      f"  ratio {rate / base_rate:.2f}x{vs_off}  (prompt tokens evaluated {stats['prompt_tokens']}, "
+                      f"reused from cache {stats['reused_tokens']})")
     finally:
         llm.close()
 

@@ -229,7 +229,8 @@ def costs(found: dict[str, Any]) -> list[dict[str, Any]]:
                      "seconds": _wall(dm, c.get("teacher_seconds"))})
     tm = found.get("train_manifest")
     if tm:
-        base = (tm.get("base") or {}).get("name") or (tm.get("base") or {}).get("ref") or "?"
+        trained_on = tm.get("base") or {}
+        base = trained_on.get("name") or trained_on.get("ref") or "?"
         rows.append({"stage": "training", "what": f"{tm.get('method', '?')} on {base}, {tm.get('steps', '?')} steps",
                      "requests": None, "tokens": None, "cost_usd": _f(tm.get("cost_usd")) or 0.0,
                      "seconds": _f((tm.get("durations_s") or {}).get("total"))})
