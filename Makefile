@@ -21,12 +21,16 @@ PYTEST_ARGS ?=
 LLAMA_CPP_VERSION ?= 0.3.36
 LLAMA_CMAKE_AVX2 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
-LLAMA_CMAKE_AVX512 := $(LLAMA_CMAKE_AVX2) -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON \
+LLAMA_CMAKE_AVX512_NOVNNI := $(LLAMA_CMAKE_AVX2) -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON \
 	-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
-LLAMA_ISA ?= $(shell n=$$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n' | grep -cxE \
-	'avx512f|avx512bw|avx512vl|avx512dq|avx512vbmi|avx512_vnni|avx512_bf16|avx_vnni'); \
-	[ "$$n" = 8 ] && echo avx512 || echo avx2)
-LLAMA_CMAKE_ARGS ?= $(if $(filter avx512,$(LLAMA_ISA)),$(LLAMA_CMAKE_AVX512),$(LLAMA_CMAKE_AVX2))
+LLAMA_CMAKE_AVX512 := $(LLAMA_CMAKE_AVX512_NOVNNI) -DGGML_AVX_VNNI=ON
+# avx512: Intel with AVX-512 (+VNNI, BF16) and AVX-VNNI; avx512-zen4: the same AVX-512 set without
+# the VEX-encoded AVX-VNNI (AMD Zen 4 has AVX512_VNNI but not AVX_VNNI: an AVX-VNNI build would
+# stop there on an illegal instruction); avx2 otherwise. Each level has its own wheelhouse.
+LLAMA_ISA ?= $(shell f=$$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n'); \
+	n=$$(echo "$$f" | grep -cxE 'avx512f|avx512bw|avx512vl|avx512dq|avx512vbmi|avx512_vnni|avx512_bf16'); \
+	if [ "$$n" = 7 ]; then echo "$$f" | grep -qx avx_vnni && echo avx512 || echo avx512-zen4; else echo avx2; fi)
+LLAMA_CMAKE_ARGS ?= $(if $(filter avx512,$(LLAMA_ISA)),$(LLAMA_CMAKE_AVX512),$(if $(filter avx512-zen4,$(LLAMA_ISA)),$(LLAMA_CMAKE_AVX512_NOVNNI),$(LLAMA_CMAKE_AVX2)))
 WHEELHOUSE ?= $(HOME)/.cache/alpacakit/wheels/llama-$(LLAMA_ISA)
 LLAMA_WHEEL := $(WHEELHOUSE)/.llama-cpp-python-$(LLAMA_CPP_VERSION)-built
 PIP_INSTALL = $(BIN)/pip install -q --find-links $(WHEELHOUSE) "llama-cpp-python==$(LLAMA_CPP_VERSION)" "$(TORCH)"

@@ -136,6 +136,73 @@ def bench(
     typer.echo(f"wrote {output}")
 
 
+@app.command("follow")
+def follow(
+    model: str = typer.Option(..., "--model", "-m", help="Model: a .gguf file, an embedded name, a model folder or openai:MODEL."),
+    output: Path = typer.Option(..., "-o", "--output", help="Result JSON, e.g. runs/NAME/eval/follow-student.json "
+                                "(the answers go to eval/follow/outputs-SYSTEM.json, their journal beside them)."),
+    system: Optional[str] = typer.Option(None, "--system", help="Name of the system [default: from -o follow-SYSTEM.json]."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N instructions [default: all]."),
+    max_tokens: int = typer.Option(96, "--max-tokens", help="Longest answer (every item is answerable in ~60 words)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint of an openai:MODEL."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+) -> None:
+    """Verifiable instruction following: 200+ instructions whose constraints a program checks.
+
+    Each item is a short task plus constraints such as "exactly 3 bullet points", "all lower
+    case", "valid JSON with keys name and age", "end with the word Done". Answers are greedy;
+    each is scored per item (every constraint met) and per constraint kind, and its ending is
+    recorded: by itself (end-of-sequence), by starting a new prompt section, or at the token
+    limit. Run it on base and student (and the teacher): `alpacakit report` pairs them item by
+    item, with a 95% interval, and uses it as the headline. Resumable like `eval generate`.
+
+    Example:
+
+      alpacakit eval follow --model runs/demo/export/model-delta-q8_0.gguf -o runs/demo/eval/follow-student.json
+    """
+    from alpacakit.config import load_config
+    from alpacakit.evaluate.follow.run import run_follow
+
+    system_cfg = {"model": model, "max_tokens": max_tokens, "temperature": 0.0}
+    if base_url:
+        system_cfg["base_url"] = base_url
+    cfg = load_config(None, None, {"eval": {"eval_set": "follow", "limit": limit, "system": system_cfg}})
+    res = run_follow(model, output, system=system, config=cfg, show_progress=progress)
+    typer.echo(f"{res['system']}: {res['accuracy']:.1%} of {res['n']} instructions followed "
+               f"({res['constraint_accuracy']:.1%} of constraints); ended by itself {res['clean_stop_rate']:.0%} "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(res['endings'].items()))})")
+    for kind, k in sorted(res["by_kind"].items()):
+        typer.echo(f"  {kind}: {k['passed']}/{k['n']}")
+    typer.echo(f"wrote {output}")
+
+
+@app.command("likelihood")
+def likelihood(
+    model: str = typer.Option(..., "--model", "-m", help="Model: a .gguf file, an embedded name or a model folder."),
+    answers: Path = typer.Option(..., "--answers", help="Teacher answers the model never trained on: examples JSONL, "
+                                 "Alpaca JSON or an AlpacaEval outputs file (instruction, input, output)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Result JSON, e.g. runs/NAME/eval/likelihood-student.json."),
+    system: Optional[str] = typer.Option(None, "--system", help="Name of the system [default: from -o likelihood-SYSTEM.json]."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N answers."),
+) -> None:
+    """How likely a model finds the teacher's own answers: mean NLL per token, per answer.
+
+    Imitation is raising the probability of the teacher's text, so scoring held-out teacher
+    answers under the student and under its base (same answers, paired) measures directly how
+    much closer to the teacher the student writes, with no generation and no judge.
+
+    Example:
+
+      alpacakit eval likelihood --model gemma-3-270m --answers runs/demo/data/heldout.jsonl -o runs/demo/eval/likelihood-base.json
+    """
+    from alpacakit.evaluate.likelihood import score_likelihood
+
+    res = score_likelihood(model, answers, output, system=system or output.stem.removeprefix("likelihood-"), limit=limit)
+    typer.echo(f"{res['system']}: {res['mean_nll']:.4f} nats per token (perplexity {res['perplexity']:.2f}) "
+               f"over {res['n']} answers; prompt: {res['prompt']['format']}")
+    typer.echo(f"wrote {output}")
+
+
 # --------------------------------------------------------------------------- answers, LLM judging, contamination
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from alpacakit.errors import DataError
 from alpacakit.io import iter_jsonl
 
-BUILTIN_SETS = {"alpacakit": "eval_set.jsonl"}
+BUILTIN_SETS = {"alpacakit": "eval_set.jsonl", "follow": "follow.jsonl"}
 INPUT_JOINER = "\n\n"
 
 

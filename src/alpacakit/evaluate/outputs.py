@@ -235,7 +235,8 @@ class AnswerProcessor:
 
     def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
         rec = {"key": entry.get("key"), "output": self.prompting.clean(entry.get("text") or ""),
-               "finish_reason": entry.get("finish_reason"), "cost": entry.get("cost", 0.0),
+               "finish_reason": entry.get("finish_reason"), "stopped_by": entry.get("stopped_by"),
+               "cost": entry.get("cost", 0.0),
                "usage": entry.get("usage"), "latency_s": entry.get("latency_s")}
         self.by_key.setdefault(rec["key"], rec)
         return [rec], []
@@ -355,7 +356,8 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
             continue
         records.append({"instruction": it.prompt, "output": rec["output"], "generator": generator,
                         "dataset": it.dataset, "id": it.id, "category": it.category,
-                        "finish_reason": rec["finish_reason"]})
+                        "finish_reason": rec["finish_reason"],
+                        **({"stopped_by": rec["stopped_by"]} if rec.get("stopped_by") else {})})
     if status == "complete" and len(records) < len(keys):
         status = "incomplete"
     atomic_write_json(out, records)

@@ -295,6 +295,68 @@ def verdict(style: dict[str, Any], knowledge: dict[str, Any], rcfg: Any, texts: 
             "style_gained": style_gained, "knowledge_gained": knowledge_gained}
 
 
+def evidence_verdict(evidence: dict[str, Any], texts: dict[str, Any]) -> dict[str, Any] | None:
+    """The verdict from paired student-vs-base metrics, decided by those with the power to
+    (see `evidence.py`); None when the run has no verifiable-instruction results."""
+    by_key = evidence["by_key"]
+    if "follow" not in by_key:
+        return None
+    t = texts["evidence"]
+    sentences, deciding, others = [], [], []
+    for m in evidence["metrics"]:
+        label = f"{m['name']} (n {m['n']}, SE {m['se']:.3g}{'' if m['unit'] == 'nats' else ' points'})"
+        (deciding if m["decides"] else others).append(label)
+        if not m["decides"] and m["key"] != "follow":
+            continue
+        direction = "none" if not m["significant"] else ("up" if m["diff"] > 0 else "down")
+        teacher = m.get("teacher")
+        teacher_part = f"; the teacher {teacher:.1f}% of {m.get('teacher_n')}" if teacher is not None and \
+            m["key"] == "follow" else ""
+        lo, hi = m["ci"] if m["ci"] else (math.nan, math.nan)
+        sentences.append(t[m["key"]][direction].format(
+            diff=m["diff"], lo=lo, hi=hi, se=m["se"] or 0.0, n=m["n"], student=m["student"] or 0.0,
+            base=m["base"] or 0.0, teacher_part=teacher_part))
+    sentences.append(t["decided_by"].format(deciding="; ".join(deciding) or "none"))
+    if others:
+        sentences.append(t["not_deciding"].format(se=evidence["decide_se_points"], others="; ".join(others)))
+    head = by_key["follow"]
+    kind = "none" if not head["significant"] else ("follows" if head["diff"] > 0 else "regressed")
+    colour = {"follows": "#2a8f3c", "regressed": "#b03a2e", "none": "#999"}[kind]
+    rule = t["rule"].format(se=evidence["decide_se_points"], n=evidence["decide_min_n"])
+    return {"kind": kind, "text": " ".join(" ".join(sentences).split()), "rule": " ".join(rule.split()),
+            "colour": colour, "headline": head["key"], "deciding": deciding, "not_deciding": others,
+            "style_gained": None, "knowledge_gained": None}
+
+
+def evidence_plot(evidence: dict[str, Any], out_dir: Path) -> str | None:
+    """Each metric's student-minus-base difference with its 95% interval: rates in points on the
+    left, the likelihood in nats on the right; deciding metrics solid, the others faded."""
+    import matplotlib.pyplot as plt
+
+    rates = [m for m in evidence["metrics"] if m["unit"] == "points" and m["ci"]]
+    nats = [m for m in evidence["metrics"] if m["unit"] == "nats" and m["ci"]]
+    if not rates and not nats:
+        return None
+    fig, axes = plt.subplots(1, 2 if nats else 1, figsize=(9 if nats else 7, 0.55 * max(len(rates), 1) + 1.6),
+                             gridspec_kw={"width_ratios": [3, 1]} if nats else None, squeeze=False)
+    for ax, group, unit in ((axes[0][0], rates, "points (student − base)"),
+                            *(((axes[0][1], nats, "nats/token (base − student)"),) if nats else ())):
+        for i, m in enumerate(group):
+            lo, hi = m["ci"]
+            ax.errorbar(m["diff"], i, xerr=[[m["diff"] - lo], [hi - m["diff"]]], fmt="o", capsize=4,
+                        color="#2a6f8f" if m["decides"] else "#aaa")
+        ax.axvline(0, color="#444", lw=1, ls="--")
+        ax.set_yticks(range(len(group)), [f"{m['name']} (n {m['n']})" for m in group])
+        ax.set_ylim(-0.6, len(group) - 0.4)
+        ax.invert_yaxis()
+        ax.set_xlabel(unit)
+    axes[0][0].set_title("Student vs base, 95% intervals (blue: decides the verdict)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_dir / "evidence.png", dpi=110)
+    plt.close(fig)
+    return "evidence.png"
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -378,6 +440,10 @@ def make_plots(ctx: dict[str, Any], out_dir: Path, labels: Labels) -> dict[str, 
         fig.savefig(out_dir / "lengths.png", dpi=110)
         plt.close(fig)
         made["lengths"] = "lengths.png"
+    if ctx.get("evidence"):
+        name = evidence_plot(ctx["evidence"], out_dir)
+        if name:
+            made["evidence"] = name
     return made
 
 
@@ -409,8 +475,17 @@ def _filters() -> dict[str, Any]:
         s = float(s)
         return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
 
+    def metric(x: Any, unit: str) -> str:
+        return "-" if x is None else (f"{x:.3f}" if unit == "nats" else f"{x:.1f}%")
+
+    def delta(x: Any, unit: str) -> str:
+        return "-" if x is None else (f"{x:+.3f}" if unit == "nats" else f"{x:+.1f}")
+
+    def interval(ci: Any, unit: str) -> str:
+        return "-" if not ci else (f"{ci[0]:+.3f} to {ci[1]:+.3f}" if unit == "nats" else f"{ci[0]:+.1f} to {ci[1]:+.1f}")
+
     return {"pct": pct, "num": num, "frac": frac, "signed": signed, "usd": usd, "int_or_dash": int_or_dash,
-            "duration": duration}
+            "duration": duration, "metric": metric, "delta": delta, "interval": interval}
 
 
 def render(template: str, ctx: dict[str, Any], *, html: bool) -> str:
@@ -460,7 +535,10 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
     ctx["total_cost"] = sum(c["cost_usd"] or 0.0 for c in ctx["costs"])
     secs = [c["seconds"] for c in ctx["costs"] if c["seconds"] is not None]
     ctx["total_seconds"] = sum(secs) if secs else None
-    ctx["verdict"] = verdict(style, knowledge, rcfg, texts)
+    from alpacakit.evaluate.evidence import collect_evidence
+
+    ctx["evidence"] = collect_evidence(run_dir, knowledge)
+    ctx["verdict"] = evidence_verdict(ctx["evidence"], texts) or verdict(style, knowledge, rcfg, texts)
     ctx["verdict"]["warnings"] = judge_warnings(pairwise)
 
     hints = texts["missing"]
@@ -471,10 +549,10 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
     if found["train_manifest"] is None:
         missing.append(hints["train_manifest"].format(run=run))
     for label in order:
-        if label not in found["outputs"]:
+        if label not in found["outputs"] and not (label == labels.teacher and "follow" in ctx["evidence"]["by_key"]):
             missing.append(hints["outputs"].format(run=run, label=label))
     for label in (labels.student, labels.base):
-        if style["student" if label == labels.student else "base"] is None:
+        if style["student" if label == labels.student else "base"] is None and "follow" not in ctx["evidence"]["by_key"]:
             missing.append(hints["pairwise"].format(run=run, label=label, teacher=labels.teacher))
     for label in order:
         if label not in found["bench"]:

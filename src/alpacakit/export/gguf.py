@@ -40,9 +40,9 @@ from typing import Any
 from alpacakit.errors import AlpacakitError, ConfigError, DataError
 from alpacakit.train.outputs import partial_dir
 
-QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+QUANTS = ("auto", "f32", "f16", "q8_0", "delta-q8_0", "q4_k_m")
 # quantizations the agreement requirement applies to (q4_k_m trades accuracy for size)
-VERIFIED_QUANTS = ("f32", "f16", "q8_0")
+VERIFIED_QUANTS = ("f32", "f16", "q8_0", "delta-q8_0")
 AGREEMENT_THRESHOLD = 0.95
 _LLAMA_FTYPE_Q4_K_M = 15  # llama.h: LLAMA_FTYPE_MOSTLY_Q4_K_M
 _MAX_VERIFY_TOKENS = 256
@@ -317,8 +317,11 @@ def _tensor_plan(data: Any, quant: str) -> tuple[Any, Any]:
 
 
 def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
-                tokenizer_pre: str | None, say: Progress) -> tuple[int, str, list[str]]:
-    """Write `loaded` as a GGUF at `target` (f32/f16/q8_0). Returns (tensors, template source, notes)."""
+                tokenizer_pre: str | None, say: Progress, keep: Any = None) -> tuple[int, str, list[str]]:
+    """Write `loaded` as a GGUF at `target` (f32/f16/q8_0). Returns (tensors, template source, notes).
+
+    `keep` (a `gguf_delta.BaseGGUF`): tensors whose values equal the base's are copied from it as
+    stored, the others are written as `quant`."""
     import gguf
 
     from alpacakit.export.gguf_arch import plan_for
@@ -336,8 +339,9 @@ def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
 
     writer = gguf.GGUFWriter(target, plan.arch)
     writer.add_name(name)
-    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    writer.add_file_type(keep.file_type if keep is not None and keep.file_type is not None else file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     plan.write_hparams(writer)
     vocab.write(writer)
@@ -349,6 +353,14 @@ def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
     say(f"converting tensors ({plan.arch}, {quant})")
     n = 0
     for gname, data in plan.tensors(loaded.model.state_dict()):
+        stored = keep.stored(gname, data) if keep is not None else None
+        if stored is not None:
+            writer.add_tensor(gname, stored.data, raw_dtype=stored.tensor_type)
+            keep.copied.append(gname)
+            n += 1
+            continue
+        if keep is not None:
+            keep.changed.append(gname)
         arr, raw = _tensor_plan(data, quant)
         if raw is None:
             writer.add_tensor(gname, arr)
@@ -356,6 +368,9 @@ def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
             writer.add_tensor(gname, arr, raw_dtype=raw)
         n += 1
     say(f"writing {n} tensors")
+    if keep is not None:
+        notes.append(f"{len(keep.copied)} tensors copied as stored from the base {keep.path.name} (unchanged by "
+                     f"fine-tuning); {len(keep.changed)} changed ones written {quant}")
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -393,18 +408,25 @@ def _default_threads() -> int:
 
 def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", *, base: str | Path | None = None,
                 tokenizer_pre: str | None = None, verify: bool = False, prompts: Sequence[str] | None = None,
-                threads: int | None = None, name: str | None = None,
+                threads: int | None = None, name: str | None = None, min_agreement: float | None = None,
                 progress: Progress | None = None) -> ExportResult:
     """Convert the model in `model_dir` to a GGUF at `output` and write `<output>.json` beside it.
 
-    `quant`: f32, f16, q8_0 or q4_k_m. `base`: the base model of an adapter folder when its
+    `quant`: f32, f16, q8_0, q4_k_m, `delta-q8_0` (the base GGUF's own tensors where the
+    fine-tune left them unchanged, q8_0 where it changed them: see `gguf_delta`) or `auto`
+    (delta-q8_0 for a model fine-tuned from a GGUF on this machine, else q8_0). `base`: the base model of an adapter folder when its
     adapter_config.json names one that is not on this machine. `tokenizer_pre`: the llama.cpp
     pre-tokenizer name, when the tokenizer is not one alpacakit recognises. `verify`: compare the
-    file with the Hugging Face model (see `verify_gguf`) and record the figures.
+    file with the Hugging Face model (see `verify_gguf`) and record the figures. `min_agreement`:
+    with `verify`, raise an `ExportError` (after writing the file and its sidecar, so the figures
+    can be read) when top-1 or next-token agreement is below it.
     """
+    from alpacakit.export.gguf_delta import DELTA_QUANT, BaseGGUF, base_gguf_of, resolve_quant
+
     quant = quant.lower()
     if quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r}", hint=f"use one of {', '.join(QUANTS)}")
+    quant = resolve_quant(quant, model_dir, base)
     output = Path(output).expanduser()
     if output.is_dir():
         raise ConfigError(f"{output} is a folder", hint="pass the output file name, e.g. -o model-q8_0.gguf")
@@ -414,13 +436,19 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     loaded = load_model(model_dir, base, progress=say)
     output.parent.mkdir(parents=True, exist_ok=True)
     name = name or _model_name(loaded.source)
+    keep = None
+    if quant == DELTA_QUANT:
+        base_file = base_gguf_of(model_dir, base)
+        say(f"reading the base's tensors from {base_file}")
+        keep = BaseGGUF.open(base_file)
+    write_as = {"q4_k_m": "f16", DELTA_QUANT: "q8_0"}.get(quant, quant)
 
     tmp_files: list[Path] = []
     try:
-        first = _tmp_path(output, "f16" if quant == "q4_k_m" else quant)
+        first = _tmp_path(output, write_as)
         tmp_files.append(first)
-        n, template_source, notes = _write_gguf(loaded, first, "f16" if quant == "q4_k_m" else quant, name=name,
-                                                tokenizer_pre=tokenizer_pre, say=say)
+        n, template_source, notes = _write_gguf(loaded, first, write_as, name=name,
+                                                tokenizer_pre=tokenizer_pre, say=say, keep=keep)
         final_tmp = first
         if quant == "q4_k_m":
             say("quantizing to q4_k_m with llama.cpp")
@@ -446,7 +474,23 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     result.seconds = round(time.perf_counter() - t0, 2)
     sidecar = _write_sidecar(result, loaded)
     result.model_card = _write_export_card(result, sidecar, loaded)
+    if min_agreement is not None and result.verification is not None:
+        check_agreement(result, min_agreement)
     return result
+
+
+def check_agreement(result: ExportResult, minimum: float = AGREEMENT_THRESHOLD) -> None:
+    """An `ExportError` naming the figures when the file does not reproduce the trained model."""
+    v = result.verification or {}
+    low = {k: v[k] for k in ("top1_agreement", "next_token_agreement") if v.get(k) is not None and v[k] < minimum}
+    if low:
+        figures = ", ".join(f"{k.replace('_', ' ')} {x:.1%}" for k, x in low.items())
+        raise ExportError(
+            f"{result.path} ({result.quant}) does not reproduce the trained model: {figures}, below {minimum:.0%} "
+            f"(figures in {result.sidecar})",
+            hint="export with --quant auto (the base's own tensors plus q8_0 where training changed them) or "
+            "--quant q8_0; q4_k_m re-quantises a small fine-tuning delta away",
+        )
 
 
 def _write_export_card(result: ExportResult, mine: dict[str, Any], loaded: LoadedModel) -> Path:

@@ -227,6 +227,7 @@ async def run_requests(
             c = await teacher.complete(req.prompt, **kwargs)
         entry = {
             "index": req.index, **req.meta, "api": req.api, "text": c.text, "finish_reason": c.finish_reason,
+            **({"stopped_by": c.stopped_by} if c.stopped_by else {}),
             "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
                       **({"cached_tokens": c.usage.cached_tokens} if c.usage.cached_tokens else {})},
             "cost": c.cost, "model": c.model, "request_id": c.request_id, "attempts": c.attempts,

@@ -22,7 +22,7 @@ from alpacakit.config import Section, build, deep_merge, load_yaml, parse_overri
 from alpacakit.errors import ConfigError
 
 PROFILES = Path(__file__).with_name("profiles.yaml")
-STAGES = ("generate", "clean", "train", "export", "answers", "judge", "bench", "report")
+STAGES = ("generate", "clean", "train", "export", "answers", "follow", "likelihood", "judge", "bench", "report")
 
 
 class QuickstartProfile(Section):
@@ -38,11 +38,20 @@ class QuickstartProfile(Section):
                                          "(dotted alpacakit.yaml keys, e.g. teacher.max_tokens).")
     judge: str = Field("alpacakit_verdict", description="Judge folder (`alpacakit eval judges`).")
     judge_model: str = Field("qwen2.5-coder-1.5b-instruct", description="Model that judges answers pairwise.")
-    judge_order: str = Field("random", description="both | random (see `alpacakit eval pairwise --help`).")
+    judge_order: str = Field("both", description="both | random (see `alpacakit eval pairwise --help`).")
+    judge_follow: int = Field(8, ge=0, description="Verifiable instructions where exactly one of student and base "
+                              "passed, also judged: how often the judge agrees with the program's checks.")
     eval_limit: int = Field(24, ge=1, description="Held-out instructions answered and judged.")
     eval_max_tokens: int = Field(256, ge=16, description="Longest answer per instruction.")
+    heldout: int = Field(16, ge=0, description="Teacher examples held out of training; their likelihood under "
+                         "base and student measures how much closer to the teacher the student writes.")
+    follow_limit: int | None = Field(None, ge=1, description="Verifiable instructions answered by base and student "
+                                     "(None: all of them).")
+    follow_teacher_limit: int = Field(40, ge=0, description="Verifiable instructions answered by the teacher "
+                                      "(a reference row: the teacher decodes ~10x slower).")
+    follow_max_tokens: int = Field(96, ge=16, description="Longest answer to a verifiable instruction.")
     bench_limit: int = Field(12, ge=1, description="Items per capability task.")
-    quant: str = Field("q4_k_m", description="GGUF quantization of the exported student.")
+    quant: str = Field("auto", description="GGUF quantization of the exported student (`alpacakit export gguf --quant`).")
     before_after: int = Field(5, ge=0, description="Before/after answers shown at the end.")
 
 
@@ -74,8 +83,22 @@ class Run:
         return self.data / "train.jsonl"
 
     @property
+    def heldout_file(self) -> Path:
+        return self.data / "heldout.jsonl"
+
+    @property
+    def quant(self) -> str:
+        """The profile's quantization, `auto` resolved once the model exists (delta-q8_0 for a
+        student fine-tuned from a GGUF base: see `export/gguf_delta.py`)."""
+        if self.profile.quant == "auto" and self.model.exists():
+            from alpacakit.export.gguf_delta import resolve_quant
+
+            return resolve_quant("auto", self.model)
+        return self.profile.quant
+
+    @property
     def gguf(self) -> Path:
-        return self.export_dir / f"model-{self.profile.quant}.gguf"
+        return self.export_dir / f"model-{self.quant}.gguf"
 
     def outputs(self, label: str) -> Path:
         return self.eval / f"outputs-{label}.json"
@@ -83,6 +106,10 @@ class Run:
     def systems(self) -> dict[str, str]:
         """The three systems compared: the base as shipped, our exported student, the teacher."""
         return {"base": self.profile.student_base, "student": str(self.gguf), "teacher": self.profile.teacher}
+
+    def pair(self) -> dict[str, str]:
+        """Student and base: the comparison every headline figure is about."""
+        return {k: v for k, v in self.systems().items() if k != "teacher"}
 
 
 # --------------------------------------------------------------------------- stages
@@ -105,8 +132,29 @@ def stage_clean(run: Run) -> str:
     rep = check_contamination(run.data / "examples.jsonl", "alpacakit", write_clean=run.train_file)
     run.eval.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.eval / "contamination.json", rep)
+    held = hold_out(run.train_file, run.heldout_file, run.profile.heldout)
     return (f"{rep['n_contaminated_train']} of {rep['n_train']} examples copied an eval instruction and were "
-            f"dropped; training on {rep['clean']['kept']} ({run.train_file})")
+            f"dropped; {held} held out for the likelihood check ({run.heldout_file}); training on "
+            f"{rep['clean']['kept'] - held} ({run.train_file})")
+
+
+def hold_out(train_file: Path, heldout_file: Path, n: int, seed: int = 0) -> int:
+    """Move a seeded pick of `n` examples from `train_file` to `heldout_file` (both JSONL); the
+    same input gives the same split, so a rerun of the stage changes nothing."""
+    import random
+
+    from alpacakit.io import atomic_write_text, iter_jsonl
+
+    records = [r for _, r in iter_jsonl(train_file)]
+    n = min(n, len(records) // 4)  # never more than a quarter of the data
+    picked = set(random.Random(seed).sample(range(len(records)), n)) if n else set()
+
+    def dump(rows: list[dict]) -> str:
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    atomic_write_text(heldout_file, dump([r for i, r in enumerate(records) if i in picked]))
+    atomic_write_text(train_file, dump([r for i, r in enumerate(records) if i not in picked]))
+    return n
 
 
 def stage_train(run: Run) -> str | None:
@@ -126,14 +174,20 @@ def stage_train(run: Run) -> str | None:
 
 
 def stage_export(run: Run) -> str | None:
-    from alpacakit.export.gguf import export_gguf
+    from alpacakit.export.gguf import AGREEMENT_THRESHOLD, export_gguf
 
     if run.gguf.is_file() and run.gguf.with_name(run.gguf.name + ".json").is_file():
         return None
-    res = export_gguf(run.model, run.gguf, run.profile.quant, progress=run.say if run.progress else None)
+    # Verified against the trained model, and refused below 95% agreement: what is evaluated,
+    # served and handed over must answer like the student that was trained.
+    res = export_gguf(run.model, run.gguf, run.quant, verify=True, min_agreement=AGREEMENT_THRESHOLD,
+                      progress=run.say if run.progress else None)
+    v = res.verification or {}
     # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
     shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")
-    return f"{res.path} ({res.size_bytes / 1e6:.0f} MB), model card {res.model_card}"
+    return (f"{res.path} ({res.size_bytes / 1e6:.0f} MB, {res.quant}); agrees with the trained model on "
+            f"{v.get('top1_agreement', 0):.1%} of next-token predictions ({v.get('next_token_agreement', 0):.1%} "
+            f"at the answer's first token); model card {res.model_card}")
 
 
 def stage_answers(run: Run) -> str:
@@ -141,7 +195,7 @@ def stage_answers(run: Run) -> str:
     from alpacakit.evaluate.outputs import generate_outputs
 
     lines = []
-    for label, model in run.systems().items():
+    for label, model in run.pair().items():
         out = run.outputs(label)
         cfg = load_config(None, None, {"eval": {"limit": run.profile.eval_limit, "system": {
             "model": model, "max_tokens": run.profile.eval_max_tokens}}})
@@ -150,18 +204,79 @@ def stage_answers(run: Run) -> str:
     return "; ".join(lines)
 
 
+def stage_follow(run: Run) -> str:
+    """Base, student (and, on a few items, the teacher) answer the verifiable instructions."""
+    from alpacakit.evaluate.follow.run import run_follow
+
+    lines = []
+    for label, model in run.systems().items():
+        limit = run.profile.follow_teacher_limit if label == "teacher" else run.profile.follow_limit
+        if limit == 0:
+            continue
+        res = run_follow(model, run.eval / f"follow-{label}.json", system=label, limit=limit,
+                         max_tokens=run.profile.follow_max_tokens, show_progress=run.progress)
+        lines.append(f"{label} {res['accuracy']:.1%} of {res['n']} (ended by itself {res['clean_stop_rate']:.0%})")
+    return "verifiable instructions passed: " + ", ".join(lines)
+
+
+def stage_likelihood(run: Run) -> str:
+    """Mean per-token NLL of the held-out teacher answers under base and student."""
+    from alpacakit.evaluate.likelihood import score_likelihood
+
+    if not run.heldout_file.is_file() or run.heldout_file.stat().st_size == 0:
+        return "no held-out teacher examples (heldout: 0): skipped"
+    lines = []
+    for label, model in run.pair().items():
+        res = score_likelihood(model, run.heldout_file, run.eval / f"likelihood-{label}.json", system=label)
+        lines.append(f"{label} {res['mean_nll']:.3f}")
+    return "NLL per token of held-out teacher answers: " + ", ".join(lines)
+
+
 def stage_judge(run: Run) -> str:
+    """Student against base, directly, in both orders; then a few verifiable instructions where
+    the program's checks tell them apart, to see how far the judge agrees with the checks."""
     from alpacakit.config import load_config
     from alpacakit.evaluate.pairwise import judge_pairwise
 
-    lines = []
     cfg = load_config(None, None, {"eval": {"judge": {"name": run.profile.judge, "model": run.profile.judge_model,
                                                       "order": run.profile.judge_order}}})
-    for label in ("student", "base"):
-        res = judge_pairwise(run.outputs(label), run.outputs("teacher"), cfg, show_progress=run.progress,
-                             limit=run.profile.eval_limit)
-        lines.append(f"{label}: " + _finished(res, f"judging {label}"))
+    res = judge_pairwise(run.outputs("student"), run.outputs("base"), cfg, show_progress=run.progress,
+                         limit=run.profile.eval_limit, out=run.eval / "pairwise-student-vs-base.json")
+    lines = ["open instructions: " + _finished(res, "judging student vs base")]
+    pair = follow_discordant(run, run.profile.judge_follow)
+    if pair is not None:
+        res = judge_pairwise(pair["student"], pair["base"], cfg, show_progress=run.progress,
+                             out=run.eval / "pairwise-follow-student-vs-base.json")
+        lines.append("verifiable instructions: " + _finished(res, "judging verifiable instructions"))
     return "; ".join(lines)
+
+
+def follow_discordant(run: Run, n: int) -> dict[str, Path] | None:
+    """Outputs files holding the first `n` verifiable instructions that exactly one of student
+    and base passed (in eval/follow/judge/), or None when there are none."""
+    from alpacakit.evaluate.follow.run import outputs_path
+    from alpacakit.io import atomic_write_json
+
+    if n <= 0:
+        return None
+    passed, answers = {}, {}
+    for label in ("student", "base"):
+        path = run.eval / f"follow-{label}.json"
+        if not path.is_file():
+            return None
+        passed[label] = {i["id"]: i["pass"] for i in json.loads(path.read_text(encoding="utf-8"))["items"]}
+        answers[label] = json.loads(outputs_path(path).read_text(encoding="utf-8"))
+    ids = [i for i in passed["student"] if i in passed["base"] and passed["student"][i] != passed["base"][i]][:n]
+    if not ids:
+        return None
+    folder = run.eval / "follow" / "judge"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for label in ("student", "base"):
+        by_id = {r["id"]: r for r in answers[label]}
+        out[label] = folder / f"outputs-{label}.json"
+        atomic_write_json(out[label], [by_id[i] for i in ids])
+    return out
 
 
 def stage_bench(run: Run) -> str:
@@ -185,7 +300,8 @@ def stage_report(run: Run) -> str:
 
 STAGE_FUNCS: dict[str, Callable[[Run], str | None]] = {
     "generate": stage_generate, "clean": stage_clean, "train": stage_train, "export": stage_export,
-    "answers": stage_answers, "judge": stage_judge, "bench": stage_bench, "report": stage_report,
+    "answers": stage_answers, "follow": stage_follow, "likelihood": stage_likelihood, "judge": stage_judge,
+    "bench": stage_bench, "report": stage_report,
 }
 
 

@@ -35,6 +35,9 @@ class Completion:
     cost: float = 0.0
     attempts: int = 1
     latency_s: float = 0.0
+    # Why a 'stop' answer ended, where the backend knows: 'eos' (the model ended it) or
+    # 'stop_string' (a stop string cut it, e.g. a base model starting a new "### Instruction:").
+    stopped_by: str | None = None
 
 
 @dataclass

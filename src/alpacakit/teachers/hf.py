@@ -407,7 +407,9 @@ class HFTeacher:
         if timed_out.is_set():
             raise TeacherError(f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
                                hint="raise the timeout, lower max_tokens, or use a smaller model")
-        if scanner.stopped or (generated and generated[-1] in self._eos_ids):
+        stopped_by = "stop_string" if scanner.stopped else (
+            "eos" if generated and generated[-1] in self._eos_ids else None)
+        if stopped_by is not None:
             finish = "stop"
         elif len(generated) >= max_new:
             finish = "length"
@@ -415,7 +417,7 @@ class HFTeacher:
             finish = "stop"
         return Completion(text=scanner.text, finish_reason=finish, usage=Usage(len(ids), len(generated)),
                           model=self.name, request_id=f"hf-{uuid.uuid4().hex[:12]}",
-                          latency_s=time.monotonic() - t0)
+                          latency_s=time.monotonic() - t0, stopped_by=stopped_by)
 
 
 async def _last(stream: AsyncIterator[str | Completion]) -> Completion:

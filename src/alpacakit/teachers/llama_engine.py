@@ -86,6 +86,7 @@ class JobResult:
     prompt_tokens: int
     completion_tokens: int
     reused_tokens: int  # prompt tokens found in a slot's cache, not evaluated again
+    stopped_by: str | None = None  # 'eos' (the model ended its answer) or 'stop_string' (a stop string cut it)
 
 
 @dataclass
@@ -388,7 +389,8 @@ class BatchEngine:
             tail = s.scanner.feed(s.decoder.decode(b"", final=True)) + s.scanner.flush()
             if tail and job.on_text is not None:
                 job.on_text(tail)
-        result = JobResult(s.scanner.text, reason, len(job.tokens), len(s.generated), s.reused)
+        stopped_by = None if reason != "stop" else ("stop_string" if s.scanner.stopped else "eos")
+        result = JobResult(s.scanner.text, reason, len(job.tokens), len(s.generated), s.reused, stopped_by)
         self._release(s)
         self._resolve(job, result)
 

@@ -296,7 +296,7 @@ class LlamaCppTeacher:
     def _completion(self, result: JobResult, attempts: int, latency_s: float) -> Completion:
         usage = Usage(result.prompt_tokens, result.completion_tokens, result.reused_tokens)
         completion = Completion(text=result.text, finish_reason=result.finish_reason, usage=usage, model=self.name,
-                                attempts=attempts, latency_s=latency_s)
+                                attempts=attempts, latency_s=latency_s, stopped_by=result.stopped_by)
         if self.tracker is not None:
             completion.cost = self.tracker.charge(usage, price=self.config.price, attempts=attempts)
         else:

@@ -49,6 +49,10 @@ class Backend:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def eos_text(self) -> str:
+        """The end-of-sequence token as text that tokenizes back to it ('' when unknown)."""
+        return ""
+
     def close(self) -> None:
         pass
 
@@ -145,6 +149,9 @@ class HFBackend(Backend):
 
     def _encode(self, text: str, add_special: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def eos_text(self) -> str:
+        return self.tokenizer.eos_token or ""
 
     def _score(self, ids: list[int], n_cont: int) -> float:
         import torch
@@ -244,6 +251,9 @@ class LlamaCppBackend(Backend):
 
     def _encode(self, text: str, add_special: bool) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def eos_text(self) -> str:
+        return self._token_text(self._llm.token_eos()) or ""
 
     reuse_prefix = True
 
