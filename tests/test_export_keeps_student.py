@@ -80,7 +80,7 @@ def test_the_default_export_copies_the_base_and_keeps_the_trained_answers(traine
 
     root, model, base_gguf = trained
     res = export_gguf(model, root / "student.gguf", "auto", verify=True, min_agreement=0.95)
-    assert res.quant == "delta-q8_0"
+    assert res.quant == "delta-f16"
     assert any("copied as stored from the base" in n for n in res.notes)
     v = res.verification
     assert v["top1_agreement"] >= 0.95 and v["next_token_agreement"] >= 0.95

@@ -158,7 +158,7 @@ def follow(
 
     Example:
 
-      alpacakit eval follow --model runs/demo/export/model-delta-q8_0.gguf -o runs/demo/eval/follow-student.json
+      alpacakit eval follow --model runs/demo/export/model-delta-f16.gguf -o runs/demo/eval/follow-student.json
     """
     from alpacakit.config import load_config
     from alpacakit.evaluate.follow.run import run_follow

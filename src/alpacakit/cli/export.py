@@ -37,10 +37,10 @@ def hf(
 @app.command("gguf")
 def gguf(
     model_dir: Path = typer.Argument(..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."),
-    quant: str = typer.Option("auto", "--quant", "-q", help="auto, delta-q8_0, q8_0, q4_k_m, f16 or f32. "
-                              "auto: delta-q8_0 for a model fine-tuned from a GGUF on this machine (the base's own "
-                              "tensors where training left them unchanged, q8_0 where it changed them: the base's "
-                              "size, the trained model's answers), else q8_0. q4_k_m re-quantises everything and "
+    quant: str = typer.Option("auto", "--quant", "-q", help="auto, delta-f16, delta-q8_0, q8_0, q4_k_m, f16 or f32. "
+                              "auto: delta-f16 for a model fine-tuned from a GGUF on this machine (the base's own "
+                              "tensors where training left them unchanged, f16 where it changed them: about the "
+                              "base's size, the trained model's answers), else q8_0. q4_k_m re-quantises everything and "
                               "can round a small fine-tuning delta away (check the agreement it prints)."),
     output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./MODEL-QUANT.gguf)."),
     base: str = typer.Option(None, "--base", help="Base model of an adapter folder, if its adapter_config.json "

@@ -12,17 +12,22 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run folder (data/, model/, export/, eval/, report/)."),
     tiny: bool = typer.Option(False, "--tiny", help="The smallest run that exercises every stage (~5 min): SmolLM2 teaches and judges."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile field, e.g. --set num=200 --set eval_limit=40."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset, in order: generate,clean,train,export,answers,judge,bench,report."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset, in order: generate,clean,train,export,answers,follow,likelihood,judge,bench,report."),
     show: bool = typer.Option(False, "--show", help="Print the profile that would run, and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run the Alpaca formula end to end on a CPU with the embedded models.
 
     The Qwen2.5-Coder 1.5B teacher writes ~100 instructions with answers (self-instruct), copies
-    of the held-out eval set are dropped, Gemma 3 270M base is LoRA-tuned on them, exported to a
-    q4_k_m GGUF, and base, student and teacher answer held-out instructions (judged pairwise by
-    Qwen) and capability questions. It ends with the imitation-gap report, before/after answers
-    and the commands to chat with and serve the student.
+    of the held-out eval set are dropped and 16 are held out, Gemma 3 270M base is LoRA-tuned on
+    the rest and exported to a GGUF that keeps the base's own tensors and writes the trained ones
+    q8_0 (verified: it must agree with the trained model on >= 95% of next tokens). Then student
+    and base are compared on the same items, each figure with a 95% interval: 237 verifiable
+    instructions (the headline: constraints a program checks), whether answers end by themselves,
+    the likelihood of the held-out teacher answers, a judge (Qwen, both orders, and how often it
+    agrees with the checks) and capability questions (knowledge). It ends with the report, whose
+    verdict names the metrics precise enough to decide it, before/after answers and the commands
+    to chat with and serve the student.
 
     Stop it at any time (Ctrl-C, kill) and run the same command again: finished stages are
     skipped and the running one resumes. Profiles are data: alpacakit/quickstart/profiles.yaml.

@@ -40,9 +40,9 @@ from typing import Any
 from alpacakit.errors import AlpacakitError, ConfigError, DataError
 from alpacakit.train.outputs import partial_dir
 
-QUANTS = ("auto", "f32", "f16", "q8_0", "delta-q8_0", "q4_k_m")
+QUANTS = ("auto", "f32", "f16", "q8_0", "delta-q8_0", "delta-f16", "q4_k_m")
 # quantizations the agreement requirement applies to (q4_k_m trades accuracy for size)
-VERIFIED_QUANTS = ("f32", "f16", "q8_0", "delta-q8_0")
+VERIFIED_QUANTS = ("f32", "f16", "q8_0", "delta-q8_0", "delta-f16")
 AGREEMENT_THRESHOLD = 0.95
 _LLAMA_FTYPE_Q4_K_M = 15  # llama.h: LLAMA_FTYPE_MOSTLY_Q4_K_M
 _MAX_VERIFY_TOKENS = 256
@@ -412,16 +412,16 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
                 progress: Progress | None = None) -> ExportResult:
     """Convert the model in `model_dir` to a GGUF at `output` and write `<output>.json` beside it.
 
-    `quant`: f32, f16, q8_0, q4_k_m, `delta-q8_0` (the base GGUF's own tensors where the
-    fine-tune left them unchanged, q8_0 where it changed them: see `gguf_delta`) or `auto`
-    (delta-q8_0 for a model fine-tuned from a GGUF on this machine, else q8_0). `base`: the base model of an adapter folder when its
+    `quant`: f32, f16, q8_0, q4_k_m, `delta-f16` / `delta-q8_0` (the base GGUF's own tensors
+    where the fine-tune left them unchanged, f16 / q8_0 where it changed them: see `gguf_delta`)
+    or `auto` (delta-f16 for a model fine-tuned from a GGUF on this machine, else q8_0). `base`: the base model of an adapter folder when its
     adapter_config.json names one that is not on this machine. `tokenizer_pre`: the llama.cpp
     pre-tokenizer name, when the tokenizer is not one alpacakit recognises. `verify`: compare the
     file with the Hugging Face model (see `verify_gguf`) and record the figures. `min_agreement`:
     with `verify`, raise an `ExportError` (after writing the file and its sidecar, so the figures
     can be read) when top-1 or next-token agreement is below it.
     """
-    from alpacakit.export.gguf_delta import DELTA_QUANT, BaseGGUF, base_gguf_of, resolve_quant
+    from alpacakit.export.gguf_delta import DELTA_QUANTS, BaseGGUF, base_gguf_of, resolve_quant
 
     quant = quant.lower()
     if quant not in QUANTS:
@@ -437,11 +437,11 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     output.parent.mkdir(parents=True, exist_ok=True)
     name = name or _model_name(loaded.source)
     keep = None
-    if quant == DELTA_QUANT:
+    if quant in DELTA_QUANTS:
         base_file = base_gguf_of(model_dir, base)
         say(f"reading the base's tensors from {base_file}")
         keep = BaseGGUF.open(base_file)
-    write_as = {"q4_k_m": "f16", DELTA_QUANT: "q8_0"}.get(quant, quant)
+    write_as = "f16" if quant == "q4_k_m" else quant.removeprefix("delta-")
 
     tmp_files: list[Path] = []
     try:
@@ -488,8 +488,8 @@ def check_agreement(result: ExportResult, minimum: float = AGREEMENT_THRESHOLD) 
         raise ExportError(
             f"{result.path} ({result.quant}) does not reproduce the trained model: {figures}, below {minimum:.0%} "
             f"(figures in {result.sidecar})",
-            hint="export with --quant auto (the base's own tensors plus q8_0 where training changed them) or "
-            "--quant q8_0; q4_k_m re-quantises a small fine-tuning delta away",
+            hint="export with --quant auto (the base's own tensors plus f16 where training changed them), or "
+            "--quant f16; q4_k_m re-quantises a small fine-tuning delta away",
         )
 
 

@@ -1,18 +1,28 @@
-"""Keep a fine-tuned student's base where the fine-tune did not touch it (`--quant delta-q8_0`).
+"""Keep a fine-tuned student's base where the fine-tune did not touch it (`--quant auto`).
 
 Why this exists: the embedded student base (Gemma 3 270M) ships as a q4_k_m GGUF; training
 dequantises it, LoRA adds a small delta to a few matrices, and a plain q4_k_m export then
-re-quantises everything on the same 4-bit grid. The delta mostly rounds away: measured on the
-quickstart's student, top-1 agreement with the trained model fell to 83.8% (next token 75%)
-and the exported file answered like the base (it rambled on into `### Response:` where the
-trained student said `Paris` and stopped).
+re-quantises everything on the same coarse grid. The delta mostly rounds away: measured on
+the quickstart's student (runs/qs1, 2026-12-06), top-1 agreement with the trained model fell to
+83.0% and next-token agreement to 60%, and the file answered like the base (it rambled on into
+`### Response:` where the trained student said `Paris` and stopped).
 
 So, for a model fine-tuned from a GGUF file, every tensor the fine-tune left unchanged is
 copied *byte for byte* from that GGUF (it dequantises to exactly the weights training saw),
-and every tensor it changed is written q8_0, fine enough to keep the delta. The file is about
-the size of the base (Gemma 270M: +14 MB for LoRA on q/k/v/o) and agrees with the trained
-model like a q8_0 export does. "Unchanged" is decided by comparing values, not by reading the
-adapter config, so full fine-tunes, merged folders and adapters all take the same path.
+and every tensor it changed is written f16 (`delta-f16`, what `auto` picks) or q8_0
+(`delta-q8_0`). "Unchanged" is decided by comparing values, not by reading the adapter config,
+so full fine-tunes, merged folders and adapters all take the same path. Measured on that
+student (20 verification prompts, 860 positions; the same figures every export records):
+
+| export | size | top-1 | next token | clear choices |
+|---|---|---|---|---|
+| q4_k_m (llama.cpp's mixture) | 253 MB | 83.0% | 60% | 95.8% |
+| delta-q8_0 | 265 MB | 94.4% | 95% | 100% |
+| q8_0 (every tensor) | 292 MB | 97.1% | 95% | 100% |
+| **delta-f16** (default) | 293 MB | 96.2% | **100%** | 100% |
+
+The disagreements left are near-ties (every position where the trained model's choice is clear
+agrees): llama.cpp quantises activations inside its quantized matrix products.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ from typing import Any
 
 from alpacakit.errors import ConfigError
 
-DELTA_QUANT = "delta-q8_0"
+DELTA_QUANT = "delta-f16"  # what `auto` picks (measured: see the module doc)
+DELTA_QUANTS = ("delta-f16", "delta-q8_0")  # the type the changed tensors are written in
 
 
 @dataclass
@@ -105,12 +116,12 @@ def resolve_quant(quant: str, model_dir: str | Path, base: str | Path | None = N
     """`auto` -> `delta-q8_0` for a model fine-tuned from a GGUF on this machine, else `q8_0`.
     An explicit `delta-q8_0` without such a base is a clear error."""
     quant = quant.lower()
-    if quant not in ("auto", DELTA_QUANT):
+    if quant != "auto" and quant not in DELTA_QUANTS:
         return quant
     found = base_gguf_of(model_dir, base)
     if found is not None:
-        return DELTA_QUANT
-    if quant == DELTA_QUANT:
-        raise ConfigError(f"--quant {DELTA_QUANT} needs the GGUF file {model_dir} was fine-tuned from, and none was found",
+        return DELTA_QUANT if quant == "auto" else quant
+    if quant != "auto":
+        raise ConfigError(f"--quant {quant} needs the GGUF file {model_dir} was fine-tuned from, and none was found",
                           hint="pass it with --base FILE.gguf (or an embedded model name), or use --quant q8_0")
     return "q8_0"

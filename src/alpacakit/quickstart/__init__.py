@@ -1,9 +1,11 @@
 """`alpacakit quickstart`: the whole Alpaca formula in one resumable command.
 
-generate (teacher writes data) -> clean (drop copies of the eval set) -> train (LoRA on the
-base) -> export (q4_k_m GGUF) -> answers (base, student, teacher answer held-out
-instructions) -> judge (pairwise, each system vs the teacher) -> bench (capability items) ->
-report (style vs knowledge), then before/after answers and the commands to chat and serve.
+generate (teacher writes data) -> clean (drop copies of the eval set, hold some out) -> train
+(LoRA on the base) -> export (GGUF, verified against the trained model) -> answers (base and
+student answer held-out instructions) -> follow (verifiable instructions) -> likelihood
+(held-out teacher answers under base and student) -> judge (student vs base, both orders) ->
+bench (capability items) -> report (every metric paired, with its interval; the verdict from
+the best-powered ones), then before/after answers and the commands to chat and serve.
 
 Each stage calls the same library function as its CLI verb and writes the same files, so a
 quickstart run folder is an ordinary run folder (`alpacakit report RUN` works on it). Every

@@ -88,7 +88,7 @@ class Run:
 
     @property
     def quant(self) -> str:
-        """The profile's quantization, `auto` resolved once the model exists (delta-q8_0 for a
+        """The profile's quantization, `auto` resolved once the model exists (delta-f16 for a
         student fine-tuned from a GGUF base: see `export/gguf_delta.py`)."""
         if self.profile.quant == "auto" and self.model.exists():
             from alpacakit.export.gguf_delta import resolve_quant
@@ -98,7 +98,13 @@ class Run:
 
     @property
     def gguf(self) -> Path:
-        return self.export_dir / f"model-{self.quant}.gguf"
+        """The exported student: the profile's quantization, or the f16 the export stage fell
+        back to when that one did not reproduce the trained model."""
+        chosen = self.export_dir / f"model-{self.quant}.gguf"
+        fallback = self.export_dir / "model-f16.gguf"
+        if not chosen.is_file() and fallback.is_file():
+            return fallback
+        return chosen
 
     def outputs(self, label: str) -> Path:
         return self.eval / f"outputs-{label}.json"
@@ -176,16 +182,32 @@ def stage_train(run: Run) -> str | None:
 def stage_export(run: Run) -> str | None:
     from alpacakit.export.gguf import AGREEMENT_THRESHOLD, export_gguf
 
+    from alpacakit.export.gguf import ExportError
+
     if run.gguf.is_file() and run.gguf.with_name(run.gguf.name + ".json").is_file():
         return None
     # Verified against the trained model, and refused below 95% agreement: what is evaluated,
-    # served and handed over must answer like the student that was trained.
-    res = export_gguf(run.model, run.gguf, run.quant, verify=True, min_agreement=AGREEMENT_THRESHOLD,
-                      progress=run.say if run.progress else None)
+    # served and handed over must answer like the student that was trained. Should the compact
+    # file miss the bar, the student is written f16 (twice the size, agreement ~100%) instead.
+    say = run.say if run.progress else None
+    fell_back = ""
+    try:
+        res = export_gguf(run.model, run.gguf, run.quant, verify=True, min_agreement=AGREEMENT_THRESHOLD,
+                          progress=say)
+    except ExportError as e:
+        if run.quant == "f16":
+            raise
+        run.say(f"   {e}; writing f16 instead")
+        failed = run.gguf
+        failed.unlink(missing_ok=True)
+        failed.with_name(failed.name + ".json").rename(failed.with_name(failed.name + ".rejected.json"))
+        fell_back = f" (the {run.quant} file fell short of {AGREEMENT_THRESHOLD:.0%} agreement)"
+        res = export_gguf(run.model, run.export_dir / "model-f16.gguf", "f16", verify=True,
+                          min_agreement=AGREEMENT_THRESHOLD, progress=say)
     v = res.verification or {}
     # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
     shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")
-    return (f"{res.path} ({res.size_bytes / 1e6:.0f} MB, {res.quant}); agrees with the trained model on "
+    return (f"{res.path} ({res.size_bytes / 1e6:.0f} MB, {res.quant}{fell_back}); agrees with the trained model on "
             f"{v.get('top1_agreement', 0):.1%} of next-token predictions ({v.get('next_token_agreement', 0):.1%} "
             f"at the answer's first token); model card {res.model_card}")
 
@@ -387,7 +409,7 @@ def write_before_after(root: str | Path, rows: list[dict[str, str]]) -> Path:
 
     parts = ["# Before and after fine-tuning", "",
              "The same held-out instructions (never in the training data), answered by the base model "
-             "(before) and the fine-tuned student (after), both as q4_k_m GGUF files.", ""]
+             "(before, the embedded q4_k_m GGUF) and the fine-tuned student (after, its exported GGUF).", ""]
     for i, r in enumerate(rows, 1):
         parts += [f"## {i}. {r['instruction']}", "", "**Before (base):**", "", _quote(r["before"]), "",
                   "**After (student):**", "", _quote(r["after"]), ""]
