@@ -113,6 +113,24 @@ def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
     assert log["stages"]["bench"]["runs"] == 1  # not asked for this time
 
 
+def test_an_export_that_misses_the_agreement_bar_falls_back_to_f16(finished_run, tmp_path):
+    """A file that does not answer like the trained student is never evaluated or handed over."""
+    import shutil
+
+    from alpacakit.quickstart.pipeline import Run, stage_export
+
+    run, _, _ = finished_run
+    shutil.copytree(run / "model", tmp_path / "r" / "model")
+    profile = load_profile("tiny", ["quant=q4_k_m", "min_agreement=0.999"])
+    said: list[str] = []
+    r = Run(tmp_path / "r", profile, said.append, progress=False)
+    summary = stage_export(r)
+    assert r.gguf.name == "model-f16.gguf" and r.gguf.is_file()
+    assert not (tmp_path / "r" / "export" / "model-q4_k_m.gguf").exists()
+    assert (tmp_path / "r" / "export" / "model-q4_k_m.gguf.rejected.json").is_file()
+    assert "fell short of 100% agreement" in summary and any("does not reproduce" in m for m in said)
+
+
 def test_before_after_pairs_base_and_student_answers(finished_run):
     run, _, _ = finished_run
     rows = before_after(run, 5)

@@ -27,6 +27,37 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def read_text(path: str | Path) -> str:
+    """A text file's contents as UTF-8, without a leading byte-order mark (Excel and Notepad write
+    one, and it would otherwise become part of the first field's name). A file that is not UTF-8
+    is a `DataError` naming the line and the byte, not a UnicodeDecodeError traceback."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a file", hint="pass the file inside it")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _encoding_error(path, data, e) from None
+
+
+def _encoding_error(path: Path, data: bytes, e: UnicodeDecodeError, line_start: int = 0) -> DataError:
+    line = data.count(b"\n", 0, e.start) + 1 + line_start
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column})",
+                     hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`)")
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """json.loads with the two failures users hit named: bad JSON, and nesting too deep for Python."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read", hint="flatten the record") from None
+
+
 def _json_error(path: Path, lineno: int, err: Exception, what: str) -> DataError:
     return DataError(
         f"{path}:{lineno}: {what}: {err}",
@@ -48,9 +79,15 @@ def iter_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterato
     for i, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
+        if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            obj = parse_json(raw.decode("utf-8"), f"{path}:{i}")
+        except UnicodeDecodeError as e:
+            if tolerate_torn_tail and torn and i == len(lines):
+                return
+            raise _encoding_error(path, raw, e, i - 1) from None
+        except json.JSONDecodeError as e:
             if tolerate_torn_tail and torn and i == len(lines):
                 return
             raise _json_error(path, i, e, "not valid JSON") from None
@@ -73,15 +110,16 @@ def read_records(path: str | Path, *, required: Iterable[str] = ()) -> list[dict
     records: list[tuple[str, dict]] = []
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
-                records.append((f"{path}:{i}", row))
+        import io
+
+        for i, row in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), start=2):
+            records.append((f"{path}:{i}", row))
     else:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         stripped = text.lstrip()
         if stripped.startswith("["):
             try:
-                items = json.loads(text)
+                items = parse_json(text, str(path))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
             for i, obj in enumerate(items):
@@ -187,3 +225,38 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+class FolderLock:
+    """One writer per output: an exclusive `flock` on `lock_path`, held until `release()` (or the
+    process ends: the kernel drops the lock of a process killed with `kill -9`, so a crash never
+    leaves a stale lock behind). A second process that would write the same output (and pay for
+    the same requests, appending to the same journal) gets a clear error instead."""
+
+    def __init__(self, lock_path: str | Path, what: str, target: str | Path | None = None):
+        import fcntl
+        import time as _time
+
+        from alpacakit.errors import ConfigError
+
+        self.path = Path(lock_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(self._fd)
+            self._fd = None
+            raise ConfigError(f"{target or self.path.parent} is being written by another alpacakit run ({holder})",
+                              hint="wait for that run to finish (or stop it), or write to another folder") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()}, {what}, since {_time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __del__(self) -> None:
+        self.release()

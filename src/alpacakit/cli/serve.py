@@ -30,6 +30,10 @@ def serve(
     prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="Override a model folder's saved "
                                                 "prompt format (alpaca, chat, or a format .json)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Base model folder of a LoRA adapter."),
+    insecure_no_key: bool = typer.Option(False, "--insecure-no-key", help="Allow a non-loopback --host without "
+                                         "--api-key-env (refused otherwise: anyone on the network could use it)."),
+    allowed_hosts: Optional[list[str]] = typer.Option(None, "--allowed-host", help="A host name clients may address "
+                                                      "besides loopback (e.g. behind a reverse proxy); repeatable."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (its serve section)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set serve.queue_size=16."),
 ) -> None:
@@ -54,7 +58,8 @@ def serve(
     extra = {"serve": {"host": host, "port": port, "api_key_env": api_key_env, "safety": safety,
                        "max_tokens_cap": max_tokens_cap, "max_prompt_tokens": max_prompt_tokens,
                        "max_concurrency": max_concurrency, "queue_size": queue_size, "model_name": model_name,
-                       "n_ctx": n_ctx, "n_threads": n_threads,
+                       "n_ctx": n_ctx, "n_threads": n_threads, "allowed_hosts": allowed_hosts,
+                       "insecure_no_key": insecure_no_key or None,
                        "moderation": {"base_url": moderation_base_url}}}
     cfg = load_config(config, set_, extra).serve
     if cfg.default_max_tokens > cfg.max_tokens_cap:

@@ -61,14 +61,16 @@ def _read_located(path: Path) -> list[tuple[str, Any]]:
                         hint=f"pass a file, or one of the built-in eval sets: {', '.join(BUILTIN_SETS)}")
     if path.is_dir():
         raise DataError(f"{path} is a folder; an eval set is one JSON, JSONL or CSV file")
-    text = path.read_text(encoding="utf-8")
+    from alpacakit.io import parse_json, read_text
+
+    text = read_text(path)
     if path.suffix.lower() == ".csv":
         from alpacakit.io import read_records
 
         return [(f"{path}:{i + 2}", r) for i, r in enumerate(read_records(path))]
     if text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
+            items = parse_json(text, str(path))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
         return [(f"{path}: item {i}", obj) for i, obj in enumerate(items)]

@@ -174,6 +174,14 @@ def knowledge_metric(knowledge: dict[str, Any], decide_se_points: float) -> dict
     return m
 
 
+def follow_by_kind(ev: Path) -> list[dict[str, Any]]:
+    """Per constraint kind: checks passed by each system (its own items; the teacher's are fewer)."""
+    found = {s: _read(ev / f"follow-{s}.json") for s in ("base", "student", "teacher")}
+    found = {s: r for s, r in found.items() if isinstance(r, dict) and isinstance(r.get("by_kind"), dict)}
+    kinds = sorted({k for r in found.values() for k in r["by_kind"]})
+    return [{"kind": k, **{s: r["by_kind"].get(k) for s, r in found.items()}} for k in kinds]
+
+
 def collect_evidence(run_dir: str | Path, knowledge: dict[str, Any], *, decide_se_points: float = 5.0,
                      decide_min_n: int = 10) -> dict[str, Any]:
     """Every student-vs-base metric found in RUN/eval, and which of them decide."""
@@ -183,7 +191,7 @@ def collect_evidence(run_dir: str | Path, knowledge: dict[str, Any], *, decide_s
               knowledge_metric(knowledge, decide_se_points)):
         if m is not None:
             metrics.append(m)
-    return {"metrics": metrics, "by_key": {m["key"]: m for m in metrics},
+    return {"metrics": metrics, "by_key": {m["key"]: m for m in metrics}, "by_kind": follow_by_kind(ev),
             "judge_checks": judge_check_agreement(ev),
             "decide_se_points": decide_se_points, "decide_min_n": decide_min_n}
 

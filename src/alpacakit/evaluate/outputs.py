@@ -365,6 +365,7 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
     after = job.totals.as_dict()
     paid = {"requests": after["requests"] - before["requests"],
             "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6)}
+    job.release()
     return OutputsResult(out, status, len(records), len(keys), job.totals, paid)
 
 

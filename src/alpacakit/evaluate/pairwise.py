@@ -287,6 +287,7 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     write_manifest(status)
     cost["wall_seconds"] = manifest["wall_seconds"]  # the judging job's, over all its runs
     atomic_write_json(out, result)
+    job.release()
     return PairwiseResult(out, status, metrics, cost, bias)
 
 

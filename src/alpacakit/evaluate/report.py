@@ -315,7 +315,7 @@ def evidence_verdict(evidence: dict[str, Any], texts: dict[str, Any]) -> dict[st
         lo, hi = m["ci"] if m["ci"] else (math.nan, math.nan)
         sentences.append(t[m["key"]][direction].format(
             diff=m["diff"], lo=lo, hi=hi, se=m["se"] or 0.0, n=m["n"], student=m["student"] or 0.0,
-            base=m["base"] or 0.0, teacher_part=teacher_part))
+            base=m["base"] or 0.0, teacher_part=teacher_part, bound=max(abs(lo), abs(hi))))
     sentences.append(t["decided_by"].format(deciding="; ".join(deciding) or "none"))
     if others:
         sentences.append(t["not_deciding"].format(se=evidence["decide_se_points"], others="; ".join(others)))
@@ -337,21 +337,28 @@ def evidence_plot(evidence: dict[str, Any], out_dir: Path) -> str | None:
     nats = [m for m in evidence["metrics"] if m["unit"] == "nats" and m["ci"]]
     if not rates and not nats:
         return None
-    fig, axes = plt.subplots(1, 2 if nats else 1, figsize=(9 if nats else 7, 0.55 * max(len(rates), 1) + 1.6),
-                             gridspec_kw={"width_ratios": [3, 1]} if nats else None, squeeze=False)
+    fig, axes = plt.subplots(1, 2 if nats else 1, figsize=(11 if nats else 7.5, 0.55 * max(len(rates), 1) + 1.8),
+                             gridspec_kw={"width_ratios": [3, 1.2]} if nats else None, squeeze=False,
+                             layout="constrained")
     for ax, group, unit in ((axes[0][0], rates, "points (student − base)"),
-                            *(((axes[0][1], nats, "nats/token (base − student)"),) if nats else ())):
+                            *(((axes[0][1], nats, "nats per token (base − student)"),) if nats else ())):
         for i, m in enumerate(group):
             lo, hi = m["ci"]
             ax.errorbar(m["diff"], i, xerr=[[m["diff"] - lo], [hi - m["diff"]]], fmt="o", capsize=4,
                         color="#2a6f8f" if m["decides"] else "#aaa")
         ax.axvline(0, color="#444", lw=1, ls="--")
-        ax.set_yticks(range(len(group)), [f"{m['name']} (n {m['n']})" for m in group])
+        if unit.startswith("nats"):  # one row: its name goes in the title, not beside the axis
+            ax.set_yticks([])
+            ax.set_title("\n".join(f"{m['name']} (n {m['n']})" for m in group), fontsize=9)
+            lo = min(0.0, *(m["ci"][0] for m in group))
+            hi = max(0.0, *(m["ci"][1] for m in group))
+            ax.set_xlim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        else:
+            ax.set_yticks(range(len(group)), [f"{m['name']} (n {m['n']})" for m in group])
         ax.set_ylim(-0.6, len(group) - 0.4)
         ax.invert_yaxis()
         ax.set_xlabel(unit)
-    axes[0][0].set_title("Student vs base, 95% intervals (blue: decides the verdict)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("Student vs base on the same items, 95% intervals (blue: decides the verdict)", fontsize=10)
     fig.savefig(out_dir / "evidence.png", dpi=110)
     plt.close(fig)
     return "evidence.png"

@@ -84,8 +84,13 @@ class JournaledJob:
 
     def __init__(self, out_dir: str | Path, processor: Processor, done: set[int] | None = None):
         """`done` may be shared with the request plan, which skips the indices it holds."""
+        from alpacakit.io import FolderLock
+
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything is replayed or rewritten: one writer per folder (two runs would both pay
+        # for the same requests and interleave their journals).
+        self._lock: FolderLock | None = FolderLock(self.out_dir / ".lock", "a journaled job", self.out_dir)
         self.processor = processor
         self.totals = JobTotals()
         self.done: set[int] = done if done is not None else set()
@@ -132,6 +137,12 @@ class JournaledJob:
         for f in (self._journal, self._examples, self._discards):
             if f is not None:
                 f.close()
+
+    def release(self) -> None:
+        """Let another run write this folder (also done when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def record(self, entry: dict) -> tuple[list[dict], list[dict]]:
         """Journal first (it was paid for), then process and append the results."""

@@ -123,12 +123,14 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
         should_stop = lambda totals: totals.kept >= target  # noqa: E731
     if should_stop(job.totals) or (from_prompts and len(done) >= target):
         update_manifest("complete")
+        job.release()
         return GenerateResult(out_dir, "complete", job.totals)
 
     update_manifest("running")
     status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
                               update_manifest, bool(from_prompts)))
     update_manifest(status)
+    job.release()
     return GenerateResult(out_dir, status, job.totals)
 
 

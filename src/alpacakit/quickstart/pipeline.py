@@ -52,6 +52,8 @@ class QuickstartProfile(Section):
     follow_max_tokens: int = Field(96, ge=16, description="Longest answer to a verifiable instruction.")
     bench_limit: int = Field(12, ge=1, description="Items per capability task.")
     quant: str = Field("auto", description="GGUF quantization of the exported student (`alpacakit export gguf --quant`).")
+    min_agreement: float = Field(0.95, ge=0.0, le=1.0, description="Top-1 and next-token agreement with the trained "
+                                 "model the exported file must reach (else the student is written f16).")
     before_after: int = Field(5, ge=0, description="Before/after answers shown at the end.")
 
 
@@ -180,7 +182,7 @@ def stage_train(run: Run) -> str | None:
 
 
 def stage_export(run: Run) -> str | None:
-    from alpacakit.export.gguf import AGREEMENT_THRESHOLD, export_gguf
+    from alpacakit.export.gguf import export_gguf
 
     from alpacakit.export.gguf import ExportError
 
@@ -192,7 +194,7 @@ def stage_export(run: Run) -> str | None:
     say = run.say if run.progress else None
     fell_back = ""
     try:
-        res = export_gguf(run.model, run.gguf, run.quant, verify=True, min_agreement=AGREEMENT_THRESHOLD,
+        res = export_gguf(run.model, run.gguf, run.quant, verify=True, min_agreement=run.profile.min_agreement,
                           progress=say)
     except ExportError as e:
         if run.quant == "f16":
@@ -201,9 +203,9 @@ def stage_export(run: Run) -> str | None:
         failed = run.gguf
         failed.unlink(missing_ok=True)
         failed.with_name(failed.name + ".json").rename(failed.with_name(failed.name + ".rejected.json"))
-        fell_back = f" (the {run.quant} file fell short of {AGREEMENT_THRESHOLD:.0%} agreement)"
+        fell_back = f" (the {run.quant} file fell short of {run.profile.min_agreement:.0%} agreement)"
         res = export_gguf(run.model, run.export_dir / "model-f16.gguf", "f16", verify=True,
-                          min_agreement=AGREEMENT_THRESHOLD, progress=say)
+                          min_agreement=run.profile.min_agreement, progress=say)
     v = res.verification or {}
     # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
     shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")

@@ -10,9 +10,18 @@ Routes
 - `POST /v1/completions`       raw text continuation, same streaming
 
 Order of checks for a generation request, cheapest first, so a bad or unauthorised request
-never waits in the queue or costs a token: API key (401) -> body size (413) -> JSON and fields
-(400) -> max_tokens cap and prompt length in tokens (400) -> queue place (429) -> safety filter
-(400) -> wait for a generation slot (503 after `queue_timeout_s`) -> generate.
+never waits in the queue or costs a token: Host header (403) -> API key (401) -> Content-Type
+(415) -> body size (413, counted while the body streams in, chunked or not) -> JSON and fields
+(400, deep nesting included) -> max_tokens cap and prompt length in tokens (400) -> queue place
+(429) -> safety filter (400) -> wait for a generation slot (503 after `queue_timeout_s`) ->
+generate.
+
+Cross-site requests: a web page the user visits can POST to a loopback server without any
+preflight when the body is `text/plain`, and with DNS rebinding it can read the answers. So
+bodies must be `application/json` (which a cross-site page cannot send without a CORS preflight,
+and CORS stays closed unless `cors_origins` opens it), and a server bound to a loopback address
+answers only requests whose Host header names a loopback address or one of `allowed_hosts`.
+A 500 says that the server failed, never why: the exception goes to the server log.
 
 A streamed answer holds its generation slot until the last event is sent or the client goes
 away; a client that disconnects cancels its generation within one token.
@@ -56,6 +65,21 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(header: str) -> str:
+    """The host part of a Host header (`[::1]:8000` -> `::1`, `Example.com:80` -> `example.com`)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def read_api_key(env_var: str | None) -> str | None:
@@ -109,10 +133,27 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
 
     @app.exception_handler(Exception)
     async def _crash(_request: Request, exc: Exception) -> Any:
-        log.exception("request failed")
-        err = APIError(500, f"The server failed to answer: {type(exc).__name__}: {getattr(exc, 'message', exc)}",
-                       type="server_error", code="internal_error")
+        log.exception("request failed")  # the details stay in the server's log
+        err = APIError(500, "The server failed to answer this request (an internal error; its operator can find "
+                       "the details in the server log).", type="server_error", code="internal_error")
         return JSONResponse(err.body(), status_code=500)
+
+    # ------------------------------------------------------------------ Host check (DNS rebinding)
+
+    allowed = {h.lower() for h in config.allowed_hosts}
+    restrict_hosts = is_loopback(config.host) or bool(allowed)
+
+    @app.middleware("http")
+    async def _check_host(request: Request, call_next: Any) -> Any:
+        if restrict_hosts:
+            name = host_name(request.headers.get("host", ""))
+            if not (is_loopback(name) or name in allowed):
+                err = APIError(403, f"This server does not answer for the host {name or '(none)'!r}: it is bound to "
+                               f"{config.host} and answers requests addressed to it (a page on another site cannot "
+                               "reach it by renaming itself). Add the name to serve.allowed_hosts to allow it.",
+                               code="host_not_allowed")
+                return JSONResponse(err.body(), status_code=403)
+        return await call_next(request)
 
     # ------------------------------------------------------------------ helpers
 
@@ -129,18 +170,29 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
                                "(Authorization: Bearer YOUR_KEY).")
 
     async def read_json(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise APIError(415, f"The request body must be JSON sent with Content-Type: application/json (got "
+                           f"{ctype or 'no Content-Type'}).", code="unsupported_media_type")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise APIError(413, f"The request body is {int(declared)} bytes; this server accepts at most "
                            f"{config.max_body_bytes}.", code="body_too_large")
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            raise APIError(413, f"The request body is {len(body)} bytes; this server accepts at most "
-                           f"{config.max_body_bytes}.", code="body_too_large")
+        # Counted as it streams in: a chunked body has no Content-Length to refuse up front.
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > config.max_body_bytes:
+                raise APIError(413, f"The request body is over {config.max_body_bytes} bytes, the most this "
+                               "server accepts.", code="body_too_large")
+            chunks.append(chunk)
+        body = b"".join(chunks)
         if not body.strip():
             raise bad_request("The request body is empty; send a JSON object.")
         try:
             return json.loads(body)
+        except RecursionError:
+            raise bad_request("The JSON body of your request is nested too deeply.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
             raise bad_request(f"We could not parse the JSON body of your request{where}: "

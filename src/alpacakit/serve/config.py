@@ -64,10 +64,19 @@ class ServeConfig(_Section):
     moderation: ModerationConfig = Field(default_factory=ModerationConfig)
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from "
                                     "a browser page served elsewhere (the built-in page needs none).")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names requests may be addressed to "
+                                     "besides loopback ones (a server bound to loopback refuses others: DNS "
+                                     "rebinding). Bound to 0.0.0.0 with this empty, any name is accepted.")
+    insecure_no_key: bool = Field(False, description="Allow listening on a non-loopback interface without an API "
+                                  "key (anyone who can reach the port can use the model).")
 
-    @field_validator("safety")
+    @field_validator("safety", mode="before")
     @classmethod
-    def _check_safety(cls, v: str | None) -> str | None:
+    def _check_safety(cls, v: object) -> str | None:
+        if v is False or v is None:  # YAML and --set read `off` / `no` as false
+            return None
+        if not isinstance(v, str):
+            raise ValueError("expected 'off', 'blocklist', 'blocklist:PATH' or 'moderation:MODEL'")
         if v is None or v.strip() == "" or v.strip().lower() in {"none", "off"}:
             return None
         v = v.strip()

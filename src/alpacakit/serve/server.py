@@ -92,8 +92,13 @@ def serve(model: str, config: ServeConfig, *, base: str | None = None, prompt_fo
     import uvicorn
 
     if not is_loopback_host(config.host) and not config.api_key_env:
-        echo(f"warning: listening on {config.host} without an API key: anyone who can reach this machine can use "
-             "the model. Add --api-key-env VAR to require a key.", file=sys.stderr)
+        if not config.insecure_no_key:
+            raise ConfigError(f"refusing to listen on {config.host} without an API key: anyone who can reach this "
+                              "machine could use the model (and, in proxy mode, spend your API key)",
+                              hint="add --api-key-env VAR (clients then send 'Authorization: Bearer $VAR'), or "
+                              "--insecure-no-key if that is really what you want")
+        echo(f"warning: listening on {config.host} without an API key (--insecure-no-key): anyone who can reach "
+             "this machine can use the model.", file=sys.stderr)
     sock = bind_socket(config.host, config.port)  # before loading: a taken port fails in a second, not a minute
     try:
         t0 = time.monotonic()

@@ -77,7 +77,20 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.model_dump(mode="json")
     d.pop("output_dir", None)
     d.pop("preset", None)  # already applied: the resolved values are what matter
+    d["data_sha256"] = _data_hashes(cfg)
     return d
+
+
+def _data_hashes(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 of every training and validation file: a resumed run must train on the same bytes."""
+    from alpacakit.io import sha256_file
+
+    out = {}
+    for st in cfg.stage_list():
+        for p in (st.data, st.val_data):
+            if p and Path(p).is_file():
+                out[str(p)] = sha256_file(p)
+    return out
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -102,7 +115,14 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
                           hint="rerun with --resume to continue it, or delete that folder to start over")
     if resume and (partial / RUN_CONFIG).exists():
         saved = json.loads((partial / RUN_CONFIG).read_text(encoding="utf-8"))
-        changed = _diff(saved, _config_dict(cfg))
+        now = _config_dict(cfg)
+        saved_hashes, now_hashes = saved.pop("data_sha256", None), now.pop("data_sha256")
+        for path, sha in (saved_hashes or {}).items():  # runs saved before hashes were kept: not checked
+            if now_hashes.get(path) not in (None, sha):
+                raise ConfigError(f"--resume: the training data {path} changed since the interrupted run "
+                                  f"(sha256 {sha[:12]}... then, {now_hashes[path][:12]}... now)",
+                                  hint="resume with the data it started on, or delete the .partial folder to start over")
+        changed = _diff(saved, now)
         if changed:
             raise ConfigError(
                 f"--resume: the config differs from the interrupted run's ({partial / RUN_CONFIG}):\n  "
@@ -374,6 +394,11 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
     dist = _dist()
     out = Path(output_dir or cfg.output_dir)
     partial = partial_dir(out)
+    lock = None
+    if dist.main:  # one training run per output folder (the other ranks are part of this one)
+        from alpacakit.io import FolderLock
+
+        lock = FolderLock(out.parent / f".{out.name}.lock", "alpacakit train", out)
     stages = preflight(cfg, out, resume, overwrite)
     if dist.world > 1:
         import torch
@@ -427,6 +452,8 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if lock is not None:
+        lock.release()
     return TrainResult(out, manifest, results)
 
 

@@ -1,0 +1,136 @@
+"""`alpacakit serve` against hostile clients: each attack runs against a real uvicorn server on
+127.0.0.1 (scripted model backend), and each must get a clear error without costing a token,
+while the server keeps answering well-behaved clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from alpacakit.serve.app import create_app, host_name
+from alpacakit.serve.backend import ServeBackend
+from alpacakit.serve.config import ServeConfig
+from alpacakit.serve.server import BackgroundServer
+from serve_fakes import ScriptedTeacher
+
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., tuple[str, ScriptedTeacher]]]:
+    servers: list[BackgroundServer] = []
+
+    def _start(teacher: Any = None, **cfg: Any) -> tuple[str, Any]:
+        teacher = teacher or ScriptedTeacher()
+        srv = BackgroundServer(create_app(ServeBackend(teacher), ServeConfig(**cfg), api_key="")).start()
+        servers.append(srv)
+        return srv.url, teacher
+
+    yield _start
+    for s in servers:
+        s.stop()
+
+
+def _ok(url: str) -> None:
+    """A well-behaved client still gets its answer."""
+    r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=10)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello, world!"
+
+
+def test_a_chunked_body_over_the_cap_is_413_before_it_is_read_whole(start):
+    url, teacher = start(max_body_bytes=64_000)
+    sent = [0]
+
+    def body() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        yield b'{"messages": "'
+        for _ in range(2_000):  # 128 MB if the server kept reading
+            sent[0] += 65_536
+            yield b"x" * 65_536
+
+    try:
+        r = httpx.post(f"{url}/v1/chat/completions", content=body(),
+                       headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # the server answered 413 and closed while we were still sending: also a refusal
+    assert sent[0] < 2_000 * 65_536, "the server read the whole body"
+    assert teacher.calls == []
+    _ok(url)
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_cross_site_simple_request_is_refused_without_generating(start, ctype):
+    url, teacher = start()
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(CHAT).encode(), headers=headers)
+    assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
+    assert teacher.calls == []
+    _ok(url)
+
+
+def test_dns_rebinding_a_foreign_host_name_is_403(start):
+    url, teacher = start()
+    r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"Host": "attacker.example:8000"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
+    assert httpx.get(f"{url}/v1/models", headers={"Host": "attacker.example"}).status_code == 403
+    assert teacher.calls == []
+    for ok_host in ("localhost:8000", "127.0.0.1", "[::1]:9"):
+        assert httpx.get(f"{url}/v1/models", headers={"Host": ok_host}).status_code == 200
+
+
+def test_allowed_hosts_opens_a_named_host(start):
+    url, _ = start(allowed_hosts=["chat.internal"])
+    assert httpx.get(f"{url}/v1/models", headers={"Host": "chat.internal:443"}).status_code == 200
+    assert httpx.get(f"{url}/v1/models", headers={"Host": "other.internal"}).status_code == 403
+
+
+def test_host_names_are_parsed_like_browsers_send_them():
+    assert host_name("[::1]:8000") == "::1" and host_name("LocalHost:80") == "localhost"
+    assert host_name("127.0.0.1") == "127.0.0.1" and host_name("") == ""
+
+
+def test_deeply_nested_json_is_400_not_500(start):
+    url, teacher = start()
+    body = '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+    assert teacher.calls == []
+    _ok(url)
+
+
+class _Crashing(ScriptedTeacher):
+    async def stream_chat(self, messages: Any, **kw: Any) -> Any:
+        raise RuntimeError("secret-internal-path /home/op/.keys")
+        yield  # pragma: no cover
+
+
+def test_a_500_does_not_echo_the_exception(start):
+    url, _ = start(_Crashing())
+    r = httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": False})
+    assert r.status_code == 500
+    assert "secret-internal-path" not in r.text and "RuntimeError" not in r.text
+    assert "server log" in r.json()["error"]["message"]
+
+
+def test_binding_every_interface_without_a_key_is_refused(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "serve", "smollm2-135m-instruct",
+                        "--host", "0.0.0.0", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without an API key" in r.stderr and "--api-key-env" in r.stderr
+
+
+def test_safety_off_from_yaml_or_set_means_no_filter():
+    from alpacakit.config import load_config
+
+    assert load_config(None, ["serve.safety=off"]).serve.safety is None
+    assert load_config(None, ["serve.safety=blocklist"]).serve.safety == "blocklist"
