@@ -15,9 +15,20 @@ any error (429, 5xx, broken stream) is a bug at these settings.
     python benchmarks/serve_load.py                       # smollm2-135m-instruct, 1 vs 4 clients
     python benchmarks/serve_load.py --clients 8 --requests 24 --max-tokens 48
     python benchmarks/serve_load.py --model runs/quickstart/export/model-q4_k_m.gguf
+    python benchmarks/serve_load.py --clients 1 --attack slow-body,oversized,cross-site
+
+`--attack` runs a level of well-behaved clients twice, without and then with hostile clients
+running at the same time (loopback only, bounded in count and time), and prints both latency
+lines: the server must keep answering the well-behaved ones with zero errors for them.
+- `slow-body`: clients that send a JSON body one byte every 0.2 s (each holds a connection);
+- `oversized`: clients that upload 64 MB chunked bodies, again and again (the server refuses
+  them at serve.max_body_bytes, as they stream in);
+- `cross-site`: `text/plain` POSTs and foreign Host headers, as a web page on another site
+  would send (refused with 415 / 403 before any generation).
+The attackers' own outcomes are counted by status.
 
 Bounded: --requests per level (default 16) and --time-limit seconds overall (default 600).
-Exit status 1 if any request failed.
+Exit status 1 if any well-behaved request failed.
 """
 
 from __future__ import annotations
@@ -138,6 +149,79 @@ async def run_level(url: str, clients: int, prompts: list[str], max_tokens: int,
     return level
 
 
+ATTACKS = ("slow-body", "oversized", "cross-site")
+
+
+async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, outcomes: dict[str, int]) -> None:
+    """Hostile clients until `stop` is set (each loop bounded by the run's time limit)."""
+    import httpx
+
+    def count(key: str) -> None:
+        outcomes[key] = outcomes.get(key, 0) + 1
+
+    async def slow_body(client: httpx.AsyncClient) -> None:
+        async def trickle():  # noqa: ANN202
+            for ch in b'{"messages": [{"role": "user", "content": "' + b"x" * 10_000:
+                if stop.is_set():
+                    return
+                yield bytes([ch])
+                await asyncio.sleep(0.2)
+
+        while not stop.is_set():
+            try:
+                r = await client.post(f"{url}/v1/chat/completions", content=trickle(),
+                                      headers={"Content-Type": "application/json"})
+                count(f"slow-body HTTP {r.status_code}")
+            except httpx.HTTPError as e:
+                count(f"slow-body {type(e).__name__}")
+
+    async def oversized(client: httpx.AsyncClient) -> None:
+        async def big():  # noqa: ANN202
+            yield b'{"messages": "'
+            for _ in range(1024):
+                if stop.is_set():
+                    return
+                yield b"x" * 65_536
+
+        while not stop.is_set():
+            try:
+                r = await client.post(f"{url}/v1/chat/completions", content=big(),
+                                      headers={"Content-Type": "application/json"})
+                count(f"oversized HTTP {r.status_code}")
+            except httpx.HTTPError as e:
+                count(f"oversized {type(e).__name__}")
+
+    async def cross_site(client: httpx.AsyncClient) -> None:
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+        while not stop.is_set():
+            for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/json", "Host": "evil.example"}):
+                try:
+                    r = await client.post(f"{url}/v1/chat/completions", content=body, headers=headers)
+                    count(f"cross-site HTTP {r.status_code}")
+                except httpx.HTTPError as e:
+                    count(f"cross-site {type(e).__name__}")
+            await asyncio.sleep(0.05)
+
+    fns = {"slow-body": slow_body, "oversized": oversized, "cross-site": cross_site}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as client:
+        await asyncio.gather(*(fns[k](client) for k in kinds for _ in range(n)))
+
+
+async def level_under_attack(url: str, clients: int, prompts: list[str], max_tokens: int, deadline: float,
+                             kinds: list[str], n_attackers: int, outcomes: dict[str, int]) -> Level:
+    stop = asyncio.Event()
+    attack = asyncio.create_task(attackers(url, kinds, n_attackers, stop, outcomes))
+    await asyncio.sleep(1.0)  # let the attackers connect first
+    try:
+        return await run_level(url, clients, prompts, max_tokens, deadline)
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(attack, 30)
+        except asyncio.TimeoutError:
+            attack.cancel()
+
+
 def report(level: Level) -> None:
     print(f"  clients={level.clients:<3} ok={level.ok:<4} errors={len(level.errors):<3} wall={level.wall_s:6.1f}s  "
           f"throughput={level.ok / level.wall_s:5.2f} req/s {level.tokens / level.wall_s:6.1f} tok/s")
@@ -157,7 +241,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
     ap.add_argument("--url", default=None, help="use a server that is already running instead of starting one")
+    ap.add_argument("--attack", default=None, help=f"comma-separated hostile clients to run alongside: {', '.join(ATTACKS)}")
+    ap.add_argument("--attackers", type=int, default=8, help="hostile clients of each kind")
     args = ap.parse_args()
+    kinds = [k.strip() for k in (args.attack or "").split(",") if k.strip()]
+    if any(k not in ATTACKS for k in kinds):
+        raise SystemExit(f"--attack: choose from {', '.join(ATTACKS)}")
 
     base = [line.strip() for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = [base[i % len(base)] for i in range(args.requests)]
@@ -171,6 +260,22 @@ def main() -> int:
     try:
         asyncio.run(run_level(url, 1, prompts[:2], args.max_tokens, deadline))  # warm-up, not counted
         levels = []
+        if kinds:
+            calm = asyncio.run(run_level(url, args.clients, prompts, args.max_tokens, deadline))
+            print("without the attack:")
+            report(calm)
+            outcomes: dict[str, int] = {}
+            hit = asyncio.run(level_under_attack(url, args.clients, prompts, args.max_tokens, deadline, kinds,
+                                                 args.attackers, outcomes))
+            print(f"with {args.attackers} x {', '.join(kinds)} attacking at the same time:")
+            report(hit)
+            print("  attackers got: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items())))
+            if calm.ok and hit.ok:
+                print(f"ratio under attack: p50 latency x{pct(hit.latencies, 50) / pct(calm.latencies, 50):.2f}, "
+                      f"p99 latency x{pct(hit.latencies, 99) / pct(calm.latencies, 99):.2f}")
+            failed = len(calm.errors) + len(hit.errors)
+            print("errors for well-behaved clients: none" if not failed else f"errors for well-behaved clients: {failed}")
+            return 1 if failed else 0
         for clients in dict.fromkeys((1, args.clients)):
             level = asyncio.run(run_level(url, clients, prompts, args.max_tokens, deadline))
             levels.append(level)

@@ -74,7 +74,7 @@ def main() -> None:
     pool = build_pool(run, args.pool, out)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"pool: {len(pool)} teacher examples; sizes {sizes}", flush=True)
-    results = []
+    results: list[dict] = []
     for n in sizes:
         if n > len(pool):
             print(f"n={n}: only {len(pool)} examples in the pool; skipped (pass more with --pool)", flush=True)
@@ -97,12 +97,17 @@ def main() -> None:
                             ("likelihood", stage_likelihood)):
             print(f"== n={n}: {name}", flush=True)
             print("  ", stage(r) or "already complete", flush=True)
+    # every size in OUT, this invocation's and earlier ones' (the sizes can be run in parts)
+    for root in sorted(out.glob("n[0-9][0-9][0-9]*")):
         metrics = {m["key"]: m for m in follow_metrics(root / "eval", 5.0)}
         lik = likelihood_metric(root / "eval", 10)
         if lik:
             metrics["likelihood"] = lik
-        results.append({"n": n, "metrics": metrics})
-        (out / "scaling.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        if "follow" in metrics:
+            results.append({"n": int(root.name[1:]), "examples": sum(1 for _ in open(root / "data" / "train.jsonl")),
+                            "metrics": metrics})
+    results.sort(key=lambda r: r["n"])
+    (out / "scaling.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     plot(results, out / "scaling.png")
     print(f"wrote {out / 'scaling.json'} and {out / 'scaling.png'}")
     for row in results:

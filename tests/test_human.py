@@ -303,7 +303,7 @@ def test_the_page_and_api_never_reveal_which_system_wrote_an_answer(server, stor
 
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "Answer A" in page.text
-    state = httpx.get(server.url + "/api/state", params={"rater": "Ana"}).json()
+    state = httpx.get(server.url + "/api/state", params={"t": store.invite("Ana")}).json()
     text = json.dumps(state)
     for leak in ("student", "teacher", "slot", "output_1", "generator"):
         assert leak not in text.replace("student answer", "").replace("teacher answer", "")
@@ -315,35 +315,82 @@ def test_the_page_and_api_never_reveal_which_system_wrote_an_answer(server, stor
 def test_judging_over_http_stores_the_choice_and_returns_the_next_item(server, store: HumanEvalStore) -> None:
     import httpx
 
-    s0 = httpx.get(server.url + "/api/state", params={"rater": "Ana"}).json()
+    ana = store.invite("Ana")
+    s0 = httpx.get(server.url + "/api/state", params={"t": ana}).json()
     shown_a = s0["item"]["A"]
-    s1 = httpx.post(server.url + "/api/judge", json={"rater": "Ana", "item_id": s0["item"]["item_id"],
+    s1 = httpx.post(server.url + "/api/judge", json={"t": ana, "item_id": s0["item"]["item_id"],
                                                      "choice": "A", "seconds": 2.0}).json()
     assert s1["recorded"] is True and s1["progress"]["done"] == 1
     assert s1["item"]["item_id"] != s0["item"]["item_id"]
     (row,) = store.judgments()
     assert store.item(row["item_id"]).output(row["winner"]) == shown_a
-    again = httpx.post(server.url + "/api/judge", json={"rater": "Ana", "item_id": s0["item"]["item_id"], "choice": "B"})
+    again = httpx.post(server.url + "/api/judge", json={"t": ana, "item_id": s0["item"]["item_id"], "choice": "B"})
     assert again.json()["recorded"] is False
-    undone = httpx.post(server.url + "/api/undo", json={"rater": "Ana"}).json()
+    undone = httpx.post(server.url + "/api/undo", json={"t": ana}).json()
     assert undone["undone"] == s0["item"]["item_id"] and undone["item"]["item_id"] == s0["item"]["item_id"]
 
 
-def test_bad_requests_get_a_readable_400(server) -> None:
+def test_bad_requests_get_a_readable_400(server, store: HumanEvalStore) -> None:
     import httpx
 
-    r = httpx.get(server.url + "/api/state", params={"rater": "   "})
-    assert r.status_code == 400 and "name is empty" in r.json()["error"]
-    r = httpx.post(server.url + "/api/judge", json={"rater": "Ana", "item_id": 1, "choice": "left"})
+    ana = store.invite("Ana")
+    r = httpx.post(server.url + "/api/judge", json={"t": ana, "item_id": 1, "choice": "left"})
     assert r.status_code == 400 and "'A', 'B' or 'tie'" in r.json()["error"]
-    r = httpx.post(server.url + "/api/judge", json={"rater": "Ana", "item_id": "1", "choice": "A"})
+    r = httpx.post(server.url + "/api/judge", json={"t": ana, "item_id": "1", "choice": "A"})
     assert r.status_code == 400
+    with pytest.raises(DataError, match="name is empty"):
+        store.invite("   ")
 
 
 def test_finished_raters_get_no_item(server, store: HumanEvalStore) -> None:
     import httpx
 
     _judge_as(store, "Ana", {i: 1 for i in range(1, len(INSTRUCTIONS) + 1)})
-    s = httpx.get(server.url + "/api/state", params={"rater": "ana"}).json()
+    ana = store.invite("ana")  # the same rater, case aside
+    s = httpx.get(server.url + "/api/state", params={"t": ana}).json()
     assert s["finished"] is True and s["item"] is None
-    assert httpx.get(server.url + "/api/summary").json()["raters"] == [{"name": "Ana", "done": len(INSTRUCTIONS)}]
+    summary = httpx.get(server.url + "/api/summary", params={"t": ana}).json()
+    assert summary["raters"] == [{"name": "Ana", "done": len(INSTRUCTIONS)}]
+
+
+# --------------------------------------------------------------------------- hostile raters
+
+def test_nobody_rates_or_undoes_as_somebody_else(server, store: HumanEvalStore) -> None:
+    import httpx
+
+    ana, ben = store.invite("Ana"), store.invite("Ben")
+    s = httpx.get(server.url + "/api/state", params={"t": ana}).json()
+    httpx.post(server.url + "/api/judge", json={"t": ana, "item_id": s["item"]["item_id"], "choice": "A"})
+    forged = ana.split(".")[0] + "." + ben.split(".")[1]  # Ana's name with Ben's signature
+    for token in (forged, "", "x", ana + "x", None):
+        r = httpx.post(server.url + "/api/undo", json={"t": token})
+        assert r.status_code == 403 and "link" in r.json()["error"]
+        assert httpx.get(server.url + "/api/state", params={"t": token or ""}).status_code == 403
+    r = httpx.post(server.url + "/api/judge", json={"rater": "Ana", "item_id": 2, "choice": "B"})  # the old API
+    assert r.status_code == 403
+    assert len(store.judgments()) == 1
+    assert httpx.get(server.url + "/api/summary").status_code == 403  # no peeking at who rates
+
+
+def test_a_cross_site_post_is_refused(server, store: HumanEvalStore) -> None:
+    import httpx
+
+    ana = store.invite("Ana")
+    r = httpx.post(server.url + "/api/undo", content=json.dumps({"t": ana}), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_raters_exist_only_by_invitation_and_are_capped(store: HumanEvalStore) -> None:
+    for i in range(3):
+        store.invite(f"r{i}", max_raters=3)
+    store.invite("R0", max_raters=3)  # an existing rater again: fine
+    with pytest.raises(ConfigError, match="already has 3 raters"):
+        store.invite("r3", max_raters=3)
+    with pytest.raises(PermissionError):
+        store.rater_for_token("cjM." + "0" * 32)  # a name never invited, made-up signature
+
+
+def test_the_blinding_seed_is_random_unless_given(tmp_path: Path, ab_files: tuple[Path, Path]) -> None:
+    seeds = {HumanEvalStore.open(tmp_path / f"s{i}.sqlite", *ab_files).seed for i in range(4)}
+    assert len(seeds) > 1
+    assert HumanEvalStore.open(tmp_path / "fixed.sqlite", *ab_files, seed=7).seed == 7

@@ -1,6 +1,6 @@
 """Human A/B end to end: the real CLI in a subprocess, real headless Chromium, real SQLite.
 
-A rater types a name, presses keys and clicks; the judgments land in the database with the
+A rater opens their personal link, presses keys and clicks; the judgments land in the database with the
 system that was actually on the side they chose; a reload, and a server restart, resume where
 they stopped; a second rater in a fresh browser profile gets their own order; the export
 computes kappa over what both judged.
@@ -63,12 +63,16 @@ class Study:
                                      cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.url = ""
+        self.links: dict[str, str] = {}  # rater -> personal link, as printed
         found = threading.Event()
 
         def pump() -> None:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.lines.append(line)
+                if line.startswith("rater "):
+                    name, _, link = line[len("rater "):].strip().rpartition(": ")
+                    self.links[name] = link
                 if line.startswith("listening on "):
                     self.url = line.split()[-1]
                     found.set()
@@ -133,13 +137,16 @@ def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Pa
     b = _write(tmp_path / "outputs-tuned.json", "tuned", ANSWERS_2)
     db = tmp_path / "eval" / "human.sqlite"
     port = _free_port()  # the same port after the restart: localStorage belongs to host:port
-    study = Study([str(a), str(b), "--db", str(db), "--seed", "3"], cwd=tmp_path, port=port)
+    study = Study([str(a), str(b), "--db", str(db), "--seed", "3", "--rater", "Ana", "--rater", "Bo"],
+                  cwd=tmp_path, port=port)
     try:
         ctx, page = _fresh_page(browser)
-        page.goto(study.url + "/")
-        page.fill("#name", "Ana")
-        page.press("#name", "Enter")
+        page.goto(study.url + "/")  # without a personal link: nothing to rate
+        page.wait_for_selector("#signin:not([hidden])")
+        assert "personal link" in page.inner_text("#signin")
+        page.goto(study.links["Ana"])
         page.wait_for_selector("#rate:not([hidden])")
+        assert "?t=" not in page.url  # the token leaves the address bar (and the history)
         seen = []
         for n, how in enumerate(("key:a", "key:ArrowRight", "click:#choose-tie"), start=1):
             seen.append(_screen(page))
@@ -159,7 +166,7 @@ def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Pa
             else:  # the stored winner wrote the text that was on the side the rater chose
                 assert (out1, out2)[winner - 1] == screen[pressed]
 
-        # reload: the name comes back from localStorage and the 4th item is shown
+        # reload: the token comes back from localStorage and the 4th item is shown
         page.reload()
         page.wait_for_selector("#rate:not([hidden])")
         remaining = (set(ANSWERS_1) - {s["instruction"] for s in seen}).pop()
@@ -174,9 +181,7 @@ def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Pa
 
         # a second rater in a fresh profile has an order of their own
         ctx2, page2 = _fresh_page(browser)
-        page2.goto(study.url + "/")
-        page2.fill("#name", "Bo")
-        page2.click("#start")
+        page2.goto(study.links["Bo"])
         page2.wait_for_selector("#rate:not([hidden])")
         page2.keyboard.press("b")
         _wait_done(page2, 1)
@@ -188,6 +193,7 @@ def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Pa
 
     # restart the server without the answer files: Ana's reload still resumes from SQLite
     study = Study(["--db", str(db)], cwd=tmp_path, port=port)
+    assert set(study.links) == {"Ana", "Bo"}  # the same links again, for everyone invited before
     try:
         page.goto(study.url + "/")  # a new server process, same browser profile
         page.wait_for_selector("#rate:not([hidden])")

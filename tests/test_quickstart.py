@@ -113,22 +113,34 @@ def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
     assert log["stages"]["bench"]["runs"] == 1  # not asked for this time
 
 
-def test_an_export_that_misses_the_agreement_bar_falls_back_to_f16(finished_run, tmp_path):
+def test_an_auto_export_that_misses_the_agreement_bar_is_written_f16(finished_run, tmp_path):
     """A file that does not answer like the trained student is never evaluated or handed over."""
     import shutil
 
+    from alpacakit.errors import AlpacakitError
     from alpacakit.quickstart.pipeline import Run, stage_export
 
+    from alpacakit.export.gguf import export_gguf
+
     run, _, _ = finished_run
+    # a bar between what q8_0 (auto's choice for this model) and f16 reach on it
+    q8, f16 = (export_gguf(run / "model", tmp_path / f"probe-{q}.gguf", q, verify=True).verification["top1_agreement"]
+               for q in ("q8_0", "f16"))
+    if not q8 < f16:
+        pytest.skip(f"q8_0 agrees as well as f16 on this tiny model ({q8:.4f}): no bar between them")
+    bar = f"min_agreement={(q8 + f16) / 2}"
     shutil.copytree(run / "model", tmp_path / "r" / "model")
-    profile = load_profile("tiny", ["quant=q4_k_m", "min_agreement=0.999"])
     said: list[str] = []
-    r = Run(tmp_path / "r", profile, said.append, progress=False)
+    r = Run(tmp_path / "r", load_profile("tiny", ["quant=auto", bar]), said.append, progress=True)
     summary = stage_export(r)
-    assert r.gguf.name == "model-f16.gguf" and r.gguf.is_file()
-    assert not (tmp_path / "r" / "export" / "model-q4_k_m.gguf").exists()
-    assert (tmp_path / "r" / "export" / "model-q4_k_m.gguf.rejected.json").is_file()
-    assert "fell short of 100% agreement" in summary and any("does not reproduce" in m for m in said)
+    side = json.loads(r.gguf.with_name("model.gguf.json").read_text())
+    assert r.gguf.name == "model.gguf" and side["quant"] == "f16" and side["verification"]["top1_agreement"] == f16
+    assert "written f16 instead" in summary and any("does not reproduce" in m for m in said)
+    # a quantization named in the profile is not swapped: the run stops with the figures
+    r2 = Run(tmp_path / "r2", load_profile("tiny", ["quant=q8_0", bar]), said.append, progress=False)
+    shutil.copytree(run / "model", r2.model)
+    with pytest.raises(AlpacakitError, match="does not reproduce the trained model"):
+        stage_export(r2)
 
 
 def test_before_after_pairs_base_and_student_answers(finished_run):

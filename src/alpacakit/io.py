@@ -227,20 +227,33 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     return len(lines)
 
 
+_HELD: dict[str, "FolderLock"] = {}
+
+
 class FolderLock:
     """One writer per output: an exclusive `flock` on `lock_path`, held until `release()` (or the
     process ends: the kernel drops the lock of a process killed with `kill -9`, so a crash never
     leaves a stale lock behind). A second process that would write the same output (and pay for
-    the same requests, appending to the same journal) gets a clear error instead."""
+    the same requests, appending to the same journal) gets a clear error instead.
 
-    def __init__(self, lock_path: str | Path, what: str, target: str | Path | None = None):
+    The lock is against other processes: within one process a new lock on the same path takes
+    over from an earlier one (what a rerun after an exception in a notebook or a test does, the
+    old job still alive in the traceback)."""
+
+    def __init__(self, lock_path: str | Path, what: str, target: str | Path | None = None, *,
+                 remove_on_release: bool = False):
         import fcntl
         import time as _time
 
         from alpacakit.errors import ConfigError
 
         self.path = Path(lock_path)
+        self.remove_on_release = remove_on_release  # a lock file beside the output, not inside it
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._key = str(self.path.resolve())
+        earlier = _HELD.get(self._key)
+        if earlier is not None:
+            earlier.release()
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -252,11 +265,19 @@ class FolderLock:
                               hint="wait for that run to finish (or stop it), or write to another folder") from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"pid {os.getpid()}, {what}, since {_time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        _HELD[self._key] = self
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
+            if self.remove_on_release:
+                self.path.unlink(missing_ok=True)
             os.close(fd)  # closing the descriptor drops the flock
+            if _HELD.get(self._key) is self:
+                del _HELD[self._key]
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: module globals may be gone already
+            pass

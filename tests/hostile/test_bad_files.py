@@ -76,12 +76,13 @@ def test_a_second_run_on_the_same_output_folder_is_refused_and_nothing_is_touche
         assert (out / "examples.jsonl").read_text() == '{"instruction": "kept", "output": "safe"}\n'
     finally:
         lock.release()
-    with pytest.raises(ConfigError, match="another alpacakit run"):
-        held = FolderLock(out / ".lock", "first")
-        try:
-            FolderLock(out / ".lock", "second")
-        finally:
-            held.release()
+    # within one process a later lock takes over (a rerun after an exception in a notebook)
+    first = FolderLock(out / ".lock", "first")
+    second = FolderLock(out / ".lock", "second")
+    first.release()  # a no-op now: it must not drop the second's lock
+    r = _cli("generate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--num", "5", "-o", str(out))
+    assert "is being written by another alpacakit run" in r.stderr and "second" in r.stderr
+    second.release()
 
 
 def test_resume_refuses_training_data_that_changed(tmp_path):
@@ -96,6 +97,7 @@ def test_resume_refuses_training_data_that_changed(tmp_path):
     partial = partial_dir(out)
     partial.mkdir()
     (partial / RUN_CONFIG).write_text(json.dumps(_config_dict(cfg)))
+    (partial / "stages" / cfg.stage_list()[0].dirname / "checkpoint-2").mkdir(parents=True)  # it has trained
     preflight(cfg, out, resume=True, overwrite=False)  # same data: resumes
     data.write_text(json.dumps({"instruction": "a", "output": "changed"}) + "\n")
     with pytest.raises(ConfigError, match="the training data .* changed since the interrupted run"):

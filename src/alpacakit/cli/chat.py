@@ -41,7 +41,7 @@ def chat(
 
       alpacakit chat runs/quickstart/model --temperature 0
 
-      printf 'Name three colours.\\n/exit\\n' | alpacakit chat runs/quickstart/export/model-q4_k_m.gguf
+      printf 'Name three colours.\\n/exit\\n' | alpacakit chat runs/quickstart/export/model.gguf
     """
     from alpacakit.serve.backend import ServeBackend, load_teacher
     from alpacakit.serve.chat import ChatOptions, choose_prompt_format, run_chat

@@ -22,19 +22,24 @@ def human(
     db: Path = typer.Option(Path("eval/human-ab.sqlite"), "--db", help="SQLite file holding the study; reuse it to resume."),
     port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep the loopback default unless raters are on other machines."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the per-rater item order and left/right placement (fixed when the study is created)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the per-rater item order and left/right placement, fixed when the "
+                                       "study is created [default: random; a known seed would let raters work out the sides]."),
     title: str = typer.Option("Which answer is better?", "--title", help="Heading of the rating page."),
+    rater: Optional[list[str]] = typer.Option(None, "--rater", help="Invite a rater by name (repeatable); each gets a personal link."),
+    raters: Optional[int] = typer.Option(None, "--raters", help="Invite N raters named rater-1 .. rater-N."),
+    max_raters: int = typer.Option(50, "--max-raters", help="Most raters a study may have."),
 ) -> None:
     """Blind A/B rating by people in a local web page, the way Alpaca was evaluated.
 
-    Raters open the printed URL, enter their name and press A, B or T (tie) for each
-    instruction; system names are never shown and the sides are shuffled per rater and item.
-    Everything is stored in --db at once: stop the server any time and start it again (with or
-    without the two files) to continue. Several raters can rate at the same time.
+    Each invited rater gets a personal link (printed at start; it is their sign-in, so keep
+    it to them) and presses A, B or T (tie) for each instruction; system names are never shown
+    and the sides are shuffled per rater and item with a random seed. Everything is stored in
+    --db at once: stop the server any time and start it again (with or without the two files)
+    to continue; earlier raters' links keep working. Several raters can rate at the same time.
 
     Examples:
 
-      alpacakit eval human eval/outputs-student.json eval/outputs-teacher.json --db eval/human.sqlite
+      alpacakit eval human eval/outputs-student.json eval/outputs-teacher.json --db eval/human.sqlite --rater Ana --rater Ben
 
       alpacakit eval human --db eval/human.sqlite          # resume
 
@@ -42,7 +47,9 @@ def human(
     """
     from alpacakit.evaluate.human.app import serve_study
 
-    serve_study(db, a, b, host=host, port=port, seed=seed, title=title, echo=print)
+    names = list(rater or []) + [f"rater-{i}" for i in range(1, (raters or 0) + 1)]
+    serve_study(db, a, b, host=host, port=port, seed=seed, title=title, raters=names, max_raters=max_raters,
+                echo=print)
 
 
 @app.command("human-export")
@@ -158,7 +165,7 @@ def follow(
 
     Example:
 
-      alpacakit eval follow --model runs/demo/export/model-delta-f16.gguf -o runs/demo/eval/follow-student.json
+      alpacakit eval follow --model runs/demo/export/model.gguf -o runs/demo/eval/follow-student.json
     """
     from alpacakit.config import load_config
     from alpacakit.evaluate.follow.run import run_follow

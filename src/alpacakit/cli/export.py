@@ -38,9 +38,10 @@ def hf(
 def gguf(
     model_dir: Path = typer.Argument(..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."),
     quant: str = typer.Option("auto", "--quant", "-q", help="auto, delta-f16, delta-q8_0, q8_0, q4_k_m, f16 or f32. "
-                              "auto: delta-f16 for a model fine-tuned from a GGUF on this machine (the base's own "
-                              "tensors where training left them unchanged, f16 where it changed them: about the "
-                              "base's size, the trained model's answers), else q8_0. q4_k_m re-quantises everything and "
+                              "auto: the most compact file that answers like the trained model: delta-f16 for a model "
+                              "fine-tuned from a GGUF on this machine (the base's own tensors where training left "
+                              "them unchanged, f16 where it changed them), else q8_0; f16 when that misses 95% "
+                              "agreement. q4_k_m re-quantises everything and "
                               "can round a small fine-tuning delta away (check the agreement it prints)."),
     output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./MODEL-QUANT.gguf)."),
     base: str = typer.Option(None, "--base", help="Base model of an adapter folder, if its adapter_config.json "
@@ -62,12 +63,13 @@ def gguf(
     from alpacakit.export.gguf import AGREEMENT_THRESHOLD, VERIFIED_QUANTS, check_agreement, export_gguf
     from alpacakit.export.gguf_delta import resolve_quant
 
-    quant = resolve_quant(quant, model_dir, base)
+    requested = quant.lower()
+    quant = resolve_quant(requested, model_dir, base)
     if output is None:
         name = model_dir.resolve().name
         if name in ("model", "merged", "adapter"):
             name = model_dir.resolve().parent.name
-        output = Path(f"{name}-{quant}.gguf")
+        output = Path(f"{name}.gguf" if requested == "auto" else f"{name}-{quant}.gguf")
     prompt_list = None
     if prompts is not None:
         if not prompts.is_file():
@@ -75,7 +77,7 @@ def gguf(
 
             raise DataError(f"{prompts}: no such file", hint="pass a text file with one prompt per line")
         prompt_list = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    result = export_gguf(model_dir, output, quant, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
+    result = export_gguf(model_dir, output, requested if requested == "auto" else quant, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
                          prompts=prompt_list, threads=threads, progress=lambda m: typer.echo(m, err=True))
     typer.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "
                f"{result.n_tensors} tensors) in {result.seconds:.1f} s")

@@ -426,6 +426,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     quant = quant.lower()
     if quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r}", hint=f"use one of {', '.join(QUANTS)}")
+    requested_auto = quant == "auto"
     quant = resolve_quant(quant, model_dir, base)
     output = Path(output).expanduser()
     if output.is_dir():
@@ -474,6 +475,21 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     result.seconds = round(time.perf_counter() - t0, 2)
     sidecar = _write_sidecar(result, loaded)
     result.model_card = _write_export_card(result, sidecar, loaded)
+    if requested_auto and verify and quant not in ("f16", "f32"):
+        try:
+            check_agreement(result, min_agreement or AGREEMENT_THRESHOLD)
+        except ExportError as e:
+            # auto means "the most compact file that answers like the trained model": this one
+            # did not, so the same output becomes f16 (twice the size; agreement ~100%).
+            say(f"{e.message}; writing f16 instead")
+            v = result.verification or {}
+            fallback = export_gguf(model_dir, output, "f16", base=base, tokenizer_pre=tokenizer_pre, verify=True,
+                                   prompts=prompts, threads=threads, name=name, min_agreement=min_agreement,
+                                   progress=progress)
+            fallback.notes.insert(0, f"auto: {quant} agreed {v.get('top1_agreement', 0):.1%} top-1 / "
+                                     f"{v.get('next_token_agreement', 0):.1%} next token, below "
+                                     f"{min_agreement or AGREEMENT_THRESHOLD:.0%}: written f16 instead")
+            return fallback
     if min_agreement is not None and result.verification is not None:
         check_agreement(result, min_agreement)
     return result

@@ -89,24 +89,11 @@ class Run:
         return self.data / "heldout.jsonl"
 
     @property
-    def quant(self) -> str:
-        """The profile's quantization, `auto` resolved once the model exists (delta-f16 for a
-        student fine-tuned from a GGUF base: see `export/gguf_delta.py`)."""
-        if self.profile.quant == "auto" and self.model.exists():
-            from alpacakit.export.gguf_delta import resolve_quant
-
-            return resolve_quant("auto", self.model)
-        return self.profile.quant
-
-    @property
     def gguf(self) -> Path:
-        """The exported student: the profile's quantization, or the f16 the export stage fell
-        back to when that one did not reproduce the trained model."""
-        chosen = self.export_dir / f"model-{self.quant}.gguf"
-        fallback = self.export_dir / "model-f16.gguf"
-        if not chosen.is_file() and fallback.is_file():
-            return fallback
-        return chosen
+        """The exported student: `model.gguf` for `auto` (whatever it chose: its sidecar says),
+        `model-QUANT.gguf` for a quantization named in the profile."""
+        q = self.profile.quant
+        return self.export_dir / ("model.gguf" if q == "auto" else f"model-{q}.gguf")
 
     def outputs(self, label: str) -> Path:
         return self.eval / f"outputs-{label}.json"
@@ -184,28 +171,15 @@ def stage_train(run: Run) -> str | None:
 def stage_export(run: Run) -> str | None:
     from alpacakit.export.gguf import export_gguf
 
-    from alpacakit.export.gguf import ExportError
-
     if run.gguf.is_file() and run.gguf.with_name(run.gguf.name + ".json").is_file():
         return None
-    # Verified against the trained model, and refused below 95% agreement: what is evaluated,
-    # served and handed over must answer like the student that was trained. Should the compact
-    # file miss the bar, the student is written f16 (twice the size, agreement ~100%) instead.
-    say = run.say if run.progress else None
-    fell_back = ""
-    try:
-        res = export_gguf(run.model, run.gguf, run.quant, verify=True, min_agreement=run.profile.min_agreement,
-                          progress=say)
-    except ExportError as e:
-        if run.quant == "f16":
-            raise
-        run.say(f"   {e}; writing f16 instead")
-        failed = run.gguf
-        failed.unlink(missing_ok=True)
-        failed.with_name(failed.name + ".json").rename(failed.with_name(failed.name + ".rejected.json"))
-        fell_back = f" (the {run.quant} file fell short of {run.profile.min_agreement:.0%} agreement)"
-        res = export_gguf(run.model, run.export_dir / "model-f16.gguf", "f16", verify=True,
-                          min_agreement=run.profile.min_agreement, progress=say)
+    # Verified against the trained model: what is evaluated, served and handed over must answer
+    # like the student that was trained. `auto` writes the most compact file that does (f16 when
+    # the compact one misses the bar); a quantization named in the profile that misses it stops
+    # the run with the figures.
+    res = export_gguf(run.model, run.gguf, run.profile.quant, verify=True, min_agreement=run.profile.min_agreement,
+                      progress=run.say if run.progress else None)
+    fell_back = next((f" ({n})" for n in res.notes if n.startswith("auto: ")), "")
     v = res.verification or {}
     # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
     shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")

@@ -81,6 +81,11 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
+def _stage_started(sdir: Path) -> bool:
+    """Whether a stage has trained at all: it finished, or saved a checkpoint."""
+    return (sdir / STAGE_DONE).exists() or any(sdir.glob("checkpoint-*"))
+
+
 def _data_hashes(cfg: TrainConfig) -> dict[str, str]:
     """sha256 of every training and validation file: a resumed run must train on the same bytes."""
     from alpacakit.io import sha256_file
@@ -117,8 +122,12 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
         saved = json.loads((partial / RUN_CONFIG).read_text(encoding="utf-8"))
         now = _config_dict(cfg)
         saved_hashes, now_hashes = saved.pop("data_sha256", None), now.pop("data_sha256")
+        # The data of a stage that has started training must be the same bytes (a stage that
+        # failed before its first step, e.g. on a broken line, may have had its file fixed).
+        started = {str(p) for st in cfg.stage_list() if _stage_started(partial / "stages" / st.dirname)
+                   for p in (st.data, st.val_data) if p}
         for path, sha in (saved_hashes or {}).items():  # runs saved before hashes were kept: not checked
-            if now_hashes.get(path) not in (None, sha):
+            if path in started and now_hashes.get(path) not in (None, sha):
                 raise ConfigError(f"--resume: the training data {path} changed since the interrupted run "
                                   f"(sha256 {sha[:12]}... then, {now_hashes[path][:12]}... now)",
                                   hint="resume with the data it started on, or delete the .partial folder to start over")
@@ -398,7 +407,7 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
     if dist.main:  # one training run per output folder (the other ranks are part of this one)
         from alpacakit.io import FolderLock
 
-        lock = FolderLock(out.parent / f".{out.name}.lock", "alpacakit train", out)
+        lock = FolderLock(out.parent / f".{out.name}.lock", "alpacakit train", out, remove_on_release=True)
     stages = preflight(cfg, out, resume, overwrite)
     if dist.world > 1:
         import torch

@@ -5,12 +5,17 @@ the instruction and two answers labelled A (left) and B (right). The browser sen
 the rater pressed; the server works out which system that was from the seeded layout in the
 store, so nothing the page does can unblind or skew the study.
 
+Who may rate: raters are invited (`serve_study(..., raters=[...])` prints one personal link
+each, `/?t=TOKEN`), and every API call carries that token; the server derives the rater from
+it, so nobody can rate, or undo, as somebody else, and nobody can add raters. POST bodies must
+be `application/json`, which a page on another site cannot send without a CORS preflight.
+
 Routes:
-    GET  /                      the page
-    GET  /api/state?rater=NAME  the rater's current item and progress (signs the rater in)
-    POST /api/judge             {rater, item_id, choice: "A"|"B"|"tie", seconds} -> next state
-    POST /api/undo              {rater} -> state (the last judgment is removed and shown again)
-    GET  /api/summary           items, raters and how far each has got (no results: still blind)
+    GET  /                      the page (it reads the token from its link)
+    GET  /api/state?t=TOKEN     the rater's current item and progress
+    POST /api/judge             {t, item_id, choice: "A"|"B"|"tie", seconds} -> next state
+    POST /api/undo              {t} -> state (the last judgment is removed and shown again)
+    GET  /api/summary?t=TOKEN   items, raters and how far each has got (no results: still blind)
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def _item_view(store: HumanEvalStore, rater: str, item: Item) -> dict[str, Any]:
 
 
 def _state(store: HumanEvalStore, rater: str, **extra: Any) -> dict[str, Any]:
-    display = store.sign_in(rater)
+    display = rater
     item = store.next_item(display)
     return {"rater": display, "item": _item_view(store, display, item) if item else None,
             "finished": item is None, "progress": store.progress(display), **extra}
@@ -55,17 +60,28 @@ def create_app(store: HumanEvalStore, *, title: str = "Which answer is better?")
     async def _user_error(_request: Request, exc: AlpacakitError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=400)
 
+    @app.exception_handler(PermissionError)
+    async def _not_invited(_request: Request, exc: PermissionError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=403)
+
+    @app.middleware("http")
+    async def _json_posts_only(request: Request, call_next: Any) -> Any:
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if request.method == "POST" and ctype != "application/json":
+            return JSONResponse({"error": "send JSON with Content-Type: application/json"}, status_code=415)
+        return await call_next(request)
+
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/state")
-    def state(rater: str = Query(...)) -> dict[str, Any]:
-        return _state(store, rater)
+    def state(t: str = Query("")) -> dict[str, Any]:
+        return _state(store, store.rater_for_token(t))
 
     @app.post("/api/judge")
     def judge(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        rater = body.get("rater")
+        rater = store.rater_for_token(body.get("t"))
         item_id = body.get("item_id")
         choice = body.get("choice")
         if not isinstance(item_id, int) or isinstance(item_id, bool):
@@ -74,19 +90,18 @@ def create_app(store: HumanEvalStore, *, title: str = "Which answer is better?")
             raise DataError("item_id must be an integer")
         seconds = body.get("seconds")
         seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
-        store.sign_in(rater)  # validates the name
         recorded = store.judge(rater, item_id, str(choice), seconds)
         return _state(store, rater, recorded=recorded)
 
     @app.post("/api/undo")
     def undo(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        rater = body.get("rater")
-        store.sign_in(rater)
+        rater = store.rater_for_token(body.get("t"))
         undone = store.undo(rater)
         return _state(store, rater, undone=undone)
 
     @app.get("/api/summary")
-    def summary() -> dict[str, Any]:
+    def summary(t: str = Query("")) -> dict[str, Any]:
+        store.rater_for_token(t)
         return {"items": store.n_items(), "raters": [{"name": r["display"], "done": r["done"]} for r in store.raters()]}
 
     return app
@@ -97,24 +112,37 @@ def _escape(s: str) -> str:
 
 
 def serve_study(db: str | Path, file_1: str | Path | None, file_2: str | Path | None, *, host: str = "127.0.0.1",
-                port: int = 8765, seed: int = 0, title: str = "Which answer is better?", echo: Any = print) -> None:
-    """Open (or create) the study and serve the page until Ctrl-C. Prints one `listening on URL`
-    line that scripts can wait for."""
+                port: int = 8765, seed: int | None = None, title: str = "Which answer is better?",
+                raters: list[str] | None = None, max_raters: int = 50, echo: Any = print) -> None:
+    """Open (or create) the study, invite `raters` (plus everyone invited before) and serve the
+    page until Ctrl-C. Prints each rater's personal link, then one `listening on URL` line that
+    scripts can wait for."""
     import uvicorn
 
     from alpacakit.serve.server import bind_socket, is_loopback_host, url_of
 
     store = HumanEvalStore.open(db, file_1, file_2, seed=seed)
+    for name in raters or []:
+        store.invite(name, max_raters=max_raters)
+    invited = [r["display"] for r in store.raters()]
+    if not invited:
+        from alpacakit.errors import ConfigError
+
+        raise ConfigError("no raters: a study is rated by invitation", hint="name them: --rater Ana --rater Ben "
+                          "(or --raters 3); each gets a personal link")
     if not is_loopback_host(host):
-        echo(f"warning: listening on {host}: anyone who can reach this machine can rate and see the answers",
+        echo(f"note: listening on {host}: only the links below can rate (each carries its rater's token)",
              file=sys.stderr)
     sock = bind_socket(host, port)
     url = url_of(sock)
+    for name in invited:
+        echo(f"rater {name}: {url}/?t={store.invite(name, max_raters=max_raters)}")
     names = [s.name for s in store.systems()]
     done = sum(r["done"] for r in store.raters())
     echo(f"study: {store.n_items()} items, {names[0]} vs {names[1]} (hidden from raters); {done} judgments so far")
     echo(f"database: {store.path}  (export: alpacakit eval human-export {store.path} -o results.json)")
-    echo(f"raters open {url}/ ; keys: A or 1 = left, B or 2 = right, T or 3 = tie, U = undo")
+    echo("send each rater their own link (it is their sign-in); keys: A or 1 = left, B or 2 = right, T or 3 = tie, "
+         "U = undo")
     echo(f"listening on {url}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(store, title=title), log_level="warning", access_log=False,
                                            lifespan="off", timeout_graceful_shutdown=2))

@@ -12,7 +12,10 @@ What is stored:
   reopening it with other files is refused, since old judgments would no longer describe them.
 - `items`: one row per instruction present in both files (matched on instruction + input).
 - `raters`: a rater is identified by their name, compared case-insensitively with blanks
-  collapsed ("Ana  Lee" and "ana lee" are the same person), so typing the name again resumes.
+  collapsed ("Ana  Lee" and "ana lee" are the same person). Over HTTP a rater is whoever holds
+  their link: `invite(name)` gives a token (an HMAC of the name under a random secret kept in
+  `meta`), so nobody can rate or undo as somebody else, and raters exist only by invitation,
+  at most `max_raters` of them.
 - `judgments`: one row per (rater, item): which system sat on the left for that rater, what
   they pressed (A = left, B = right, tie), the winning slot, and how long they looked.
 
@@ -39,6 +42,7 @@ from alpacakit.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 MAX_RATER_LEN = 64
+DEFAULT_MAX_RATERS = 50
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -224,9 +228,11 @@ class HumanEvalStore:
 
     @classmethod
     def open(cls, db: str | Path, file_1: str | Path | None = None, file_2: str | Path | None = None, *,
-             seed: int = 0) -> "HumanEvalStore":
+             seed: int | None = None) -> "HumanEvalStore":
         """Open (or create) the study in `db`. A new database needs both files; an existing one
-        is resumed, and files given again must be the very files it was made from."""
+        is resumed, and files given again must be the very files it was made from. `seed` (of
+        the per-rater order and sides) is random when not given: a known seed would let a rater
+        work out which side each system is on."""
         db = Path(db)
         if db.exists() and db.is_dir():
             raise ConfigError(f"{db} is a folder; --db must name a SQLite file")
@@ -243,6 +249,10 @@ class HumanEvalStore:
         if file_1 is None or file_2 is None:
             raise ConfigError(f"{db} holds no study yet, so two answer files are needed",
                               hint="alpacakit eval human A.json B.json --db " + str(db))
+        if seed is None:
+            import secrets
+
+            seed = secrets.randbelow(2**31)
         store._create(Path(file_1), Path(file_2), seed)
         return store
 
@@ -357,6 +367,55 @@ class HumanEvalStore:
     def left_slot(self, rater: str, item_id: int) -> int:
         """Which system (1 or 2) this rater sees on the left (as answer A) for this item."""
         return 1 + (_digest(self.seed, "side", rater_key(rater), item_id)[0] & 1)
+
+    # ------------------------------------------------------------------ invitations
+
+    def _secret(self) -> bytes:
+        """The random key rater links are signed with (made once, kept in the database)."""
+        import secrets
+
+        with self._conn() as c:
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('link_secret', ?)", (secrets.token_hex(32),))
+            return bytes.fromhex(c.execute("SELECT value FROM meta WHERE key='link_secret'").fetchone()[0])
+
+    def _signature(self, key: str) -> str:
+        import hmac
+
+        return hmac.new(self._secret(), key.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def invite(self, name: str, *, max_raters: int = DEFAULT_MAX_RATERS) -> str:
+        """Register `name` as a rater (at most `max_raters` in a study) and return their link token."""
+        import base64
+
+        shown = clean_rater_name(name)
+        key = rater_key(shown)
+        known = {r["rater"] for r in self.raters()}
+        if key not in known and len(known) >= max_raters:
+            raise ConfigError(f"{self.path} already has {len(known)} raters, the most allowed",
+                              hint="raise --max-raters, or reuse an existing rater's link")
+        self.sign_in(shown)
+        encoded = base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
+        return f"{encoded}.{self._signature(key)}"
+
+    def rater_for_token(self, token: Any) -> str:
+        """The display name of the invited rater `token` belongs to; PermissionError otherwise."""
+        import base64
+        import hmac
+
+        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 400:
+            raise PermissionError("this page needs your personal rating link (ask the study's organiser for it)")
+        encoded, signature = token.split(".")
+        try:
+            key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise PermissionError("this rating link is damaged: open the link you were sent again") from None
+        if not hmac.compare_digest(signature, self._signature(key)):
+            raise PermissionError("this rating link is not valid for this study: open the link you were sent again")
+        with self._conn() as c:
+            row = c.execute("SELECT display FROM raters WHERE rater=?", (key,)).fetchone()
+        if row is None:
+            raise PermissionError("this rating link is not valid for this study")
+        return row[0]
 
     # ------------------------------------------------------------------ rating
 
