@@ -43,6 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "data" / "serve_prompts.txt"
@@ -159,6 +160,16 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
     def count(key: str) -> None:
         outcomes[key] = outcomes.get(key, 0) + 1
 
+    async def repeat(client: httpx.AsyncClient, kind: str, body: Any) -> None:
+        """POST a fresh `body()` stream as JSON until stopped, counting what comes back."""
+        while not stop.is_set():
+            try:
+                r = await client.post(f"{url}/v1/chat/completions", content=body(),
+                                      headers={"Content-Type": "application/json"})
+                count(f"{kind} HTTP {r.status_code}")
+            except httpx.HTTPError as e:
+                count(f"{kind} {type(e).__name__}")
+
     async def slow_body(client: httpx.AsyncClient) -> None:
         async def trickle():  # noqa: ANN202
             for ch in b'{"messages": [{"role": "user", "content": "' + b"x" * 10_000:
@@ -167,13 +178,7 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
                 yield bytes([ch])
                 await asyncio.sleep(0.2)
 
-        while not stop.is_set():
-            try:
-                r = await client.post(f"{url}/v1/chat/completions", content=trickle(),
-                                      headers={"Content-Type": "application/json"})
-                count(f"slow-body HTTP {r.status_code}")
-            except httpx.HTTPError as e:
-                count(f"slow-body {type(e).__name__}")
+        await repeat(client, "slow-body", trickle)
 
     async def oversized(client: httpx.AsyncClient) -> None:
         async def big():  # noqa: ANN202
@@ -183,13 +188,7 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
                     return
                 yield b"x" * 65_536
 
-        while not stop.is_set():
-            try:
-                r = await client.post(f"{url}/v1/chat/completions", content=big(),
-                                      headers={"Content-Type": "application/json"})
-                count(f"oversized HTTP {r.status_code}")
-            except httpx.HTTPError as e:
-                count(f"oversized {type(e).__name__}")
+        await repeat(client, "oversized", big)
 
     async def cross_site(client: httpx.AsyncClient) -> None:
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}]})

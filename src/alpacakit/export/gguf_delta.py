@@ -22,7 +22,10 @@ student (20 verification prompts, 860 positions; the same figures every export r
 | **delta-f16** (default) | 293 MB | 96.2% | **100%** | 100% |
 
 The disagreements left are near-ties (every position where the trained model's choice is clear
-agrees): llama.cpp quantises activations inside its quantized matrix products.
+agrees): llama.cpp quantises activations inside its quantized matrix products. On 20 prompts
+one near-tie moves next-token agreement by 5 points, and later students measured 98.3% / 95%,
+95.8% / 90% and 85-90% next token; so `auto` (in `export_gguf`) writes f16 instead whenever the
+delta file misses the 95% bar.
 """
 
 from __future__ import annotations
