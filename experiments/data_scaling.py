@@ -72,7 +72,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     profile = load_profile("default", ["follow_teacher_limit=0"])
     pool = build_pool(run, args.pool, out)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]  # none: only collect and plot
     print(f"pool: {len(pool)} teacher examples; sizes {sizes}", flush=True)
     results: list[dict] = []
     for n in sizes:
@@ -125,16 +125,19 @@ def plot(results: list[dict], path: Path) -> None:
     if not results:
         return
     ns = [r["n"] for r in results]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key, title in ((axes[0], "follow", "verifiable instructions passed (%)"),
-                           (axes[1], "clean_stop", "answers that end by themselves (%)")):
+                           (axes[1], "clean_stop", "answers that end by themselves (%)"),
+                           (axes[2], "likelihood", "NLL per token of held-out teacher answers")):
         ms = [r["metrics"][key] for r in results]
         ses = [m["se"] for m in ms]
         ax.errorbar(ns, [m["student"] for m in ms], yerr=[1.96 * s for s in ses], fmt="o-", capsize=4,
                     label="student (95% CI of the paired difference)")
         base = ms[0]["base"]
-        ax.axhline(base, color="#b03a2e", ls="--", label=f"base ({base:.1f}%)")
+        unit = "" if key == "likelihood" else "%"
+        ax.axhline(base, color="#b03a2e", ls="--", label=f"base ({base:.{3 if unit == '' else 1}f}{unit})")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.set_xlabel("teacher examples trained on")
         ax.set_title(title, fontsize=10)
