@@ -77,7 +77,7 @@ def gguf(
 
             raise DataError(f"{prompts}: no such file", hint="pass a text file with one prompt per line")
         prompt_list = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    result = export_gguf(model_dir, output, requested if requested == "auto" else quant, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
+    result = export_gguf(model_dir, output, requested, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
                          prompts=prompt_list, threads=threads, progress=lambda m: typer.echo(m, err=True))
     typer.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "
                f"{result.n_tensors} tensors) in {result.seconds:.1f} s")

@@ -421,13 +421,13 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     with `verify`, raise an `ExportError` (after writing the file and its sidecar, so the figures
     can be read) when top-1 or next-token agreement is below it.
     """
-    from alpacakit.export.gguf_delta import DELTA_QUANTS, BaseGGUF, base_gguf_of, resolve_quant
+    from alpacakit.export.gguf_delta import BaseGGUF, plan_quant
 
     quant = quant.lower()
     if quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r}", hint=f"use one of {', '.join(QUANTS)}")
     requested_auto = quant == "auto"
-    quant = resolve_quant(quant, model_dir, base)
+    quant, base_file = plan_quant(quant, model_dir, base)  # the base is looked up once
     output = Path(output).expanduser()
     if output.is_dir():
         raise ConfigError(f"{output} is a folder", hint="pass the output file name, e.g. -o model-q8_0.gguf")
@@ -438,8 +438,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     output.parent.mkdir(parents=True, exist_ok=True)
     name = name or _model_name(loaded.source)
     keep = None
-    if quant in DELTA_QUANTS:
-        base_file = base_gguf_of(model_dir, base)
+    if base_file is not None:
         say(f"reading the base's tensors from {base_file}")
         keep = BaseGGUF.open(base_file)
     write_as = "f16" if quant == "q4_k_m" else quant.removeprefix("delta-")

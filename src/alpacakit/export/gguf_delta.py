@@ -115,16 +115,23 @@ def base_gguf_of(model_dir: str | Path, base: str | Path | None = None) -> Path 
     return None
 
 
-def resolve_quant(quant: str, model_dir: str | Path, base: str | Path | None = None) -> str:
-    """`auto` -> `delta-q8_0` for a model fine-tuned from a GGUF on this machine, else `q8_0`.
-    An explicit `delta-q8_0` without such a base is a clear error."""
+def plan_quant(quant: str, model_dir: str | Path, base: str | Path | None = None) -> tuple[str, Path | None]:
+    """(the quantization to write, the base GGUF a delta export copies from).
+
+    `auto` -> `delta-f16` for a model fine-tuned from a GGUF on this machine, else `q8_0`; an
+    explicit delta quantization without such a base is a clear error."""
     quant = quant.lower()
     if quant != "auto" and quant not in DELTA_QUANTS:
-        return quant
+        return quant, None
     found = base_gguf_of(model_dir, base)
     if found is not None:
-        return DELTA_QUANT if quant == "auto" else quant
+        return (DELTA_QUANT if quant == "auto" else quant), found
     if quant != "auto":
         raise ConfigError(f"--quant {quant} needs the GGUF file {model_dir} was fine-tuned from, and none was found",
                           hint="pass it with --base FILE.gguf (or an embedded model name), or use --quant q8_0")
-    return "q8_0"
+    return "q8_0", None
+
+
+def resolve_quant(quant: str, model_dir: str | Path, base: str | Path | None = None) -> str:
+    """The quantization `plan_quant` would write (file names, the quickstart)."""
+    return plan_quant(quant, model_dir, base)[0]
