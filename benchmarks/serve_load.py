@@ -24,8 +24,19 @@ lines: the server must keep answering the well-behaved ones with zero errors for
 - `oversized`: clients that upload 64 MB chunked bodies, again and again (the server refuses
   them at serve.max_body_bytes, as they stream in);
 - `cross-site`: `text/plain` POSTs and foreign Host headers, as a web page on another site
-  would send (refused with 415 / 403 before any generation).
+  would send (refused with 415 / 403 before any generation);
+- `slow-headers` (slowloris): --sockets connections (default 1000) that each send a request
+  line and then one header line every 2 s, never finishing; each reconnects 1 s after the
+  server drops it (evicted by a newer one, or 408 after serve.header_timeout_s).
 The attackers' own outcomes are counted by status.
+
+`--server-set KEY=VALUE` (repeatable) starts the server with `--set serve.KEY=VALUE`, and
+`--server-fd-limit N` with a hard open-file limit of N. The slowloris baseline (the header rules
+off, the common 1024-descriptor limit), then the default server under the same limit:
+
+    python benchmarks/serve_load.py --clients 1 --requests 8 --attack slow-headers --server-fd-limit 1024 \
+        --server-set header_timeout_s=100000 --server-set max_pending_connections=100000
+    python benchmarks/serve_load.py --clients 1 --requests 8 --attack slow-headers --server-fd-limit 1024
 
 Bounded: --requests per level (default 16) and --time-limit seconds overall (default 600).
 Exit status 1 if any well-behaved request failed.
@@ -71,11 +82,18 @@ def pct(values: list[float], q: float) -> float:
     return s[k]
 
 
-def start_server(model: str, queue: int, threads: int | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, queue: int, threads: int | None, extra: list[str],
+                 fd_limit: int | None = None) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "alpacakit.cli.main", "serve", model, "--port", "0", "--queue-size", str(queue),
            "--max-concurrency", "1", *(["--threads", str(threads)] if threads else []), *extra]
+
+    def limit_fds() -> None:  # in the child: a hard open-file limit, as on a default Linux login
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+                            env={**os.environ, "NO_COLOR": "1"}, preexec_fn=limit_fds if fd_limit else None)
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 300
@@ -150,10 +168,11 @@ async def run_level(url: str, clients: int, prompts: list[str], max_tokens: int,
     return level
 
 
-ATTACKS = ("slow-body", "oversized", "cross-site")
+ATTACKS = ("slow-body", "oversized", "cross-site", "slow-headers")
 
 
-async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, outcomes: dict[str, int]) -> None:
+async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, outcomes: dict[str, int],
+                    sockets: int = 1000) -> None:
     """Hostile clients until `stop` is set (each loop bounded by the run's time limit)."""
     import httpx
 
@@ -201,16 +220,43 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
                     count(f"cross-site {type(e).__name__}")
             await asyncio.sleep(0.05)
 
-    fns = {"slow-body": slow_body, "oversized": oversized, "cross-site": cross_site}
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+
+    async def slow_headers(_client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            except OSError as e:
+                count(f"slow-headers connect {type(e).__name__}")
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                while not stop.is_set():
+                    try:
+                        got = await asyncio.wait_for(reader.read(200), 2.0)
+                    except asyncio.TimeoutError:
+                        writer.write(b"X-Trickle: a\r\n")  # still alive: one more header line
+                        continue
+                    count("slow-headers got HTTP " + got[9:12].decode() if got.startswith(b"HTTP/")
+                          else "slow-headers dropped by the server")
+                    break
+            except OSError as e:
+                count(f"slow-headers {type(e).__name__}")
+            finally:
+                writer.close()
+            await asyncio.sleep(1.0)
+
+    fns = {"slow-body": slow_body, "oversized": oversized, "cross-site": cross_site, "slow-headers": slow_headers}
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as client:
-        await asyncio.gather(*(fns[k](client) for k in kinds for _ in range(n)))
+        await asyncio.gather(*(fns[k](client) for k in kinds for _ in range(sockets if k == "slow-headers" else n)))
 
 
 async def level_under_attack(url: str, clients: int, prompts: list[str], max_tokens: int, deadline: float,
-                             kinds: list[str], n_attackers: int, outcomes: dict[str, int]) -> Level:
+                             kinds: list[str], n_attackers: int, outcomes: dict[str, int], sockets: int) -> Level:
     stop = asyncio.Event()
-    attack = asyncio.create_task(attackers(url, kinds, n_attackers, stop, outcomes))
-    await asyncio.sleep(1.0)  # let the attackers connect first
+    attack = asyncio.create_task(attackers(url, kinds, n_attackers, stop, outcomes, sockets))
+    await asyncio.sleep(3.0)  # let the attackers connect first
     try:
         return await run_level(url, clients, prompts, max_tokens, deadline)
     finally:
@@ -219,6 +265,15 @@ async def level_under_attack(url: str, clients: int, prompts: list[str], max_tok
             await asyncio.wait_for(attack, 30)
         except asyncio.TimeoutError:
             attack.cancel()
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """This process opens the attackers' sockets: lift its open-file limit to fit them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 def report(level: Level) -> None:
@@ -242,6 +297,11 @@ def main() -> int:
     ap.add_argument("--url", default=None, help="use a server that is already running instead of starting one")
     ap.add_argument("--attack", default=None, help=f"comma-separated hostile clients to run alongside: {', '.join(ATTACKS)}")
     ap.add_argument("--attackers", type=int, default=8, help="hostile clients of each kind")
+    ap.add_argument("--sockets", type=int, default=1000, help="connections of the slow-headers attack")
+    ap.add_argument("--server-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="start the server with --set serve.KEY=VALUE (repeatable)")
+    ap.add_argument("--server-fd-limit", type=int, default=None,
+                    help="start the server with this hard open-file limit (1024 is a common default)")
     args = ap.parse_args()
     kinds = [k.strip() for k in (args.attack or "").split(",") if k.strip()]
     if any(k not in ATTACKS for k in kinds):
@@ -254,7 +314,10 @@ def main() -> int:
     url = args.url
     if url is None:
         t0 = time.perf_counter()
-        proc, url = start_server(args.model, queue=max(8, args.clients * 2), threads=args.threads, extra=[])
+        raise_fd_limit(args.sockets + 256)
+        extra = [a for kv in args.server_set for a in ("--set", f"serve.{kv}")]
+        proc, url = start_server(args.model, queue=max(8, args.clients * 2), threads=args.threads, extra=extra,
+                                 fd_limit=args.server_fd_limit)
         print(f"server: {args.model} at {url} (started in {time.perf_counter() - t0:.1f} s)")
     try:
         asyncio.run(run_level(url, 1, prompts[:2], args.max_tokens, deadline))  # warm-up, not counted
@@ -265,8 +328,9 @@ def main() -> int:
             report(calm)
             outcomes: dict[str, int] = {}
             hit = asyncio.run(level_under_attack(url, args.clients, prompts, args.max_tokens, deadline, kinds,
-                                                 args.attackers, outcomes))
-            print(f"with {args.attackers} x {', '.join(kinds)} attacking at the same time:")
+                                                 args.attackers, outcomes, args.sockets))
+            who = ", ".join(f"{args.sockets if k == 'slow-headers' else args.attackers} x {k}" for k in kinds)
+            print(f"with {who} attacking at the same time:")
             report(hit)
             print("  attackers got: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items())))
             if calm.ok and hit.ok:

@@ -410,7 +410,8 @@ def test_moderation_through_a_teacher_endpoint(start, fake_openai, monkeypatch):
     """--safety moderation:openai:MODEL asks an OpenAI-compatible endpoint (here the scripted one) per request."""
     monkeypatch.setenv("MOD_KEY", "sk-mod")
     cfg = ServeConfig(safety="moderation:openai:mod-model",
-                      moderation={"base_url": fake_openai.url, "api_key_env": "MOD_KEY", "fail_closed": True})
+                      moderation={"base_url": fake_openai.url, "api_key_env": "MOD_KEY", "fail_closed": True,
+                                  "answer_block_chars": 0})  # requests only here; answers: tests/hostile
     safety = make_safety(cfg.safety, cfg)
     teacher = ScriptedTeacher()
     url = start(teacher, safety=safety)

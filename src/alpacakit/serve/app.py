@@ -9,9 +9,14 @@ Routes
 - `POST /v1/chat/completions`  chat, streamed as server-sent events when `"stream": true`
 - `POST /v1/completions`       raw text continuation, same streaming
 
+Below the app, `serve/guard.py` bounds connections: headers must arrive within
+`header_timeout_s` (408), at most `max_pending_connections` may wait for theirs (the oldest is
+evicted), at most `max_connections` may be open (503).
+
 Order of checks for a generation request, cheapest first, so a bad or unauthorised request
 never waits in the queue or costs a token: Host header (403) -> API key (401) -> Content-Type
-(415) -> body size (413, counted while the body streams in, chunked or not) -> JSON and fields
+(415) -> body size (413, counted while the body streams in, chunked or not) and body time (408
+after `body_timeout_s`) -> JSON and fields
 (400, deep nesting included) -> max_tokens cap and prompt length in tokens (400) -> queue place
 (429) -> safety filter (400) -> wait for a generation slot (503 after `queue_timeout_s`) ->
 generate.
@@ -23,12 +28,14 @@ and CORS stays closed unless `cors_origins` opens it), and a server bound to a l
 answers only requests whose Host header names a loopback address or one of `allowed_hosts`.
 A 500 says that the server failed, never why: the exception goes to the server log.
 
-A streamed answer holds its generation slot until the last event is sent or the client goes
-away; a client that disconnects cancels its generation within one token.
+A request holds its queue place and generation slot only while its client is there: a client
+that disconnects while its request waits in the queue, or while a non-streamed answer is being
+generated, or during a stream, frees both at once and cancels its generation within one token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -36,9 +43,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,11 +56,14 @@ from starlette.responses import StreamingResponse
 from alpacakit.errors import ConfigError
 from alpacakit.serve.config import ServeConfig
 from alpacakit.serve.errors import APIError, bad_request, unauthorized
+from alpacakit.serve.guard import ConnectionGuard
 from alpacakit.serve.queue import Admission, Ticket
+from alpacakit.serve.safety import FoldedText
 from alpacakit.serve.schemas import ChatCompletionRequest, CompletionRequest, parse_request
 from alpacakit.teachers.base import Completion
 
 log = logging.getLogger("alpacakit.serve")
+T = TypeVar("T")
 
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "chat.js": "text/javascript; charset=utf-8",
                 "chat.css": "text/css; charset=utf-8"}
@@ -105,6 +115,8 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
     app.state.backend = backend
     app.state.admission = admission
     app.state.config = config
+    guard = ConnectionGuard(config.max_connections, config.max_pending_connections, config.header_timeout_s)
+    app.state.connection_guard = guard  # the server builds its HTTP protocol from it (serve/server.py)
     started = int(time.time())
 
     if config.cors_origins:
@@ -118,6 +130,10 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> Any:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_request: Request, _exc: ClientGone) -> Any:
+        return Response(status_code=499)  # nobody reads it; nginx's code for "client closed request"
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
@@ -143,17 +159,8 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
     allowed = {h.lower() for h in config.allowed_hosts}
     restrict_hosts = is_loopback(config.host) or bool(allowed)
 
-    @app.middleware("http")
-    async def _check_host(request: Request, call_next: Any) -> Any:
-        if restrict_hosts:
-            name = host_name(request.headers.get("host", ""))
-            if not (is_loopback(name) or name in allowed):
-                err = APIError(403, f"This server does not answer for the host {name or '(none)'!r}: it is bound to "
-                               f"{config.host} and answers requests addressed to it (a page on another site cannot "
-                               "reach it by renaming itself). Add the name to serve.allowed_hosts to allow it.",
-                               code="host_not_allowed")
-                return JSONResponse(err.body(), status_code=403)
-        return await call_next(request)
+    if restrict_hosts:
+        app.add_middleware(_HostCheck, allowed=allowed, bound=config.host)
 
     # ------------------------------------------------------------------ helpers
 
@@ -180,12 +187,17 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
                            f"{config.max_body_bytes}.", code="body_too_large")
         # Counted as it streams in: a chunked body has no Content-Length to refuse up front.
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise APIError(413, f"The request body is over {config.max_body_bytes} bytes, the most this "
-                               "server accepts.", code="body_too_large")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > config.max_body_bytes:
+                        raise APIError(413, f"The request body is over {config.max_body_bytes} bytes, the most "
+                                       "this server accepts.", code="body_too_large")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise APIError(408, f"The request body did not arrive within {config.body_timeout_s:g} s.",
+                           code="body_timeout", headers={"Connection": "close"}) from None
         body = b"".join(chunks)
         if not body.strip():
             raise bad_request("The request body is empty; send a JSON object.")
@@ -232,12 +244,13 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         return {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
                 "stop": req.stop, "seed": req.seed}
 
-    async def admitted(req_check: Any) -> Ticket:
-        """Reserve a queue place, run the safety check, then wait for a slot."""
+    async def admitted(request: Request, req_check: Any) -> Ticket:
+        """Reserve a queue place, run the safety check, then wait for a slot (given up, and the
+        place freed, as soon as the client disconnects)."""
         ticket = admission.reserve()
         try:
-            await req_check()
-            await ticket.acquire()
+            await while_connected(request, req_check())
+            await while_connected(request, ticket.acquire())
         except BaseException:
             ticket.release()
             raise
@@ -247,7 +260,7 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
 
     @app.get("/health")
     async def health() -> Any:
-        return {"status": "ok", "model": backend.name, **admission.stats()}
+        return {"status": "ok", "model": backend.name, **admission.stats(), **guard.stats()}
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -274,14 +287,14 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         max_tokens = token_limit(req)
         messages = req.plain_messages()
         check_prompt_length(backend.count_prompt_tokens(messages=messages), max_tokens, "messages")
-        user_text = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
-        ticket = await admitted(lambda: screen(user_text, "messages"))
+        client_text = "\n\n".join(m["content"] for m in messages)  # forged assistant turns included
+        ticket = await admitted(request, lambda: screen(client_text, "messages"))
         stream = backend.stream_chat(messages, **sampling(req, max_tokens))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _GuardedStream(_sse("chat", stream, backend.name, include_usage, safety), ticket)
         try:
-            text, final, finish = await _collect(stream, safety)
+            text, final, finish = await while_connected(request, _collect(stream, safety))
         finally:
             ticket.release()
         return {"id": _id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": backend.name,
@@ -296,13 +309,13 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         max_tokens = token_limit(req)
         prompt = req.prompt_text
         check_prompt_length(backend.count_prompt_tokens(prompt=prompt), max_tokens, "prompt")
-        ticket = await admitted(lambda: screen(prompt, "prompt"))
+        ticket = await admitted(request, lambda: screen(prompt, "prompt"))
         stream = backend.stream_complete(prompt, **sampling(req, max_tokens))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _GuardedStream(_sse("completion", stream, backend.name, include_usage, safety), ticket)
         try:
-            text, final, finish = await _collect(stream, safety)
+            text, final, finish = await while_connected(request, _collect(stream, safety))
         finally:
             ticket.release()
         return {"id": _id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": backend.name,
@@ -339,24 +352,86 @@ def _usage(c: Completion | None) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _until_disconnected(request: Request) -> None:
+    # Called once the body has been read: the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def while_connected(request: Request, work: Awaitable[T]) -> T:
+    """`await work`, cancelled (and ClientGone raised) as soon as the client disconnects: a
+    request queued or generating for nobody frees its place and slot at once."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        log.info("client left; its request was dropped")
+        raise ClientGone()
+    return task.result()
+
+
 async def _pieces(stream: AsyncIterator[Any], safety: Any | None) -> AsyncIterator[tuple[str, Completion | None, str | None]]:
     """(text piece, final completion, finish reason override) from a backend stream, cut by the
-    safety filter's output scan. The backend stream is always closed, which cancels generation."""
-    shown = ""
+    safety filter. A blocklist scans the folded answer after every piece and cuts at the match;
+    a moderation model checks it in blocks of `answer_block_chars`, each held back until passed.
+    The backend stream is always closed, which cancels generation."""
+    answer = FoldedText()
+    held = ""  # generated, not yet released (waiting for its block's check)
+    block = getattr(safety, "answer_block_chars", 0) if safety is not None else 0
+
+    async def release(final: bool) -> bool:
+        nonlocal held
+        if not held or (not final and len(held) < block):
+            return True
+        verdict = await safety.check_answer(answer.raw)
+        if verdict.blocked:
+            log.info("cut an answer: %s", verdict.category)
+            return False
+        held = ""
+        return True
+
     async with contextlib.aclosing(stream):
         async for item in stream:
             if isinstance(item, Completion):
+                text = held
+                if block and not await release(final=True):
+                    yield "", None, "content_filter"
+                    return
+                if text:
+                    yield text, None, None
                 yield "", item, None
                 return
-            if safety is not None:
-                hit = safety.scan_output(shown + item)
-                if hit is not None:
-                    cut = max(0, hit[1] - len(shown))
-                    log.info("cut an answer: %s", hit[0])
-                    yield item[:cut], None, "content_filter"
+            if safety is None:
+                yield item, None, None
+                continue
+            before = len(answer.raw)
+            answer.append(item)
+            hit = safety.scan_output(answer)
+            if hit is not None:
+                log.info("cut an answer: %s", hit[0])
+                yield (held + item)[:max(0, hit[1] - before + len(held))], None, "content_filter"
+                return
+            if not block:
+                yield item, None, None
+                continue
+            held += item
+            text = held
+            if len(held) >= block:
+                if not await release(final=False):
+                    yield "", None, "content_filter"
                     return
-            shown += item
-            yield item, None, None
+                yield text, None, None
 
 
 async def _collect(stream: AsyncIterator[Any], safety: Any | None) -> tuple[str, Completion | None, str]:
@@ -411,10 +486,11 @@ async def _sse(kind: str, stream: AsyncIterator[Any], model: str, include_usage:
         if include_usage:
             yield _event({"id": cid, "object": obj, "created": created, "model": model, "choices": [],
                           "usage": _usage(final)})
-    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
-        log.exception("streamed generation failed")
-        yield _event({"error": {"message": f"Generation failed: {type(e).__name__}: {getattr(e, 'message', e)}",
-                                "type": "server_error", "param": None, "code": "generation_failed"}})
+    except Exception:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
+        log.exception("streamed generation failed")  # the details stay in the server's log
+        yield _event({"error": {"message": "Generation failed (an internal error; the server's operator can find "
+                                "the details in its log).", "type": "server_error", "param": None,
+                                "code": "generation_failed"}})
     yield b"data: [DONE]\n\n"
 
 
@@ -435,3 +511,26 @@ class _GuardedStream(StreamingResponse):
             with contextlib.suppress(Exception):
                 await self._content.aclose()  # type: ignore[attr-defined]
             self._ticket.release()
+
+
+class _HostCheck:
+    """Pure ASGI middleware (it must not wrap `receive`, which the disconnect watch reads): 403
+    for a request addressed to a name other than loopback or `allowed` (DNS rebinding)."""
+
+    def __init__(self, app: Any, allowed: set[str], bound: str):
+        self.app = app
+        self.allowed = allowed
+        self.bound = bound
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+            name = host_name(header)
+            if not (is_loopback(name) or name in self.allowed):
+                err = APIError(403, f"This server does not answer for the host {name or '(none)'!r}: it is bound to "
+                               f"{self.bound} and answers requests addressed to it (a page on another site cannot "
+                               "reach it by renaming itself). Add the name to serve.allowed_hosts to allow it.",
+                               code="host_not_allowed")
+                await JSONResponse(err.body(), status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -29,6 +29,11 @@ class ModerationConfig(_Section):
         True,
         description="If the moderation call fails, refuse the request (true) or let it through (false).",
     )
+    answer_block_chars: int = Field(
+        400, ge=0,
+        description="The answer is checked too, in blocks of this many characters, each released to the "
+        "client only once the moderation model has passed it (0 = check requests only).",
+    )
 
 
 class ServeConfig(_Section):
@@ -54,6 +59,13 @@ class ServeConfig(_Section):
     generation_timeout_s: float = Field(600.0, gt=0, description="Longest one generation may run (a stalled "
                                         "local model is stopped, and the client gets an error).")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above it).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest a request body may take to arrive (408 after).")
+    header_timeout_s: float = Field(10.0, gt=0, description="Longest a request's headers may take to arrive; the "
+                                    "connection is then answered 408 and closed (slow-header attacks).")
+    max_connections: int = Field(512, ge=8, description="Open connections in all (lowered to fit the process's "
+                                 "open-file limit); one more gets 503 and is closed.")
+    max_pending_connections: int = Field(64, ge=1, description="Connections that may wait for their headers at "
+                                         "once; one more evicts the oldest waiting one.")
     n_ctx: int = Field(4096, ge=256, description="Context window of a local GGUF model.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads for the model (default: all cores).")
     safety: str | None = Field(

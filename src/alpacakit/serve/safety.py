@@ -7,7 +7,17 @@ Two kinds, chosen with `serve.safety` / `--safety`:
   on the answer too: generation is cut at the first match.
 - `moderation:MODEL`: a model (any reference a teacher accepts: an embedded name, a .gguf,
   openai:MODEL with `serve.moderation.base_url`) classifies each request as SAFE or UNSAFE
-  with the prompt in `serve/data/moderation.yaml`. Requests only; the answer is not checked.
+  with the prompts in `serve/data/moderation.yaml`, and the answer too, in blocks of
+  `serve.moderation.answer_block_chars` characters released to the client only once checked.
+  The text to classify goes into the prompt as a JSON string between two lines carrying a
+  random boundary, so it cannot close the block and add instructions of its own.
+
+Every message is screened, the assistant turns a client sends included (a forged earlier
+answer is as much the client's text as its question). Text is compared after folding: NFKC
+(fullwidth and other compatibility forms become plain letters) with invisible format
+characters removed (zero-width space and joiners, soft hyphen, word joiner, BOM, bidi marks,
+variation selectors), so `b\u200bomb` or `ｂｏｍｂ` reads as `bomb`. An answer is folded the
+same way, incrementally as it streams, and cut at the matching position of the original text.
 
 What a refused request gets, decided here and documented in docs/serve.md: HTTP 400 with an
 OpenAI-style error whose code is `content_filter` (the message names the category). Not a 200
@@ -18,8 +28,10 @@ An answer cut by the blocklist ends with finish_reason `content_filter`, as Open
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,10 +55,73 @@ class Verdict:
 
 class SafetyFilter(Protocol):
     name: str
+    answer_block_chars: int  # > 0: the answer is held back and `check_answer`ed in blocks this long
 
     async def check(self, text: str) -> Verdict: ...
 
-    def scan_output(self, text: str) -> tuple[str, int] | None: ...
+    def scan_output(self, answer: "FoldedText") -> tuple[str, int] | None: ...
+
+    async def check_answer(self, text: str) -> Verdict: ...
+
+
+# ---------------------------------------------------------------------- folding text before matching
+
+_INVISIBLE_EXTRA = frozenset("\u034f\u115f\u1160\u3164\uffa0") | frozenset(map(chr, range(0xFE00, 0xFE10)))
+
+
+def _invisible(ch: str) -> bool:
+    """Format characters (zero-width space/joiners, soft hyphen, bidi marks, BOM...), variation
+    selectors, the combining grapheme joiner and the Hangul fillers: they render as nothing."""
+    return unicodedata.category(ch) == "Cf" or ch in _INVISIBLE_EXTRA
+
+
+def fold(text: str) -> tuple[str, list[int]]:
+    """`text` as the filter compares it, and for each character of the result the index in
+    `text` it came from. NFKC is applied per base character with its combining marks, so every
+    output character maps back to one place in the original."""
+    out: list[str] = []
+    where: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = i + 1
+        while j < n and unicodedata.combining(text[j]):
+            j += 1
+        segment = "".join(c for c in text[i:j] if not _invisible(c))
+        if segment:
+            for ch in unicodedata.normalize("NFKC", segment):
+                if not _invisible(ch):
+                    out.append(ch)
+                    where.append(i)
+        i = j
+    return "".join(out), where
+
+
+class FoldedText:
+    """An answer folded as it streams in: each new piece folds only from the last base
+    character on (a combining mark in the next piece may still change it), so scanning a long
+    answer token by token stays linear."""
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.folded = ""
+        self.where: list[int] = []
+        self._raw_from = 0  # start of the last, still open segment in `raw`
+        self._folded_from = 0
+
+    def append(self, piece: str) -> None:
+        self.raw += piece
+        tail, where = fold(self.raw[self._raw_from:])
+        self.folded = self.folded[:self._folded_from] + tail
+        self.where = self.where[:self._folded_from] + [self._raw_from + w for w in where]
+        if self.where:
+            last = self.where[-1]
+            k = len(self.where) - 1
+            while k > 0 and self.where[k - 1] == last:
+                k -= 1
+            self._raw_from, self._folded_from = last, k
+
+    def raw_index(self, folded_index: int) -> int:
+        return self.where[folded_index] if folded_index < len(self.where) else len(self.raw)
 
 
 def default_blocklist_path() -> Path:
@@ -107,20 +182,38 @@ class Blocklist:
                     best = (cat, m.start())
         return best
 
+    answer_block_chars = 0  # cheap enough to scan every token: nothing is held back
+
     async def check(self, text: str) -> Verdict:
-        hit = self.match(unicodedata.normalize("NFKC", text))
+        hit = self.match(fold(text)[0])
         if hit:
             return Verdict(True, hit[0], "matched the server's blocklist")
         return Verdict(False)
 
-    def scan_output(self, text: str) -> tuple[str, int] | None:
-        return self.match(text)
+    def scan_output(self, answer: FoldedText) -> tuple[str, int] | None:
+        """(category, index in the raw answer where the first match starts), or None."""
+        hit = self.match(answer.folded)
+        return (hit[0], answer.raw_index(hit[1])) if hit else None
+
+    async def check_answer(self, text: str) -> Verdict:
+        return await self.check(text)
 
 
 @lru_cache(maxsize=1)
-def moderation_prompt() -> dict[str, Any]:
+def moderation_prompts() -> dict[str, Any]:
     text = resources.files("alpacakit.serve").joinpath("data", "moderation.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
+
+
+def moderation_messages(kind: str, text: str, boundary: str | None = None) -> list[dict[str, str]]:
+    """The classifier's messages for a `kind` ('request' or 'answer') of text. The text goes in
+    as a JSON string (quotes and newlines escaped) between two lines that carry a random
+    boundary, so nothing in it can end the block or pass for the instructions around it."""
+    prompt = moderation_prompts()[kind]
+    boundary = boundary or secrets.token_hex(8)
+    return [{"role": "system", "content": prompt["system"].strip()},
+            {"role": "user", "content": prompt["user"].strip().format(
+                boundary=boundary, text=json.dumps(text, ensure_ascii=False))}]
 
 
 def parse_moderation(answer: str) -> Verdict | None:
@@ -134,37 +227,45 @@ def parse_moderation(answer: str) -> Verdict | None:
     if head == "UNSAFE":
         rest = (words[1] if len(words) > 1 else "") if ":" not in words[0] else answer.split(":", 1)[1]
         category = rest.strip(" :.\n").split("\n")[0][:60] or "unsafe"
-        return Verdict(True, category, "the moderation model classified the request as unsafe")
+        return Verdict(True, category, "the moderation model classified the text as unsafe")
     return None
 
 
 class ModerationFilter:
-    """Asks `teacher` (a Teacher) to classify each request."""
+    """Asks `teacher` (a Teacher) to classify each request, and the answer in blocks."""
 
-    def __init__(self, teacher: Any, *, fail_closed: bool = True, name: str | None = None):
+    def __init__(self, teacher: Any, *, fail_closed: bool = True, name: str | None = None,
+                 answer_block_chars: int = 400):
         self.teacher = teacher
         self.fail_closed = fail_closed
         self.name = name or f"moderation:{getattr(teacher, 'name', 'model')}"
-        self.prompt = moderation_prompt()
+        self.answer_block_chars = answer_block_chars
+        self.max_tokens = int(moderation_prompts().get("max_tokens", 8))
 
     async def check(self, text: str) -> Verdict:
-        messages = [{"role": "system", "content": self.prompt["system"]},
-                    {"role": "user", "content": self.prompt["user"].format(text=text)}]
+        return await self._classify("request", text)
+
+    async def check_answer(self, text: str) -> Verdict:
+        return await self._classify("answer", text)
+
+    async def _classify(self, kind: str, text: str) -> Verdict:
         try:
-            out = await self.teacher.chat(messages, max_tokens=int(self.prompt.get("max_tokens", 8)), temperature=0.0)
+            out = await self.teacher.chat(moderation_messages(kind, fold(text)[0]), max_tokens=self.max_tokens,
+                                          temperature=0.0)
             verdict = parse_moderation(out.text)
             problem = None if verdict else f"unparsable moderation answer {out.text[:40]!r}"
         except Exception as e:  # noqa: BLE001 - any failure of the check is handled by fail_closed
             verdict, problem = None, f"{type(e).__name__}: {getattr(e, 'message', e)}"
         if verdict is not None:
             return verdict
-        log.warning("moderation check failed (%s); %s", problem, "refusing" if self.fail_closed else "allowing")
+        log.warning("moderation check of the %s failed (%s); %s", kind, problem,
+                    "refusing" if self.fail_closed else "allowing")
         if self.fail_closed:
-            return Verdict(True, "moderation_unavailable", f"the moderation check failed ({problem})")
+            return Verdict(True, "moderation_unavailable", "the moderation check failed")
         return Verdict(False)
 
-    def scan_output(self, text: str) -> tuple[str, int] | None:
-        return None
+    def scan_output(self, answer: FoldedText) -> tuple[str, int] | None:
+        return None  # answers are checked in blocks by check_answer instead
 
     async def aclose(self) -> None:
         await self.teacher.aclose()
@@ -186,6 +287,7 @@ def make_safety(spec: str | None, config: Any) -> SafetyFilter | None:
         if getattr(teacher, "has_chat_template", True) is False:
             raise ConfigError(f"moderation model {arg!r} has no chat template (a base model) and cannot classify",
                               hint="use an instruct model, e.g. --safety moderation:qwen2.5-coder-1.5b-instruct")
-        return ModerationFilter(teacher, fail_closed=mod.fail_closed, name=f"moderation:{arg}")
+        return ModerationFilter(teacher, fail_closed=mod.fail_closed, name=f"moderation:{arg}",
+                                answer_block_chars=mod.answer_block_chars)
     raise ConfigError(f"unknown safety filter {spec!r}",
                       hint="use blocklist, blocklist:PATH or moderation:MODEL")

@@ -57,6 +57,22 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
+def uvicorn_config(app: Any, *, graceful_s: float) -> Any:
+    """uvicorn's config for one of our apps: h11 with the app's connection guard (serve/guard.py),
+    the open-file limit raised to fit `max_connections`, and no access log (prompts are private)."""
+    import uvicorn
+
+    from alpacakit.serve.guard import guarded_protocol, raise_fd_limit
+
+    kwargs: dict[str, Any] = {}
+    guard = getattr(getattr(app, "state", None), "connection_guard", None)
+    if guard is not None:
+        guard.max_connections = raise_fd_limit(guard.max_connections)
+        kwargs["http"] = guarded_protocol(guard)
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                          timeout_graceful_shutdown=graceful_s, **kwargs)
+
+
 def build_app(model: str, config: ServeConfig, *, base: str | None = None, prompt_format: str | None = None,
               api_key: str | None = None) -> tuple[Any, Any, Any]:
     """(app, backend, safety) for a model reference: loads the model and the safety filter."""
@@ -113,8 +129,7 @@ def serve(model: str, config: ServeConfig, *, base: str | None = None, prompt_fo
          f"prompt <= {config.max_prompt_tokens} tokens; {config.max_concurrency} at a time, {config.queue_size} queued")
     echo(f"chat page: {url}/   OpenAI base URL: {url}/v1")
     echo(f"listening on {url}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, graceful_s=5))
     try:
         server.run(sockets=[sock])
     finally:
@@ -143,8 +158,7 @@ class BackgroundServer:
 
         self._sock = bind_socket(self.host, self.port)
         self.url = url_of(self._sock)
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                                     timeout_graceful_shutdown=2))
+        self._server = uvicorn.Server(uvicorn_config(self.app, graceful_s=2))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="alpacakit-serve", daemon=True)
         self._thread.start()

@@ -53,7 +53,10 @@ def create_app(store: HumanEvalStore, *, title: str = "Which answer is better?")
     from fastapi import Body, FastAPI, Query, Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
+    from alpacakit.serve.guard import ConnectionGuard
+
     app = FastAPI(title="alpacakit human A/B", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.connection_guard = ConnectionGuard()  # slow or flooding clients: see serve/guard.py
     html = page_html().replace("{{TITLE}}", _escape(title))
 
     @app.exception_handler(AlpacakitError)
@@ -119,7 +122,7 @@ def serve_study(db: str | Path, file_1: str | Path | None, file_2: str | Path | 
     scripts can wait for."""
     import uvicorn
 
-    from alpacakit.serve.server import bind_socket, is_loopback_host, url_of
+    from alpacakit.serve.server import bind_socket, is_loopback_host, url_of, uvicorn_config
 
     store = HumanEvalStore.open(db, file_1, file_2, seed=seed)
     for name in raters or []:
@@ -144,8 +147,7 @@ def serve_study(db: str | Path, file_1: str | Path | None, file_2: str | Path | 
     echo("send each rater their own link (it is their sign-in); keys: A or 1 = left, B or 2 = right, T or 3 = tie, "
          "U = undo")
     echo(f"listening on {url}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(store, title=title), log_level="warning", access_log=False,
-                                           lifespan="off", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(uvicorn_config(create_app(store, title=title), graceful_s=2))
     try:
         server.run(sockets=[sock])
     finally:
