@@ -7,10 +7,13 @@ it prints latency percentiles (time to first token and full answer), throughput 
 and generated tokens/s) and the error count, and at the end the N-vs-1 ratios, measured in
 this same run.
 
-A local llama.cpp model generates one request at a time (the server queues the rest, up to
-serve.queue_size), so on a CPU the expected result is: throughput about the same at N as at 1,
-latency about N times higher, zero errors. A ratio far below 1 would mean queueing overhead;
-any error (429, 5xx, broken stream) is a bug at these settings.
+The server runs with --max-concurrency N (the number of clients, unless --max-concurrency says
+otherwise): a local llama.cpp model then decodes the N requests together, one batch per step,
+reading the weights once for all of them. Expected on a CPU: N clients get well over one
+client's total tokens/s (the batched-decode headroom of benchmarks/batched_decode.py), each
+waiting less than N times as long; zero errors. `--max-concurrency 1` shows the serialised
+server (throughput about the same at N as at 1). Any error (429, 5xx, broken stream) is a bug
+at these settings.
 
     python benchmarks/serve_load.py                       # smollm2-135m-instruct, 1 vs 4 clients
     python benchmarks/serve_load.py --clients 8 --requests 24 --max-tokens 48
@@ -83,9 +86,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_server(model: str, queue: int, threads: int | None, extra: list[str],
-                 fd_limit: int | None = None) -> tuple[subprocess.Popen, str]:
+                 fd_limit: int | None = None, concurrency: int = 1) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "alpacakit.cli.main", "serve", model, "--port", "0", "--queue-size", str(queue),
-           "--max-concurrency", "1", *(["--threads", str(threads)] if threads else []), *extra]
+           "--max-concurrency", str(concurrency), *(["--threads", str(threads)] if threads else []), *extra]
 
     def limit_fds() -> None:  # in the child: a hard open-file limit, as on a default Linux login
         import resource
@@ -292,6 +295,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients of the second level")
     ap.add_argument("--requests", type=int, default=16, help="requests per level")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-concurrency", type=int, default=None,
+                    help="the server's --max-concurrency (requests decoded together) [default: --clients]")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
     ap.add_argument("--url", default=None, help="use a server that is already running instead of starting one")
@@ -317,7 +322,7 @@ def main() -> int:
         raise_fd_limit(args.sockets + 256)
         extra = [a for kv in args.server_set for a in ("--set", f"serve.{kv}")]
         proc, url = start_server(args.model, queue=max(8, args.clients * 2), threads=args.threads, extra=extra,
-                                 fd_limit=args.server_fd_limit)
+                                 fd_limit=args.server_fd_limit, concurrency=args.max_concurrency or args.clients)
         print(f"server: {args.model} at {url} (started in {time.perf_counter() - t0:.1f} s)")
     try:
         asyncio.run(run_level(url, 1, prompts[:2], args.max_tokens, deadline))  # warm-up, not counted

@@ -304,11 +304,18 @@ def test_auto_prompt_uses_the_folders_trained_format(tiny: Path, tmp_path: Path)
         b.close()
 
 
-def test_endpoints_are_refused_with_a_reason() -> None:
+def test_an_endpoint_cannot_score_multiple_choice_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Endpoints answer short-answer tasks (tests/test_bench_endpoint.py); log-likelihoods they cannot give."""
     from alpacakit.evaluate.bench.backends import open_backend
 
-    with pytest.raises(ConfigError, match="log-probabilities"):
-        open_backend("openai:gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused")
+    b = open_backend("openai:gpt-4o-mini", base_url="http://127.0.0.1:9/v1")
+    try:
+        assert not b.can_score and b.chat_only
+        with pytest.raises(ConfigError, match="log-likelihoods"):
+            b.loglikelihood("Q:", [" a", " b"])
+    finally:
+        b.close()
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness

@@ -82,7 +82,10 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command("bench")
 def bench(
-    model: str = typer.Option(..., "--model", "-m", help="Model: an alpacakit/HF model folder, a .gguf file, or an embedded name (gemma-3-270m, ...)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model: an alpacakit/HF model folder, a .gguf file, an embedded name (gemma-3-270m, ...), "
+                              "or openai:MODEL (short-answer tasks only)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of the endpoint of an openai:MODEL."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated: built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), "
                                         ".jsonl files, MMLU-style .csv files or folders [default: all built-in]."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N items per task (the same seeded pick for every model)."),
@@ -97,11 +100,15 @@ def bench(
     base: Optional[str] = typer.Option(None, "--base", help="Base model of a LoRA adapter folder, when not where the adapter says."),
     lm_eval_tasks: Optional[str] = typer.Option(None, "--lm-eval-tasks", help="Also run these lm-evaluation-harness tasks (e.g. mmlu,nq_open); "
                                                 "needs `pip install lm-eval` and hub access."),
+    lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="Folder of your own lm-eval task "
+                                                   "YAMLs (e.g. over a local JSONL: no hub needed)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
     """Capability benchmarks: multiple choice by log-likelihood, short answers by EM and F1.
 
-    Zero-shot, on HF / alpacakit model folders and GGUF models (embedded names too).
+    Zero-shot, on HF / alpacakit model folders and GGUF models (embedded names too). On an
+    OpenAI-compatible endpoint (openai:MODEL --base-url URL) the short-answer tasks run (an API
+    gives no log-likelihoods for multiple choice): that is the teacher's row in the report.
 
     Run it on the base model, the student and the teacher with the same --tasks and --limit:
     the report sets their accuracies side by side (knowledge), next to the pairwise win rate
@@ -114,6 +121,8 @@ def bench(
       alpacakit eval bench --model runs/demo/model -o runs/demo/eval/bench-student.json --limit 50
 
       alpacakit eval bench --model qwen2.5-coder-1.5b-instruct --tasks facts_mc,mmlu_csv/ -o eval/bench-teacher.json
+
+      alpacakit eval bench --model openai:gpt-4o-mini -o eval/bench-teacher.json
     """
     import sys
 
@@ -133,8 +142,12 @@ def bench(
 
     res = run_bench(model, tasks=task_list, limit=limit, out=output, system=system, prompt=prompt, mc_score=mc_score,
                     max_new_tokens=max_new_tokens, n_ctx=n_ctx, n_threads=threads, base=base,
-                    lm_eval_tasks=_split(lm_eval_tasks), progress=report if progress else None)
+                    lm_eval_tasks=_split(lm_eval_tasks), lm_eval_include=lm_eval_include, base_url=base_url,
+                    api_key_env=api_key_env,
+                    progress=report if progress else None)
     typer.echo(f"{res['system']} ({res.get('prompt', {}).get('mode', 'lm-eval')} prompt):")
+    for name, why in (res.get("skipped_tasks") or {}).items():
+        typer.echo(f"  {name}: skipped ({why})")
     for name, t in res["tasks"].items():
         extra = f", f1 {t['f1']:.3f}" if t.get("f1") is not None else ""
         typer.echo(f"  {name}: {t['metric']} {t['accuracy']:.3f} (n={t['n']}{extra})")

@@ -282,7 +282,15 @@ def stage_bench(run: Run) -> str:
 
     lines = []
     for label, model in run.systems().items():
-        res = run_bench(model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label)
+        where: dict[str, Any] = {}
+        if model.startswith("openai:"):  # an API teacher: short-answer tasks, at the endpoint it generated with
+            from alpacakit.config import load_config
+
+            sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.generate_set.items()]
+            teacher = load_config(None, sets, {"teacher": {"model": model}}).teacher
+            where = {"base_url": teacher.base_url, "api_key_env": teacher.api_key_env}
+        res = run_bench(model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label,
+                        **where)
         acc = res["overall"]["accuracy"]
         lines.append(f"{label} {acc:.1%}" if acc is not None else f"{label} n/a")
     return "accuracy (macro over tasks): " + ", ".join(lines)

@@ -1,6 +1,6 @@
-"""Log-likelihoods and greedy answers from local models: Hugging Face folders and GGUF files.
+"""Log-likelihoods and greedy answers: Hugging Face folders, GGUF files and endpoints.
 
-Both backends answer the same two questions:
+The local backends answer the same two questions:
 
 - `loglikelihood(context, continuations)`: for each continuation, the sum of the log-
   probabilities of its tokens given the context (and how many tokens that was). Tokens are
@@ -9,6 +9,11 @@ Both backends answer the same two questions:
   with the space before it is scored as the model would actually write it;
 - `generate(context, max_tokens, stop)`: greedy decoding (temperature 0), cut at the first
   stop string.
+
+An OpenAI-compatible endpoint (`openai:MODEL`, `EndpointBackend`) answers only the second:
+an API gives log-probabilities of the tokens it writes, not of a prompt's continuation, so
+multiple-choice tasks need local weights, while short-answer tasks (EM/F1) run anywhere. That
+is how an API teacher's knowledge gets measured, and its row in the imitation-gap report.
 
 `native_format` is the prompt format the model was trained on, if it has one (used by the
 runner's `auto` prompt mode): an alpacakit folder's `prompt_format.json`, else the chat
@@ -30,6 +35,8 @@ from alpacakit.prompting import PromptFormat
 class Backend:
     """Shared continuation splitting; subclasses provide `_encode` and `_score`."""
 
+    can_score: bool = True  # log-likelihoods of given continuations (multiple-choice tasks)
+    chat_only: bool = False  # prompts go in as one chat message, not as raw text
     name: str = "model"
     native_format: PromptFormat | None = None
     n_ctx: int | None = None
@@ -362,21 +369,66 @@ class LlamaCppBackend(Backend):
         self.close()
 
 
+class EndpointBackend(Backend):
+    """An OpenAI-compatible endpoint (`openai:MODEL`): greedy answers through the chat API, with
+    the endpoint teacher's retries and backoff. No log-likelihoods (see the module doc)."""
+
+    can_score = False
+    chat_only = True
+
+    def __init__(self, ref: str, *, base_url: str | None = None, api_key_env: str | None = None,
+                 timeout_s: float = 120.0):
+        import asyncio
+
+        from alpacakit.config import TeacherConfig
+        from alpacakit.teachers import make_teacher
+
+        t0 = time.monotonic()
+        fields: dict[str, Any] = {"model": ref, "base_url": base_url, "temperature": 0.0, "timeout_s": timeout_s,
+                                  "api": "chat"}
+        if api_key_env:
+            fields["api_key_env"] = api_key_env
+        self.teacher = make_teacher(TeacherConfig(**fields))
+        self.name = ref.removeprefix("openai:")
+        self.base_url = base_url
+        self._loop = asyncio.new_event_loop()
+        self.load_s = time.monotonic() - t0
+
+    def loglikelihood(self, context: str, continuations: list[str], *, add_special: bool = True) -> list[tuple[float, int]]:
+        raise ConfigError(f"openai:{self.name}: multiple-choice tasks need log-likelihoods of the choices, which an "
+                          "endpoint does not give",
+                          hint="run short-answer tasks on the endpoint (--tasks facts_qa,arithmetic_qa,reading_qa), "
+                          "and multiple choice on local weights")
+
+    def generate(self, context: str, *, max_tokens: int, stop: list[str], add_special: bool) -> str:
+        c = self._loop.run_until_complete(self.teacher.chat([{"role": "user", "content": context}],
+                                                            max_tokens=max_tokens, temperature=0.0))
+        return _cut(c.text, stop).strip()
+
+    def describe(self) -> dict[str, Any]:
+        info = {"name": self.name, "kind": "endpoint", "api": "chat"}
+        if self.base_url:
+            info["base_url"] = self.base_url
+        return info
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self.teacher.aclose())
+            self._loop.close()
+
+
 # --------------------------------------------------------------------------- resolving
 
-def open_backend(model: str, *, base: str | None = None, n_ctx: int = 2048, n_threads: int | None = None) -> Backend:
+def open_backend(model: str, *, base: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 base_url: str | None = None, api_key_env: str | None = None) -> Backend:
     """The backend for a model reference: an HF / alpacakit model folder, a .gguf file, a folder
-    holding one .gguf, or an embedded model name."""
+    holding one .gguf, an embedded model name, or `openai:MODEL` (an endpoint at `base_url`)."""
     from alpacakit.models import is_embedded
     from alpacakit.teachers.hf import is_hf_folder
 
     ref = model.strip()
     if ref.startswith("openai:"):
-        raise ConfigError(
-            f"{ref}: benchmarks need the model's token log-probabilities, which an endpoint does not give for the prompt",
-            hint="run the benchmark on local weights (a model folder, a .gguf file or an embedded name); "
-            "compare endpoints with `alpacakit eval generate` + `alpacakit eval pairwise`",
-        )
+        return EndpointBackend(ref, base_url=base_url, api_key_env=api_key_env)
     p = Path(ref).expanduser()
     if not is_embedded(ref) and p.is_dir() and is_hf_folder(p):
         return HFBackend(p, base=base, n_threads=n_threads)

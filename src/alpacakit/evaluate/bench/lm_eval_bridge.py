@@ -6,6 +6,11 @@ runs the real thing and this module folds its numbers into our output format, so
 puts them beside ours. `lm_eval` is imported only here, only when asked for: it is not an
 alpacakit dependency (`pip install lm-eval`).
 
+Tasks: lm-eval's own by name, or your task YAMLs from a folder (`include_path`, the CLI's
+`--lm-eval-include DIR`). A task over a local file (`dataset_path: json` with `data_files`)
+needs no hub; lm-eval reads a relative `data_files` path from the working directory.
+`tests/data/lm_eval/` holds such a task, which CI runs through the real package.
+
 Models: a Hugging Face / alpacakit model folder (merged weights, or a LoRA adapter with its
 base) or a hub id runs through lm-eval's `hf` model on CPU. A GGUF file cannot be loaded by
 lm-eval in process; the error says how to use our own tasks or lm-eval's server models instead.
@@ -31,7 +36,8 @@ def _model_args(model: str, base: str | None) -> dict[str, Any]:
         raise ConfigError(
             f"lm-evaluation-harness cannot load the GGUF model {model!r} in process",
             hint="run --lm-eval-tasks on the Hugging Face model folder (e.g. the folder `alpacakit train` wrote), "
-            "or use alpacakit's own tasks (--tasks) on the GGUF file",
+            "use alpacakit's own tasks (--tasks) on the GGUF file, or serve it (`alpacakit serve FILE`) and point "
+            "lm-eval's local-completions model at http://127.0.0.1:8000/v1/completions",
         )
     if p.is_dir():
         layout = find_layout(p, base)
@@ -67,8 +73,10 @@ def convert_results(raw: dict[str, Any], tasks: list[str]) -> dict[str, dict[str
 
 
 def run_lm_eval(model: str, tasks: list[str], *, limit: int | None = None, base: str | None = None,
-                device: str = "cpu", batch_size: int = 1) -> dict[str, dict[str, Any]]:
-    """Run `tasks` (lm-eval task names, e.g. mmlu, nq_open) zero-shot on `model`."""
+                device: str = "cpu", batch_size: int = 1,
+                include_path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Run `tasks` (lm-eval task names, e.g. mmlu, nq_open, or tasks defined by the YAML files
+    in `include_path`) zero-shot on `model`."""
     tasks = [t.strip() for t in tasks if t.strip()]
     if not tasks:
         return {}
@@ -77,9 +85,18 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: int | None = None, base:
     except ImportError:
         raise ConfigError("--lm-eval-tasks needs EleutherAI's lm-evaluation-harness, which is not installed",
                           hint="pip install lm-eval   (its tasks download their data from the Hugging Face hub)") from None
+    extra: dict[str, Any] = {}
+    if include_path is not None:
+        folder = Path(include_path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"--lm-eval-include {folder}: not a folder",
+                              hint="pass the folder that holds your lm-eval task YAML files")
+        from lm_eval.tasks import TaskManager
+
+        extra["task_manager"] = TaskManager(include_path=str(folder))
     args = _model_args(model, base)
     raw = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=tasks, num_fewshot=0, limit=limit,
-                                  batch_size=batch_size, device=device)
+                                  batch_size=batch_size, device=device, **extra)
     if not isinstance(raw, dict):
         raise ConfigError("lm-evaluation-harness returned no results (was this process not its rank 0?)")
     return convert_results(raw, tasks)

@@ -60,9 +60,10 @@ def prompt_texts() -> dict[str, Any]:
 
 @dataclass
 class PromptPlan:
-    """How items become prompts for one model: `plain`, or a prompt format (`fmt`)."""
+    """How items become prompts for one model: `plain`, a prompt format (`fmt`), or `message`
+    (an endpoint: the formatted wording, sent as one chat message that the endpoint renders)."""
 
-    mode: str  # "plain" | "format"
+    mode: str  # "plain" | "format" | "message"
     fmt: PromptFormat | None = None
 
     @property
@@ -89,6 +90,10 @@ class PromptPlan:
     def context(self, item: dict[str, Any]) -> str:
         t = self.texts
         q, ctx = item["question"], item.get("context")
+        if self.mode == "message":
+            if ctx:
+                return t["reading_instruction"].format(question=q) + "\n\n" + t["reading_input"].format(context=ctx)
+            return t["instruction"].format(question=q)
         if self.fmt is None:
             return (t["reading"] if ctx else t["question"]).format(question=q, context=ctx or "")
         if ctx:
@@ -105,7 +110,13 @@ class PromptPlan:
 
 
 def plan_prompts(backend: Any, prompt: str = "auto") -> PromptPlan:
-    """`auto`: the model's own format if it has one, else plain; `plain`; or a format name/path."""
+    """`auto`: the model's own format if it has one, else plain; `plain`; or a format name/path.
+    An endpoint always gets `message`: it applies its own chat template."""
+    if getattr(backend, "chat_only", False):
+        if prompt not in ("auto", "chat"):
+            raise ConfigError(f"--prompt {prompt}: an endpoint is sent chat messages and applies its own template",
+                              hint="leave --prompt at auto for openai:MODEL")
+        return PromptPlan("message")
     if prompt == "plain":
         return PromptPlan("plain")
     if prompt == "auto":
@@ -207,7 +218,8 @@ def _load_journal(path: Path, fp: str) -> dict[tuple[str, str], dict[str, Any]]:
 def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | None = None, out: str | Path | None = None,
               system: str | None = None, prompt: str = "auto", mc_score: str = "norm", max_new_tokens: int = 32,
               n_ctx: int = 2048, n_threads: int | None = None, base: str | None = None, seed: int = 0,
-              lm_eval_tasks: Sequence[str] | None = None, backend: Any = None,
+              lm_eval_tasks: Sequence[str] | None = None, lm_eval_include: str | Path | None = None,
+              backend: Any = None, base_url: str | None = None, api_key_env: str | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run benchmark `tasks` (default: every built-in task) on `model`; write `out` if given.
 
@@ -220,9 +232,21 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
     if max_new_tokens < 1:
         raise ConfigError("max_new_tokens must be at least 1")
     out_path = Path(out) if out is not None else None
+    endpoint = model.strip().startswith("openai:") if backend is None else not getattr(backend, "can_score", True)
+    skipped: dict[str, str] = {}
+    chosen = tasks
     if tasks is None:
         tasks = [] if lm_eval_tasks else builtin_tasks()
     loaded: list[Task] = [load_task(t) for t in tasks]  # fail on a bad file before loading a model
+    if endpoint and any(t.kind == "mc" for t in loaded):
+        mc = [t.name for t in loaded if t.kind == "mc"]
+        if chosen is not None:
+            raise ConfigError(f"{model}: {', '.join(mc)} {'is' if len(mc) == 1 else 'are'} multiple choice, scored by "
+                              "log-likelihood, which an endpoint does not give",
+                              hint="run short-answer tasks on the endpoint (e.g. --tasks facts_qa,arithmetic_qa,"
+                              "reading_qa), and multiple choice on local weights")
+        skipped = {name: "multiple choice needs log-likelihoods; an endpoint gives none" for name in mc}
+        loaded = [t for t in loaded if t.kind != "mc"]
     names = [t.name for t in loaded]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -234,7 +258,8 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
     if own_backend:
         from alpacakit.evaluate.bench.backends import open_backend
 
-        backend = open_backend(model, base=base, n_ctx=n_ctx, n_threads=n_threads)
+        backend = open_backend(model, base=base, n_ctx=n_ctx, n_threads=n_threads, base_url=base_url,
+                               api_key_env=api_key_env)
     try:
         if loaded:
             plan = plan_prompts(backend, prompt)
@@ -251,16 +276,19 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
         from alpacakit.evaluate.bench.lm_eval_bridge import run_lm_eval
 
         result.setdefault("system", system or _default_system(model, out_path, Path(model).name or model))
-        for name, entry in run_lm_eval(model, list(lm_eval_tasks), limit=limit, base=base).items():
+        for name, entry in run_lm_eval(model, list(lm_eval_tasks), limit=limit, base=base,
+                                       include_path=lm_eval_include).items():
             result["tasks"][name] = entry
     accs = [t["accuracy"] for t in result["tasks"].values()]
     result["overall"] = {"accuracy": sum(accs) / len(accs) if accs else None, "n_tasks": len(accs),
                          "n": sum(t["n"] for t in result["tasks"].values()), "average": "macro over tasks"}
     result["settings"] = {"limit": limit, "seed": seed, "mc_score": mc_score, "max_new_tokens": max_new_tokens}
+    if skipped:
+        result["skipped_tasks"] = skipped
     result.setdefault("timing", {})["total_s"] = round(time.monotonic() - t_start, 2)
     result["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result["versions"] = _versions()
-    order = ["format", "system", "model", "model_info", "prompt", "settings", "tasks", "overall", "timing",
+    order = ["format", "system", "model", "model_info", "prompt", "settings", "skipped_tasks", "tasks", "overall", "timing",
              "resumed_items", "created_at", "versions", "items"]
     result = {k: result[k] for k in order if k in result}
     if out_path is not None:
