@@ -54,11 +54,20 @@ def gguf(
     tokenizer_pre: str = typer.Option(None, "--tokenizer-pre", help="llama.cpp pre-tokenizer name, for a "
                                       "tokenizer alpacakit does not recognise (e.g. gpt-2, llama-bpe, qwen2)."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for quantizing and verifying."),
+    converter: str = typer.Option("auto", "--converter", help="auto (alpacakit's for llama, qwen2 and gemma3, "
+                                  "else llama.cpp's), alpacakit, or llama.cpp (convert_hf_to_gguf.py of the "
+                                  "llama.cpp version alpacakit runs: Mistral, Llama 3.x, Qwen3, Phi and ~250 more)."),
 ) -> None:
     """Convert a trained model folder to a GGUF file for llama.cpp (LoRA adapters are merged first).
 
     The file carries the tokenizer, a chat template in the model's trained prompt format and the
     format itself; FILE.json beside it records the source, sha256 and any verification.
+
+    Examples:
+
+      alpacakit export gguf runs/demo/model                       # auto: compact, verified
+
+      alpacakit export gguf runs/mistral/model --quant q8_0       # any architecture llama.cpp converts
     """
     from alpacakit.export.gguf import AGREEMENT_THRESHOLD, VERIFIED_QUANTS, check_agreement, export_gguf
     from alpacakit.export.gguf_delta import resolve_quant
@@ -78,7 +87,8 @@ def gguf(
             raise DataError(f"{prompts}: no such file", hint="pass a text file with one prompt per line")
         prompt_list = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
     result = export_gguf(model_dir, output, requested, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
-                         prompts=prompt_list, threads=threads, progress=lambda m: typer.echo(m, err=True))
+                         prompts=prompt_list, threads=threads, progress=lambda m: typer.echo(m, err=True),
+                         converter=converter)
     typer.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "
                f"{result.n_tensors} tensors) in {result.seconds:.1f} s")
     typer.echo(f"chat template: {result.chat_template_source}")
@@ -100,3 +110,52 @@ def gguf(
         elif min(v["top1_agreement"], v["next_token_agreement"]) < AGREEMENT_THRESHOLD:
             typer.echo(f"warning: {result.quant} changes the model's answers (agreement below "
                        f"{AGREEMENT_THRESHOLD:.0%}); --quant auto keeps them", err=True)
+
+
+@app.command("gguf-lora")
+def gguf_lora(
+    adapter: Path = typer.Argument(..., help="LoRA adapter folder (adapter_config.json + weights), or a training "
+                                   "output folder holding adapter/."),
+    output: Path = typer.Option(..., "-o", "--output", help="GGUF LoRA file to write."),
+    base: str = typer.Option(None, "--base", help="Base model folder, if adapter_config.json names one that is not "
+                             "on this machine."),
+    outtype: str = typer.Option("f16", "--outtype", help="f16, f32, bf16 or q8_0."),
+) -> None:
+    """Convert a LoRA adapter to a GGUF LoRA with llama.cpp's convert_lora_to_gguf.py.
+
+    The base stays one file for many adapters: `llama-cli -m base.gguf --lora FILE`, or
+    `Llama(model_path=base.gguf, lora_path=FILE)` in llama-cpp-python. The base GGUF must come
+    from the same base weights (e.g. `alpacakit export gguf BASE_FOLDER`).
+    """
+    from alpacakit.export.gguf import locate
+    from alpacakit.export.llama_cpp_convert import convert_lora
+
+    src = locate(adapter, base)
+    if src.kind != "adapter":
+        from alpacakit.errors import ConfigError
+
+        raise ConfigError(f"{adapter} is not a LoRA adapter (no adapter_config.json)",
+                          hint="`alpacakit export gguf` converts full models")
+    from alpacakit.export.gguf import _resolve_base
+
+    base_path = _resolve_base(src.base or "", src.weights)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    convert_lora(src.weights, base_path, output, outtype)
+    typer.echo(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, LoRA of {base_path})")
+
+
+@app.command("converters")
+def converters(
+    list_: bool = typer.Option(False, "--list", help="Print the architectures llama.cpp's converter knows."),
+) -> None:
+    """Fetch (once) llama.cpp's converter scripts matched to the installed llama-cpp-python.
+
+    They come from that release's source package on the package index (sha256 checked) and are
+    kept in the alpacakit cache; $ALPACAKIT_LLAMA_CPP=CHECKOUT uses your own llama.cpp instead.
+    """
+    from alpacakit.export.llama_cpp_convert import converters_dir, supported_architectures
+
+    typer.echo(f"converters: {converters_dir()}")
+    if list_:
+        for name in supported_architectures():
+            typer.echo(f"  {name}")

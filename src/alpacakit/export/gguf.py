@@ -43,6 +43,7 @@ from alpacakit.train.outputs import partial_dir
 QUANTS = ("auto", "f32", "f16", "q8_0", "delta-q8_0", "delta-f16", "q4_k_m")
 # quantizations the agreement requirement applies to (q4_k_m trades accuracy for size)
 VERIFIED_QUANTS = ("f32", "f16", "q8_0", "delta-q8_0", "delta-f16")
+CONVERTERS = ("auto", "alpacakit", "llama.cpp")
 AGREEMENT_THRESHOLD = 0.95
 _LLAMA_FTYPE_Q4_K_M = 15  # llama.h: LLAMA_FTYPE_MOSTLY_Q4_K_M
 _MAX_VERIFY_TOKENS = 256
@@ -409,8 +410,12 @@ def _default_threads() -> int:
 def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", *, base: str | Path | None = None,
                 tokenizer_pre: str | None = None, verify: bool = False, prompts: Sequence[str] | None = None,
                 threads: int | None = None, name: str | None = None, min_agreement: float | None = None,
-                progress: Progress | None = None) -> ExportResult:
+                progress: Progress | None = None, converter: str = "auto") -> ExportResult:
     """Convert the model in `model_dir` to a GGUF at `output` and write `<output>.json` beside it.
+
+    `converter`: `alpacakit` (llama, qwen2, gemma3; the only one that writes `delta-*`),
+    `llama.cpp` (llama.cpp's own convert_hf_to_gguf.py, version-matched: every architecture it
+    knows; see `llama_cpp_convert`) or `auto` (alpacakit's where it can, else llama.cpp's).
 
     `quant`: f32, f16, q8_0, q4_k_m, `delta-f16` / `delta-q8_0` (the base GGUF's own tensors
     where the fine-tune left them unchanged, f16 / q8_0 where it changed them: see `gguf_delta`)
@@ -426,6 +431,8 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     quant = quant.lower()
     if quant not in QUANTS:
         raise ConfigError(f"unknown quantization {quant!r}", hint=f"use one of {', '.join(QUANTS)}")
+    if converter not in CONVERTERS:
+        raise ConfigError(f"unknown converter {converter!r}", hint=f"use one of {', '.join(CONVERTERS)}")
     requested_auto = quant == "auto"
     quant, base_file = plan_quant(quant, model_dir, base)  # the base is looked up once
     output = Path(output).expanduser()
@@ -437,6 +444,15 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     loaded = load_model(model_dir, base, progress=say)
     output.parent.mkdir(parents=True, exist_ok=True)
     name = name or _model_name(loaded.source)
+    from alpacakit.export.gguf_arch import SUPPORTED_ARCHS
+
+    by_llama_cpp = converter == "llama.cpp" or (converter == "auto"
+                                                and loaded.config.get("model_type") not in SUPPORTED_ARCHS)
+    pre_notes: list[str] = []
+    if by_llama_cpp and quant.startswith("delta-"):
+        pre_notes.append(f"{quant}: only alpacakit's converter keeps a base GGUF's tensors; written "
+                         f"{quant.removeprefix('delta-')} by llama.cpp's")
+        quant, base_file = quant.removeprefix("delta-"), None
     keep = None
     if base_file is not None:
         say(f"reading the base's tensors from {base_file}")
@@ -447,8 +463,15 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     try:
         first = _tmp_path(output, write_as)
         tmp_files.append(first)
-        n, template_source, notes = _write_gguf(loaded, first, write_as, name=name,
-                                                tokenizer_pre=tokenizer_pre, say=say, keep=keep)
+        if by_llama_cpp:
+            from alpacakit.export.llama_cpp_convert import write_with_llama_cpp
+
+            n, template_source, notes = write_with_llama_cpp(loaded, first, write_as, name=name,
+                                                             tokenizer_pre=tokenizer_pre, say=say)
+        else:
+            n, template_source, notes = _write_gguf(loaded, first, write_as, name=name,
+                                                    tokenizer_pre=tokenizer_pre, say=say, keep=keep)
+        notes = pre_notes + notes
         final_tmp = first
         if quant == "q4_k_m":
             say("quantizing to q4_k_m with llama.cpp")
@@ -484,7 +507,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
             v = result.verification or {}
             fallback = export_gguf(model_dir, output, "f16", base=base, tokenizer_pre=tokenizer_pre, verify=True,
                                    prompts=prompts, threads=threads, name=name, min_agreement=min_agreement,
-                                   progress=progress)
+                                   progress=progress, converter=converter)
             fallback.notes.insert(0, f"auto: {quant} agreed {v.get('top1_agreement', 0):.1%} top-1 / "
                                      f"{v.get('next_token_agreement', 0):.1%} next token, below "
                                      f"{min_agreement or AGREEMENT_THRESHOLD:.0%}: written f16 instead")

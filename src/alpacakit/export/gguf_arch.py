@@ -36,7 +36,7 @@ _ROPE_TYPES = ("default", "linear", "llama3")
 
 def _unsupported(model_type: str | None) -> ConfigError:
     names = ", ".join(f"{hf} ({gg})" for hf, gg in SUPPORTED_ARCHS.items())
-    hint = f"supported model types: {names}"
+    hint = f"alpacakit's converter writes {names}; --converter llama.cpp (what auto picks) converts ~250 more"
     if model_type == "gemma3":
         hint += ". This is the multimodal Gemma 3 wrapper: export the text model (Gemma3ForCausalLM) instead"
     return ConfigError(f"GGUF export does not support model type {model_type!r}", hint=hint)

@@ -2,7 +2,8 @@
 
 A byte-level BPE tokenizer is trained on a few sentences (`resources/tiny_corpus.txt`) and
 wrapped as a `PreTrainedTokenizerFast` with BOS/EOS/PAD tokens; a Llama- (or Gemma 3-)
-architecture model with a hidden size of 32 and 2 layers is initialised from a config. The
+architecture model (or Mistral, Qwen2, Qwen3, Phi-3) with a hidden size of 32 and 2 layers is
+initialised from a config. The
 saved folder is an ordinary Hugging Face model folder, so every code path that takes a base
 model (train, merge, eval, chat, serve) can be exercised without a model hub.
 """
@@ -53,7 +54,10 @@ def make_tiny_tokenizer(vocab_size: int = 384, chat_template: bool = False) -> A
     return fast
 
 
-def make_tiny_model(tokenizer: Any, arch: Literal["llama", "gemma3"] = "llama", seed: int = 0,
+TinyArch = Literal["llama", "gemma3", "mistral", "qwen2", "qwen3", "phi3"]
+
+
+def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0,
                     hidden: int = 32, layers: int = 2) -> Any:
     """A randomly initialised causal LM sized for the tokenizer (deterministic for a seed)."""
     import torch
@@ -74,10 +78,28 @@ def make_tiny_model(tokenizer: Any, arch: Literal["llama", "gemma3"] = "llama", 
         cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=4,
                                layer_types=["sliding_attention", "full_attention"][:layers] + ["full_attention"] * max(0, layers - 2))
         return Gemma3ForCausalLM(cfg)
+    if arch == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        return MistralForCausalLM(MistralConfig(**common, sliding_window=None, tie_word_embeddings=False))
+    if arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        # transformers loads a qwen2 folder's tokenizer as a Qwen2Tokenizer, which adds one token
+        # (<|endoftext|>): pad the embedding to 448 rows, as real Qwen2 checkpoints pad theirs.
+        return Qwen2ForCausalLM(Qwen2Config(**{**common, "vocab_size": 448}, tie_word_embeddings=True))
+    if arch == "qwen3":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16, tie_word_embeddings=True))
+    if arch == "phi3":
+        from transformers import Phi3Config, Phi3ForCausalLM
+
+        return Phi3ForCausalLM(Phi3Config(**common, tie_word_embeddings=False))
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
-def make_tiny_base(path: str | Path, arch: Literal["llama", "gemma3"] = "llama", chat_template: bool = False,
+def make_tiny_base(path: str | Path, arch: TinyArch = "llama", chat_template: bool = False,
                    seed: int = 0) -> Path:
     """Write a tiny base model folder (config, safetensors, tokenizer) to `path` and return it."""
     path = Path(path)
