@@ -35,7 +35,7 @@ WHEELHOUSE ?= $(HOME)/.cache/alpacakit/wheels/llama-$(LLAMA_ISA)
 LLAMA_WHEEL := $(WHEELHOUSE)/.llama-cpp-python-$(LLAMA_CPP_VERSION)-built
 PIP_INSTALL = $(BIN)/pip install -q --find-links $(WHEELHOUSE) "llama-cpp-python==$(LLAMA_CPP_VERSION)" "$(TORCH)"
 
-.PHONY: quickstart test venv clean-venv bench
+.PHONY: quickstart test venv clean-venv bench gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ venv: $(VENV)/.deps-all
 
 test: $(VENV)/.deps-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# What only a GPU can show (benchmarks/gpu_check.py): transformers on CUDA vs CPU, log-likelihoods
+# on both, llama.cpp offload when the wheel has it. Exits 2 on a machine without a GPU.
+gpu-check: $(VENV)/.deps-test
+	$(BIN)/python benchmarks/gpu_check.py
 
 # The whole formula on the embedded models (see `alpacakit quickstart --help`); rerun to resume.
 # QUICKSTART_ARGS=--tiny for the 3-minute version.

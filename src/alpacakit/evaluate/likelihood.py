@@ -48,6 +48,9 @@ def score_likelihood(model: str, answers_path: str | Path, out: str | Path | Non
     from alpacakit.evaluate.bench.backends import open_backend
     from alpacakit.prompting import PromptFormat
 
+    from alpacakit.models.registry import LOGLIK, require
+
+    require(model, LOGLIK, "eval likelihood")  # before reading anything: an endpoint cannot score given text
     answers = load_answers(answers_path, limit)
     t0 = time.monotonic()
     backend = open_backend(model, n_ctx=n_ctx)

@@ -208,19 +208,10 @@ def system_name(ref: str) -> str:
 
 
 def load_system(config: Any, prompt_format: str | None = None) -> Any:
-    """The system under evaluation as a Teacher (model folders via transformers)."""
-    ref = config.model.strip()
-    path = Path(ref).expanduser()
-    if not ref.startswith("openai:") and path.is_dir():
-        from alpacakit.teachers.hf import is_hf_folder
-
-        if is_hf_folder(path):
-            from alpacakit.teachers.hf import HFTeacher
-
-            return HFTeacher(path, config, prompt_format=prompt_format)
+    """The system under evaluation as a Teacher (any model reference; see models/registry.py)."""
     from alpacakit.teachers import make_teacher
 
-    return make_teacher(config)
+    return make_teacher(config, prompt_format=prompt_format)
 
 
 # --------------------------------------------------------------------------- eval generate

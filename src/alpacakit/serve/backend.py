@@ -35,15 +35,9 @@ def load_teacher(ref: str, *, base_url: str | None = None, api_key_env: str | No
                               "max_concurrency": max_concurrency}
     if api_key_env:
         fields["api_key_env"] = api_key_env
-    p = Path(str(ref)).expanduser()
-    if p.is_dir() and not any(p.glob("*.gguf")):
-        from alpacakit.teachers.hf import HFTeacher, is_hf_folder
-
-        if is_hf_folder(p):
-            return HFTeacher(p, TeacherConfig(**fields), base=base, prompt_format=prompt_format)
     from alpacakit.teachers import make_teacher
 
-    return make_teacher(TeacherConfig(**fields))
+    return make_teacher(TeacherConfig(**fields), base=base, prompt_format=prompt_format)
 
 
 class ServeBackend:

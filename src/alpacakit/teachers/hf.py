@@ -25,11 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,15 @@ def _load_weights(ref: str | Path, dtype: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(Path(ref_s).expanduser()), dtype=dtype)
 
 
+def pick_device(device: str = "auto") -> str:
+    """`auto`: the first CUDA GPU when torch sees one ($ALPACAKIT_DEVICE overrides), else the CPU."""
+    import torch
+
+    if device == "auto":
+        device = os.environ.get("ALPACAKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device
+
+
 class HFTeacher:
     """A transformers model answering chat() / complete(), with optional streaming.
 
@@ -151,11 +161,11 @@ class HFTeacher:
     (a PromptFormat, a built-in name or a JSON path) overrides the folder's saved one.
     """
 
-    # one generation at a time: requests in flight beyond it are only queued (see run_requests)
+    # requests still queued when a run stops need not finish (see run_requests)
     finish_in_flight = False
 
     def __init__(self, path: str | Path, config: Any | None = None, *, base: str | None = None,
-                 prompt_format: Any | None = None, device: str = "cpu"):
+                 prompt_format: Any | None = None, device: str = "auto"):
         try:
             import torch
             import transformers  # noqa: F401
@@ -173,14 +183,16 @@ class HFTeacher:
         if self.config.n_threads:
             torch.set_num_threads(self.config.n_threads)
         t0 = time.monotonic()
-        dtype = torch.float32 if device == "cpu" else "auto"
+        device = pick_device(device)
+        # a GPU computes in bf16 (fp16 where bf16 is missing); a CPU in fp32, which it runs fastest
+        dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         saved_fmt = None
         try:
             if self.layout.alpacakit and base is None:
                 # the training stage's own loader: manifest checks, base re-creation, tokenizer, format
                 from alpacakit.train.merge import load_trained
 
-                model, self.tokenizer, saved_fmt = load_trained(self.path, dtype=torch.float32)
+                model, self.tokenizer, saved_fmt = load_trained(self.path, dtype=dtype)
                 if hasattr(model, "merge_and_unload"):  # base + LoRA adapter: merge for speed
                     model = model.merge_and_unload()
             else:
@@ -212,6 +224,10 @@ class HFTeacher:
         self.prompt_format = fmt.bind(self.tokenizer)
         self._eos_ids = self._stop_token_ids()
         self._lock = threading.Lock()
+        self._pending: list[_Request] = []
+        self._pending_lock = threading.Lock()
+        self.max_batch = int(getattr(self.config, "max_concurrency", 1) or 1)
+        self.max_concurrency = self.max_batch  # requests worth having in flight: they are decoded together
 
     # ------------------------------------------------------------------ loading helpers
 
@@ -338,86 +354,157 @@ class HFTeacher:
 
     def _generate(self, ids: list[int], stops: list[str], max_new: int, temp: float, top_p: float,
                   seed: int | None, emit: Callable[[str], None], cancelled: threading.Event) -> Completion:
-        """Runs in a worker thread: generate under the model lock, emitting decoded pieces."""
+        """Runs in a worker thread. Greedy requests that are waiting at the same time are decoded
+        together, up to `config.max_concurrency` per `generate()` call (left-padded, one forward
+        pass per step for all of them: a CPU reads the weights once per step instead of once per
+        request). The first waiting thread that gets the model lock runs the batch for everyone;
+        the others wait for their own result. A sampled request runs alone, so its seed gives the
+        same answer whatever else is in flight."""
+        req = _Request(ids, stops, max_new, temp, top_p, seed, emit, cancelled, StopScanner(stops))
+        batchable = not (temp and temp > 0) and self.max_batch > 1
+        if not batchable:
+            with self._lock:
+                self._run_batch([req])
+        else:
+            with self._pending_lock:
+                self._pending.append(req)
+            while not req.done.is_set():
+                if not self._lock.acquire(timeout=0.02):
+                    continue
+                try:
+                    with self._pending_lock:
+                        batch = self._pending[: self.max_batch]
+                        del self._pending[: len(batch)]
+                    if batch:
+                        self._run_batch(batch)
+                finally:
+                    self._lock.release()
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    def _run_batch(self, batch: list["_Request"]) -> None:
+        """Generate every request of `batch` in one `generate()` call (the model lock is held)."""
+        try:
+            self._decode(batch)
+        except BaseException as e:  # every waiting request gets the failure, not a hang
+            for r in batch:
+                r.error = e if isinstance(e, TeacherError) else TeacherError(f"{self.name}: generation failed: {e}")
+            raise
+        finally:
+            for r in batch:
+                r.done.set()
+
+    def _decode(self, batch: list["_Request"]) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         tok = self.tokenizer
-        scanner = StopScanner(stops)
-        generated: list[int] = []
+        eos = set(self._eos_ids)
         t0 = time.monotonic()
+        deadline = [float("inf")]
+        timed_out = threading.Event()
+
+        def finished(r: _Request) -> bool:
+            return r.ended or r.cancelled.is_set() or r.scanner.stopped or len(r.generated) >= r.max_new
 
         class Pieces(BaseStreamer):
-            """Decodes the whole answer so far and emits what is new: multi-byte characters
-            split across tokens come out whole, and stop strings are cut by the scanner."""
+            """Per request: decode the answer so far and emit what is new (multi-byte characters
+            come out whole; stop strings are cut by the request's scanner)."""
 
             def __init__(self) -> None:
                 self.first = True
-                self.shown = 0
 
             def put(self, value: Any) -> None:
-                if self.first:  # generate() hands over the prompt first
+                if self.first:  # generate() hands over the prompts first
                     self.first = False
                     return
-                generated.extend(int(t) for t in value.reshape(-1).tolist())
-                text = tok.decode(generated, skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
-                    return
-                new, self.shown = text[self.shown:], len(text)
-                emit(scanner.feed(new))
+                for r, t in zip(batch, value.reshape(-1).tolist()):
+                    if finished(r):
+                        continue  # a finished row keeps receiving padding
+                    r.generated.append(int(t))
+                    if int(t) in eos:
+                        r.ended = True
+                    text = tok.decode(r.generated, skip_special_tokens=True)
+                    if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+                        continue
+                    new, r.shown = text[r.shown:], len(text)
+                    r.emit(r.scanner.feed(new))
 
             def end(self) -> None:
-                text = tok.decode(generated, skip_special_tokens=True)
-                emit(scanner.feed(text[self.shown:]))  # whatever was held back, even a broken character
-                emit(scanner.flush())
-
-        deadline = [float("inf")]  # set once the model lock is held: waiting for it is not generating
-        timed_out = threading.Event()
+                for r in batch:
+                    text = tok.decode(r.generated, skip_special_tokens=True)
+                    r.emit(r.scanner.feed(text[r.shown:]))  # whatever was held back, even a broken character
+                    r.emit(r.scanner.flush())
 
         class Halt(StoppingCriteria):
-            """Stops after a stop string, when the reader has gone, or past the deadline."""
+            """Per row: stop after a stop string, at the row's own max_tokens, when its reader has
+            gone; all rows past the deadline."""
 
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 if time.monotonic() > deadline[0]:
                     timed_out.set()
-                flag = cancelled.is_set() or scanner.stopped or timed_out.is_set()
-                return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
+                flags = [timed_out.is_set() or finished(r) for r in batch]
+                return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (self._eos_ids or [0])[0]
         gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new,
+            "max_new_tokens": max(r.max_new for r in batch),
             "streamer": Pieces(),
             "stopping_criteria": StoppingCriteriaList([Halt()]),
             "eos_token_id": self._eos_ids or None,
-            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else (self._eos_ids or [0])[0],
+            "pad_token_id": pad,
         }
-        if temp and temp > 0:
-            gen_kwargs.update(do_sample=True, temperature=temp, top_p=top_p, top_k=0)
+        head = batch[0]
+        if head.temp and head.temp > 0:
+            gen_kwargs.update(do_sample=True, temperature=head.temp, top_p=head.top_p, top_k=0)
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with self._lock:
-            if self.model is None:
-                raise TeacherError(f"{self.name} was closed")
-            if seed is not None:
-                torch.manual_seed(seed)
-            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-            deadline[0] = time.monotonic() + float(self.config.timeout_s)
-            with torch.inference_mode():
-                self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
+        if self.model is None:
+            raise TeacherError(f"{self.name} was closed")
+        if head.seed is not None:
+            torch.manual_seed(head.seed)
+        width = max(len(r.ids) for r in batch)  # left padding: every prompt ends where generation starts
+        input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], dtype=torch.long,
+                                 device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], dtype=torch.long,
+                            device=self.device)
+        deadline[0] = time.monotonic() + float(self.config.timeout_s)
+        with torch.inference_mode():
+            self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
         if timed_out.is_set():
             raise TeacherError(f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
                                hint="raise the timeout, lower max_tokens, or use a smaller model")
-        stopped_by = "stop_string" if scanner.stopped else (
-            "eos" if generated and generated[-1] in self._eos_ids else None)
-        if stopped_by is not None:
-            finish = "stop"
-        elif len(generated) >= max_new:
-            finish = "length"
-        else:
-            finish = "stop"
-        return Completion(text=scanner.text, finish_reason=finish, usage=Usage(len(ids), len(generated)),
-                          model=self.name, request_id=f"hf-{uuid.uuid4().hex[:12]}",
-                          latency_s=time.monotonic() - t0, stopped_by=stopped_by)
+        for r in batch:
+            stopped_by = "stop_string" if r.scanner.stopped else ("eos" if r.ended else None)
+            finish = "stop" if stopped_by is not None or len(r.generated) < r.max_new else "length"
+            r.result = Completion(text=r.scanner.text, finish_reason=finish,
+                                  usage=Usage(len(r.ids), len(r.generated)), model=self.name,
+                                  request_id=f"hf-{uuid.uuid4().hex[:12]}", latency_s=time.monotonic() - t0,
+                                  stopped_by=stopped_by)
+
+
+@dataclass
+class _Request:
+    """One generation waiting for, or inside, a batch."""
+
+    ids: list[int]
+    stops: list[str]
+    max_new: int
+    temp: float
+    top_p: float
+    seed: int | None
+    emit: Callable[[str], None]
+    cancelled: threading.Event
+    scanner: Any
+    generated: list[int] = field(default_factory=list)
+    shown: int = 0
+    ended: bool = False  # wrote an end-of-sequence token
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Completion | None = None
+    error: BaseException | None = None
 
 
 async def _last(stream: AsyncIterator[str | Completion]) -> Completion:

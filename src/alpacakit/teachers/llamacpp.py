@@ -79,6 +79,15 @@ def _build_has_amx(llama_cpp: Any) -> bool:
         return False
 
 
+def gpu_layers(llama_cpp: Any) -> int:
+    """Layers to offload: all (-1) when this llama.cpp build has CUDA/Metal, else 0.
+    $ALPACAKIT_N_GPU_LAYERS overrides (e.g. 20 to fit a model larger than the GPU's memory)."""
+    env = os.environ.get("ALPACAKIT_N_GPU_LAYERS")
+    if env:
+        return int(env)
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
 def open_llama(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     """`llama_cpp.Llama(model_path=path, verbose=False, **kwargs)`, safe on Intel AMX machines.
 
@@ -93,6 +102,7 @@ def open_llama(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     import llama_cpp.llama as llama_module
 
     kwargs.setdefault("verbose", False)
+    kwargs.setdefault("n_gpu_layers", gpu_layers(llama_cpp))
     keep = os.environ.get("ALPACAKIT_LLAMA_EXTRA_BUFFERS") == "1"
     defaults = llama_module.llama_cpp.llama_model_default_params
     if keep or not _build_has_amx(llama_cpp) or not hasattr(defaults(), "use_extra_bufts"):

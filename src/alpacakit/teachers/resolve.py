@@ -1,13 +1,8 @@
-"""One resolver from a model reference to a loaded `Teacher`.
-
-Reference syntax (the same for teachers, judges and systems under evaluation):
-
-- `openai:MODEL`: an OpenAI-compatible endpoint at `base_url` (OpenAI itself when unset);
-- an embedded model name, a `.gguf` path, or a folder holding one `.gguf`: llama.cpp in process;
-- a bare model name *with* `base_url` set (e.g. `model: llama3` and an Ollama URL) is taken as
-  an endpoint model too, since a base URL says where the model lives.
-
-Anything else fails in `models.resolve_gguf` with the list of embedded names.
+"""One resolver from a model reference to a loaded `Teacher`, for teachers, judges and systems
+under evaluation alike. What a reference is comes from `alpacakit.models.registry.classify`
+(see its table): an endpoint (`openai:MODEL`, or a bare name with a base URL), a GGUF model
+(embedded name, `.gguf` file, folder holding one: llama.cpp in process), or a Hugging Face /
+alpacakit model folder (transformers). Anything else is a clear error naming what is accepted.
 """
 
 from __future__ import annotations
@@ -20,24 +15,26 @@ from alpacakit.teachers.base import Teacher
 
 
 def backend_of(config: Any) -> str:
-    """'openai' or 'llamacpp' for a TeacherConfig, without loading anything."""
-    from alpacakit.models import is_embedded
+    """'openai', 'llamacpp' or 'hf' for a TeacherConfig, without loading anything."""
+    from alpacakit.models.registry import classify
 
-    ref = config.model.strip()
-    if ref.startswith("openai:"):
-        return "openai"
-    if config.base_url and not is_embedded(ref) and not ref.endswith(".gguf") and not Path(ref).expanduser().exists():
-        return "openai"
-    return "llamacpp"
+    return {"endpoint": "openai", "gguf": "llamacpp", "hf": "hf"}[classify(config.model, base_url=config.base_url).kind]
 
 
-def make_teacher(config: Any, tracker: CostTracker | None = None) -> Teacher:
+def make_teacher(config: Any, tracker: CostTracker | None = None, *, prompt_format: Any | None = None,
+                 base: str | None = None) -> Teacher:
     """Build the teacher a TeacherConfig describes. `tracker`, when given, is charged on every
-    successful call (and Completion.cost is set either way)."""
-    if backend_of(config) == "openai":
+    successful call (and Completion.cost is set either way). `prompt_format` and `base` apply to
+    model folders (a format other than the folder's own; an adapter's base model)."""
+    kind = backend_of(config)
+    if kind == "openai":
         from alpacakit.teachers.openai_compat import OpenAICompatTeacher
 
         return OpenAICompatTeacher(config, tracker)
+    if kind == "hf":
+        from alpacakit.teachers.hf import HFTeacher
+
+        return HFTeacher(Path(config.model.strip()).expanduser(), config, base=base, prompt_format=prompt_format)
     from alpacakit.teachers.llamacpp import LlamaCppTeacher
 
     return LlamaCppTeacher(config, tracker)

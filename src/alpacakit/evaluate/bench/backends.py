@@ -108,7 +108,8 @@ def _cut(text: str, stops: list[str]) -> str:
 # --------------------------------------------------------------------------- transformers
 
 class HFBackend(Backend):
-    """A Hugging Face model folder (or an alpacakit model folder / LoRA adapter), on CPU.
+    """A Hugging Face model folder (or an alpacakit model folder / LoRA adapter), on the device
+    `HFTeacher` picks (the first CUDA GPU in bf16 when there is one, else the CPU in fp32).
 
     Loading goes through `alpacakit.teachers.hf.HFTeacher`, so adapters are merged onto their
     base and the folder's saved prompt format is found the same way `chat` and `serve` find it.
@@ -163,7 +164,7 @@ class HFBackend(Backend):
     def _score(self, ids: list[int], n_cont: int) -> float:
         import torch
 
-        input_ids = torch.tensor([ids], dtype=torch.long)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.teacher.device)
         with torch.inference_mode():
             try:  # only the logits we need: Gemma's 262K vocabulary makes the full matrix large
                 logits = self.model(input_ids=input_ids, logits_to_keep=n_cont + 1).logits
@@ -171,7 +172,7 @@ class HFBackend(Backend):
                 logits = self.model(input_ids=input_ids).logits
             logits = logits[0, -(n_cont + 1):-1].float()
             logprobs = torch.log_softmax(logits, dim=-1)
-            target = torch.tensor(ids[-n_cont:], dtype=torch.long)
+            target = torch.tensor(ids[-n_cont:], dtype=torch.long, device=logprobs.device)
             return float(logprobs.gather(1, target[:, None]).sum())
 
     def generate(self, context: str, *, max_tokens: int, stop: list[str], add_special: bool) -> str:
@@ -179,7 +180,7 @@ class HFBackend(Backend):
 
         ids = self._encode(context, add_special)
         self._check_fits(len(ids) + max_tokens)
-        input_ids = torch.tensor([ids], dtype=torch.long)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.teacher.device)
         tok = self.tokenizer
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_tokens, "do_sample": False, "temperature": None, "top_p": None, "top_k": None,

@@ -406,6 +406,17 @@ def describe(ref: str | Path) -> dict[str, Any]:
         dist = m.dists[0] if len(m.dists) == 1 else f"{m.dists[0]}..{m.dists[-1].rsplit('part', 1)[-1]}"
         return {"name": m.name, "source": f"pypi:{dist}=={','.join(versions) or m.version}", "path": str(path),
                 "sha256": m.sha256, "licence": m.licence, "kind": m.kind, "role": m.role, "upstream": m.upstream}
+    folder = Path(ref).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.gguf")):
+        from alpacakit.teachers.hf import find_layout, is_hf_folder
+
+        if is_hf_folder(folder):  # a Hugging Face / alpacakit model folder, run by transformers
+            layout = find_layout(folder)
+            weights = layout.weights or layout.adapter
+            return {"name": folder.resolve().name, "source": "folder", "path": str(folder.resolve()),
+                    "sha256": None, "licence": None, "kind": "folder",
+                    "weights": str(weights) if weights else None,
+                    "base": str(layout.base) if layout.weights is None and layout.base else None}
     path = resolve_gguf(ref)
     meta = gguf_metadata(path, keys=("general.name", "general.license", "tokenizer.chat_template"))
     return {"name": meta.get("general.name") or path.stem, "source": "file", "path": str(path),

@@ -1,0 +1,121 @@
+"""The GPU check (`make gpu-check`): what only a GPU can show, in one short run.
+
+1. What this machine has: torch's CUDA devices, and whether the installed llama.cpp build can
+   offload layers (the Makefile's wheel is CPU-only; a CUDA wheel needs CMAKE_ARGS=-DGGML_CUDA=on).
+2. A model folder in transformers on the GPU (bf16) vs the CPU (fp32): the same 48 held-out
+   instructions, greedy, batched (`HFTeacher`, max_concurrency 8): completion tokens/s side by
+   side, and how many answers are the same text (bf16 and fp32 round differently: most, not all).
+3. Log-likelihood scoring on the GPU vs the CPU (`eval bench`'s multiple choice, 20 items):
+   the same predictions expected, the largest difference in summed log-probability printed.
+4. llama.cpp with every layer offloaded vs none (when the build can offload): tokens/s.
+
+Exit status 0 when every part that could run ran; 2 when there is no GPU (unless --allow-cpu,
+which runs the same code on the CPU twice, as a smoke test of the script itself).
+
+    python benchmarks/gpu_check.py                 # on the GPU machine
+    python benchmarks/gpu_check.py --allow-cpu --instructions 8 --items 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--instructions", type=int, default=48)
+    ap.add_argument("--items", type=int, default=20)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--allow-cpu", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from alpacakit.config import TeacherConfig
+    from alpacakit.evaluate.evalsets import load_eval_set
+    from alpacakit.models import file_sha256, resolve_gguf
+    from alpacakit.teachers.hf import HFTeacher
+    from alpacakit.train.base_model import gguf_to_hf
+
+    cuda = torch.cuda.is_available()
+    print(f"torch {torch.__version__}: CUDA {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}")
+    try:
+        import llama_cpp
+
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        print(f"llama-cpp-python {llama_cpp.__version__}: GPU offload {'yes' if offload else 'no (CPU build)'}")
+    except ImportError:
+        offload = False
+        print("llama-cpp-python: not installed")
+    if not cuda and not args.allow_cpu:
+        print("no GPU here: nothing to check (--allow-cpu runs the script on the CPU as a smoke test)")
+        return 2
+    gpu = "cuda" if cuda else "cpu"
+
+    gguf = resolve_gguf(args.model)
+    folder = gguf_to_hf(gguf, file_sha256(gguf))
+    items = load_eval_set("alpacakit", limit=args.instructions)
+    messages = [[{"role": "user", "content": it.instruction + (f"\n\n{it.input}" if it.input else "")}] for it in items]
+
+    async def answer(t: HFTeacher) -> tuple[float, list[str], int]:
+        await t.chat([{"role": "user", "content": "Hi"}], max_tokens=2)
+        t0 = time.perf_counter()
+        outs = await asyncio.gather(*(t.chat(m, max_tokens=args.max_tokens, temperature=0.0) for m in messages))
+        return time.perf_counter() - t0, [o.text for o in outs], sum(o.usage.completion_tokens for o in outs)
+
+    results = {}
+    for device in ("cpu", gpu):
+        t = HFTeacher(folder, TeacherConfig(model=str(folder), temperature=0.0, max_tokens=args.max_tokens,
+                                            max_concurrency=8), device=device)
+        results[device] = asyncio.run(answer(t)) + (str(t.model.dtype),)
+        del t
+    (cs, ct, cn, cd), (gs, gt, gn, gd) = results["cpu"], results[gpu]
+    print(f"model folder, {len(messages)} instructions, 8 batched: cpu ({cd}) {cn / cs:.1f} tok/s; "
+          f"{gpu} ({gd}) {gn / gs:.1f} tok/s (x{(gn / gs) / (cn / cs):.2f}); same text {sum(a == b for a, b in zip(ct, gt))}/{len(ct)}")
+
+    from alpacakit.evaluate.bench.backends import HFBackend
+    from alpacakit.evaluate.bench.runner import plan_prompts, score_mc
+    from alpacakit.evaluate.bench.tasks import load_task, select
+
+    mc = select(load_task("facts_mc"), args.items)
+    scored = {}
+    for device in ("cpu", gpu):
+        os.environ["ALPACAKIT_DEVICE"] = device
+        b = HFBackend(folder)
+        plan = plan_prompts(b)
+        t0 = time.perf_counter()
+        scored[device] = ([score_mc(b, plan, it) for it in mc], time.perf_counter() - t0)
+        b.close()
+    os.environ.pop("ALPACAKIT_DEVICE", None)
+    (c_rows, c_s), (g_rows, g_s) = scored["cpu"], scored[gpu]
+    same = sum(a["pred_norm"] == b["pred_norm"] for a, b in zip(c_rows, g_rows))
+    gap = max(abs(x - y) for a, b in zip(c_rows, g_rows) for x, y in zip(a["loglik"], b["loglik"]))
+    print(f"log-likelihood, {len(mc)} multiple-choice items: same prediction {same}/{len(mc)}, largest "
+          f"|delta log p| {gap:.3f}; cpu {c_s:.1f} s, {gpu} {g_s:.1f} s")
+
+    if offload:
+        from alpacakit.teachers.llamacpp import LlamaCppTeacher
+
+        rates = {}
+        for layers in ("0", "-1"):
+            os.environ["ALPACAKIT_N_GPU_LAYERS"] = layers
+            g = LlamaCppTeacher(TeacherConfig(model=args.model, temperature=0.0, max_tokens=args.max_tokens,
+                                              max_concurrency=8, timeout_s=600))
+            s, _, n = asyncio.run(answer(g))  # type: ignore[arg-type]
+            rates[layers] = n / s
+            asyncio.run(g.aclose())
+        os.environ.pop("ALPACAKIT_N_GPU_LAYERS", None)
+        print(f"GGUF, llama.cpp engine, 8 slots: no offload {rates['0']:.1f} tok/s; all layers "
+              f"{rates['-1']:.1f} tok/s (x{rates['-1'] / rates['0']:.2f})")
+    else:
+        print("GGUF offload: skipped (this llama.cpp build cannot offload; see the Makefile's LLAMA_CMAKE_ARGS)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
