@@ -9,10 +9,11 @@ Tokens are whitespace words, so prompt-length limits are easy to hit on purpose.
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from alpacakit.teachers.base import Completion, Usage
@@ -93,3 +94,12 @@ class ScriptedTeacher:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `predicate` until it holds (an AssertionError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)

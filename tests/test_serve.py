@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,7 @@ from alpacakit.serve.backend import ServeBackend
 from alpacakit.serve.config import ServeConfig
 from alpacakit.serve.safety import Blocklist, make_safety, parse_moderation
 from alpacakit.serve.server import BackgroundServer
-from serve_fakes import ScriptedTeacher
+from serve_fakes import ScriptedTeacher, wait_for
 
 KEY = "sk-serve-test-4f1c2a"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -58,14 +57,6 @@ def sse_events(response: httpx.Response) -> list[Any]:
             data = line[len("data: "):]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------- models, auth

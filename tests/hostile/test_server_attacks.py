@@ -8,34 +8,16 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from alpacakit.serve.app import create_app, host_name
-from alpacakit.serve.backend import ServeBackend
-from alpacakit.serve.config import ServeConfig
-from alpacakit.serve.server import BackgroundServer
+from alpacakit.serve.app import host_name
 from serve_fakes import ScriptedTeacher
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., tuple[str, ScriptedTeacher]]]:
-    servers: list[BackgroundServer] = []
-
-    def _start(teacher: Any = None, **cfg: Any) -> tuple[str, Any]:
-        teacher = teacher or ScriptedTeacher()
-        srv = BackgroundServer(create_app(ServeBackend(teacher), ServeConfig(**cfg), api_key="")).start()
-        servers.append(srv)
-        return srv.url, teacher
-
-    yield _start
-    for s in servers:
-        s.stop()
 
 
 def _rss_mb() -> float:

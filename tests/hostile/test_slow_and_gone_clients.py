@@ -7,43 +7,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 
-from alpacakit.serve.app import create_app
-from alpacakit.serve.backend import ServeBackend
-from alpacakit.serve.config import ServeConfig
-from alpacakit.serve.server import BackgroundServer
-from serve_fakes import ScriptedTeacher
+from serve_fakes import ScriptedTeacher, wait_for
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., tuple[str, Any]]]:
-    servers: list[BackgroundServer] = []
-
-    def _start(teacher: Any = None, **cfg: Any) -> tuple[str, Any]:
-        teacher = teacher or ScriptedTeacher()
-        srv = BackgroundServer(create_app(ServeBackend(teacher), ServeConfig(**cfg), api_key="")).start()
-        servers.append(srv)
-        return srv.url, teacher
-
-    yield _start
-    for s in servers:
-        s.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def health(url: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from alpacakit.teachers.accounting import estimate_prompt_tokens, estimate_tokens
