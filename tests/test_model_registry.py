@@ -33,7 +33,7 @@ def test_each_kind_is_recognised_without_loading_anything(chat_folder: Path, smo
     (folder / "m.gguf").symlink_to(smollm2_gguf)
     assert classify(str(folder)).kind == "gguf"
     m = classify(str(chat_folder))
-    assert m.kind == "hf" and m.can(LOGLIK) and not m.can(BATCH)
+    assert m.kind == "hf" and m.can(LOGLIK) and m.can(BATCH)
 
 
 @pytest.mark.parametrize("ref, message, hint", [
@@ -101,3 +101,23 @@ def test_eval_likelihood_on_an_endpoint_stops_before_reading_anything(tmp_path: 
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "needs log-likelihoods of given text" in r.stderr and "local weights" in r.stderr
+
+
+def test_vllm_models_are_folders_and_say_how_to_install_vllm(chat_folder: Path, smollm2_gguf: Path,
+                                                            tmp_path: Path) -> None:
+    m = classify(f"vllm:{chat_folder}")
+    assert m.kind == "vllm" and m.can(BATCH) and not m.can(LOGLIK)
+    with pytest.raises(ConfigError, match="vLLM runs model folders"):
+        classify(f"vllm:{smollm2_gguf}")
+    pytest.importorskip("transformers")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here: the install hint is not shown")
+    except ImportError:
+        pass
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"instruction": "Name a colour."}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "generate", "--from-prompts", str(prompts),
+                        "--teacher", f"vllm:{chat_folder}", "-o", str(tmp_path / "d"), "--num", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and 'pip install "alpacakit[vllm]"' in r.stderr and "Traceback" not in r.stderr

@@ -53,11 +53,14 @@ def main() -> None:
         app()
     except AlpacakitError as e:
         from rich.console import Console
+        from rich.markup import escape
 
         err = Console(stderr=True)
-        err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+        # escaped: messages quote file contents and install commands (`pip install "alpacakit[llama]"`)
+        # whose brackets rich would otherwise swallow as markup
+        err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, markup=True, soft_wrap=True)
         if e.hint:
-            err.print(f"[bold]fix:[/] {e.hint}", highlight=False, soft_wrap=True)
+            err.print(f"[bold]fix:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

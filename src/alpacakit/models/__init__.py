@@ -406,6 +406,8 @@ def describe(ref: str | Path) -> dict[str, Any]:
         dist = m.dists[0] if len(m.dists) == 1 else f"{m.dists[0]}..{m.dists[-1].rsplit('part', 1)[-1]}"
         return {"name": m.name, "source": f"pypi:{dist}=={','.join(versions) or m.version}", "path": str(path),
                 "sha256": m.sha256, "licence": m.licence, "kind": m.kind, "role": m.role, "upstream": m.upstream}
+    if ref.startswith("vllm:"):  # a model folder run by vLLM
+        return {**describe(ref[len("vllm:"):]), "backend": "vllm"}
     folder = Path(ref).expanduser()
     if folder.is_dir() and not any(folder.glob("*.gguf")):
         from alpacakit.teachers.hf import find_layout, is_hf_folder

@@ -7,7 +7,8 @@ evaluation, `chat`, `serve`, `export` and the quickstart):
 |---|---|---|
 | `endpoint` | `openai:MODEL` (with a base URL for anything but OpenAI), or any name when a base URL is set | the `openai` client: OpenAI, vLLM, TGI, llama.cpp's server, Ollama, `alpacakit serve` |
 | `gguf` | an embedded name (`smollm2-135m-instruct`, ...), a `.gguf` file, or a folder holding one | llama.cpp in process (GPU offload when the wheel has CUDA/Metal) |
-| `hf` | a Hugging Face model folder, or a folder `alpacakit train` wrote (merged weights or a LoRA adapter) | transformers (bf16 on a CUDA GPU, fp32 on the CPU) |
+| `hf` | a Hugging Face model folder, or a folder `alpacakit train` wrote (merged weights or a LoRA adapter) | transformers (bf16 on a CUDA GPU, fp32 on the CPU; waiting greedy requests decoded together) |
+| `vllm` | `vllm:FOLDER` (the same folders) | vLLM in process (`alpacakit[vllm]`): batched generation at scale, tensor parallel over the GPUs present |
 
 `classify(ref)` says which, without loading anything, and `capabilities(kind)` what that kind
 can do. A verb that needs something a kind lacks calls `require(...)`, which raises one clear
@@ -32,14 +33,17 @@ GPU = "gpu"              # can run on a GPU on a machine that has one
 CAPABILITIES: dict[str, frozenset[str]] = {
     "endpoint": frozenset({CHAT, COMPLETE, STREAM, BATCH, GPU}),
     "gguf": frozenset({CHAT, COMPLETE, STREAM, LOGLIK, BATCH, GPU}),
-    "hf": frozenset({CHAT, COMPLETE, STREAM, LOGLIK, GPU}),
+    "hf": frozenset({CHAT, COMPLETE, STREAM, LOGLIK, BATCH, GPU}),
+    "vllm": frozenset({CHAT, COMPLETE, BATCH, GPU}),
 }
 
 # What to use instead when a kind lacks a capability.
 _ALTERNATIVES: dict[tuple[str, str], str] = {
     ("endpoint", LOGLIK): "local weights (a model folder, a .gguf file or an embedded name) give log-likelihoods; "
                           "an endpoint runs the generation-scored tasks (e.g. --tasks facts_qa,arithmetic_qa,reading_qa)",
-    ("hf", BATCH): "export it to GGUF (`alpacakit export gguf FOLDER`), which llama.cpp decodes in batches",
+    ("vllm", LOGLIK): "drop the vllm: prefix: the folder itself (transformers) gives log-likelihoods",
+    ("vllm", STREAM): "drop the vllm: prefix to stream from transformers, or serve the folder with vLLM's own server",
+    ("vllm", "export"): "drop the vllm: prefix: `alpacakit export gguf FOLDER`",
     ("endpoint", "export"): "export needs weights: point it at the model folder the endpoint serves",
     ("gguf", "export"): "a .gguf file is already exported; `alpacakit export gguf` converts model folders",
 }
@@ -74,6 +78,13 @@ def classify(ref: str, *, base_url: str | None = None) -> ModelRef:
                           hint="name a model: an embedded name, a .gguf file, a model folder or openai:MODEL")
     if ref.startswith("openai:"):
         return ModelRef(ref, "endpoint")
+    if ref.startswith("vllm:"):
+        folder = Path(ref.removeprefix("vllm:")).expanduser()
+        inner = classify(str(folder))
+        if inner.kind != "hf":
+            raise ConfigError(f"{ref}: vLLM runs model folders, and {folder} is {_article(inner.kind)}",
+                              hint="pass vllm:FOLDER with a Hugging Face or alpacakit model folder")
+        return ModelRef(ref, "vllm", folder)
     if is_embedded(ref):
         return ModelRef(ref, "gguf")
     p = Path(ref).expanduser()
@@ -121,7 +132,8 @@ _NEEDS = {CHAT: "chat answers", COMPLETE: "raw text completion", STREAM: "stream
 
 
 def _article(kind: str) -> str:
-    return {"endpoint": "an endpoint", "gguf": "a GGUF model", "hf": "a Hugging Face model folder"}[kind]
+    return {"endpoint": "an endpoint", "gguf": "a GGUF model", "hf": "a Hugging Face model folder",
+            "vllm": "a vLLM model"}[kind]
 
 
 def gpu_available(kind: str) -> bool:

@@ -130,8 +130,9 @@ def _check_base(ref: str, cfg_path: Path) -> None:
     )
 
 
-def _load_weights(ref: str | Path, dtype: Any) -> Any:
-    """A causal LM from a folder, a .gguf file or an embedded GGUF model name (dequantised)."""
+def _load_weights(ref: str | Path, dtype: Any, device_map: str | None = None) -> Any:
+    """A causal LM from a folder, a .gguf file or an embedded GGUF model name (dequantised).
+    `device_map="auto"` spreads the layers over every GPU (accelerate), for models larger than one."""
     from transformers import AutoModelForCausalLM
 
     from alpacakit.models import is_embedded
@@ -141,7 +142,8 @@ def _load_weights(ref: str | Path, dtype: Any) -> Any:
         from alpacakit.train.base_model import resolve_base  # converts a GGUF to an HF folder once, cached
 
         ref_s = resolve_base(ref_s).path
-    return AutoModelForCausalLM.from_pretrained(str(Path(ref_s).expanduser()), dtype=dtype)
+    extra = {"device_map": device_map} if device_map else {}
+    return AutoModelForCausalLM.from_pretrained(str(Path(ref_s).expanduser()), dtype=dtype, **extra)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -187,6 +189,8 @@ class HFTeacher:
         # a GPU computes in bf16 (fp16 where bf16 is missing); a CPU in fp32, which it runs fastest
         dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         saved_fmt = None
+        # several GPUs: the layers spread over all of them (a 7B+ model in bf16 may not fit one)
+        spread = "auto" if device == "cuda" and torch.cuda.device_count() > 1 else None
         try:
             if self.layout.alpacakit and base is None:
                 # the training stage's own loader: manifest checks, base re-creation, tokenizer, format
@@ -198,17 +202,21 @@ class HFTeacher:
             else:
                 self.tokenizer = self._load_tokenizer()
                 if self.layout.weights is not None:
-                    model = _load_weights(self.layout.weights, dtype)
+                    model = _load_weights(self.layout.weights, dtype, spread)
                 else:
                     from peft import PeftModel
 
-                    model = _load_weights(self.layout.base, dtype)  # type: ignore[arg-type]
+                    model = _load_weights(self.layout.base, dtype, spread)  # type: ignore[arg-type]
                     model = PeftModel.from_pretrained(model, str(self.layout.adapter)).merge_and_unload()
         except (OSError, ValueError, KeyError) as e:
             raise TeacherError(f"transformers could not load the model in {self.path}: {e}",
                                hint="check that the folder is complete (config.json, weights, tokenizer)") from None
-        self.model = model.to(device).eval()
-        self.device = device
+        if getattr(model, "hf_device_map", None):  # placed by device_map: inputs go to the first layer's device
+            self.model = model.eval()
+            self.device = str(next(model.parameters()).device)
+        else:
+            self.model = model.to(device).eval()
+            self.device = device
         self.load_s = time.monotonic() - t0
 
         if prompt_format is not None:

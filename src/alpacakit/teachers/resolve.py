@@ -15,10 +15,11 @@ from alpacakit.teachers.base import Teacher
 
 
 def backend_of(config: Any) -> str:
-    """'openai', 'llamacpp' or 'hf' for a TeacherConfig, without loading anything."""
+    """'openai', 'llamacpp', 'hf' or 'vllm' for a TeacherConfig, without loading anything."""
     from alpacakit.models.registry import classify
 
-    return {"endpoint": "openai", "gguf": "llamacpp", "hf": "hf"}[classify(config.model, base_url=config.base_url).kind]
+    kind = classify(config.model, base_url=config.base_url).kind
+    return {"endpoint": "openai", "gguf": "llamacpp", "hf": "hf", "vllm": "vllm"}[kind]
 
 
 def make_teacher(config: Any, tracker: CostTracker | None = None, *, prompt_format: Any | None = None,
@@ -31,6 +32,10 @@ def make_teacher(config: Any, tracker: CostTracker | None = None, *, prompt_form
         from alpacakit.teachers.openai_compat import OpenAICompatTeacher
 
         return OpenAICompatTeacher(config, tracker)
+    if kind == "vllm":
+        from alpacakit.teachers.vllm import VLLMTeacher
+
+        return VLLMTeacher(config.model.strip(), config, prompt_format=prompt_format)
     if kind == "hf":
         from alpacakit.teachers.hf import HFTeacher
 
