@@ -121,3 +121,10 @@ def test_vllm_models_are_folders_and_say_how_to_install_vllm(chat_folder: Path, 
                         "--teacher", f"vllm:{chat_folder}", "-o", str(tmp_path / "d"), "--num", "1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and 'pip install "alpacakit[vllm]"' in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_refuses_what_is_not_a_model_folder_before_loading(smollm2_gguf: Path, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "export", "gguf", str(smollm2_gguf),
+                        "-o", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is a GGUF model, not a model folder" in r.stderr and "already exported" in r.stderr
+    assert not (tmp_path / "x.gguf").exists()

@@ -71,6 +71,15 @@ def gguf(
     """
     from alpacakit.export.gguf import AGREEMENT_THRESHOLD, VERIFIED_QUANTS, check_agreement, export_gguf
     from alpacakit.export.gguf_delta import resolve_quant
+    from alpacakit.errors import AlpacakitError
+    from alpacakit.models.registry import classify, require
+
+    try:
+        ref = classify(str(model_dir))
+    except AlpacakitError:
+        ref = None  # not a model at all: export's own checks say what the folder lacks
+    if ref is not None:
+        require(ref, "export", "export gguf")  # a .gguf or an endpoint: say so before loading anything
 
     requested = quant.lower()
     quant = resolve_quant(requested, model_dir, base)

@@ -424,14 +424,17 @@ def open_backend(model: str, *, base: str | None = None, n_ctx: int = 2048, n_th
                  base_url: str | None = None, api_key_env: str | None = None) -> Backend:
     """The backend for a model reference: an HF / alpacakit model folder, a .gguf file, a folder
     holding one .gguf, an embedded model name, or `openai:MODEL` (an endpoint at `base_url`)."""
-    from alpacakit.models import is_embedded
-    from alpacakit.teachers.hf import is_hf_folder
+    from alpacakit.models.registry import classify
 
     ref = model.strip()
-    if ref.startswith("openai:"):
-        return EndpointBackend(ref, base_url=base_url, api_key_env=api_key_env)
-    p = Path(ref).expanduser()
-    if not is_embedded(ref) and p.is_dir() and is_hf_folder(p):
-        return HFBackend(p, base=base, n_threads=n_threads)
+    kind = classify(ref, base_url=base_url).kind
+    if kind == "endpoint":
+        return EndpointBackend(ref if ref.startswith("openai:") else f"openai:{ref}", base_url=base_url,
+                               api_key_env=api_key_env)
+    if kind == "vllm":
+        raise ConfigError(f"{ref}: benchmarks run the model folder itself (transformers scores and answers)",
+                          hint=f"pass {ref.removeprefix('vllm:')} without the vllm: prefix")
+    if kind == "hf":
+        return HFBackend(Path(ref).expanduser(), base=base, n_threads=n_threads)
     return LlamaCppBackend(ref, n_ctx=n_ctx, n_threads=n_threads)
 
