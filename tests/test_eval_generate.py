@@ -50,7 +50,7 @@ def test_answers_from_an_endpoint_are_written_in_alpacaeval_format(fake_openai, 
 
 def test_a_rerun_after_a_crash_asks_only_for_the_missing_answers(fake_openai, config, tmp_path):
     config.eval.system.max_concurrency = 1
-    fake_openai.script([{"text": "one"}, {"text": "two"}, {"status": 400, "message": "bad request"}])
+    fake_openai.script([{"text": "one"}, {"text": "two"}, {"status": 401, "message": "key revoked"}])
     out = tmp_path / "outputs-x.json"
     with pytest.raises(TeacherError):
         generate_outputs(config, out, show_progress=False)
@@ -172,3 +172,22 @@ def test_a_model_folder_is_asked_with_the_prompt_format_it_was_trained_on(tiny_f
     journal = [json.loads(x) for x in (work / "responses.jsonl").read_text().splitlines()]
     assert all(e["api"] == "completions" for e in journal)
     assert all(e["usage"]["completion_tokens"] <= 8 for e in journal)
+
+
+def test_an_answer_the_endpoint_refuses_for_good_is_a_recorded_discard_not_a_stop(fake_openai, config, tmp_path):
+    config.eval.system.max_concurrency = 1
+    fake_openai.responder = lambda body: "fine"
+    fake_openai.script([{"text": "one"}, {"status": 400, "message": "This prompt violates our content policy"}])
+    out = tmp_path / "outputs-x.json"
+    res = generate_outputs(config, out, show_progress=False)
+    assert res.status == "complete" and len(fake_openai.requests) == 4
+    assert [r["output"] for r in json.loads(out.read_text())] == ["one", "fine", "fine"]  # q1 refused
+    work = tmp_path / "outputs-x.work"
+    discards = [json.loads(line) for line in (work / "discards.jsonl").read_text().splitlines()]
+    assert [(d["reason"], d["status"]) for d in discards] == [("request_failed", 400)]
+    assert "content policy" in discards[0]["message"]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["counts"]["discards_by_reason"] == {"request_failed": 1}
+    fake_openai.reset()
+    generate_outputs(config, out, show_progress=False)
+    assert fake_openai.requests == []  # the refused request is not asked again

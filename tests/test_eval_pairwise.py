@@ -131,9 +131,9 @@ def test_a_crash_and_reruns_pay_for_no_judgment_twice(fake_openai, files, config
     config.eval.judge.max_concurrency = 1
     config.eval.judge.price = Price(input_per_1m=1000.0, output_per_1m=2000.0)
     fake_openai.responder = prefers("STUDENT")
-    # The 5th request fails for good (400 is not retried): the run stops with an error.
+    # The 5th request fails in a way every request would (401: the key was revoked): the run stops.
     fake_openai.script([{"text": "Verdict: A"}, {"text": "Verdict: B"}, {"text": "Verdict: A"}, {"text": "Verdict: B"},
-                        {"status": 400, "message": "context too long"}])
+                        {"status": 401, "message": "key revoked"}])
     with pytest.raises(TeacherError):
         judge_pairwise(*files, config, show_progress=False)
     assert len(fake_openai.requests) == 5
@@ -228,3 +228,17 @@ def test_a_budget_stops_judging_cleanly_and_a_larger_one_finishes_the_rest(fake_
     config.eval.judge.max_cost = 100.0
     res = judge_pairwise(*files, config, show_progress=False)
     assert res.status == "complete" and len(fake_openai.requests) == 2 * N - paid
+
+
+def test_a_judgment_the_endpoint_refuses_for_good_is_recorded_and_the_run_goes_on(fake_openai, files, config):
+    """A 400 (here: context too long) condemns that one request, not the run: it is journaled as a
+    request_failed discard, the other judgments complete, and a rerun does not ask it again."""
+    config.eval.judge.max_concurrency = 1
+    fake_openai.responder = prefers("STUDENT")
+    fake_openai.script([{"text": "Verdict: A"}, {"status": 400, "message": "context too long"}])
+    res = judge_pairwise(*files, config, show_progress=False)
+    assert res.status == "complete" and len(fake_openai.requests) == 2 * N
+    assert res.metrics["n_total"] == N  # the pair that lost one order is still judged in the other
+    fake_openai.reset()
+    judge_pairwise(*files, config, show_progress=False)
+    assert fake_openai.requests == []

@@ -357,3 +357,22 @@ def test_a_local_teacher_drops_queued_requests_once_the_target_is_reached(tmp_pa
     # dropped: the queued requests (at most the next one got the lock before the result was read,
     # and was cancelled); kept waiting: every request ran
     assert teacher.started == 4 if finish_in_flight else teacher.started <= 2
+
+
+def test_a_request_the_endpoint_refuses_for_good_is_a_discard_and_the_job_finishes(server, tmp_path):
+    """Before, one 400 (a prompt over the context window, a content-policy refusal) stopped the
+    job, and every resume asked the same request again: the job could never finish."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    server.script([{"status": 400, "message": "This model's maximum context length is 4096 tokens"}])
+    out = tmp_path / "out"
+    result = generate(config(server, seeds, num=6), out, show_progress=False)
+    assert result.status == "complete"
+    discards = [o for _, o in iter_jsonl(out / "discards.jsonl")]
+    failed = [d for d in discards if d["reason"] == "request_failed"]
+    assert len(failed) == 1 and failed[0]["status"] == 400 and "context length" in failed[0]["message"]
+    journal = [o for _, o in iter_jsonl(out / "responses.jsonl")]
+    assert sum(1 for e in journal if e.get("failed")) == 1
+    asked = len(server.requests)
+    again = generate(config(server, seeds, num=6), out, show_progress=False)
+    assert again.status == "complete" and len(server.requests) == asked

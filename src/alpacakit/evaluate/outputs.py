@@ -241,10 +241,12 @@ class OutputsResult:
     total: int
     totals: JobTotals
     paid_this_run: dict[str, Any]
+    refused: int = 0  # items the endpoint refused for good (HTTP 400/413/422): discards.jsonl says why
 
     def summary(self) -> str:
         t = self.totals
-        return (f"{self.status}: {self.answered}/{self.total} answers in {self.out_path} "
+        refused = f", {self.refused} refused by the endpoint (see discards.jsonl)" if self.refused else ""
+        return (f"{self.status}: {self.answered}/{self.total} answers in {self.out_path}{refused} "
                 f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}; this run: "
                 f"{self.paid_this_run['requests']} requests, ${self.paid_this_run['cost_usd']:.4f})")
 
@@ -349,15 +351,16 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
                         "dataset": it.dataset, "id": it.id, "category": it.category,
                         "finish_reason": rec["finish_reason"],
                         **({"stopped_by": rec["stopped_by"]} if rec.get("stopped_by") else {})})
-    if status == "complete" and len(records) < len(keys):
-        status = "incomplete"
+    refused = job.totals.discards.get("request_failed", 0)
+    if status == "complete" and len(records) + refused < len(keys):
+        status = "incomplete"  # some items still unanswered: a rerun asks for them
     atomic_write_json(out, records)
     write_manifest(status)
     after = job.totals.as_dict()
     paid = {"requests": after["requests"] - before["requests"],
             "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6)}
     job.release()
-    return OutputsResult(out, status, len(records), len(keys), job.totals, paid)
+    return OutputsResult(out, status, len(records), len(keys), job.totals, paid, refused)
 
 
 def _describe(system: Any, ref: str) -> dict[str, Any]:

@@ -6,6 +6,13 @@ deterministic processor, so a resumed job first replays the journal (rewriting t
 atomically: no duplicate, no torn line) and then asks the teacher only for what is missing.
 Requests are numbered; request i always carries the same prompt, so a request lost in flight
 is simply asked again.
+
+A request the endpoint refuses for good on its own merits (HTTP 400, 413 or 422: a prompt over
+the context window, a content-policy refusal, an invalid parameter) is journaled as a failed
+entry and becomes a `request_failed` discard with its status and message: the job goes on, and
+a resume does not ask it again. Failures that would hit every request (a wrong key, an unknown
+model, an unreachable server) still stop the job, after every answer that had already arrived
+has been journaled.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from typing import Any, Protocol
 
 from alpacakit.errors import DataError
 from alpacakit.io import JsonlAppender, atomic_write_json, iter_jsonl, repair_torn_tail, write_jsonl
+
+# HTTP statuses that condemn one request, not the job (see the module doc)
+PER_REQUEST_FAILURES = frozenset({400, 413, 422})
 
 JOURNAL = "responses.jsonl"
 EXAMPLES = "examples.jsonl"
@@ -122,6 +132,12 @@ class JournaledJob:
     def _apply(self, entry: dict) -> tuple[list[dict], list[dict]]:
         self.done.add(entry["index"])
         self.totals.add_entry(entry)
+        failed = entry.get("failed")
+        if failed:  # refused by the endpoint: nothing to process, a discard that says why
+            discard = {"index": entry["index"], "reason": "request_failed", "status": failed.get("status"),
+                       "message": failed.get("message", "")}
+            self.totals.discards["request_failed"] += 1
+            return [], [discard]
         kept, discards = self.processor.process(entry)
         self.totals.kept += len(kept)
         for d in discards:
@@ -230,12 +246,22 @@ async def run_requests(
             kwargs["stop"] = list(req.stop)
         if watch is not None:
             kwargs["watch"] = watch
-        if req.api == "chat":
-            messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-                {"role": "user", "content": req.prompt}]
-            c = await teacher.chat(messages, **kwargs)
-        else:
-            c = await teacher.complete(req.prompt, **kwargs)
+        from alpacakit.teachers.openai_compat import EndpointError
+
+        try:
+            if req.api == "chat":
+                messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
+                    {"role": "user", "content": req.prompt}]
+                c = await teacher.chat(messages, **kwargs)
+            else:
+                c = await teacher.complete(req.prompt, **kwargs)
+        except EndpointError as e:
+            if e.status not in PER_REQUEST_FAILURES:
+                raise
+            return {"index": req.index, **req.meta, "api": req.api, "text": "", "finish_reason": "error",
+                    "failed": {"status": e.status, "message": e.message[:500]},
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "cost": 0.0, "attempts": e.attempts or 1,
+                    "latency_s": round(time.monotonic() - t0, 3), "received_at": time.time()}
         entry = {
             "index": req.index, **req.meta, "api": req.api, "text": c.text, "finish_reason": c.finish_reason,
             **({"stopped_by": c.stopped_by} if c.stopped_by else {}),
@@ -254,13 +280,21 @@ async def run_requests(
 
     def record(tasks: set[asyncio.Task]) -> None:
         # in request order when several finish together, so a rerun journals them alike
+        failure: BaseException | None = None
         for task in sorted(tasks, key=lambda t: watches[t][0].index if t in watches else 0):
             in_flight.pop(task)
             watches.pop(task, None)
-            entry = task.result()  # a TeacherError after all retries propagates: results so far are safe
+            if task.cancelled():
+                continue
+            if task.exception() is not None:  # a job-wide failure: raised once the others are journaled
+                failure = failure or task.exception()
+                continue
+            entry = task.result()
             kept, discards = job.record(entry)
             if on_result:
                 on_result(entry, kept, discards)
+        if failure is not None:
+            raise failure
 
     try:
         while True:
