@@ -272,6 +272,9 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
                         hint="e.g. -o runs/NAME/eval/outputs-student.json")
     items = load_eval_set(ev.eval_set, instances=ev.instances, limit=ev.limit)
     scfg = ev.system
+    from alpacakit.teachers.prices import describe_source, require_known_price
+
+    price_source = require_known_price(scfg, max_cost, "eval.system")
     # Like `eval bench`: -o outputs-<system>.json names the system unless --name does.
     from_file = out.stem[len("outputs-"):] if out.stem.startswith("outputs-") else ""
     generator = name or from_file or system_name(scfg.model)
@@ -304,6 +307,7 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
         manifest: dict[str, Any] = {
             "stage": "eval-generate", "status": "running", "alpacakit_version": __version__,
             "python": platform.python_version(), "fingerprint": fingerprint, "generator": generator,
+            "price": describe_source(price_source),
             "system": _describe(system, scfg.model), "eval_set": {"ref": ev.eval_set, "items": len(items),
                                                                  "instances": ev.instances, "limit": ev.limit},
             "output": str(out), "created_at": (previous or {}).get("created_at", started),

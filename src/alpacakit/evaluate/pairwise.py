@@ -65,7 +65,7 @@ def judge_teacher_config(judge: Judge, jc: Any) -> Any:
         max_concurrency=jc.max_concurrency, max_retries=jc.max_retries, timeout_s=jc.timeout_s,
         temperature=float(d.get("temperature", 0.0)), top_p=float(d.get("top_p", 1.0)),
         max_tokens=int(d.get("max_tokens", 16)), seed=jc.seed, n_ctx=jc.n_ctx, n_threads=jc.n_threads,
-        price=jc.price,
+        **({"price": jc.price} if "price" in jc.model_fields_set else {}),  # else: the price table's, if it lists the model
     )
 
 
@@ -168,6 +168,9 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     jc = config.eval.judge
     judge = load_judge(jc.name)
     tcfg = judge_teacher_config(judge, jc)
+    from alpacakit.teachers.prices import require_known_price
+
+    require_known_price(tcfg, jc.max_cost, "eval.judge")
     model_path, baseline_path = Path(model_path), Path(baseline_path)
     model_recs, base_recs = load_outputs(model_path), load_outputs(baseline_path)
     model_gen, base_gen = _generator(model_recs, model_path), _generator(base_recs, baseline_path)

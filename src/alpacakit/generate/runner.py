@@ -76,7 +76,11 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     Rerunning with the same settings continues where the last run stopped; raising
     `generate.num` extends a finished run. `teacher` overrides `config.teacher` (tests).
     """
+    from alpacakit.teachers.prices import describe_source, require_known_price
+
     out_dir = Path(out_dir)
+    # before any request: a budget needs a price (the table's, the config's, or free)
+    price_source = require_known_price(config.teacher, config.generate.max_cost, "teacher")
     api = resolve_api(config)
     teacher_name = config.teacher.model
     done: set[int] = set()  # filled by the journal replay; the plan skips these requests
@@ -105,6 +109,7 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     manifest: dict[str, Any] = {
         "stage": "generate", "status": "running", "alpacakit_version": __version__,
         "python": platform.python_version(), "fingerprint": plan.fingerprint,
+        "price": describe_source(price_source),
         "config": {"teacher": config.teacher.model_dump(mode="json"),
                    "generate": config.generate.model_dump(mode="json"),
                    "curate": config.curate.model_dump(mode="json")},
