@@ -91,6 +91,10 @@ class GenerateConfig(Section):
         "at 0.5, but then repeated one rewriting pattern (docs/generate.md).")
     request_batch: int = Field(6, ge=1, description="Requests issued per round (bounded by the teacher's max_concurrency).")
     similarity_threshold: float = Field(0.7, ge=0, le=1, description="Keep an instruction only if ROUGE-L F <= this against all kept ones.")
+    tokenizer: Literal["rouge_score", "multilingual"] = Field(
+        "rouge_score", description="ROUGE-L tokens: rouge_score's default ([a-z0-9] words, as Stanford ran it) or "
+        "multilingual (CJK characters one token each, other scripts' Unicode words). Multilingual also keeps "
+        "instructions that start with a non-ASCII character.")
     cut_runaway_answers: bool = Field(
         True, description="Local teachers: cut an answer short once it repeats one of its own instructions (ROUGE-L "
         "above similarity_threshold) or one task runs past max_task_chars. Small teachers loop from there on; the "

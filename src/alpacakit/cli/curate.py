@@ -16,6 +16,9 @@ def dedup(
     output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
     seeds: Optional[Path] = typer.Option(None, "--seeds", help="Self-instruct seed JSONL (or records file): these start the pool and are never written."),
     threshold: float = typer.Option(0.7, "--threshold", help="Drop a record whose ROUGE-L F-measure with any earlier kept instruction is above this."),
+    tokenizer: str = typer.Option("rouge_score", "--tokenizer", help="rouge_score (its default tokenizer: [a-z0-9] "
+                                  "words only, as Stanford ran it) or multilingual (CJK characters one token each, "
+                                  "other scripts' Unicode words; for non-English data)."),
 ) -> None:
     """Keep an instruction only if its ROUGE-L F with every earlier kept one is <= threshold.
 
@@ -24,7 +27,7 @@ def dedup(
     """
     from alpacakit.curate.dedup import dedup_file
 
-    stats = dedup_file(input, output, seeds=seeds, threshold=threshold)
+    stats = dedup_file(input, output, seeds=seeds, threshold=threshold, tokenizer=tokenizer)
     typer.echo(stats.summary())
 
 

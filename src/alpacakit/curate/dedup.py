@@ -30,7 +30,7 @@ from itertools import chain
 from pathlib import Path
 
 from alpacakit.curate.rouge import (Bounds, char_masks, check_threshold, f_measure, lcs_with_masks,
-                                    tokenize_many)
+                                    tokenize_many, tokenizer_named)
 from alpacakit.errors import DataError
 from alpacakit.io import iter_jsonl, read_records, write_jsonl
 
@@ -59,7 +59,8 @@ class DedupStats:
 
 
 def dedup_instructions(instructions: Sequence[str], seeds: Sequence[str] = (), threshold: float = 0.7,
-                       progress: Callable[[int, int], None] | None = None) -> list[bool]:
+                       progress: Callable[[int, int], None] | None = None,
+                       tokenizer: str = "rouge_score") -> list[bool]:
     """Keep flags, in order, for `instructions` checked against `seeds` + earlier kept ones.
 
     Exactly the decisions of `RougeDeduper(threshold)` fed the seeds and then each instruction
@@ -73,16 +74,17 @@ def dedup_instructions(instructions: Sequence[str], seeds: Sequence[str] = (), t
             raise TypeError(f"instruction {i} must be a str, got {type(text).__name__}")
     if len(texts) == len(seeds):
         return []
-    return _Bulk(texts, len(seeds), Bounds(t)).run(progress)
+    return _Bulk(texts, len(seeds), Bounds(t), tokenizer).run(progress)
 
 
 class _Bulk:
     """The steps of `dedup_instructions` over one list of texts (seeds first)."""
 
-    def __init__(self, texts: list[str], n_seeds: int, bounds: Bounds):
+    def __init__(self, texts: list[str], n_seeds: int, bounds: Bounds, tokenizer: str = "rouge_score"):
         import numpy as np
 
         self.np = np
+        self.tokenizer = tokenizer
         self.n, self.n_seeds, self.bounds, self.t = len(texts), n_seeds, bounds, bounds.threshold
         self._tokens(texts)
         self._rank_keys()
@@ -97,7 +99,8 @@ class _Bulk:
 
     def _tokens(self, texts: list[str]) -> None:
         np = self.np
-        tokens = tokenize_many(texts)
+        tokens = tokenize_many(texts) if self.tokenizer == "rouge_score" else \
+            [tokenizer_named(self.tokenizer)(x) for x in texts]
         self.lens = np.fromiter(map(len, tokens), dtype=np.int64, count=self.n)
         self.off = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(self.lens, out=self.off[1:])
@@ -316,7 +319,7 @@ def _where(path: Path, index: int) -> str:
 
 
 def dedup_file(input: str | Path, output: str | Path, seeds: str | Path | None = None,
-               threshold: float = 0.7) -> DedupStats:
+               threshold: float = 0.7, tokenizer: str = "rouge_score") -> DedupStats:
     """Write the records of `input` whose instruction is not a near-duplicate, as JSONL.
 
     `input`: JSON list or JSONL of records with an `instruction` field (other fields are kept).
@@ -326,6 +329,7 @@ def dedup_file(input: str | Path, output: str | Path, seeds: str | Path | None =
     """
     start = time.perf_counter()
     t = check_threshold(threshold)
+    tokenizer_named(tokenizer)  # an unknown name fails before reading anything
     input, output = Path(input), Path(output)
     records = read_records(input, required=["instruction"])
     texts = _instruction_texts(input, records)
@@ -334,7 +338,7 @@ def dedup_file(input: str | Path, output: str | Path, seeds: str | Path | None =
         seeds = Path(seeds)
         seed_texts = _instruction_texts(seeds, read_records(seeds, required=["instruction"]))
     with _ProgressBar(len(texts)) as progress:
-        keep = dedup_instructions(texts, seed_texts, t, progress=progress)
+        keep = dedup_instructions(texts, seed_texts, t, progress=progress, tokenizer=tokenizer)
     kept = write_jsonl(output, (r for r, k in zip(records, keep) if k))
     return DedupStats(input=input, output=output, read=len(records), seeds=len(seed_texts), kept=kept,
                       dropped=len(records) - kept, threshold=t, seconds=time.perf_counter() - start)

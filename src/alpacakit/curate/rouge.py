@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -73,6 +73,32 @@ _TIE_MARGIN = 1e-9  # >> float error of F (~1e-15), << any gap between distinct 
 def tokenize(text: str) -> list[str]:
     """Tokens exactly as `rouge_score`'s default tokenizer (no stemmer) produces them."""
     return _NON_ALNUM.sub(" ", text.lower()).split()
+
+
+# Multilingual mode: a Han, Hiragana or Katakana character is a token of its own (those scripts
+# put no spaces between words); every other run of Unicode letters and digits is a token.
+_CJK = "\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_MULTI_TOKEN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+
+TOKENIZERS = ("rouge_score", "multilingual")
+
+
+def tokenize_multilingual(text: str) -> list[str]:
+    """Tokens for any script: NFKC-folded and case-folded; CJK characters one token each, other
+    scripts' Unicode words (Cyrillic, Arabic, Greek, accented Latin...) whole. `rouge_score`'s
+    default tokenizer keeps only [a-z0-9], so it reads Chinese or Russian as no tokens at all
+    and a dedup on it keeps everything."""
+    import unicodedata
+
+    return _MULTI_TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+def tokenizer_named(name: str) -> Callable[[str], list[str]]:
+    if name == "rouge_score":
+        return tokenize
+    if name == "multilingual":
+        return tokenize_multilingual
+    raise ConfigError(f"unknown tokenizer {name!r}", hint=f"use one of {', '.join(TOKENIZERS)}")
 
 
 def tokenize_many(texts: Sequence[str]) -> list[list[str]]:
@@ -351,13 +377,15 @@ class RougeDeduper:
     """
 
     def __init__(self, threshold: float = 0.7, keep_most_similar: int = 10, *,
-                 stats: bool = True, full_stats: bool = False):
+                 stats: bool = True, full_stats: bool = False, tokenizer: str = "rouge_score"):
         if isinstance(keep_most_similar, bool) or not isinstance(keep_most_similar, int) or keep_most_similar < 0:
             raise ConfigError(f"keep_most_similar must be an integer >= 0, got {keep_most_similar!r}")
         if full_stats and not stats:
             raise ConfigError("full_stats=True needs stats=True")
         self._bounds = Bounds(threshold)
         self.threshold = self._bounds.threshold
+        self._tokenize = tokenizer_named(tokenizer)
+        self.tokenizer = tokenizer
         self.keep_most_similar = keep_most_similar
         self.stats = bool(stats)
         self.full_stats = bool(full_stats)
@@ -416,7 +444,7 @@ class RougeDeduper:
         n = 0
         for text in instructions:
             n += 1
-            for k in self._keys_of(self._token_ids(tokenize(text))):
+            for k in self._keys_of(self._token_ids(self._tokenize(text))):
                 df[k] = df.get(k, 0) + 1
         self._primed_count += n
         self._reorder()
@@ -456,7 +484,7 @@ class RougeDeduper:
     def _prepare(self, text: str) -> _Prepared:
         if not isinstance(text, str):
             raise TypeError(f"instruction must be a str, got {type(text).__name__}")
-        ids = self._token_ids(tokenize(text))
+        ids = self._token_ids(self._tokenize(text))
         return _Prepared(text, tuple(ids), self._keys_of(ids))
 
     def _sorted_keys(self, keys: list[int]) -> list[int]:

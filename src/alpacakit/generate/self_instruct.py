@@ -30,9 +30,12 @@ class SelfInstructProcessor:
         from alpacakit.curate.rouge import RougeDeduper
 
         g = config.generate
-        self.filter = InstructionFilter(g.filters)
+        filters = g.filters
+        if g.tokenizer == "multilingual" and filters.drop_non_ascii_start:  # that rule is for English data
+            filters = filters.model_copy(update={"drop_non_ascii_start": False})
+        self.filter = InstructionFilter(filters)
         self.dedup = RougeDeduper(threshold=g.similarity_threshold, keep_most_similar=g.keep_most_similar,
-                                  full_stats=g.mean_similarity)
+                                  full_stats=g.mean_similarity, tokenizer=g.tokenizer)
         for s in seeds:
             self.dedup.add_seed(s.instruction)
         self.teacher_name = teacher_name
@@ -177,6 +180,7 @@ def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[i
             # added later: only when set, so runs journaled before it still resume
             **({"input_requests": g.input_requests} if g.input_requests else {}),
             "similarity_threshold": g.similarity_threshold,
+            **({"tokenizer": g.tokenizer} if g.tokenizer != "rouge_score" else {}),  # (added later, as above)
             "filters": g.filters.model_dump(),
         },
         inputs={"seeds": {"path": str(seeds_path), "sha256": sha256_file(seeds_path), "count": len(seeds)}},
