@@ -18,7 +18,7 @@ def alpaca(
     from alpacakit.export.dataset import to_alpaca_json
 
     n = to_alpaca_json(examples, output)
-    typer.echo(f"wrote {n} examples to {output}")
+    typer.echo(f"wrote {n} examples to {output} (data card: {output}.card.md)")
 
 
 @app.command("hf")
@@ -31,7 +31,7 @@ def hf(
     from alpacakit.export.dataset import to_hf_dataset
 
     n = to_hf_dataset(examples, output, val_fraction=val_fraction)
-    typer.echo(f"wrote {n} examples to {output}")
+    typer.echo(f"wrote {n} examples to {output} (data card: {output}/README.md)")
 
 
 @app.command("gguf")

@@ -1,4 +1,5 @@
-"""Data exports: Stanford Alpaca JSON and Hugging Face `datasets` folders."""
+"""Data exports: Stanford Alpaca JSON and Hugging Face `datasets` folders, each with a data card
+(`export/data_card.py`: teacher, its terms, seeds, filters, counts)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ def _alpaca_records(path: str | Path) -> list[dict]:
     return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in records]
 
 
-def to_alpaca_json(examples: str | Path, output: str | Path) -> int:
+def to_alpaca_json(examples: str | Path, output: str | Path, *, card: bool = True) -> int:
     records = _alpaca_records(examples)
     atomic_write_json(output, records)
+    if card:
+        from alpacakit.export.data_card import write_card
+
+        write_card(examples, output, len(records), "Stanford Alpaca JSON")
     return len(records)
 
 
-def to_hf_dataset(examples: str | Path, output: str | Path, val_fraction: float = 0.0, seed: int = 0) -> int:
+def to_hf_dataset(examples: str | Path, output: str | Path, val_fraction: float = 0.0, seed: int = 0, *,
+                  card: bool = True) -> int:
     """save_to_disk into OUTPUT.partial, then rename: never a half-written folder."""
     import datasets
 
@@ -35,6 +41,11 @@ def to_hf_dataset(examples: str | Path, output: str | Path, val_fraction: float 
     if tmp.exists():
         shutil.rmtree(tmp)
     ds.save_to_disk(str(tmp))
+    if card:  # inside the folder before it gets its name: the card arrives with the data
+        from alpacakit.export.data_card import write_card
+
+        splits = {"validation fraction": val_fraction} if val_fraction > 0 else None
+        write_card(examples, tmp, len(records), "Hugging Face datasets folder", splits)
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)
