@@ -84,3 +84,20 @@ def test_a_table_model_is_charged_even_at_a_local_proxy(fake_openai, tmp_path: P
               tmp_path=tmp_path / "b")
     assert len(fake_openai.requests) == paid
     assert "budget" in (r2.stdout + r2.stderr).lower()
+
+
+def test_the_quickstart_asks_an_api_teacher_at_its_own_endpoint(fake_openai, tmp_path: Path, monkeypatch) -> None:
+    """Follow and bench stages send an `openai:` teacher to the base URL it generated with."""
+    from alpacakit.quickstart.pipeline import QuickstartProfile, Run, stage_follow
+
+    monkeypatch.setenv("ALPACAKIT_TEST_API_KEY", "sk-test")
+    fake_openai.responder = lambda body: "Here is my answer."
+    monkeypatch.setattr(Run, "systems", lambda self: {"teacher": self.profile.teacher})  # the teacher's row only
+    profile = QuickstartProfile(teacher="openai:fake-model", follow_teacher_limit=2,
+                                generate_set={"teacher.base_url": fake_openai.url,
+                                              "teacher.api_key_env": "ALPACAKIT_TEST_API_KEY"})
+    run = Run(tmp_path / "qs", profile, say=lambda m: None, progress=False)
+    (tmp_path / "qs" / "eval").mkdir(parents=True)
+    line = stage_follow(run)
+    assert "teacher" in line and len(fake_openai.requests) == 2
+    assert fake_openai.requests[0].headers["authorization"] == "Bearer sk-test"

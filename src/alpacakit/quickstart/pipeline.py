@@ -211,8 +211,15 @@ def stage_follow(run: Run) -> str:
         limit = run.profile.follow_teacher_limit if label == "teacher" else run.profile.follow_limit
         if limit == 0:
             continue
+        config = None
+        where = _endpoint_of(run, model)
+        if where:  # an API teacher answers at the endpoint it generated with
+            from alpacakit.config import load_config
+
+            config = load_config(None, None, {"eval": {"eval_set": "follow", "limit": limit, "system": {
+                "model": model, "max_tokens": run.profile.follow_max_tokens, "temperature": 0.0, **where}}})
         res = run_follow(model, run.eval / f"follow-{label}.json", system=label, limit=limit,
-                         max_tokens=run.profile.follow_max_tokens, show_progress=run.progress)
+                         max_tokens=run.profile.follow_max_tokens, show_progress=run.progress, config=config)
         lines.append(f"{label} {res['accuracy']:.1%} of {res['n']} (ended by itself {res['clean_stop_rate']:.0%})")
     return "verifiable instructions passed: " + ", ".join(lines)
 
@@ -277,18 +284,23 @@ def follow_discordant(run: Run, n: int) -> dict[str, Path] | None:
     return out
 
 
+def _endpoint_of(run: Run, model: str) -> dict[str, Any]:
+    """An `openai:` teacher's base URL and key variable, from the generation config (else {})."""
+    if not model.startswith("openai:"):
+        return {}
+    from alpacakit.config import load_config
+
+    sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.generate_set.items()]
+    teacher = load_config(None, sets, {"teacher": {"model": model}}).teacher
+    return {"base_url": teacher.base_url, "api_key_env": teacher.api_key_env}
+
+
 def stage_bench(run: Run) -> str:
     from alpacakit.evaluate.bench.runner import run_bench
 
     lines = []
     for label, model in run.systems().items():
-        where: dict[str, Any] = {}
-        if model.startswith("openai:"):  # an API teacher: short-answer tasks, at the endpoint it generated with
-            from alpacakit.config import load_config
-
-            sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.generate_set.items()]
-            teacher = load_config(None, sets, {"teacher": {"model": model}}).teacher
-            where = {"base_url": teacher.base_url, "api_key_env": teacher.api_key_env}
+        where = _endpoint_of(run, model)  # an API teacher: short-answer tasks, at the endpoint it generated with
         res = run_bench(model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label,
                         **where)
         acc = res["overall"]["accuracy"]
