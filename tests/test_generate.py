@@ -376,3 +376,16 @@ def test_a_request_the_endpoint_refuses_for_good_is_a_discard_and_the_job_finish
     asked = len(server.requests)
     again = generate(config(server, seeds, num=6), out, show_progress=False)
     assert again.status == "complete" and len(server.requests) == asked
+
+
+def test_the_teachers_max_concurrency_alone_sets_the_requests_in_flight(server, tmp_path):
+    """`--set teacher.max_concurrency=8` used to give 6 in flight: generate.request_batch (6)
+    capped it too. Unset, request_batch now follows the teacher."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = lambda body: {"sleep": 0.3, "text": responder(3)(body)}
+    cfg = load_config(None, None, {
+        "teacher": {"model": "openai:fake-model", "base_url": server.url, "max_concurrency": 8, "timeout_s": 10.0},
+        "generate": {"seeds": str(seeds), "num": 40}})
+    assert cfg.generate.request_batch is None
+    generate(cfg, tmp_path / "out", show_progress=False)
+    assert server.max_in_flight == 8

@@ -89,7 +89,8 @@ class GenerateConfig(Section):
         0.0, ge=0, le=1, description="Share of requests whose example tasks all have an input (otherwise at least one "
         "has). Small teachers copy the examples' shape: Qwen2.5-Coder wrote inputs for 4% of its tasks at 0, 67% "
         "at 0.5, but then repeated one rewriting pattern (docs/generate.md).")
-    request_batch: int = Field(6, ge=1, description="Requests issued per round (bounded by the teacher's max_concurrency).")
+    request_batch: int | None = Field(None, ge=1, description="Requests in flight at once (never more than the "
+                                      "teacher's max_concurrency; unset: exactly that).")
     similarity_threshold: float = Field(0.7, ge=0, le=1, description="Keep an instruction only if ROUGE-L F <= this against all kept ones.")
     tokenizer: Literal["rouge_score", "multilingual"] = Field(
         "rouge_score", description="ROUGE-L tokens: rouge_score's default ([a-z0-9] words, as Stanford ran it) or "

@@ -151,7 +151,7 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
     sampling = {"max_tokens": t.max_tokens, "temperature": t.temperature, "top_p": t.top_p}
     if t.seed is not None:
         sampling["seed"] = t.seed
-    concurrency = min(config.generate.request_batch, t.max_concurrency,
+    concurrency = min(config.generate.request_batch or t.max_concurrency, t.max_concurrency,
                       getattr(teacher, "max_concurrency", t.max_concurrency))
     in_sight = runaway = hold_back = None
     if not answer_mode:
