@@ -389,3 +389,18 @@ def test_the_teachers_max_concurrency_alone_sets_the_requests_in_flight(server, 
     assert cfg.generate.request_batch is None
     generate(cfg, tmp_path / "out", show_progress=False)
     assert server.max_in_flight == 8
+
+
+def test_without_a_terminal_progress_is_a_few_lines_with_rate_and_eta(server, tmp_path, capsys):
+    from alpacakit.generate.progress import GenerationProgress
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    GenerationProgress.log_every_s = 3600.0  # one line at the start, one at the target
+    try:
+        result = generate(config(server, seeds, num=30), tmp_path / "out", show_progress=True)
+    finally:
+        GenerationProgress.log_every_s = 10.0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[generate]")]
+    assert result.totals.requests > 5 and len(lines) <= 3  # not one per response
+    assert "eta" in lines[-1] and "kept/s" in lines[-1]

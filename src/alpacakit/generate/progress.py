@@ -41,18 +41,35 @@ class GenerationProgress:
                 f"{t.prompt_tokens + t.completion_tokens:,} tok | ${t.cost_usd:.4f}")
 
     writing = ""  # what the requests in flight have written so far, when the teacher shows it
-    _last_log = 0.0
+    _last_log = float("-inf")
+    log_every_s = 10.0  # without a terminal: one line at most this often (and the last one)
+    _start: tuple[float, int] | None = None  # (time, done) when this run's first update came
+
+    def _rate_eta(self, now: float) -> str:
+        if self._start is None:
+            return ""
+        t0, d0 = self._start
+        rate = (self._done() - d0) / (now - t0) if now > t0 else 0.0
+        if rate <= 0:
+            return ""
+        left = max(0, self.target - self._done()) / rate
+        return f" | {rate:.2f} {self.unit}/s, eta {int(left // 60)}m{int(left % 60):02d}s"
 
     def update(self, writing: str | None = None) -> None:
         """Redraw; `writing` (e.g. "6 writing, 14 tasks so far") replaces the in-flight note.
-        Without a terminal, a line is printed per finished request and at most every 30 s."""
+        Without a terminal (a log, CI, nohup), a line with the rate and ETA is printed at most
+        every `log_every_s` seconds, plus the one that reaches the target: a 52K run logs a few
+        hundred lines, not one per response."""
         if writing is not None:
             self.writing = writing
         self._progress.update(self._task, completed=self._done(), stats=self._stats())
         now = time.monotonic()
-        if self.log and (writing is None or now - self._last_log >= 30):
+        if self._start is None:
+            self._start = (now, self._done())
+        if self.log and (now - self._last_log >= self.log_every_s or self._done() >= self.target):
             self._last_log = now
-            print(f"[{self.label}] {self.unit} {self._done()}/{self.target} | {self._stats()}", file=sys.stderr, flush=True)
+            print(f"[{self.label}] {self.unit} {self._done()}/{self.target} | {self._stats()}{self._rate_eta(now)}",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self) -> "GenerationProgress":
         self._progress.__enter__()
