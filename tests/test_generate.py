@@ -253,6 +253,9 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     assert len(kept) >= 30 and len(set(kept)) == len(kept)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["requests"] == len(entries)
+    # the requests in flight at the kill were asked again, and the manifest counts them (<= concurrency)
+    asked_again = manifest["counts"]["asked_again"]
+    assert asked_again == len(server.requests) - len(entries) and asked_again <= 2
 
 
 def test_answer_mode_curates_refusals_duplicates_and_truncation(server, tmp_path):

@@ -13,6 +13,12 @@ entry and becomes a `request_failed` discard with its status and message: the jo
 a resume does not ask it again. Failures that would hit every request (a wrong key, an unknown
 model, an unreachable server) still stop the job, after every answer that had already arrived
 has been journaled.
+
+What a crash can cost: a request in flight when the process dies (kill -9, power) may have been
+billed by the endpoint, but its answer never reached the journal, so a resume asks it again.
+That is at most the requests in flight (the concurrency) per crash, and it is counted: each
+request is noted in `sent.jsonl` as it goes out (appended, not fsynced: a lost note undercounts),
+and an index sent more than once shows up as `asked_again` in the manifest's counts.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from alpacakit.io import JsonlAppender, atomic_write_json, iter_jsonl, repair_to
 PER_REQUEST_FAILURES = frozenset({400, 413, 422})
 
 JOURNAL = "responses.jsonl"
+SENT = "sent.jsonl"
 EXAMPLES = "examples.jsonl"
 DISCARDS = "discards.jsonl"
 MANIFEST = "manifest.json"
@@ -68,6 +75,7 @@ class JobTotals:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     teacher_seconds: float = 0.0
+    asked_again: int = 0  # requests sent again after a crash lost their answers (see the module doc)
 
     def add_entry(self, entry: dict) -> None:
         self.requests += 1
@@ -86,6 +94,7 @@ class JobTotals:
             "prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6), "teacher_seconds": round(self.teacher_seconds, 2),
+            "asked_again": self.asked_again,
         }
 
 
@@ -107,6 +116,7 @@ class JournaledJob:
         self._examples: JsonlAppender | None = None
         self._discards: JsonlAppender | None = None
         self._journal: JsonlAppender | None = None
+        self._sent: JsonlAppender | None = None
         self._started = time.time()
         self._wall_before: float | None = None  # wall seconds of earlier runs, from the manifest
 
@@ -128,6 +138,14 @@ class JournaledJob:
                 discards += d
         write_jsonl(self.out_dir / EXAMPLES, kept)
         write_jsonl(self.out_dir / DISCARDS, discards)
+        self._sent_counts = Counter()
+        sent = self.out_dir / SENT
+        if sent.exists():
+            repair_torn_tail(sent)
+            for _, note in iter_jsonl(sent, tolerate_torn_tail=True):
+                if isinstance(note, dict) and isinstance(note.get("index"), int):
+                    self._sent_counts[note["index"]] += 1
+        self.totals.asked_again = sum(n - 1 for n in self._sent_counts.values())
 
     def _apply(self, entry: dict) -> tuple[list[dict], list[dict]]:
         self.done.add(entry["index"])
@@ -144,13 +162,24 @@ class JournaledJob:
             self.totals.discards[d["reason"]] += 1
         return kept, discards
 
+    def mark_sent(self, index: int) -> None:
+        """Note that request `index` is going out (before it is paid for)."""
+        if self._sent is None:
+            self._sent = JsonlAppender(self.out_dir / SENT, fsync=False)
+        counts = getattr(self, "_sent_counts", None)
+        if counts is not None:
+            counts[index] += 1
+            if counts[index] > 1:
+                self.totals.asked_again += 1
+        self._sent.write({"index": index, "at": round(time.time(), 3)})
+
     def open(self) -> None:
         self._journal = JsonlAppender(self.journal_path, fsync=True)
         self._examples = JsonlAppender(self.out_dir / EXAMPLES)
         self._discards = JsonlAppender(self.out_dir / DISCARDS)
 
     def close(self) -> None:
-        for f in (self._journal, self._examples, self._discards):
+        for f in (self._journal, self._examples, self._discards, self._sent):
             if f is not None:
                 f.close()
 
@@ -310,6 +339,7 @@ async def run_requests(
                     stopped = "budget"
                     break
                 watch = Watch() if can_cut else None
+                job.mark_sent(req.index)
                 task = asyncio.ensure_future(call(req, watch))
                 in_flight[task] = est
                 if watch is not None:
