@@ -146,6 +146,40 @@ def _load_weights(ref: str | Path, dtype: Any, device_map: str | None = None) ->
     return AutoModelForCausalLM.from_pretrained(str(Path(ref_s).expanduser()), dtype=dtype, **extra)
 
 
+def folder_prompt_format(layout: HFLayout, tokenizer: Any, override: Any | None = None, saved: Any | None = None) -> Any:
+    """The prompt format a model folder is asked in, bound to its tokenizer: `override` (a
+    PromptFormat, a built-in name or a JSON path), else the one training saved, else the folder's
+    prompt_format.json, else the tokenizer's chat template, else Alpaca's (a base model)."""
+    from alpacakit.prompting import PromptFormat
+
+    if override is not None:
+        fmt = PromptFormat.load(override)
+    elif saved is not None:
+        fmt = saved
+    elif layout.format_file is not None:
+        fmt = PromptFormat.from_file(layout.format_file)
+    elif getattr(tokenizer, "chat_template", None):
+        fmt = PromptFormat.load("chat")
+    else:
+        fmt = PromptFormat.load("alpaca")
+    return fmt.bind(tokenizer)
+
+
+def render_messages(fmt: Any, messages: list[dict[str, Any]]) -> str:
+    """The prompt text for chat `messages` in `fmt`: a chat template renders the turns (with the
+    format's system message unless one is given); a template format folds the history into its
+    instruction and input (serve/history.py)."""
+    from alpacakit.serve.history import content_text, fold_messages
+
+    if fmt.kind == "chat":
+        msgs = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
+        if fmt.system and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": fmt.system})
+        return fmt.render(msgs, add_generation_prompt=True)
+    instruction, inp = fold_messages(messages)
+    return fmt.build(instruction, inp)
+
+
 def pick_device(device: str = "auto") -> str:
     """`auto`: the first CUDA GPU when torch sees one ($ALPACAKIT_DEVICE overrides), else the CPU."""
     import torch
@@ -175,7 +209,6 @@ class HFTeacher:
             raise TeacherError("running a Hugging Face model folder needs torch and transformers",
                                hint='pip install "alpacakit[train]", or export the model to GGUF and run that') from None
         from alpacakit.config import TeacherConfig
-        from alpacakit.prompting import PromptFormat
 
         self.config = config or TeacherConfig(model=str(path))
         self.layout = find_layout(path, base)
@@ -219,17 +252,7 @@ class HFTeacher:
             self.device = device
         self.load_s = time.monotonic() - t0
 
-        if prompt_format is not None:
-            fmt = PromptFormat.load(prompt_format)
-        elif saved_fmt is not None:
-            fmt = saved_fmt
-        elif self.layout.format_file is not None:
-            fmt = PromptFormat.from_file(self.layout.format_file)
-        elif getattr(self.tokenizer, "chat_template", None):
-            fmt = PromptFormat.load("chat")
-        else:
-            fmt = PromptFormat.load("alpaca")
-        self.prompt_format = fmt.bind(self.tokenizer)
+        self.prompt_format = folder_prompt_format(self.layout, self.tokenizer, prompt_format, saved_fmt)
         self._eos_ids = self._stop_token_ids()
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -280,16 +303,7 @@ class HFTeacher:
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text chat() sends to the model for `messages` (see the module doc)."""
-        from alpacakit.serve.history import content_text, fold_messages
-
-        fmt = self.prompt_format
-        if fmt.kind == "chat":
-            msgs = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
-            if fmt.system and not any(m["role"] == "system" for m in msgs):
-                msgs.insert(0, {"role": "system", "content": fmt.system})
-            return fmt.render(msgs, add_generation_prompt=True)
-        instruction, inp = fold_messages(messages)
-        return fmt.build(instruction, inp)
+        return render_messages(self.prompt_format, messages)
 
     @property
     def context_window(self) -> int | None:

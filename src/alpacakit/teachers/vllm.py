@@ -28,6 +28,7 @@ from typing import Any
 
 from alpacakit.errors import TeacherError
 from alpacakit.teachers.base import Completion, Usage
+from alpacakit.teachers.hf import render_messages
 
 VLLM_PREFIX = "vllm:"
 
@@ -50,8 +51,7 @@ class VLLMTeacher:
     def __init__(self, ref: str, config: Any, *, prompt_format: Any | None = None,
                  tensor_parallel_size: int | None = None):
         vllm = import_vllm()
-        from alpacakit.prompting import PromptFormat
-        from alpacakit.teachers.hf import find_layout
+        from alpacakit.teachers.hf import find_layout, folder_prompt_format
 
         self.config = config
         folder = Path(ref.removeprefix(VLLM_PREFIX)).expanduser()
@@ -74,15 +74,7 @@ class VLLMTeacher:
         self.llm = vllm.LLM(**kwargs)
         self.load_s = time.monotonic() - t0
         self.tokenizer = self.llm.get_tokenizer()
-        if prompt_format is not None:
-            fmt = PromptFormat.load(prompt_format)
-        elif self.layout.format_file is not None:
-            fmt = PromptFormat.from_file(self.layout.format_file)
-        elif getattr(self.tokenizer, "chat_template", None):
-            fmt = PromptFormat.load("chat")
-        else:
-            fmt = PromptFormat.load("alpaca")
-        self.prompt_format = fmt.bind(self.tokenizer)
+        self.prompt_format = folder_prompt_format(self.layout, self.tokenizer, prompt_format)
         self.max_concurrency = 256  # runners keep this many in flight; the engine batches them
         self._pending: list[tuple[Any, Any, asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._cv = threading.Condition()
@@ -96,16 +88,7 @@ class VLLMTeacher:
                 "prompt_format": self.prompt_format.name}
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        from alpacakit.serve.history import content_text, fold_messages
-
-        fmt = self.prompt_format
-        if fmt.kind == "chat":
-            msgs = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
-            if fmt.system and not any(m["role"] == "system" for m in msgs):
-                msgs.insert(0, {"role": "system", "content": fmt.system})
-            return fmt.render(msgs, add_generation_prompt=True)
-        instruction, inp = fold_messages(messages)
-        return fmt.build(instruction, inp)
+        return render_messages(self.prompt_format, messages)
 
     async def chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
                    temperature: float | None = None, top_p: float | None = None,
