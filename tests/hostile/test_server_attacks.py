@@ -125,3 +125,17 @@ def test_safety_off_from_yaml_or_set_means_no_filter():
 
     assert load_config(None, ["serve.safety=off"]).serve.safety is None
     assert load_config(None, ["serve.safety=blocklist"]).serve.safety == "blocklist"
+
+
+class _CrashingMidStream(ScriptedTeacher):
+    async def stream_chat(self, messages: Any, **kw: Any) -> Any:
+        yield "Hello"
+        raise RuntimeError("secret-internal-path /home/op/.keys")
+
+
+def test_a_stream_that_fails_midway_reports_in_band_without_the_exception(start):
+    url, _ = start(_CrashingMidStream())
+    r = httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 200  # headers were sent: the error comes in-band, as OpenAI sends it
+    assert '"code":"generation_failed"' in r.text and r.text.rstrip().endswith("data: [DONE]")
+    assert "secret-internal-path" not in r.text and "RuntimeError" not in r.text
