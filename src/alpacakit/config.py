@@ -39,6 +39,11 @@ class TeacherConfig(Section):
         "gemma-3-270m), a path to a .gguf file, or 'openai:MODEL' for an OpenAI-compatible endpoint.",
     )
     base_url: str | None = Field(None, description="Endpoint base URL for openai: models (e.g. http://127.0.0.1:8000/v1).")
+    base_urls: list[str] = Field(default_factory=list, description="More endpoints serving the same model (a farm "
+                                 "of vLLM or llama.cpp servers): requests go to the least busy of base_url and "
+                                 "these; one that fails is skipped for endpoint_cooldown_s, then tried again.")
+    endpoint_cooldown_s: float = Field(30.0, gt=0, description="How long an endpoint that failed (no answer, "
+                                       "timeout, 5xx) is skipped when others are there.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key (never the key itself).")
     api: Literal["auto", "chat", "completions"] = Field(
         "auto", description="chat = chat completions; completions = raw text completion (legacy /v1/completions or no chat template)."

@@ -162,6 +162,16 @@ class OpenAICompatTeacher:
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"teacher.base_url {base!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000/v1")
         self.base_url = base.rstrip("/")
+        self.base_urls = [self.base_url]
+        for extra in getattr(config, "base_urls", None) or []:
+            if not extra.startswith(("http://", "https://")):
+                raise ConfigError(f"teacher.base_urls: {extra!r} is not an http(s) URL", hint="e.g. http://10.0.0.2:8000/v1")
+            if extra.rstrip("/") not in self.base_urls:
+                self.base_urls.append(extra.rstrip("/"))
+        # per endpoint: requests in flight, and until when it is skipped after a failure
+        self._busy = {u: 0 for u in self.base_urls}
+        self._down_until = {u: 0.0 for u in self.base_urls}
+        self._clients: dict[str, Any] = {}
         self._key = read_api_key(config.api_key_env, self.base_url)
         self.tracker = tracker
         self.api = config.api
@@ -187,10 +197,20 @@ class OpenAICompatTeacher:
 
             self._loop = loop
             self._sem = asyncio.Semaphore(self.config.max_concurrency)
-            self._client = openai.AsyncOpenAI(api_key=self._key, base_url=self.base_url, max_retries=0,
-                                              timeout=self.config.timeout_s)
+            self._clients = {u: openai.AsyncOpenAI(api_key=self._key, base_url=u, max_retries=0,
+                                                   timeout=self.config.timeout_s) for u in self.base_urls}
+            self._client = self._clients[self.base_url]
         assert self._sem is not None
         return self._client, self._sem
+
+    def _pick_endpoint(self) -> str:
+        """The least busy endpoint that is not cooling down after a failure (all cooling down:
+        the one that recovers first)."""
+        now = time.monotonic()
+        up = [u for u in self.base_urls if self._down_until[u] <= now]
+        if not up:
+            return min(self.base_urls, key=self._down_until.__getitem__)
+        return min(up, key=lambda u: (self._busy[u], self.base_urls.index(u)))
 
     def _scrub(self, text: str) -> str:
         if self._key and len(self._key) >= 4:
@@ -200,6 +220,7 @@ class OpenAICompatTeacher:
     def describe(self) -> dict[str, Any]:
         """For manifests: which endpoint and model answered (never the key)."""
         return {"name": self.model, "source": "openai-compatible endpoint", "base_url": self.base_url,
+                **({"base_urls": self.base_urls} if len(self.base_urls) > 1 else {}),
                 "api": "chat" if self._no_completions_route and self.api == "auto" else self.api,
                 "path": None, "sha256": None, "licence": None}
 
@@ -243,8 +264,8 @@ class OpenAICompatTeacher:
         return [m.id for m in page.data]
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        clients, self._clients, self._client = list(self._clients.values()), {}, None
+        for client in clients:
             try:
                 await client.close()
             except RuntimeError:  # its loop is gone: nothing left to close
@@ -273,25 +294,36 @@ class OpenAICompatTeacher:
         seed = seed if seed is not None else cfg.seed
         if seed is not None:
             params["seed"] = seed
-        url = f"{self.base_url}/{'chat/completions' if route == 'chat' else 'completions'}"
-        client, sem = self._bind_loop()
-        create = (client.chat.completions if route == "chat" else client.completions).with_raw_response.create
-
+        _, sem = self._bind_loop()
         t0 = time.monotonic()
         attempts = 0
         async with sem:
             while True:
                 attempts += 1
+                base = self._pick_endpoint()
+                client = self._clients[base]
+                url = f"{base}/{'chat/completions' if route == 'chat' else 'completions'}"
+                create = (client.chat.completions if route == "chat" else client.completions).with_raw_response.create
+                self._busy[base] += 1
                 try:
                     completion = await self._attempt(create, params, route, url)
                     break
                 except _Retryable as e:
                     last = e
+                    if len(self.base_urls) > 1 and e.status != 429:  # no answer, timeout, 5xx: skip it a while
+                        self._down_until[base] = time.monotonic() + self.config.endpoint_cooldown_s
+                        log.warning("%s failed (%s); skipping it for %g s", base, self._scrub(e.summary),
+                                    self.config.endpoint_cooldown_s)
+                        if any(self._down_until[u] <= time.monotonic() for u in self.base_urls) \
+                                and attempts <= cfg.max_retries:
+                            continue  # another endpoint is up: ask it now, no backoff
                 except EndpointError as e:
                     e.attempts = attempts
                     if self.tracker is not None:
                         self.tracker.record_failure(attempts)
                     raise
+                finally:
+                    self._busy[base] -= 1
                 if attempts > cfg.max_retries:
                     if self.tracker is not None:
                         self.tracker.record_failure(attempts)
