@@ -63,14 +63,9 @@ class ModelRef:
         return capability in self.capabilities
 
 
-def _looks_like_hub_id(ref: str) -> bool:
-    parts = ref.split("/")
-    return len(parts) == 2 and all(parts) and not ref.startswith(("/", ".", "~"))
-
-
 def classify(ref: str, *, base_url: str | None = None) -> ModelRef:
     """The kind of `ref`, from its spelling and the files it names (nothing is loaded)."""
-    from alpacakit.models import is_embedded
+    from alpacakit.models import _looks_like_hub_id, is_embedded
 
     ref = str(ref).strip()
     if not ref:
@@ -101,7 +96,7 @@ def classify(ref: str, *, base_url: str | None = None) -> ModelRef:
                           hint="pass the folder `alpacakit train` wrote, a Hugging Face model folder, or a .gguf file")
     if base_url:
         return ModelRef(ref, "endpoint")  # a bare name at a base URL (e.g. `llama3` on Ollama)
-    if _looks_like_hub_id(ref):
+    if not ref.startswith("~") and _looks_like_hub_id(ref):
         raise ConfigError(f"{ref!r} looks like a model hub id, and alpacakit does not download models",
                           hint=f"download it first (e.g. `huggingface-cli download {ref} --local-dir models/"
                           f"{ref.split('/')[-1]}`) and pass the folder, or serve it (vLLM, TGI) and pass openai:MODEL "

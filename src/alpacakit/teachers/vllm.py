@@ -136,8 +136,8 @@ class VLLMTeacher:
                 results: list[Any] = []
                 for (prompt, _params, _loop, _fut), out in zip(batch, outs):
                     o = out.outputs[0]
-                    stopped_by = "stop_string" if o.stop_reason is not None and isinstance(o.stop_reason, str) \
-                        else ("eos" if o.finish_reason == "stop" else None)
+                    stopped_by = "stop_string" if isinstance(o.stop_reason, str) else (
+                        "eos" if o.finish_reason == "stop" else None)
                     results.append(Completion(
                         text=o.text, finish_reason="length" if o.finish_reason == "length" else "stop",
                         usage=Usage(len(prompt["prompt_token_ids"]), len(o.token_ids)), model=self.name,
