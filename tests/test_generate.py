@@ -255,7 +255,8 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     assert manifest["status"] == "complete" and manifest["counts"]["requests"] == len(entries)
     # the requests in flight at the kill were asked again, and the manifest counts them (<= concurrency)
     asked_again = manifest["counts"]["asked_again"]
-    assert asked_again == len(server.requests) - len(entries) and asked_again <= 2
+    # (a note is written just before its request goes out: a kill in between counts one not sent)
+    assert len(server.requests) - len(entries) <= asked_again <= 2
 
 
 def test_answer_mode_curates_refusals_duplicates_and_truncation(server, tmp_path):
@@ -407,3 +408,100 @@ def test_without_a_terminal_progress_is_a_few_lines_with_rate_and_eta(server, tm
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[generate]")]
     assert result.totals.requests > 5 and len(lines) <= 3  # not one per response
     assert "eta" in lines[-1] and "kept/s" in lines[-1]
+
+
+def test_a_resume_takes_earlier_results_as_they_were_and_rebuilds_only_what_differs(server, tmp_path, monkeypatch):
+    """Replaying a journal must not redo the search below the threshold for every kept
+    instruction (minutes at 52K): earlier results that match the journal are taken as they are.
+    An entry whose results were lost or edited is processed again, to the same records."""
+    from alpacakit.curate import pool_stats
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    calls = itertools.count()
+
+    def answer(body):
+        first = int(re.findall(r"(\d+)\. Instruction:", body["messages"][-1]["content"])[-1])
+        dup = SEEDS[0][0] if next(calls) % 2 else None  # every other answer repeats a seed: a near-duplicate
+        return tasks_text(first, 3, duplicate=dup)
+
+    server.responder = answer
+    out = tmp_path / "out"
+    cfg = config(server, seeds, num=20)
+    assert generate(cfg, out, show_progress=False).status == "complete"
+    examples, discards = (out / "examples.jsonl").read_bytes(), (out / "discards.jsonl").read_bytes()
+    assert b"near_duplicate" in discards and examples.count(b"\n") >= 20
+
+    searched = []
+    real_top_k = pool_stats.PoolStats.top_k
+    monkeypatch.setattr(pool_stats.PoolStats, "top_k", lambda *a: searched.append(1) or real_top_k(*a))
+    assert generate(cfg, out, show_progress=False).status == "complete"
+    assert searched == []  # nothing recomputed...
+    assert (out / "examples.jsonl").read_bytes() == examples  # ...and nothing changed
+    assert (out / "discards.jsonl").read_bytes() == discards
+
+    lines = examples.decode().splitlines(keepends=True)
+    (out / "examples.jsonl").write_text("".join(lines[:3] + lines[4:]))  # one kept example lost
+    (out / "discards.jsonl").write_text("")  # and every discard
+    assert generate(cfg, out, show_progress=False).status == "complete"
+    assert 0 < len(searched) < len(lines)  # only the entries whose results differed
+    assert (out / "examples.jsonl").read_bytes() == examples
+    assert (out / "discards.jsonl").read_bytes() == discards
+
+
+def test_a_teacher_that_only_repeats_itself_stalls_the_job_instead_of_being_asked_forever(server, tmp_path):
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    same = tasks_text(4, 3)  # the same three tasks in every answer: kept once, then near-duplicates
+    server.responder = lambda body: same
+    out = tmp_path / "out"
+    r = run_cli("generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds),
+                "--num", "50", "-o", str(out), "--no-progress", "--concurrency", "1",
+                "--set", "generate.stall_requests=5")
+    assert r.returncode == 1 and "stalled: kept 3 examples" in r.stdout and "stall_requests" in r.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "stalled" and manifest["counts"]["requests"] == 6  # 1 useful + 5 barren
+
+
+ZH_SEEDS = [("为一家只卖面包的面包店起一个名字。", "", "每日面包"),
+            ("把下面的温度从摄氏度换算成华氏度。", "20摄氏度", "68华氏度"),
+            ("给出两个晚上睡得更好的建议。", "", "固定作息；睡前少看屏幕。")]
+
+
+def test_self_instruct_in_another_language_asks_for_it_and_dedups_its_script(server, tmp_path):
+    seeds = tmp_path / "zh_seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"z{i}", "name": f"z{i}", "instruction": ins, "is_classification": False,
+                                         "instances": [{"input": inp, "output": out}]}, ensure_ascii=False) + "\n"
+                             for i, (ins, inp, out) in enumerate(ZH_SEEDS)), encoding="utf-8")
+    answers = iter(["4. Instruction: 解释彩虹是怎样形成的。\n4. Input:\n<noinput>\n4. Output:\n阳光在水滴中折射和反射。\n###\n"
+                    "5. Instruction: 给出两个晚上睡得更好的建议吧。\n5. Input:\n<noinput>\n5. Output:\n早睡早起。",
+                    "4. Instruction: 列出三种常见的水果。\n4. Input:\n<noinput>\n4. Output:\n苹果、香蕉、橙子。"])
+    server.responder = lambda body: next(answers, "")
+    cfg = config(server, seeds, num=2, language="Chinese", tokenizer="multilingual", num_prompt_instructions=2,
+                 request_batch=1)
+    result = generate(cfg, tmp_path / "out", show_progress=False)
+    assert result.status == "complete"
+    assert "Write each instruction in Chinese" in server.requests[0].body["messages"][-1]["content"]
+    kept = [o["instruction"] for _, o in iter_jsonl(tmp_path / "out" / "examples.jsonl")]
+    assert kept == ["解释彩虹是怎样形成的。", "列出三种常见的水果。"]  # non-ASCII starts are kept...
+    dropped = [o for _, o in iter_jsonl(tmp_path / "out" / "discards.jsonl")]
+    assert [d["reason"] for d in dropped] == ["near_duplicate"]  # ...and a near-copy of a seed is caught
+    nearest = list(dropped[0]["most_similar"].items())[0]
+    assert nearest == ("给出两个晚上睡得更好的建议。", dropped[0]["max_similarity"]) and nearest[1] > 0.7
+
+
+def test_failed_attempts_the_endpoint_may_have_billed_are_counted_at_their_worst_case(server, tmp_path):
+    """A 200 we could not read (or a timeout on our side) may have been generated and billed:
+    it is retried, and its worst case (prompt + max_tokens) is counted apart from confirmed cost
+    and held against the budget. A 429 or 5xx is retried without such a charge."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.script([{"malformed": True}, {"status": 503}])
+    server.responder = lambda body: {"text": tasks_text(4, 2), "usage": {"prompt_tokens": 1000, "completion_tokens": 200}}
+    cfg = config(server, seeds, num=2, request_batch=1)
+    cfg.teacher.price.input_per_1m = 10.0
+    cfg.teacher.price.output_per_1m = 30.0
+    cfg.teacher.max_tokens = 300
+    result = generate(cfg, tmp_path / "out", show_progress=False)
+    assert result.status == "complete" and result.totals.requests == 1
+    counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
+    assert counts["attempts"] == 3 and counts["maybe_billed_attempts"] == 1  # the 503 is not counted
+    assert counts["cost_usd"] == pytest.approx(1000 * 10e-6 + 200 * 30e-6)  # confirmed: the answer only
+    assert counts["maybe_billed_usd"] > 300 * 30e-6  # worst case of the unreadable one: all of max_tokens

@@ -435,3 +435,53 @@ def test_popcount_fallback_for_numpy_1_matches(monkeypatch):
     assert bulk._popcount(words).tolist() == expected
     monkeypatch.delattr(np, "bitwise_count", raising=False)
     assert bulk._popcount(words).tolist() == expected
+
+
+@pytest.mark.parametrize("seed,lo,hi", [(6, 50, 90), (7, 100, 180), (8, 2, 140)])
+def test_top_k_and_exact_mean_match_rouge_score_for_texts_over_one_machine_word(seed, lo, hi):
+    """Statistics run as numpy bit vectors of 64 bits: longer instructions and pool entries
+    (over 64 and over 128 tokens) take the Python-int path and must agree all the same."""
+    rng = random.Random(seed)
+    texts = edited_long_texts(rng, 30, lo, hi)
+    seeds, texts = texts[:3], texts[3:]
+    keep, maxes, scores, pools = ref_dedup(seeds, texts, 0.7)
+    results = stream(seeds, texts, 0.7, keep_most_similar=4, mean="exact")
+    assert [r.kept for r in results] == keep and [r.max_similarity for r in results] == maxes
+    for r, s, pool in zip(results, scores, pools):
+        assert r.mean_similarity == float(np.mean(s))
+        expected = {}
+        for i in sorted(range(len(pool)), key=lambda i: (-s[i], i)):
+            expected.setdefault(pool[i], s[i])
+        assert list(r.most_similar.items()) == list(expected.items())[:4]
+
+
+def test_the_sampled_mean_is_exact_on_a_small_pool_and_a_fixed_sample_beyond():
+    rng = random.Random(9)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 120)]
+    rng.shuffle(texts)
+    exact = stream([], texts, 1.0, keep_most_similar=1, mean="exact")
+    sampled = stream([], texts, 1.0, keep_most_similar=1, mean="sample")
+    assert len(texts) > 2 * 256
+    small = [i for i in range(len(texts)) if i <= 256]
+    assert [sampled[i].mean_similarity for i in small] == [exact[i].mean_similarity for i in small]
+    late = [(s.mean_similarity, e.mean_similarity) for s, e in zip(sampled[300:], exact[300:])]
+    assert any(s != e for s, e in late)  # really a sample beyond 256 entries...
+    assert max(abs(s - e) for s, e in late) < 0.06  # ...and an estimate of the mean
+    again = stream([], texts, 1.0, keep_most_similar=1, mean="sample")
+    assert [r.mean_similarity for r in again] == [r.mean_similarity for r in sampled]  # replays draw alike
+    assert [r.most_similar for r in sampled] == [r.most_similar for r in exact]
+
+
+def test_entries_added_as_known_decide_and_score_exactly_like_checked_ones():
+    """A journal replay adds kept instructions without indexing each (`add_known`); the index is
+    rebuilt at the next check, and every later decision and statistic is the same."""
+    rng = random.Random(12)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 30)]
+    rng.shuffle(texts)
+    first, rest = texts[:150], texts[150:]
+    checked = RougeDeduper(0.7, keep_most_similar=3, mean="sample")
+    kept_first = [t for t in first if checked.add_if_novel(t).kept]
+    known = RougeDeduper(0.7, keep_most_similar=3, mean="sample")
+    for t in kept_first:
+        known.add_known(t)
+    assert [known.add_if_novel(t) for t in rest] == [checked.add_if_novel(t) for t in rest]

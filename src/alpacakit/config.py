@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alpacakit.errors import ConfigError
 from alpacakit.serve.config import ServeConfig
@@ -97,6 +97,9 @@ class GenerateConfig(Section):
     request_batch: int | None = Field(None, ge=1, description="Requests in flight at once (never more than the "
                                       "teacher's max_concurrency; unset: exactly that).")
     similarity_threshold: float = Field(0.7, ge=0, le=1, description="Keep an instruction only if ROUGE-L F <= this against all kept ones.")
+    language: str = Field(
+        "English", min_length=1, description="Language the teacher is asked to write tasks in (the {language} of the "
+        "prompt). For another language, give seed tasks in it (--seeds) and set tokenizer: multilingual.")
     tokenizer: Literal["rouge_score", "multilingual"] = Field(
         "rouge_score", description="ROUGE-L tokens: rouge_score's default ([a-z0-9] words, as Stanford ran it) or "
         "multilingual (CJK characters one token each, other scripts' Unicode words). Multilingual also keeps "
@@ -108,13 +111,23 @@ class GenerateConfig(Section):
     max_task_chars: int = Field(2000, ge=100, description="With cut_runaway_answers: longest unfinished task "
                                 "(instruction, input and output) before the answer is cut.")
     keep_most_similar: int = Field(10, ge=0, description="Most similar earlier instructions stored per example.")
-    mean_similarity: bool = Field(
-        True, description="Also store each example's exact mean ROUGE-L against the whole pool (Stanford's "
-        "avg_similarity_score). Costs O(pool) per kept example (~40 ms at a 10K pool); switch off for huge runs.")
+    mean_similarity: Literal["off", "sample", "exact"] = Field(
+        "sample", description="Each example's mean ROUGE-L against the pool (Stanford's avg_similarity_score): exact "
+        "(O(pool) per kept example: ~2 ms at a 50K pool), sample (over a fixed-seed uniform sample of 256 pool "
+        "entries: exact up to 256, standard error ~0.005 beyond) or off. true/false mean exact/off.")
+
+    @field_validator("mean_similarity", mode="before")
+    @classmethod
+    def _mean_from_bool(cls, v: Any) -> Any:
+        return {True: "exact", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     max_cost: float | None = Field(None, ge=0, description="Stop cleanly before spending more than this many dollars.")
     max_requests: int | None = Field(
         None, ge=1, description="Stop after this many teacher requests in all (default: 10 + 2 x num, a guard against a "
         "teacher whose answers never parse).")
+    stall_requests: int = Field(
+        200, ge=1, description="Stop (status 'stalled') once this many answers in a row kept no example: a teacher "
+        "that only repeats itself would otherwise be asked until max_requests.")
     rng_seed: int = Field(42, description="Seed for the choice of example tasks.")
     filters: FilterConfig = Field(default_factory=FilterConfig)
 

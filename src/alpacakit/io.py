@@ -170,10 +170,15 @@ class JsonlAppender:
         self._f = open(self.path, "ab")
         self._fsync = fsync
 
-    def write(self, obj: dict[str, Any]) -> None:
+    def write(self, obj: dict[str, Any], *, sync: bool = True) -> None:
+        """Append one record; `sync=False` defers the fsync to a later `sync()` (group commit)."""
         line = json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
         self._f.write(line)
         self._f.flush()
+        if self._fsync and sync:
+            os.fsync(self._f.fileno())
+
+    def sync(self) -> None:
         if self._fsync:
             os.fsync(self._f.fileno())
 
@@ -214,6 +219,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class AtomicLineWriter:
+    """A file written line by line that replaces `path` only on `commit()` (readers see the old
+    file or the whole new one): for rebuilding a large JSONL without holding it in memory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._f = os.fdopen(fd, "wb")
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self._f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+
+    def write_raw(self, line: bytes) -> None:
+        """A line already in JSONL form (no newline at its end)."""
+        self._f.write(line + b"\n")
+
+    def commit(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        Path(self._tmp).unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -210,7 +210,7 @@ class _Bulk:
     def _decide(self, c0: int, c1: int, cid, text) -> None:
         """Decide texts c0..c1-1 (their probes: `cid`, `text`, sorted by cid)."""
         np, n = self.np, self.n
-        alive = self.index_key[self.kept[self.index_key % n]]  # dropped texts never drop others
+        alive = self._alive()
         lo = np.searchsorted(alive, cid * n)
         hi = np.searchsorted(alive, cid * n + text)  # earlier texts only
         counts = hi - lo
@@ -224,6 +224,22 @@ class _Bulk:
         starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
         earlier = alive[starts + np.arange(volume)] % n
         self._resolve(np.repeat(text, counts), earlier)
+
+    def _alive(self):
+        """The index without the signatures of dropped texts (dropped texts never drop others).
+
+        Filtering the whole index is a pass over tens of millions of keys at 1M texts, so it is
+        redone only once the drops since the last pass reach 5% of the texts: until then the
+        index holds a few dropped texts too, and `_resolve` skips them (it checks `kept`)."""
+        dropped = self.n - int(self._kept_count())
+        if getattr(self, "_alive_keys", None) is None or dropped - self._alive_dropped > max(1000, self.n // 20):
+            n = self.n
+            self._alive_keys = self.index_key[self.kept[self.index_key % n]]
+            self._alive_dropped = dropped
+        return self._alive_keys
+
+    def _kept_count(self) -> int:
+        return int(self.kept.sum())
 
     # 4. exact decisions ----------------------------------------------------------------------
 

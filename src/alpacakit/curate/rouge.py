@@ -48,7 +48,6 @@ rounding error is a few units in the last place (~1e-16); they cannot cross belo
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +66,6 @@ _PAIR_PREFIX_MAX = 16  # longest prefix indexed by key pairs (C(16, 2) = 120 pai
 _PAIR_CUT_MAX = 4096  # texts this long always use single keys
 _REORDERED_BASE = 1 << 40  # ranks given at a reorder; keys first seen later rank below (rarer)
 _MIN_REORDER = 64  # no reorder before the pool (plus primed texts) holds this many entries
-_TIE_MARGIN = 1e-9  # >> float error of F (~1e-15), << any gap between distinct F values
 
 
 def tokenize(text: str) -> list[str]:
@@ -324,7 +322,8 @@ class DedupResult:
         maximum below the threshold would cost the speed that mode exists for.
     mean_similarity: the exact mean F over the whole pool, computed like Stanford's
         `avg_similarity_score` (np.mean of every pair's score, in pool order). Only with
-        `full_stats=True` (it needs one LCS per pool entry sharing a word); otherwise None.
+        `mean="exact"` (or `full_stats=True`); with `mean="sample"` the mean over a fixed-seed
+        uniform sample of 256 pool entries (exact while the pool is that small); otherwise None.
     most_similar: up to `keep_most_similar` pool instructions with the highest F, highest
         first, ties broken by earlier pool entry (exact). In decision-only mode: the nearest
         entry of a dropped instruction, nothing for a kept one.
@@ -364,31 +363,34 @@ class RougeDeduper:
 
     Modes (decisions are exact in all of them; only what is reported differs):
       * default (`stats=True`): max_similarity and the top `keep_most_similar` are exact. For a
-        kept instruction this searches below the threshold, through the common words' index
-        lists: about a millisecond on a pool of tens of thousands. Right for generation, where
-        the teacher takes far longer per instruction.
+        kept instruction this searches below the threshold with numpy over the whole pool
+        (`pool_stats.py`): ~0.5-1 ms per instruction at a pool of 10K-50K.
       * `stats=False`: the decision only (plus the nearest entry of a dropped instruction):
-        tens of microseconds per instruction.
-      * `full_stats=True`: also the exact mean F over the whole pool (Stanford's
-        avg_similarity_score), at one LCS per pool entry that shares a word.
+        ~100 us per instruction at a 50K pool.
+      * `mean="exact"` (or `full_stats=True`): also the exact mean F over the whole pool
+        (Stanford's avg_similarity_score); `mean="sample"`: the mean over a fixed-seed sample
+        of 256 pool entries (exact up to that size), at a fraction of the cost.
 
     For a whole file at once, `alpacakit.curate.dedup.dedup_instructions` reaches the same
     decisions faster (vectorised). Not thread-safe: one writer at a time.
     """
 
     def __init__(self, threshold: float = 0.7, keep_most_similar: int = 10, *,
-                 stats: bool = True, full_stats: bool = False, tokenizer: str = "rouge_score"):
+                 stats: bool = True, full_stats: bool = False, tokenizer: str = "rouge_score",
+                 mean: str | None = None):
         if isinstance(keep_most_similar, bool) or not isinstance(keep_most_similar, int) or keep_most_similar < 0:
             raise ConfigError(f"keep_most_similar must be an integer >= 0, got {keep_most_similar!r}")
-        if full_stats and not stats:
-            raise ConfigError("full_stats=True needs stats=True")
+        mean = mean or ("exact" if full_stats else "off")
+        if mean != "off" and not stats:
+            raise ConfigError("a mean similarity needs stats=True")
         self._bounds = Bounds(threshold)
         self.threshold = self._bounds.threshold
         self._tokenize = tokenizer_named(tokenizer)
         self.tokenizer = tokenizer
         self.keep_most_similar = keep_most_similar
         self.stats = bool(stats)
-        self.full_stats = bool(full_stats)
+        self.mean = mean
+        self.full_stats = mean == "exact"
 
         self._ids_of: dict[str, int] = {}  # token -> id
         self._occ_ids: dict[tuple[int, int], int] = {}  # (token id, repeat >= 1) -> key id
@@ -408,9 +410,14 @@ class RougeDeduper:
         self._primed_df: dict[int, int] = {}
         self._primed_count = 0
         self._weight_at_reorder = 0
+        self._stale = False  # entries added without indexing (add_known): reorder before a check
         self._index: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})  # pair S, pair X, single S, single X
-        # Every key of every entry, for searches below the threshold (stats only).
-        self._full: dict[int, list[int]] | None = {} if self.stats else None
+        # Every entry's tokens and keys as numpy arrays, for searches below the threshold.
+        self._pool_stats = None
+        if self.stats:
+            from alpacakit.curate.pool_stats import PoolStats
+
+            self._pool_stats = PoolStats(mean)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -420,6 +427,14 @@ class RougeDeduper:
     def add_seed(self, instruction: str) -> None:
         """Put an instruction in the pool unconditionally (seed tasks come first)."""
         self._add(self._prepare(instruction))
+
+    def add_known(self, instruction: str) -> None:
+        """Put an instruction in the pool that an earlier, identical run already kept (a journal
+        replay). Like `add_seed`, but the signature index is rebuilt once, at the next check,
+        instead of growing entry by entry through its reorders: a 52K replay skips ~65K index
+        insertions."""
+        self._stale = True
+        self._add(self._prepare(instruction), index=False)
 
     def check(self, instruction: str) -> DedupResult:
         """Compare an instruction with the pool without adding it."""
@@ -510,13 +525,15 @@ class RougeDeduper:
 
     # ----------------------------------------------------------------------------- adding
 
-    def _add(self, c: _Prepared) -> None:
+    def _add(self, c: _Prepared, index: bool = True) -> None:
         idx = len(self._texts)
         self._texts.append(c.text)
         self._ids.append(c.ids)
         self._keysets.append(c.keyset)
         self._lens.append(c.m)
         first = self._first_with_text.get(c.text)
+        if self._pool_stats is not None:
+            self._pool_stats.add(c.ids, c.keys, -1 if first is None else first)
         if first is not None:
             # Same text, same score against anything: looking it up again only repeats work.
             self._alias.append(first)
@@ -527,16 +544,10 @@ class RougeDeduper:
         df = self._df
         for k in c.keys:
             df[k] = df.get(k, 0) + 1
-        if self._full is not None:
-            full = self._full
-            for k in c.keys:
-                lst = full.get(k)
-                if lst is None:
-                    full[k] = [idx]
-                else:
-                    lst.append(idx)
+        if not index:
+            return
         weight = len(self._texts) + self._primed_count
-        if weight >= 2 * self._weight_at_reorder and weight >= _MIN_REORDER:
+        if self._stale or (weight >= 2 * self._weight_at_reorder and weight >= _MIN_REORDER):
             self._reorder()  # indexes the new entry too
         else:
             self._index_entry(idx, self._sorted_keys(c.keys))
@@ -557,6 +568,7 @@ class RougeDeduper:
         order = sorted(keys, key=lambda k: (df.get(k, 0) + pdf.get(k, 0), k))
         self._rank = rank = {k: _REORDERED_BASE + i for i, k in enumerate(order)}
         self._weight_at_reorder = len(self._texts) + self._primed_count
+        self._stale = False
         self._index = ({}, {}, {}, {})
         for idx, keyset in enumerate(self._keysets):
             if self._alias[idx] < 0:
@@ -573,16 +585,17 @@ class RougeDeduper:
             best_f, neg_idx = max((f, -i) for i, f in hits)
             return DedupResult(kept=False, max_similarity=best_f,
                                most_similar={self._texts[-neg_idx]: best_f})
-        if self.full_stats:
-            top, mean = self._all_scores(c, self.keep_most_similar)
-        else:
-            top, mean = self._top_k(c, max(self.keep_most_similar, 1), hits), None
+        ps = self._pool_stats
+        top, overlap = ps.top_k(c.ids, c.keys, c.masks(), max(self.keep_most_similar, 1), hits)
+        mean = ps.mean_score(c.ids, c.masks(), overlap)
         max_sim = top[0][1] if top else 0.0
         most = {self._texts[i]: f for i, f in top[: self.keep_most_similar]}
         return DedupResult(kept=kept, max_similarity=max_sim, mean_similarity=mean, most_similar=most)
 
     def _hits_above_threshold(self, c: _Prepared) -> list[tuple[int, float]]:
         """Every pool entry (first of its text) whose F with `c` exceeds the threshold, exactly."""
+        if self._stale:
+            self._reorder()
         m = c.m
         plan = self._bounds.plan(m)
         if not (plan.pairs or plan.singles) or len(self._lens) == 0:
@@ -619,75 +632,3 @@ class RougeDeduper:
             if f > t:
                 hits.append((e, f))
         return hits
-
-    def _top_k(self, c: _Prepared, k: int, known: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """The k best pool entries by (F desc, index asc), exactly; `known` holds the exact
-        scores already computed (every entry above the threshold)."""
-        if len(known) >= k:
-            return sorted(known, key=lambda x: (-x[1], x[0]))[:k]
-        m = c.m
-        heap: list[tuple[float, int]] = []  # (F, -index): heap[0] is the current k-th best
-        seen: set[int] = set()
-        for e, f in known:
-            seen.add(e)
-            heapq.heappush(heap, (f, -e))
-        full = self._full or {}
-        lens, keysets, ids = self._lens, self._keysets, self._ids
-        keyset = c.keyset
-        keys = sorted(c.keys, key=lambda key: (len(full.get(key, ())), key))
-        for i, key in enumerate(keys):
-            if len(heap) == k:
-                # An entry sharing none of keys[:i] overlaps in at most r = m - i tokens; the
-                # best F it can reach, over every length, is 2r/(m+r) (at n = r).
-                r = m - i
-                if heap[0][0] > 2 * r / (m + r) + _TIE_MARGIN:
-                    break
-            lst = full.get(key)
-            if not lst:
-                continue
-            for e in lst:
-                if e in seen:
-                    continue
-                seen.add(e)
-                n = lens[e]
-                if len(heap) == k:
-                    bound = f_measure(len(keyset & keysets[e]), m, n)
-                    if (bound, -e) <= heap[0]:
-                        continue
-                item = (f_measure(lcs_with_masks(c.masks(), m, ids[e]), m, n), -e)
-                if len(heap) < k:
-                    heapq.heappush(heap, item)
-                elif item > heap[0]:
-                    heapq.heapreplace(heap, item)
-        top = [(-neg, f) for f, neg in sorted(heap, reverse=True)]
-        if len(top) < k:
-            # Every entry sharing a word is in `top` already: the rest score 0.0, earliest first.
-            for e in range(len(self._texts)):
-                if len(top) >= k:
-                    break
-                if e not in seen and self._alias[e] < 0:
-                    top.append((e, 0.0))
-        return top
-
-    def _all_scores(self, c: _Prepared, k: int) -> tuple[list[tuple[int, float]], float | None]:
-        """Every entry's F (0.0 for those sharing no word), the top k, and np.mean in pool order."""
-        import numpy as np  # only for full_stats
-
-        full = self._full or {}
-        candidates: set[int] = set()
-        for key in c.keys:
-            lst = full.get(key)
-            if lst is not None:
-                candidates.update(lst)
-        scores = np.zeros(len(self._texts), dtype=np.float64)
-        m = c.m
-        for e in candidates:
-            scores[e] = f_measure(lcs_with_masks(c.masks(), m, self._ids[e]), m, self._lens[e])
-        for e, first in enumerate(self._alias):
-            if first >= 0:
-                scores[e] = scores[first]
-        mean = float(np.mean(scores)) if len(scores) else None
-        firsts = [e for e in range(len(scores)) if self._alias[e] < 0]
-        firsts.sort(key=lambda e: (-scores[e], e))
-        top = [(e, float(scores[e])) for e in firsts[: max(k, 1)]]
-        return top, mean

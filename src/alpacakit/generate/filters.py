@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from functools import cached_property
 
 from alpacakit.config import FilterConfig
 
 
 class InstructionFilter:
-    def __init__(self, config: FilterConfig):
+    def __init__(self, config: FilterConfig, count_words: Callable[[str], int] | None = None):
+        """`count_words` measures length for min_words/max_words (default: whitespace words,
+        as Stanford counted; Chinese or Japanese have no spaces, so the multilingual mode
+        counts its tokens: each CJK character one)."""
         self.config = config
+        self._count_words = count_words or (lambda text: len(text.split()))
 
     @cached_property
     def _blacklist(self) -> re.Pattern[str] | None:
@@ -28,7 +33,7 @@ class InstructionFilter:
     def reason(self, instruction: str) -> str | None:
         """The name of the first filter that rejects `instruction`, or None to keep it."""
         c = self.config
-        n_words = len(instruction.split())
+        n_words = self._count_words(instruction)
         if n_words < c.min_words:
             return "too_short"
         if n_words > c.max_words:

@@ -38,7 +38,9 @@ class GenerationProgress:
         rate = sum(t.discards.values()) / seen if seen else 0.0
         writing = f" | {self.writing}" if self.writing else ""
         return (f"discarded {rate:.0%} | req {t.requests}{writing} | "
-                f"{t.prompt_tokens + t.completion_tokens:,} tok | ${t.cost_usd:.4f}")
+                f"{t.prompt_tokens + t.completion_tokens:,} tok | ${t.cost_usd:.4f}"
+                + (f" (+ up to ${t.maybe_billed_usd:.4f} for {t.maybe_billed_attempts} failed attempts)"
+                   if t.maybe_billed_attempts else ""))
 
     writing = ""  # what the requests in flight have written so far, when the teacher shows it
     _last_log = float("-inf")

@@ -48,11 +48,12 @@ class PromptBuilder:
 
     def __init__(self, seeds: list[SeedTask], *, num_examples: int = 3, tasks_per_request: int = 20,
                  rng_seed: int = 42, header_path: str | Path | None = None, num_task_types: int = 6,
-                 input_requests: float = 0.0):
+                 input_requests: float = 0.0, language: str = "English"):
         header, example, types = _default_templates()
         if header_path:
             header = Path(header_path).read_text(encoding="utf-8")
-        self.header, self.example, self.task_types = header, example, types
+        # {language}: the language the teacher writes in (a custom header may leave it out)
+        self.header, self.example, self.task_types = header.replace("{language}", language), example, types
         self.seeds = seeds
         self.num_examples = min(num_examples, len(seeds))
         self.tasks_per_request = tasks_per_request

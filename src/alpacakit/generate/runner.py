@@ -30,8 +30,13 @@ class GenerateResult:
     def summary(self) -> str:
         t = self.totals
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(t.discards.items(), key=lambda kv: -kv[1])) or "none"
-        return (f"{self.status}: kept {t.kept} examples in {self.examples_path} from {t.requests} requests "
+        text = (f"{self.status}: kept {t.kept} examples in {self.examples_path} from {t.requests} requests "
                 f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}); discarded: {reasons}")
+        if self.status == "stalled":
+            text += (". The last answers kept nothing new (generate.stall_requests in a row): the teacher repeats "
+                     "itself or every task fails the filters. See discards.jsonl; try a higher temperature or "
+                     "other seeds, then rerun to continue")
+        return text
 
 
 def resolve_api(config: AlpacakitConfig) -> str:
@@ -50,6 +55,17 @@ def describe_teacher(config: AlpacakitConfig) -> dict[str, Any]:
     from alpacakit.models import describe
 
     return describe(t.model)
+
+
+def replay_progress(label: str):
+    """A line on stderr while a long journal is replayed (a resumed 52K run replays ~3K answers)."""
+    import sys
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done == total or not sys.stderr.isatty() else "\r"
+        print(f"[{label}] replaying the journal: {done:,}/{total:,} answers", end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 def _estimator(config: AlpacakitConfig):
@@ -103,7 +119,7 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
             f"{out_dir} holds a generation made with other settings ({', '.join(diff)} differ)",
             hint="use a new --out-dir, or rerun with the settings recorded in its manifest.json",
         )
-    job.replay()
+    job.replay(progress=replay_progress("generate") if show_progress else None)
 
     started = time.time()
     manifest: dict[str, Any] = {
@@ -169,8 +185,13 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
     progress = GenerationProgress(target=target, totals=job.totals, enabled=show_progress,
                                   unit="answered" if answer_mode else "kept")
     last_manifest = [0.0]
+    barren = [0]  # answers in a row that kept nothing
+    if not answer_mode:
+        reached = should_stop
+        should_stop = lambda totals: reached(totals) or barren[0] >= config.generate.stall_requests  # noqa: E731
 
     def on_result(entry: dict, kept: list, discards: list) -> None:
+        barren[0] = 0 if kept else barren[0] + 1
         progress.update()
         if time.monotonic() - last_manifest[0] > 5:
             update_manifest("running")
@@ -192,4 +213,6 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
         return "stopped_at_budget"
     if answer_mode:
         return "complete" if stopped == "exhausted" else stopped
+    if stopped == "done" and barren[0] >= config.generate.stall_requests and job.totals.kept < target:
+        return "stalled"
     return "complete" if stopped == "done" else "request_limit"

@@ -16,7 +16,7 @@ from typing import Any
 
 from alpacakit.config import AlpacakitConfig
 from alpacakit.generate.filters import InstructionFilter
-from alpacakit.generate.journal import JobTotals, JournaledJob, Request
+from alpacakit.generate.journal import JobTotals, Request
 from alpacakit.generate.parse import parse_tasks
 from alpacakit.generate.prompt import PromptBuilder
 from alpacakit.generate.seeds import SeedTask, default_seeds_path, load_seed_tasks
@@ -33,14 +33,22 @@ class SelfInstructProcessor:
         filters = g.filters
         if g.tokenizer == "multilingual" and filters.drop_non_ascii_start:  # that rule is for English data
             filters = filters.model_copy(update={"drop_non_ascii_start": False})
-        self.filter = InstructionFilter(filters)
+        count_words = None
+        if g.tokenizer == "multilingual":
+            from alpacakit.curate.rouge import tokenize_multilingual
+
+            count_words = lambda text: len(tokenize_multilingual(text))  # noqa: E731
+        self.filter = InstructionFilter(filters, count_words)
+        # keep_most_similar=0 with mean_similarity=off: decisions only (no search below the threshold)
+        stats = g.keep_most_similar > 0 or g.mean_similarity != "off"
         self.dedup = RougeDeduper(threshold=g.similarity_threshold, keep_most_similar=g.keep_most_similar,
-                                  full_stats=g.mean_similarity, tokenizer=g.tokenizer)
+                                  stats=stats, mean=g.mean_similarity, tokenizer=g.tokenizer)
         for s in seeds:
             self.dedup.add_seed(s.instruction)
         self.teacher_name = teacher_name
 
-    def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
+    def _candidates(self, entry: dict) -> tuple[list, list[dict]]:
+        """(tasks that pass the filters, discards made before dedup), in answer order."""
         finish = "cut" if entry.get("cut") else entry.get("finish_reason", "stop")
         tasks, parse_discards = parse_tasks(entry.get("text") or "", entry.get("first_number", 4), finish,
                                             continues_prompt=entry.get("api") != "chat")
@@ -48,12 +56,20 @@ class SelfInstructProcessor:
         discards = [{"request": req, "reason": d.reason, "text": d.text[:2000]} for d in parse_discards]
         if not tasks and not parse_discards:
             discards.append({"request": req, "reason": "empty_response", "text": (entry.get("text") or "")[:2000]})
-        kept = []
+        passed = []
         for t in tasks:
             reason = self.filter.reason(t.instruction)
             if reason:
                 discards.append({"request": req, "reason": reason, "instruction": t.instruction})
-                continue
+            else:
+                passed.append(t)
+        return passed, discards
+
+    def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
+        req = entry["index"]
+        tasks, discards = self._candidates(entry)
+        kept = []
+        for t in tasks:
             result = self.dedup.add_if_novel(t.instruction)
             if not result.kept:
                 discards.append({"request": req, "reason": "near_duplicate", "instruction": t.instruction,
@@ -67,6 +83,30 @@ class SelfInstructProcessor:
                 "avg_similarity": result.mean_similarity,
                 "most_similar_instructions": result.most_similar,
             })
+        return kept, discards
+
+    def restore(self, entry: dict, kept: list[dict], discards: list[dict]) -> tuple[list[dict], list[dict]] | None:
+        """Take an earlier run's results for this entry when they are the ones `process` would
+        derive: the same filter discards, and every task that passed the filters either kept
+        (same instruction, input and output) or dropped as a near-duplicate, in order. The kept
+        ones join the pool without the search that gave their statistics: processing is
+        deterministic, so those statistics are still the ones it would compute."""
+        tasks, pre = self._candidates(entry)
+        old_pre = [d for d in discards if d.get("reason") != "near_duplicate"]
+        dropped = [d for d in discards if d.get("reason") == "near_duplicate"]
+        if old_pre != pre or len(kept) + len(dropped) != len(tasks):
+            return None
+        ki = di = 0
+        for t in tasks:
+            if ki < len(kept) and (kept[ki].get("instruction"), kept[ki].get("input"), kept[ki].get("output")) == (
+                    t.instruction, t.input, t.output):
+                ki += 1
+            elif di < len(dropped) and dropped[di].get("instruction") == t.instruction:
+                di += 1
+            else:
+                return None
+        for r in kept:
+            self.dedup.add_known(r["instruction"])
         return kept, discards
 
 
@@ -148,7 +188,7 @@ def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, st
         per_request = totals.kept / totals.requests
         seen = totals.kept + sum(totals.discards.values())
         keep_rate = totals.kept / seen if seen else 0.0
-        expected = sum(max(per_request, keep_rate * tasks_written([w])) for w in writing)
+        expected = sum(max(per_request, keep_rate * tasks_written([w]) if w[1] else 0.0) for w in writing)
         return totals.kept + expected >= target
 
     return check
@@ -157,10 +197,17 @@ def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, st
 def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[int]) -> SelfInstructPlan:
     """`done` is the job's live set of answered request indices (filled by its replay)."""
     g = config.generate
+    if g.language.strip().lower() != "english" and g.tokenizer == "rouge_score":
+        import sys
+
+        print(f"warning: generate.language is {g.language} but generate.tokenizer is rouge_score, which reads only "
+              "[a-z0-9] words: near-duplicates in other scripts go unnoticed. Set generate.tokenizer=multilingual.",
+              file=sys.stderr)
     seeds_path = Path(g.seeds) if g.seeds else default_seeds_path()
     seeds = load_seed_tasks(seeds_path)
     builder = PromptBuilder(seeds, num_examples=g.num_prompt_instructions, tasks_per_request=g.tasks_per_request,
-                            rng_seed=g.rng_seed, header_path=g.prompt, input_requests=g.input_requests)
+                            rng_seed=g.rng_seed, header_path=g.prompt, input_requests=g.input_requests,
+                            language=g.language)
     prompt_sha = hashlib.sha256((builder.header + builder.example + "\n".join(builder.task_types)).encode()).hexdigest()
 
     def make_request(index: int) -> Request:
@@ -181,6 +228,7 @@ def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[i
             **({"input_requests": g.input_requests} if g.input_requests else {}),
             "similarity_threshold": g.similarity_threshold,
             **({"tokenizer": g.tokenizer} if g.tokenizer != "rouge_score" else {}),  # (added later, as above)
+            **({"language": g.language} if g.language != "English" else {}),  # (likewise)
             "filters": g.filters.model_dump(),
         },
         inputs={"seeds": {"path": str(seeds_path), "sha256": sha256_file(seeds_path), "count": len(seeds)}},

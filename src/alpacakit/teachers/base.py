@@ -38,6 +38,10 @@ class Completion:
     # Why a 'stop' answer ended, where the backend knows: 'eos' (the model ended it) or
     # 'stop_string' (a stop string cut it, e.g. a base model starting a new "### Instruction:").
     stopped_by: str | None = None
+    # Failed attempts before this answer that the endpoint may have billed (a timeout, an
+    # unreadable 200), and their worst-case cost: not in `cost`, which is what was confirmed.
+    maybe_billed_attempts: int = 0
+    maybe_billed_usd: float = 0.0
 
 
 @dataclass

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alpacakit.errors import ConfigError, TeacherError
-from alpacakit.teachers.accounting import CostTracker, cost_of, estimate_prompt_tokens, estimate_tokens
+from alpacakit.teachers.accounting import CostTracker, cost_of, estimate_cost, estimate_prompt_tokens, estimate_tokens
 from alpacakit.teachers.base import Completion, Usage
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,15 @@ class EndpointError(TeacherError):
 class _Retryable(Exception):
     """Internal: one attempt failed in a way worth retrying."""
 
-    def __init__(self, summary: str, retry_after: float | None = None, status: int | None = None):
+    def __init__(self, summary: str, retry_after: float | None = None, status: int | None = None,
+                 maybe_billed: bool = False):
         super().__init__(summary)
         self.summary = summary
         self.retry_after = retry_after
         self.status = status
+        # The server may have generated (and billed) an answer we never got: a timeout on our
+        # side, or a 200 whose body we could not read. 429s, 5xx and refused connections are not.
+        self.maybe_billed = maybe_billed
 
 
 def is_loopback(url: str) -> bool:
@@ -297,6 +301,7 @@ class OpenAICompatTeacher:
         _, sem = self._bind_loop()
         t0 = time.monotonic()
         attempts = 0
+        maybe_billed = 0  # failed attempts the server may have billed (see _Retryable)
         async with sem:
             while True:
                 attempts += 1
@@ -310,6 +315,7 @@ class OpenAICompatTeacher:
                     break
                 except _Retryable as e:
                     last = e
+                    maybe_billed += e.maybe_billed
                     if len(self.base_urls) > 1 and e.status != 429:  # no answer, timeout, 5xx: skip it a while
                         self._down_until[base] = time.monotonic() + self.config.endpoint_cooldown_s
                         log.warning("%s failed (%s); skipping it for %g s", base, self._scrub(e.summary),
@@ -339,6 +345,12 @@ class OpenAICompatTeacher:
 
         completion.attempts = attempts
         completion.latency_s = time.monotonic() - t0
+        if maybe_billed:
+            # Worst case for each: its prompt and all of max_tokens, at the teacher's price.
+            completion.maybe_billed_attempts = maybe_billed
+            completion.maybe_billed_usd = maybe_billed * estimate_cost(
+                cfg.price, max_tokens=params["max_tokens"], prompt=params.get("prompt"),
+                messages=params.get("messages"))
         if self.tracker is not None:
             completion.cost = self.tracker.charge(completion.usage, price=cfg.price, attempts=attempts)
         else:
@@ -354,9 +366,9 @@ class OpenAICompatTeacher:
                 raw = await create(**params, timeout=timeout)
                 body = raw.content
         except TimeoutError:
-            raise _Retryable(f"timed out after {timeout:g} s") from None
+            raise _Retryable(f"timed out after {timeout:g} s", maybe_billed=True) from None
         except openai.APITimeoutError:
-            raise _Retryable(f"timed out after {timeout:g} s") from None
+            raise _Retryable(f"timed out after {timeout:g} s", maybe_billed=True) from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e.__context__
             detail = f"{type(cause).__name__}: {cause}" if cause else str(e)
@@ -380,10 +392,10 @@ class OpenAICompatTeacher:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             snippet = body[:120].decode("utf-8", "replace")
-            raise _Retryable(f"malformed response: not JSON ({snippet!r})") from None
+            raise _Retryable(f"malformed response: not JSON ({snippet!r})", maybe_billed=True) from None
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise _Retryable("malformed response: no choices")
+            raise _Retryable("malformed response: no choices", maybe_billed=True)
         choice = choices[0]
         if route == "chat":
             message = choice.get("message") or {}

@@ -1,0 +1,278 @@
+"""The statistics of a kept instruction against the whole pool, vectorised with numpy.
+
+Near-duplicate *decisions* need only the few pool entries that could exceed the threshold
+(`rouge.py` finds them through its signature index). The statistics Stanford stored with each
+instruction look below the threshold, at the whole pool: the top-k most similar entries with
+their F, and the mean F. In pure Python both walk the posting lists of common words ("the",
+"a") entry by entry, milliseconds per instruction at a 10K pool. Here every step is a numpy
+operation over the pool:
+
+* bag-of-words overlap with every entry: one `bincount` over the posting lists of the
+  instruction's occurrence keys (the k-th repeat of a word is its own key, so bag overlap is
+  set overlap);
+* exact LCS lengths for many entries at once: the same bit-parallel recurrence as
+  `rouge.lcs_with_masks` (V = (V + U) | (V - U), U = V & M[token]) on uint64 vectors, one
+  column of the entries' token matrix per step; instructions over 64 tokens fall back to
+  Python ints. An overlap of 0 or 1 *is* the LCS (one shared token is a common subsequence of
+  length 1), so only entries sharing at least two tokens need the recurrence;
+* F with the float formula of `rouge_score` (`rouge.f_measure`) written elementwise in the
+  same order, so every score equals the scalar one bit for bit.
+
+Top-k stays exact by bounds: F(overlap) bounds F(lcs) from above, so exact scores are computed
+in decreasing order of bound until the k-th best exact score beats every remaining bound.
+
+The mean has three modes. `exact` is Stanford's avg_similarity_score (np.mean of the score
+against every pool entry, in pool order): O(pool) per instruction however it is computed, the
+cost that dominated a 52K run. `sample` (the default in generation) is the mean over a uniform
+sample of `SAMPLE` pool entries kept by reservoir sampling with a fixed seed, so a replayed run
+draws the same sample; it is exact while the pool is no larger than the sample, and its
+standard error is about std(F)/sqrt(SAMPLE) (~0.005) beyond. `off` skips it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+from alpacakit.curate.rouge import lcs_with_masks
+
+SAMPLE = 256
+MEAN_MODES = ("off", "sample", "exact")
+_WIDE = 128  # entries longer than this keep their tokens out of the matrix (Python LCS)
+_ALL_AT_ONCE = 48  # fewer candidates than this are all scored exactly, without bounds
+_PYTHON_TAIL = 6  # columns where at most this many entries are still running finish in Python
+_TIE_MARGIN = 1e-9  # as in rouge.py: >> float error of F, << any gap between distinct F values
+
+
+def f_vector(lcs: np.ndarray, m: int, n: np.ndarray) -> np.ndarray:
+    """`f_measure(lcs, m, n)` elementwise for lcs >= 1 (so n >= 1), with the same float
+    operations in the same order."""
+    lcs = lcs.astype(np.float64)
+    precision = lcs / n
+    recall = lcs / m
+    return 2 * precision * recall / (precision + recall)
+
+
+class _Growing:
+    """A numpy array that grows by doubling (amortised O(1) appends)."""
+
+    __slots__ = ("buf", "size")
+
+    def __init__(self, dtype, capacity: int = 4, width: int | None = None):
+        shape = (capacity,) if width is None else (capacity, width)
+        self.buf = np.zeros(shape, dtype=dtype)
+        self.size = 0
+
+    def append(self, value) -> None:
+        if self.size == len(self.buf):
+            grown = np.zeros((2 * len(self.buf),) + self.buf.shape[1:], dtype=self.buf.dtype)
+            grown[: self.size] = self.buf
+            self.buf = grown
+        self.buf[self.size] = value
+        self.size += 1
+
+    def view(self) -> np.ndarray:
+        return self.buf[: self.size]
+
+
+class PoolStats:
+    """Scores of one instruction against every pool entry, for the statistics.
+
+    Fed every pool entry in order (`add`: token ids, occurrence keys, and the earlier entry it
+    repeats, if any). Only first entries of a text are scored; a repeat takes its first's score.
+    """
+
+    def __init__(self, mean: str = "off", rng_seed: int = 0):
+        if mean not in MEAN_MODES:
+            raise ValueError(f"mean must be one of {MEAN_MODES}, got {mean!r}")
+        self.mean = mean
+        self._lens = _Growing(np.int64)
+        self._alias = _Growing(np.int64)
+        self._firsts = _Growing(np.int64)  # indices of first entries, ascending
+        self._tok = np.zeros((64, 16), dtype=np.int32)  # token id + 1 per column; 0 pads
+        self._wide: dict[int, tuple[int, ...]] = {}  # entries over _WIDE tokens
+        self._postings: dict[int, _Growing] = {}
+        self._table = np.zeros(64, dtype=np.uint64)  # token id + 1 -> the candidate's LCS mask
+        self._max_id = -1  # highest token id in the matrix
+        self._rng = random.Random(rng_seed)
+        self._sample: list[int] = []
+        self._seen = 0
+
+    def __len__(self) -> int:
+        return self._lens.size
+
+    # ------------------------------------------------------------------------------ adding
+
+    def add(self, ids: Sequence[int], keys: Sequence[int], alias: int) -> None:
+        idx = self._lens.size
+        self._lens.append(len(ids))
+        self._alias.append(alias)
+        if self.mean == "sample":
+            self._reservoir(idx)
+        if alias >= 0:
+            return
+        self._firsts.append(idx)
+        for k in keys:
+            p = self._postings.get(k)
+            if p is None:
+                p = self._postings[k] = _Growing(np.int64)
+            p.append(idx)
+        if len(ids) > _WIDE:
+            self._wide[idx] = tuple(ids)
+            return
+        if idx >= len(self._tok) or len(ids) > self._tok.shape[1]:
+            rows = max(len(self._tok), 2 * len(self._tok) if idx >= len(self._tok) else 0)
+            cols = max(self._tok.shape[1], min(_WIDE, 2 * len(ids)))
+            grown = np.zeros((rows, cols), dtype=np.int32)
+            grown[: len(self._tok), : self._tok.shape[1]] = self._tok
+            self._tok = grown
+        if ids:
+            self._tok[idx, : len(ids)] = np.asarray(ids, dtype=np.int32) + 1
+            self._max_id = max(self._max_id, max(ids))
+
+    def _reservoir(self, idx: int) -> None:
+        """Algorithm R: after n entries, each is in the sample with probability SAMPLE/n."""
+        self._seen += 1
+        if len(self._sample) < SAMPLE:
+            self._sample.append(idx)
+        else:
+            j = self._rng.randrange(self._seen)
+            if j < SAMPLE:
+                self._sample[j] = idx
+
+    # ---------------------------------------------------------------------------- scoring
+
+    def overlaps(self, keys: Sequence[int]) -> np.ndarray:
+        """Bag-of-words overlap of the instruction with every pool entry (0 for repeats)."""
+        lists = [p.view() for k in keys if (p := self._postings.get(k)) is not None]
+        if not lists:
+            return np.zeros(len(self), dtype=np.int64)
+        return np.bincount(np.concatenate(lists), minlength=len(self))
+
+    def exact_scores(self, ids: Sequence[int], masks: dict, entries: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+        """Exact F of the instruction (token ids `ids`, `masks` = rouge.char_masks(ids)) with
+        each of `entries` (first entries sharing at least one token with it), given overlaps."""
+        m = len(ids)
+        lcs = np.minimum(overlap[entries], 1)  # overlap 0 or 1 is the LCS itself
+        multi = np.flatnonzero(overlap[entries] >= 2)
+        if len(multi):
+            lcs = lcs.copy()
+            lcs[multi] = self._lcs(ids, masks, entries[multi])
+        return f_vector(lcs, m, self._lens.buf[entries])
+
+    def _lcs(self, ids: Sequence[int], masks: dict, entries: np.ndarray) -> np.ndarray:
+        m = len(ids)
+        out = np.zeros(len(entries), dtype=np.int64)
+        wide = np.fromiter((e in self._wide for e in entries.tolist()), bool, len(entries)) if self._wide else None
+        if m > 64:  # more than one machine word: Python ints
+            for i, e in enumerate(entries.tolist()):
+                out[i] = lcs_with_masks(masks, m, self._ids_of(e))
+            return out
+        if wide is not None and wide.any():
+            for i in np.flatnonzero(wide).tolist():
+                out[i] = lcs_with_masks(masks, m, self._wide[int(entries[i])])
+            narrow = np.flatnonzero(~wide)
+        else:
+            narrow = np.arange(len(entries))
+        if len(narrow):
+            out[narrow] = self._lcs_vector(masks, m, entries[narrow])
+        return out
+
+    def _ids_of(self, e: int) -> tuple[int, ...]:
+        if e in self._wide:
+            return self._wide[e]
+        n = int(self._lens.buf[e])
+        return tuple((self._tok[e, :n] - 1).tolist())
+
+    def _lcs_vector(self, masks: dict, m: int, entries: np.ndarray) -> np.ndarray:
+        """Bit-parallel LCS of a <= 64-token instruction with many entries at once."""
+        need = max(max(masks), self._max_id) + 2  # every token id of the entries indexes the table
+        if need > len(self._table):
+            self._table = np.zeros(max(need, 2 * len(self._table)), dtype=np.uint64)
+        table = self._table
+        keys = np.fromiter(masks.keys(), np.int64, len(masks)) + 1
+        table[keys] = np.fromiter(masks.values(), np.uint64, len(masks))
+        try:
+            lens = self._lens.buf[entries]
+            order = np.argsort(-lens, kind="stable")
+            rows = self._tok[entries[order]]
+            lens_sorted = lens[order]
+            full = np.uint64((1 << m) - 1) if m < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+            v = np.full(len(entries), full, dtype=np.uint64)
+            width = int(lens_sorted[0]) if len(lens_sorted) else 0
+            # active[j]: entries longer than j (a prefix, lengths sorted descending)
+            active = np.searchsorted(-lens_sorted, -np.arange(width), side="left")
+            for j in range(width):
+                a = int(active[j])
+                if a <= _PYTHON_TAIL:  # the few longest entries: Python ints beat numpy calls
+                    for i in range(a):
+                        x = int(v[i])
+                        for t in rows[i, j: lens_sorted[i]].tolist():
+                            mk = masks.get(t - 1)
+                            if mk:
+                                u = x & mk
+                                x = (x + u) | (x - u)
+                        v[i] = x & int(full)
+                    break
+                va = v[:a]
+                u = va & table[rows[:a, j]]
+                v[:a] = (va + u) | (va - u)
+            lcs = m - np.bitwise_count(v & full).astype(np.int64)
+        finally:
+            table[keys] = 0
+        out = np.empty(len(entries), dtype=np.int64)
+        out[order] = lcs
+        return out
+
+    def top_k(self, ids: Sequence[int], keys: Sequence[int], masks: dict, k: int,
+              known: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], np.ndarray | None]:
+        """The k best first entries by (F desc, index asc), exactly; `known` are exact scores
+        already computed. Also returns the overlaps (for the mean)."""
+        overlap = self.overlaps(keys)
+        exact: dict[int, float] = dict(known)
+        cand = np.flatnonzero(overlap)  # first entries sharing a word (repeats have no postings)
+        if len(cand) > _ALL_AT_ONCE:
+            # Exact scores for the best bounds first: the k-th best of those is a floor that
+            # every other entry's bound must reach to matter; score only those, in one go.
+            bound = f_vector(overlap[cand], len(ids), self._lens.buf[cand])
+            head = np.argpartition(bound, len(cand) - _ALL_AT_ONCE)[-_ALL_AT_ONCE:]
+            self._score_into(exact, ids, masks, cand[head], overlap)
+            floor = sorted(exact.values(), reverse=True)[k - 1] if len(exact) >= k else 0.0
+            cand = cand[bound >= floor - _TIE_MARGIN]
+        self._score_into(exact, ids, masks, cand, overlap)
+        firsts = self._firsts.view()
+        top = sorted(exact.items(), key=lambda x: (-x[1], x[0]))[:k]
+        if len(top) < k:
+            # Every entry sharing a word is scored already: the rest score 0.0, earliest first.
+            have = {e for e, _ in top}
+            for e in firsts[: k + len(have)].tolist():
+                if len(top) >= k:
+                    break
+                if e not in have:
+                    top.append((e, 0.0))
+        return top, overlap
+
+    def _score_into(self, exact: dict[int, float], ids, masks, entries: np.ndarray, overlap: np.ndarray) -> None:
+        todo = np.array([e for e in entries.tolist() if e not in exact], dtype=np.int64)
+        if len(todo):
+            exact.update(zip(todo.tolist(), self.exact_scores(ids, masks, todo, overlap).tolist()))
+
+    def mean_score(self, ids: Sequence[int], masks: dict, overlap: np.ndarray) -> float | None:
+        """The mean F over the pool (exact), or over the reservoir sample."""
+        n = len(self)
+        if n == 0 or self.mean == "off":
+            return None
+        if self.mean == "sample" and n > SAMPLE:
+            entries = np.asarray(self._sample, dtype=np.int64)
+        else:
+            entries = np.arange(n, dtype=np.int64)
+        alias = self._alias.buf[entries]
+        firsts = np.where(alias >= 0, alias, entries)
+        uniq, inverse = np.unique(firsts, return_inverse=True)
+        scores = np.zeros(len(uniq), dtype=np.float64)
+        shared = np.flatnonzero(overlap[uniq] > 0)
+        if len(shared):
+            scores[shared] = self.exact_scores(ids, masks, uniq[shared], overlap)
+        return float(np.mean(scores[inverse]))
