@@ -371,3 +371,24 @@ def test_the_headline_of_short_answers_does_not_punish_a_full_sentence() -> None
             {"kind": "qa", "em": 1.0, "f1": 1.0, "contains": 1.0}]   # "Berlin"
     entry = summarize("qa", rows)
     assert entry["metric"] == "contains" and entry["accuracy"] == 1.0 and entry["em"] == 0.5
+
+
+def test_likelihood_leaves_out_answers_longer_than_the_window_and_lists_them(tiny: Path, tmp_path: Path) -> None:
+    """A teacher can write an answer longer than a small student's context window: it is left out
+    of the mean and listed, not the end of the run (it stopped the quickstart's likelihood stage)."""
+    import json
+
+    from alpacakit.errors import DataError
+    from alpacakit.evaluate.likelihood import score_likelihood
+
+    answers = tmp_path / "heldout.jsonl"
+    answers.write_text(json.dumps({"instruction": "Say hi.", "input": "", "output": "hi"}) + "\n"
+                       + json.dumps({"instruction": "Say it long.", "input": "", "output": "words " * 3000}) + "\n")
+    res = score_likelihood(str(tiny), answers)
+    assert res["n"] == 1 and [i["id"] for i in res["items"]] == ["0"]
+    [skipped] = res["skipped_too_long"]
+    assert skipped["id"] == "1" and skipped["tokens"] > skipped["n_ctx"]
+    only_long = tmp_path / "long.jsonl"
+    only_long.write_text(json.dumps({"instruction": "Say it long.", "input": "", "output": "words " * 3000}) + "\n")
+    with pytest.raises(DataError, match="every answer is longer than the context window"):
+        score_likelihood(str(tiny), only_long)

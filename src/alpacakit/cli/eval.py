@@ -220,6 +220,8 @@ def likelihood(
     res = score_likelihood(model, answers, output, system=system or output.stem.removeprefix("likelihood-"), limit=limit)
     typer.echo(f"{res['system']}: {res['mean_nll']:.4f} nats per token (perplexity {res['perplexity']:.2f}) "
                f"over {res['n']} answers; prompt: {res['prompt']['format']}")
+    if res.get("skipped_too_long"):
+        typer.echo(f"left out {len(res['skipped_too_long'])} answers longer than the context window (listed in the file)")
     typer.echo(f"wrote {output}")
 
 

@@ -45,7 +45,7 @@ def load_answers(path: str | Path, limit: int | None = None) -> list[dict[str, A
 def score_likelihood(model: str, answers_path: str | Path, out: str | Path | None = None, *,
                      system: str | None = None, limit: int | None = None, n_ctx: int = 2048) -> dict[str, Any]:
     """Mean per-token NLL of each answer in `answers_path` under `model`; written to `out` (JSON)."""
-    from alpacakit.evaluate.bench.backends import open_backend
+    from alpacakit.evaluate.bench.backends import ContextTooLong, open_backend
     from alpacakit.prompting import PromptFormat
 
     from alpacakit.models.registry import LOGLIK, require
@@ -60,20 +60,30 @@ def score_likelihood(model: str, answers_path: str | Path, out: str | Path | Non
         if fmt is None or fmt.kind != "template":
             fmt, why = PromptFormat.load("alpaca"), "the Alpaca template (a base model, as eval generate asks it)"
         eos = backend.eos_text()
-        items = []
+        items, skipped = [], []
         for a in answers:
             context = fmt.build(a["instruction"], a["input"])
             continuation = a["output"] + (eos if a["ended"] and eos else "")
-            [(logprob, n)] = backend.loglikelihood(context, [continuation], add_special=fmt.add_special_tokens)
+            try:
+                [(logprob, n)] = backend.loglikelihood(context, [continuation], add_special=fmt.add_special_tokens)
+            except ContextTooLong as e:
+                # A teacher answer longer than this model's window cannot be scored whole; it is
+                # left out and listed (base and student share a window, so they skip alike).
+                skipped.append({"id": a["id"], "tokens": e.tokens, "n_ctx": e.n_ctx})
+                continue
             items.append({"id": a["id"], "tokens": n, "nll": round(-logprob / n, 5)})
         info = backend.describe()
     finally:
         backend.close()
+    if not items:
+        raise DataError(f"{answers_path}: every answer is longer than the context window of {model} "
+                        f"({skipped[0]['n_ctx']} tokens)", hint="raise --n-ctx, or score shorter answers")
     mean = sum(i["nll"] for i in items) / len(items)
     result = {
         "format": FORMAT, "system": system or info.get("name"), "model": model, "answers": str(answers_path),
         "prompt": {"format": fmt.name, "why": why, "eos_appended": bool(eos)}, "n": len(items),
         "mean_nll": round(mean, 5), "perplexity": round(math.exp(mean), 3), "items": items,
+        **({"skipped_too_long": skipped} if skipped else {}),
         "seconds": round(time.monotonic() - t0, 2),
     }
     if out is not None:

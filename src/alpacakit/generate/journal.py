@@ -75,9 +75,9 @@ class Restorable(Protocol):
         ...
 
 
-# The request index of a result line, without parsing the line. Results put "request" on their
-# first level; a nested "request" key in a text would be a string inside quotes, not `"request": N`
-# at depth one... but a text can contain anything, so a match is only a hint: restore() checks.
+# The request index of a result line, found without parsing the line. Inside a JSON string every
+# quote is escaped, so `"request": N` can only be a key; should some nested key match first, the
+# line lands in the wrong group, restore() finds the results do not fit, and the entry is processed.
 _REQUEST_FIELD = re.compile(rb'"request": (\d+)[,}]')
 
 
@@ -162,17 +162,18 @@ class JournaledJob:
         adds the kept instructions without the search below the threshold that produced their
         statistics). That makes resuming a 52K run seconds instead of minutes; any entry whose
         earlier results are missing or differ (the torn tail of a kill -9, a hand-edited file)
-        is processed afresh. `progress(done, total)` is called every few thousand entries.
+        is processed afresh. `progress(done, total)` is called about once a second and at the end.
         """
         previous = self._previous_results() if hasattr(self.processor, "restore") else None
         examples, discards = AtomicLineWriter(self.out_dir / EXAMPLES), AtomicLineWriter(self.out_dir / DISCARDS)
         try:
             if self.journal_path.exists():
                 repair_torn_tail(self.journal_path)
-                total = _count_lines(self.journal_path)
+                total, shown = _count_lines(self.journal_path), time.monotonic()
                 for n, (_, entry) in enumerate(iter_jsonl(self.journal_path, tolerate_torn_tail=True), start=1):
-                    if progress is not None and (n % 2000 == 0 or n == total):
+                    if progress is not None and (n == total or time.monotonic() - shown >= 1.0):
                         progress(n, total)
+                        shown = time.monotonic()
                     if entry.get("index") in self.done:
                         continue  # a request answered twice (two runs at once): the first answer counts
                     old = previous.pop(entry["index"], None) if previous else None

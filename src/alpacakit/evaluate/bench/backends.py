@@ -91,8 +91,16 @@ class Backend:
 
     def _check_fits(self, n_tokens: int) -> None:
         if self.n_ctx is not None and n_tokens > self.n_ctx:
-            raise DataError(f"a benchmark prompt needs {n_tokens} tokens, more than the context window ({self.n_ctx})",
-                            hint="raise --n-ctx")
+            raise ContextTooLong(f"a benchmark prompt needs {n_tokens} tokens, more than the context window "
+                                 f"({self.n_ctx})", hint="raise --n-ctx", tokens=n_tokens, n_ctx=self.n_ctx)
+
+
+class ContextTooLong(DataError):
+    """A prompt (plus what it must generate or score) longer than the model's context window."""
+
+    def __init__(self, message: str, hint: str | None = None, *, tokens: int, n_ctx: int):
+        super().__init__(message, hint=hint)
+        self.tokens, self.n_ctx = tokens, n_ctx
 
 
 def _cut(text: str, stops: list[str]) -> str:
