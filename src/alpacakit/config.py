@@ -82,6 +82,18 @@ class FilterConfig(Section):
     drop_non_ascii_start: bool = Field(True, description="Drop instructions whose first character is not ASCII.")
 
 
+class BatchApiConfig(Section):
+    """How the OpenAI Batch API is used (with batch_api: true): half the price, hours not seconds."""
+
+    poll_s: float = Field(30.0, gt=0, description="Seconds between two looks at a batch in progress.")
+    max_lines: int = Field(50_000, ge=1, le=50_000, description="Most requests in one batch (the API allows 50,000 "
+                           "and 200 MB); more are split over several batches.")
+    margin: float = Field(0.25, ge=0, description="Self-instruct: extra share of requests in a batch over what the "
+                          "kept-per-request rate so far says the target needs (too few costs another batch, hours).")
+    price_factor: float = Field(0.5, gt=0, le=1, description="Share of the price paid in a batch (OpenAI: half; "
+                                "set it to your provider's discount).")
+
+
 class GenerateConfig(Section):
     """Self-instruct generation (Stanford Alpaca's method) or answering existing prompts."""
 
@@ -130,6 +142,10 @@ class GenerateConfig(Section):
         "that only repeats itself would otherwise be asked until max_requests.")
     rng_seed: int = Field(42, description="Seed for the choice of example tasks.")
     filters: FilterConfig = Field(default_factory=FilterConfig)
+    batch_api: bool = Field(False, description="Send the requests through the OpenAI Batch API (an openai: teacher "
+                            "only): half the price, results within 24 h instead of seconds. See docs/generate.md.")
+    batch: BatchApiConfig = Field(default_factory=BatchApiConfig, description="With batch_api: polling, batch "
+                                  "size, margin, price factor.")
 
 
 class RefusalConfig(Section):

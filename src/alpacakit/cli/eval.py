@@ -243,6 +243,8 @@ def generate(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature [default: 0.7]."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight at once (endpoints)."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop cleanly before spending more than this many dollars."),
+    batch_api: bool = typer.Option(False, "--batch-api", help="Ask an openai:MODEL system through the OpenAI Batch API: "
+                                   "half the price, answers within 24 h; rerun the same command to collect them after a stop."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set eval.system.top_p=0.95."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
@@ -267,7 +269,7 @@ def generate(
                       "system": {"model": model, "base_url": base_url, "api_key_env": api_key_env,
                                  "max_tokens": max_tokens, "temperature": temperature, "max_concurrency": concurrency}}}
     cfg = load_config(config, set_, extra)
-    res = generate_outputs(cfg, output, name=name, show_progress=progress, max_cost=max_cost)
+    res = generate_outputs(cfg, output, name=name, show_progress=progress, max_cost=max_cost, batch_api=batch_api)
     typer.echo(res.summary())
     if res.status != "complete":
         raise typer.Exit(3 if res.status == "stopped_at_budget" else 1)
@@ -287,6 +289,9 @@ def pairwise(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Judge only the first N shared instructions."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Judge requests in flight (endpoints)."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop judging cleanly before spending more than this many dollars."),
+    batch_api: Optional[bool] = typer.Option(None, "--batch-api/--no-batch-api", help="Judge through the OpenAI Batch API "
+                                             "(openai: judges): half the price, verdicts within 24 h; rerun the same "
+                                             "command to collect them after a stop [default: off]."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval.judge section)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set eval.judge.price.input_per_1m=0.15."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
@@ -301,12 +306,15 @@ def pairwise(
 
       alpacakit eval pairwise a.json b.json --judge alpacakit_reasoned --judge-model openai:gpt-4o-mini \\
           --set eval.judge.price.input_per_1m=0.15 --set eval.judge.price.output_per_1m=0.6
+
+      alpacakit eval pairwise a.json b.json --judge-model openai:gpt-4o-mini --batch-api    # half price, hours
     """
     from alpacakit.config import load_config
     from alpacakit.evaluate.pairwise import judge_pairwise
 
     extra = {"eval": {"judge": {"name": judge, "model": judge_model, "base_url": base_url, "api_key_env": api_key_env,
-                                "order": order, "seed": seed, "max_concurrency": concurrency, "max_cost": max_cost}}}
+                                "order": order, "seed": seed, "max_concurrency": concurrency, "max_cost": max_cost,
+                                "batch_api": batch_api}}}
     cfg = load_config(config, set_, extra)
     res = judge_pairwise(model_outputs, baseline_outputs, cfg, out=output, show_progress=progress, limit=limit)
     typer.echo(res.summary())

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from alpacakit.config import Price, Section, TeacherConfig
+from alpacakit.config import BatchApiConfig, Price, Section, TeacherConfig
 
 
 def _system_default() -> TeacherConfig:
@@ -43,6 +43,8 @@ class JudgeConfig(Section):
         "twice the cost); random: one order per instruction, drawn with `seed`.")
     seed: int = Field(0, description="Seed for the random order (and the judge's sampling where supported).")
     max_cost: float | None = Field(None, ge=0, description="Stop judging cleanly before spending more than this.")
+    batch_api: bool = Field(False, description="Judge through the OpenAI Batch API (an openai: judge only): half "
+                            "the price, verdicts within 24 h. Settings in eval.batch.")
 
 
 class ReportConfig(Section):
@@ -76,6 +78,8 @@ class EvalConfig(Section):
         description="Where to cut an answer written through a template prompt: a base model continues the "
         "template with invented tasks.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    batch: BatchApiConfig = Field(default_factory=BatchApiConfig, description="The Batch API for judging "
+                                  "(eval.judge.batch_api) and for `eval generate --batch-api`.")
     contamination_threshold: float = Field(
         0.7, ge=0, le=1, description="ROUGE-L F above which a training instruction counts as a copy of an eval one.")
     report: ReportConfig = Field(default_factory=ReportConfig)

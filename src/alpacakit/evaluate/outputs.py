@@ -90,6 +90,46 @@ async def run_pending(job: JournaledJob, teacher: Any, pending: dict[int, Reques
         job.close()
 
 
+async def run_pending_batches(job: JournaledJob, cfg: Any, pending: dict[int, Request], *, settings: Any,
+                              sampling: dict[str, Any], max_cost: float | None, progress_totals: JobTotals,
+                              target: int, unit: str, show_progress: bool, label: str,
+                              heartbeat: Callable[[], None] | None = None) -> tuple[str, dict[str, Any]]:
+    """`run_pending` through the OpenAI Batch API (`generate/batch_api.py`): every pending request
+    goes out at once (split at `settings.max_lines`), is polled and journaled; resumable from the
+    job's batches.jsonl. Returns the reason ('exhausted', 'budget', or 'incomplete' when lines
+    failed and were left for a rerun) and how the Batch API was used, for the manifest."""
+    from alpacakit.generate.batch_api import BatchRunner
+
+    progress = _Progress(target=target, totals=progress_totals, enabled=show_progress, unit=unit, label=label)
+    last = [time.monotonic()]
+
+    def on_result(entry: dict, kept: list, discards: list) -> None:
+        progress_totals.add_entry(entry)
+        progress_totals.kept += len(kept)
+        for d in discards:
+            progress_totals.discards[d["reason"]] += 1
+
+    def on_poll(note: str) -> None:
+        progress.update(writing=note)
+        if heartbeat and time.monotonic() - last[0] > 5:
+            heartbeat()
+            last[0] = time.monotonic()
+
+    runner = BatchRunner(job, cfg, pending.__getitem__, sampling=sampling, settings=settings,
+                         estimate=estimator(cfg.price, cfg.max_tokens), max_cost=max_cost, on_result=on_result,
+                         on_poll=on_poll, verbose=show_progress)
+    order = sorted(pending, key=lambda i: pending[i].meta["order"])
+
+    def planner(totals: JobTotals, busy: set[int], open_count: int) -> list[int]:
+        return [i for i in order if i not in job.done and i not in busy and i not in runner.held]
+
+    with progress:
+        reason = await runner.run(planner, should_stop=lambda totals: False)
+    if reason == "exhausted" and runner.held:
+        reason = "incomplete"
+    return reason, runner.describe()
+
+
 def check_fingerprint(job: JournaledJob, fingerprint: dict[str, Any], where: Path) -> dict[str, Any] | None:
     """The previous manifest, after refusing a journal made with other settings."""
     previous = job.read_manifest()
@@ -256,11 +296,12 @@ def item_key(item: Any) -> str:
 
 
 def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, show_progress: bool = True,
-                     system: Any = None, max_cost: float | None = None) -> OutputsResult:
+                     system: Any = None, max_cost: float | None = None, batch_api: bool = False) -> OutputsResult:
     """Answer `config.eval.eval_set` with `config.eval.system` into `out` (AlpacaEval JSON), resumably.
 
-    `system` overrides loading the model (tests). Returns the status: complete,
-    stopped_at_budget or incomplete (some items unanswered).
+    `system` overrides loading the model (tests). `batch_api` asks an endpoint system through the
+    OpenAI Batch API (`config.eval.batch`: half the price, answers within hours). Returns the
+    status: complete, stopped_at_budget or incomplete (some items unanswered).
     """
     from alpacakit.evaluate.evalsets import load_eval_set
     from alpacakit.io import atomic_write_json
@@ -275,6 +316,10 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
     from alpacakit.teachers.prices import describe_source, require_known_price
 
     price_source = require_known_price(scfg, max_cost, "eval.system")
+    if batch_api:
+        from alpacakit.generate.batch_api import require_endpoint
+
+        require_endpoint(scfg, "eval generate --batch-api", system)
     # Like `eval bench`: -o outputs-<system>.json names the system unless --name does.
     from_file = out.stem[len("outputs-"):] if out.stem.startswith("outputs-") else ""
     generator = name or from_file or system_name(scfg.model)
@@ -327,8 +372,21 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
 
         async def drive() -> str:
             try:
+                if batch_api:
+                    manifest["batch_api"] = {"price_factor": ev.batch.price_factor}
+                    if not pending:
+                        return "exhausted"
+                    why, manifest["batch_api"] = await run_pending_batches(
+                        job, scfg, pending, settings=ev.batch, sampling=sampling, max_cost=max_cost,
+                        progress_totals=JobTotals(requests=cached, kept=cached), target=len(keys), unit="answered",
+                        label=f"eval generate {generator}", show_progress=show_progress,
+                        heartbeat=lambda: write_manifest("running"))
+                    return why
                 if not pending:
                     return "exhausted"
+                from alpacakit.generate.batch_api import refuse_open_batches
+
+                refuse_open_batches(job)  # an earlier --batch-api run's batches still out: live would pay twice
                 return await run_pending(
                     job, system, pending, sampling=sampling, concurrency=concurrency,
                     estimate=estimator(scfg.price, scfg.max_tokens), max_cost=max_cost,

@@ -42,6 +42,7 @@ from alpacakit.evaluate.judges import Judge, load_judge
 from alpacakit.evaluate.outputs import (
     estimator,
     run_pending,
+    run_pending_batches,
     stable_index,
     work_dir_for,
 )
@@ -137,8 +138,8 @@ class PairwiseResult:
                 + f", length-controlled {pct(lc)} over {m.get('n_total', 0)} instructions "
                 f"({m.get('n_wins', 0)} wins, {m.get('n_wins_base', 0)} losses, {m.get('n_draws', 0)} ties); "
                 f"judge cost ${self.cost['cost_usd']:.4f} for {self.cost['judgments']} judgments "
-                f"({self.cost['paid_this_run']['requests']} new, ${self.cost['paid_this_run']['cost_usd']:.4f}) "
-                f"-> {self.out_path}")
+                f"({self.cost['paid_this_run']['requests']} new, ${self.cost['paid_this_run']['cost_usd']:.4f}"
+                + (", Batch API" if self.cost.get("batch_api_price_factor") else "") + f") -> {self.out_path}")
 
 
 def _plan_orders(order: str, seed: int, instruction: str, occurrence: int) -> list[str]:
@@ -159,7 +160,8 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
                    show_progress: bool = True, teacher: Any = None, limit: int | None = None) -> PairwiseResult:
     """Judge MODEL against BASELINE with `config.eval.judge`; resumable; see the module doc.
 
-    `teacher` replaces the judge model (tests). Status: complete, stopped_at_budget.
+    `teacher` replaces the judge model (tests). Status: complete, stopped_at_budget, or incomplete
+    (with eval.judge.batch_api: judgments whose batch line failed, left for a rerun).
     """
     from alpacakit.evaluate.evalsets import load_outputs
     from alpacakit.evaluate.winrate import summarize
@@ -171,6 +173,10 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     from alpacakit.teachers.prices import require_known_price
 
     require_known_price(tcfg, jc.max_cost, "eval.judge")
+    if jc.batch_api:  # the Batch API is an endpoint's: refuse a local judge before any work
+        from alpacakit.generate.batch_api import require_endpoint
+
+        require_endpoint(tcfg, "eval.judge.batch_api (--batch-api)", teacher)
     model_path, baseline_path = Path(model_path), Path(baseline_path)
     model_recs, base_recs = load_outputs(model_path), load_outputs(baseline_path)
     model_gen, base_gen = _generator(model_recs, model_path), _generator(base_recs, baseline_path)
@@ -231,6 +237,22 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
 
     write_manifest("running")
     reason = "exhausted"
+    sampling: dict[str, Any] = {"max_tokens": tcfg.max_tokens, "temperature": tcfg.temperature, "top_p": tcfg.top_p}
+    if tcfg.seed is not None:
+        sampling["seed"] = tcfg.seed
+    if jc.batch_api:  # half price, verdicts within hours; resumable from the work folder's batches.jsonl
+        manifest["batch_api"] = {"price_factor": config.eval.batch.price_factor}
+        if pending:
+            reason, manifest["batch_api"] = asyncio.run(run_pending_batches(
+                job, tcfg, pending, settings=config.eval.batch, sampling=sampling, max_cost=jc.max_cost,
+                progress_totals=JobTotals(requests=cached, kept=cached), target=len(requests), unit="judged",
+                label=f"eval pairwise {model_gen} vs {base_gen}", show_progress=show_progress,
+                heartbeat=lambda: write_manifest("running")))
+        pending = {}
+    elif pending:
+        from alpacakit.generate.batch_api import refuse_open_batches
+
+        refuse_open_batches(job)  # an earlier --batch-api run's batches still out: judging live would pay twice
     if pending:
         own = teacher is None
 
@@ -241,10 +263,6 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
 
                 t = make_teacher(tcfg)
             try:
-                sampling: dict[str, Any] = {"max_tokens": tcfg.max_tokens, "temperature": tcfg.temperature,
-                                            "top_p": tcfg.top_p}
-                if tcfg.seed is not None:
-                    sampling["seed"] = tcfg.seed
                 shown = JobTotals(requests=cached, kept=cached)
                 return await run_pending(
                     job, t, pending, sampling=sampling,
@@ -258,7 +276,7 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
                     await t.aclose()
 
         reason = asyncio.run(drive())
-    status = "stopped_at_budget" if reason == "budget" else "complete"
+    status = {"budget": "stopped_at_budget", "incomplete": "incomplete"}.get(reason, "complete")
 
     annotations, used = _annotate(pairs, plan, processor.by_key, judge, model_gen, base_gen)
     prefs = [a["preference"] for a in annotations]
@@ -275,6 +293,7 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
         "paid_this_run": {"requests": after["requests"] - before["requests"],
                           "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6)},
         "price": tcfg.price.model_dump(),
+        **({"batch_api_price_factor": config.eval.batch.price_factor} if jc.batch_api else {}),
     }
     bias = _position_bias(plan, processor.by_key, jc.order)
     result = {

@@ -95,6 +95,10 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     from alpacakit.teachers.prices import describe_source, require_known_price
 
     out_dir = Path(out_dir)
+    if config.generate.batch_api:  # an endpoint's Batch API: refuse anything else before any work
+        from alpacakit.generate.batch_api import require_endpoint
+
+        require_endpoint(config.teacher, "generate.batch_api (--batch-api)", teacher)
     # before any request: a budget needs a price (the table's, the config's, or free)
     price_source = require_known_price(config.teacher, config.generate.max_cost, "teacher")
     api = resolve_api(config)
@@ -147,6 +151,14 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
         job.release()
         return GenerateResult(out_dir, "complete", job.totals)
 
+    if config.generate.batch_api:  # batches instead of live requests: generate/batch_generate.py
+        from alpacakit.generate.batch_generate import generate_in_batches
+
+        return generate_in_batches(config, job, plan, target, show_progress, manifest, update_manifest,
+                                   bool(from_prompts))
+    from alpacakit.generate.batch_api import refuse_open_batches
+
+    refuse_open_batches(job)  # an earlier --batch-api run's batches still out: asking live would pay twice
     update_manifest("running")
     status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
                               update_manifest, bool(from_prompts)))
