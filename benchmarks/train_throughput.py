@@ -1,7 +1,7 @@
-"""Training throughput and memory: Stanford's way vs ours, side by side in one run.
+"""Training throughput and memory: Stanford's way, TRL's SFTTrainer and ours, side by side in one run.
 
     python benchmarks/train_throughput.py [--model gemma-3-270m] [--steps 6] [--batch 4] [--max-length 256]
-        [--precision fp32,bf16]
+        [--precision fp32,bf16] [--variants baseline,ours,trl-padded,trl-packed]
 
 Same model (LoRA r 8 on q/v, Alpaca-LoRA's setting), same examples (a seeded sample of
 ../shared/data/alpaca_data.json, for its real length distribution), same batches in the same
@@ -13,7 +13,17 @@ two is switched:
   for every position, cross-entropy with -100 on prompt and padding;
 - ours: padding-free packing (one row per batch; attention runs per example, so examples cannot
   attend to each other) and the chunked loss (hidden states kept only where a response token is
-  predicted, projected onto the vocabulary a chunk at a time, gradient computed in the same pass).
+  predicted, projected onto the vocabulary a chunk at a time, gradient computed in the same pass);
+- trl-padded: TRL's `SFTTrainer` (a declared dependency) at its best CPU settings without packing:
+  batches padded to the longest, completion-only loss (`completion_only_loss=True`; the labels are
+  ours, so the same tokens are supervised), no gradient checkpointing, no bf16 autocast (TRL's
+  defaults turn both on), its fused chunked LM head (TRL computes log-probs in chunks itself);
+- trl-packed: the same with `packing=True` + `padding_free=True` (best-fit-decreasing bins of
+  `batch x max_length` tokens, one bin per step, flattened into one row). A step holds a different
+  number of examples than ours, so compare rates (supervised tokens per second), not steps.
+
+TRL gets the very token ids and labels the others train on (a pre-tokenized dataset), the same
+LoRA-wrapped model, learning rate, seed and precision.
 
 Each variant runs in its own child process (so peak RSS is its own), one after the other.
 Printed: supervised (response) tokens per second over the measured steps (after a warm-up
@@ -35,6 +45,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("baseline", "ours", "trl-padded", "trl-packed")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "alpaca_data.json"
 
 
@@ -73,7 +84,11 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     records = json.loads(Path(args.data).read_text(encoding="utf-8"))
     n = args.batch * (args.steps + 1)
-    picked = random.Random(args.seed).sample(records, n)
+    if args.mode == "trl-packed":
+        n *= 4  # bins of batch x max_length tokens hold more examples than a batch: enough for every step
+    order = list(range(len(records)))
+    random.Random(args.seed).shuffle(order)
+    picked = [records[i] for i in order[:n]]  # the same examples, in the same order, for every variant
     base = resolve_base(args.model)
     tok = load_tokenizer(base)
     fmt = PromptFormat.load("alpaca").bind(tok)
@@ -104,6 +119,8 @@ def child(args: argparse.Namespace) -> dict:
 
     timer = Timer()
     ours = args.mode == "ours"
+    if args.mode.startswith("trl"):
+        return _trl(args, model, tok, rows, timer, rss_loaded, reset)
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
             output_dir=tmp, max_steps=args.steps + 1, per_device_train_batch_size=args.batch, learning_rate=3e-4,
@@ -117,9 +134,11 @@ def child(args: argparse.Namespace) -> dict:
         )
         timer.meter = trainer.meter
         trainer.train()
-    meter = trainer.meter
-    # the first step is warm-up: measure the others
-    measured_tokens = sum(timer.tokens[1:])
+    return _result(args, timer, trainer.meter, rss_loaded, reset)
+
+
+def _result(args: argparse.Namespace, timer: object, meter: object, rss_loaded: float, reset: bool) -> dict:
+    measured_tokens = sum(timer.tokens[1:])  # the first step is warm-up
     measured_time = sum(timer.times[1:])
     return {
         "mode": args.mode,
@@ -135,6 +154,45 @@ def child(args: argparse.Namespace) -> dict:
     }
 
 
+def _trl(args: argparse.Namespace, model: object, tok: object, rows: list, timer: object, rss_loaded: float,
+         reset: bool) -> dict:
+    """TRL's SFTTrainer on the same rows (pre-tokenized: TRL uses the ids and labels as given)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from alpacakit.train.trainer import Meter
+
+    packed = args.mode == "trl-packed"
+    meter = Meter()
+
+    class CountingSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, *a, **k):  # noqa: ANN001, ANN002, ANN003
+            if model.training:
+                labels = inputs["labels"]
+                sup = int((labels != -100).sum())
+                examples = int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else labels.shape[0]
+                tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
+                meter.add(tokens, sup, examples)
+            return super().compute_loss(model, inputs, *a, **k)
+
+    data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    with tempfile.TemporaryDirectory() as tmp:
+        sargs = SFTConfig(
+            output_dir=tmp, max_steps=args.steps + 1, per_device_train_batch_size=1 if packed else args.batch,
+            learning_rate=3e-4, lr_scheduler_type="constant", logging_steps=10_000, save_strategy="no",
+            report_to="none", disable_tqdm=True, use_cpu=True, seed=args.seed, data_seed=args.seed,
+            dataloader_num_workers=0, bf16=False, gradient_checkpointing=False, completion_only_loss=True,
+            packing=packed, padding_free=packed, max_length=args.batch * args.max_length if packed else args.max_length,
+        )
+        trainer = CountingSFTTrainer(model=model, args=sargs, train_dataset=data, processing_class=tok,
+                                     callbacks=[timer])
+        timer.meter = meter
+        trainer.train()
+    if len(timer.times) < args.steps + 1:
+        raise SystemExit(f"{args.mode}: only {len(timer.times)} steps (not enough data for the bins)")
+    return _result(args, timer, meter, rss_loaded, reset)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="gemma-3-270m")
@@ -145,7 +203,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (frozen base weights)")
-    ap.add_argument("--mode", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    ap.add_argument("--mode", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         print("RESULT " + json.dumps(child(args)), flush=True)
@@ -153,8 +212,11 @@ def main() -> None:
     if not Path(args.data).exists():
         sys.exit(f"{args.data}: not found (pass --data PATH to an Alpaca JSON file)")
     results: dict[str, dict] = {}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if "ours" not in variants:
+        sys.exit("--variants must include ours (every ratio is against it)")
     for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
-        for mode in ("baseline", "ours"):
+        for mode in variants:
             cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--data", args.data, "--steps",
                    str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length), "--threads",
                    str(args.threads), "--seed", str(args.seed), "--precision", precision]
@@ -169,23 +231,26 @@ def main() -> None:
             results[f"{mode}-{precision}"] = json.loads(line[len("RESULT "):])
     print(f"\nmodel {args.model}, LoRA r8 q/v, batch {args.batch}, max length {args.max_length}, {args.steps} measured "
           f"steps, {args.threads} threads, CPU")
-    print(f"{'':15s} {'sup tok/s':>10s} {'s/step':>8s} {'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}")
+    print(f"{'':17s} {'sup tok/s':>10s} {'s/step':>8s} {'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}")
     for name, r in results.items():
-        print(f"{name:15s} {r['supervised_tokens_per_s']:10.2f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
+        print(f"{name:17s} {r['supervised_tokens_per_s']:10.2f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
               f"{r['peak_rss_training_mb'] or 0:17.0f} {r['rss_after_load_mb']:15.0f}")
     summary: dict[str, float] = {}
     for precision in sorted({r["precision"] for r in results.values()}):
-        b, o = results[f"baseline-{precision}"], results[f"ours-{precision}"]
-        speed = o["supervised_tokens_per_s"] / b["supervised_tokens_per_s"]
-        mem = o["peak_rss_mb"] / b["peak_rss_mb"]
-        summary[f"speed_ratio_{precision}"] = round(speed, 3)
-        summary[f"peak_rss_ratio_{precision}"] = round(mem, 3)
-        print(f"\n[{precision}] supervised tokens/s: ours / baseline = {speed:.2f}x   (target >= 2x)")
-        print(f"[{precision}] peak RSS (process):  ours / baseline = {mem:.2f}x   (target <= 0.7x; includes the "
-              "model-loading peak both share)")
-        if b["peak_rss_training_mb"] and o["peak_rss_training_mb"]:
-            print(f"[{precision}] peak RSS (training): ours / baseline = "
-                  f"{o['peak_rss_training_mb'] / b['peak_rss_training_mb']:.2f}x")
+        o = results[f"ours-{precision}"]
+        for other in [v for v in variants if v != "ours"]:
+            b = results[f"{other}-{precision}"]
+            speed = o["supervised_tokens_per_s"] / b["supervised_tokens_per_s"]
+            mem = o["peak_rss_mb"] / b["peak_rss_mb"]
+            key = "" if other == "baseline" else f"_vs_{other}"
+            summary[f"speed_ratio{key}_{precision}"] = round(speed, 3)
+            summary[f"peak_rss_ratio{key}_{precision}"] = round(mem, 3)
+            target = ("   (target >= 2x)", "   (target <= 0.7x)") if other == "baseline" else ("", "")
+            print(f"\n[{precision}] supervised tokens/s: ours / {other} = {speed:.2f}x{target[0]}")
+            print(f"[{precision}] peak RSS (process):  ours / {other} = {mem:.2f}x{target[1]}")
+            if b["peak_rss_training_mb"] and o["peak_rss_training_mb"]:
+                print(f"[{precision}] peak RSS (training): ours / {other} = "
+                      f"{o['peak_rss_training_mb'] / b['peak_rss_training_mb']:.2f}x")
     if "ours-bf16" in results and "baseline-fp32" in results:
         gain = results["ours-bf16"]["supervised_tokens_per_s"] / results["baseline-fp32"]["supervised_tokens_per_s"]
         summary["ours_bf16_over_baseline_fp32"] = round(gain, 3)

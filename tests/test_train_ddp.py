@@ -61,13 +61,3 @@ def test_shipped_accelerate_configs_are_valid_accelerate_files(name):
     if name == "deepspeed-zero3":
         assert cfg.deepspeed_config["zero_stage"] == 3
 
-
-def test_fsdp_without_gpus_is_refused_with_a_hint(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
-    from alpacakit.errors import ConfigError
-    from alpacakit.train.launch import _cpu_variant
-
-    with pytest.raises(ConfigError) as e:
-        _cpu_variant(accelerate_config_path("fsdp"), tmp_path)
-    assert "ddp" in e.value.hint

@@ -23,8 +23,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last complete checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing finished model folder."),
     launcher: str = typer.Option("none", "--launcher", help="none (this process) | accelerate (several processes)."),
-    num_processes: int = typer.Option(2, "--num-processes", help="Processes for --launcher accelerate."),
-    accelerate_config: str = typer.Option("ddp", "--accelerate-config", help="ddp | fsdp | deepspeed-zero3 | path to an accelerate YAML."),
+    num_processes: int = typer.Option(2, "--num-processes", help="Processes for --launcher accelerate, on all machines together."),
+    accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="ddp | fsdp | deepspeed-zero3 | path to an accelerate YAML [default: train.accelerate_config, else ddp]."),
+    num_machines: int = typer.Option(1, "--num-machines", help="Machines taking part (--launcher accelerate; run the same command on each)."),
+    machine_rank: int = typer.Option(0, "--machine-rank", help="This machine's rank, 0 .. num-machines - 1 (0: the main machine)."),
+    main_process_ip: Optional[str] = typer.Option(None, "--main-process-ip", help="Address of the machine with rank 0 (needed with --num-machines > 1)."),
+    main_process_port: Optional[int] = typer.Option(None, "--main-process-port", help="Port on the main machine [default: a free port on one machine, 29500 on several]."),
+    print_command: bool = typer.Option(False, "--print-command", help="Print the accelerate launch command and exit (with --launcher accelerate)."),
 ) -> None:
     """Fine-tune a base model on instruction data: full, LoRA or QLoRA, one or several stages.
 
@@ -37,6 +42,8 @@ def train(
       alpacakit train alpacakit.yaml --set lr=1e-4 --set lora.r=16
 
       alpacakit train alpacakit.yaml --launcher accelerate --num-processes 2
+
+      alpacakit train --preset alpaca --data alpaca_data.json --launcher accelerate --num-processes 16 --num-machines 2 --machine-rank 0 --main-process-ip 10.0.0.1
     """
     if list_presets:
         from alpacakit.train.config import list_presets as presets
@@ -50,16 +57,25 @@ def train(
                        "max_steps": max_steps, "prompt_format": prompt_format}}
     cfg = load_train_config(config, set_, extra).train
     out_dir = Path(out or cfg.output_dir)
-    if launcher == "accelerate":
-        from alpacakit.train.launch import launch_accelerate
+    from alpacakit.errors import ConfigError
 
+    if launcher == "accelerate":
+        from alpacakit.train.launch import Machines, launch_accelerate
+
+        machines = Machines(num_machines=num_machines, machine_rank=machine_rank, main_ip=main_process_ip,
+                            main_port=main_process_port)
         code = launch_accelerate(cfg.model_dump(mode="json"), out=out_dir, resume=resume, overwrite=overwrite,
-                                 num_processes=num_processes, accelerate_config=accelerate_config)
+                                 num_processes=num_processes, accelerate_config=accelerate_config or cfg.accelerate_config or "ddp",
+                                 machines=machines, print_command=print_command)
         raise typer.Exit(code)
     if launcher != "none":
-        from alpacakit.errors import ConfigError
-
         raise ConfigError(f"--launcher {launcher!r}: expected none or accelerate")
+    if num_machines != 1 or machine_rank or main_process_ip or main_process_port or print_command:
+        raise ConfigError("--num-machines, --machine-rank, --main-process-ip/--main-process-port and --print-command "
+                          "are for --launcher accelerate", hint="add --launcher accelerate")
+    if accelerate_config or cfg.accelerate_config:
+        typer.echo(f"note: accelerate_config {accelerate_config or cfg.accelerate_config!r} applies with --launcher "
+                   "accelerate; training in this one process", err=True)
     from alpacakit.train.recipe import train as run_train
 
     run_train(cfg, output_dir=out_dir, resume=resume, overwrite=overwrite)

@@ -130,10 +130,11 @@ def torch_dtype(precision: str, method: str = "lora") -> Any:
     if precision == "auto":
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        if method in ("lora", "qlora") and cpu_has_native_bf16():
+        if method != "full" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    # bf16-mixed: fp32 weights (the optimizer's master copy); bf16 only inside autocast / FSDP mixed precision
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mixed": torch.float32}[precision]
 
 
 def load_tokenizer(base: BaseModel) -> Any:
@@ -149,14 +150,17 @@ def load_tokenizer(base: BaseModel) -> Any:
     return tok
 
 
-def load_model(base: BaseModel, *, precision: str = "auto", quantize_4bit: bool = False, method: str = "lora") -> Any:
-    """Load the base weights for training (4-bit NF4 for QLoRA)."""
+def load_model(base: BaseModel, *, precision: str = "auto", quantize_4bit: bool = False, method: str = "lora",
+               quantize_8bit: bool = False) -> Any:
+    """Load the base weights for training (4-bit NF4 for QLoRA, int8 for method lora-8bit)."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(precision, method)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quantize_4bit:
         kwargs.update(qlora_kwargs(dtype))
+    elif quantize_8bit:
+        kwargs.update(int8_kwargs())
     try:
         model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     except OSError as e:
@@ -168,15 +172,7 @@ def qlora_kwargs(dtype: Any) -> dict[str, Any]:
     """from_pretrained arguments for a 4-bit NF4 base; a clear error where that cannot work."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "method: qlora needs a CUDA GPU: bitsandbytes 4-bit weights are not supported on CPU here",
-            hint="use method: lora on CPU (same adapter, full-precision base), or run on a machine with an NVIDIA GPU",
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ConfigError("method: qlora needs the bitsandbytes package", hint="pip install bitsandbytes") from None
+    _need_bitsandbytes("method: qlora", "4-bit NF4 weights")
     from transformers import BitsAndBytesConfig
 
     return {
@@ -186,6 +182,39 @@ def qlora_kwargs(dtype: Any) -> dict[str, Any]:
         ),
         "device_map": {"": torch.cuda.current_device()},
     }
+
+
+def int8_kwargs() -> dict[str, Any]:
+    """from_pretrained arguments for an int8 base (LoRA on 8-bit weights, Alpaca-LoRA's original set-up)."""
+    import torch
+
+    _need_bitsandbytes("method: lora-8bit", "int8 weights")
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+            "device_map": {"": torch.cuda.current_device()}}
+
+
+def _need_bitsandbytes(what: str, weights: str) -> None:
+    """A clear error where bitsandbytes' quantized training cannot run (no CUDA, or not installed)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{what} needs a CUDA GPU: bitsandbytes {weights} for training are not supported on CPU here",
+            hint="use method: lora on CPU (the same LoRA adapter on a full-precision base: --preset alpaca-lora, or "
+            "--preset cpu-quick for a small model), or run on a machine with an NVIDIA GPU",
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{what} needs the bitsandbytes package", hint='pip install "alpacakit[qlora]"') from None
+
+
+def check_optimizer(optim: str | None) -> None:
+    """bitsandbytes optimizers (paged_*, *8bit*) need CUDA and the package: say so before loading a model."""
+    if optim and (optim.startswith("paged_") or "8bit" in optim or "bnb" in optim):
+        _need_bitsandbytes(f"optim: {optim}", "optimizers")
 
 
 def _load_error(base: BaseModel, e: Exception) -> ConfigError:

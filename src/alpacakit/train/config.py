@@ -34,6 +34,23 @@ def list_presets() -> dict[str, str]:
     return out
 
 
+def _formats_dir() -> Path:
+    return Path(str(resources.files("alpacakit.train").joinpath("prompt_formats")))
+
+
+def train_prompt_formats() -> list[str]:
+    """Prompt formats shipped with the train stage (`alpacakit/train/prompt_formats/*.json`)."""
+    return sorted(p.stem for p in _formats_dir().glob("*.json"))
+
+
+def resolve_prompt_format(ref: str) -> str:
+    """A prompt format reference as `PromptFormat.load` takes it: the train stage's own formats
+    (alpaca-stanford, alpaca-lora) by name become their file's path; anything else is unchanged
+    (the built-in names alpaca and chat, a path, a model folder)."""
+    f = _formats_dir() / f"{ref}.json"
+    return str(f) if "/" not in str(ref) and f.is_file() else str(ref)
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """The settings of preset `name` (without its description)."""
     path = _presets_dir() / f"{name}.yaml"
@@ -98,8 +115,11 @@ class TrainConfig(Section):
     val_size: float = Field(0.0, ge=0, description="Validation split taken from the data: a fraction (< 1) or a count.")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
     prompt_format: str = Field("alpaca", description="Prompt format: alpaca, chat (the base model's chat template), "
-                               "or a path to a prompt format JSON. Saved into the model folder.")
-    method: Literal["lora", "full", "qlora"] = Field("lora", description="full fine-tune, LoRA (PEFT), or QLoRA (4-bit base, CUDA).")
+                               "alpaca-stanford (Stanford's train.py, byte for byte), alpaca-lora (Alpaca-LoRA's "
+                               "template), or a path to a prompt format JSON. Saved into the model folder.")
+    method: Literal["lora", "full", "qlora", "lora-8bit"] = Field(
+        "lora", description="full fine-tune, LoRA (PEFT), QLoRA (4-bit NF4 base, CUDA) or LoRA on an 8-bit base "
+        "(bitsandbytes int8, CUDA).")
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
     epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
@@ -122,10 +142,22 @@ class TrainConfig(Section):
         description="chunked: logits only at response positions, in chunks (fast, low memory); supervised: logits only "
         "at response positions; full: logits everywhere (what Stanford's train.py does).",
     )
+    loss_average: Literal["tokens", "micro_batch"] = Field(
+        "tokens",
+        description="tokens: every supervised token of an optimizer step weighs the same (sum / supervised tokens of "
+        "the whole step); micro_batch: mean over each micro-batch's supervised tokens, averaged over micro-batches "
+        "and processes (Stanford's train.py with the transformers of its day).",
+    )
     loss_chunk: int = Field(256, ge=1, description="Positions per chunk of the LM head in the chunked loss.")
     group_by_length: bool = Field(False, description="Without packing: batch examples of similar length.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32.")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32. bf16-mixed: fp32 weights and optimizer, bf16 "
+        "compute (autocast; under FSDP its mixed precision), as Stanford's --bf16 True.")
+    optim: str | None = Field(None, description="Optimizer by its transformers name (default adamw_torch); e.g. "
+                              "paged_adamw_32bit (QLoRA; bitsandbytes, CUDA).")
+    accelerate_config: str | None = Field(None, description="accelerate config used by --launcher accelerate when "
+                                          "--accelerate-config is not given: ddp, fsdp, deepspeed-zero3 or a path.")
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
 
     save_steps: int = Field(50, ge=1, description="Save a resumable checkpoint every N optimizer steps.")

@@ -17,7 +17,9 @@ loaded from their saved weights and the running stage from its newest complete c
 (same data order, optimizer, scheduler and RNG state, so the result equals an uninterrupted run).
 
 Under `accelerate launch` / torchrun every process runs this function; the Trainer does DDP,
-and only process 0 writes files outside the Trainer's own checkpoints.
+FSDP or DeepSpeed. Every process enters the save of a stage's weights (under FSDP / ZeRO-3 the
+weights are gathered from all of them, see distributed.py); only process 0 writes files outside
+the Trainer's own checkpoints.
 """
 
 from __future__ import annotations
@@ -147,12 +149,27 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
             if p and not Path(p).exists():
                 raise DataError(f"{p}: training data not found (stage {st.name!r})")
         st.accumulation(_dist().world)  # raises on impossible batch arithmetic
-    if cfg.method == "qlora":
-        from alpacakit.train.base_model import qlora_kwargs, torch_dtype
+    from alpacakit.train.base_model import check_optimizer, int8_kwargs, qlora_kwargs, torch_dtype
 
+    if cfg.method == "qlora":
         qlora_kwargs(torch_dtype(cfg.precision, cfg.method))  # raises a clear error without CUDA / bitsandbytes
-    PromptFormat.load(cfg.prompt_format)
+    if cfg.method == "lora-8bit":
+        int8_kwargs()
+    check_optimizer(cfg.optim)
+    load_prompt_format(cfg.prompt_format)
     return stages
+
+
+def load_prompt_format(ref: str) -> PromptFormat:
+    """A built-in format, one of the train stage's (alpaca-stanford, alpaca-lora), or a file."""
+    from alpacakit.train.config import resolve_prompt_format, train_prompt_formats
+
+    try:
+        return PromptFormat.load(resolve_prompt_format(ref))
+    except ConfigError as e:
+        if e.hint:
+            e.hint += f" (or {', '.join(train_prompt_formats())})"
+        raise
 
 
 # ---------------------------------------------------------------------------- model
@@ -168,7 +185,7 @@ def _lora_targets_error(model: Any, targets: list[str], err: Exception) -> Confi
 def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    if cfg.method == "qlora":
+    if cfg.method in ("qlora", "lora-8bit"):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -248,6 +265,7 @@ def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bo
 
     cuda = torch.cuda.is_available()
     dtype = torch_dtype(cfg.precision, cfg.method)
+    mixed_bf16 = cfg.precision == "bf16-mixed"
     eval_strategy = "no"
     if has_val:
         eval_strategy = "steps" if cfg.eval_steps else "epoch"
@@ -273,8 +291,10 @@ def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bo
         disable_tqdm=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=cuda and dtype == torch.bfloat16,
+        bf16=mixed_bf16 or (cuda and dtype == torch.bfloat16),
         fp16=cuda and dtype == torch.float16,
+        tf32=True if mixed_bf16 and cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        **({"optim": cfg.optim} if cfg.optim else {}),
         use_cpu=not cuda,
         remove_unused_columns=False,
         prediction_loss_only=True,
@@ -337,13 +357,15 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
                  RankReport(partial / "logs" / "ranks", st.dirname, meter)]
     if dist.main:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(partial / "logs" / st.dirname))))
+    from alpacakit.train.distributed import sharding
+
     loss_mode = cfg.loss
-    if loss_mode == "chunked" and any(os.environ.get(v, "").lower() == "true"
-                                      for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")):
+    if loss_mode == "chunked" and sharding():
         loss_mode = "supervised"  # sharded weights: the LM head must run inside the wrapped forward
     trainer = AlpacaTrainer(
         model=model, args=args, train_dataset=_ListDataset(rows), eval_dataset=_ListDataset(vrows) if vrows else None,
         data_collator=collator, callbacks=callbacks, loss_mode=loss_mode, loss_chunk=cfg.loss_chunk, meter=meter,
+        loss_average=cfg.loss_average,
     )
     from transformers import PrinterCallback
 
@@ -368,13 +390,9 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
             evals = [e for e in trainer.state.log_history if "eval_loss" in e]
         metrics = {k: v for k, v in evals[-1].items() if isinstance(v, (int, float))}
     weights = sdir / "weights"
-    if dist.main:
-        tmp = sdir / "weights.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)
-        if weights.exists():
-            shutil.rmtree(weights)
-        os.replace(tmp, weights)
+    from alpacakit.train.distributed import save_weights
+
+    save_weights(trainer, weights, dist.main)  # every rank: under FSDP / ZeRO-3 the weights are gathered
     info = {
         "name": st.name, "index": st.index, "settings": st.model_dump(mode="json"),
         "accumulation": st.accumulation(dist.world), "world_size": dist.world,
@@ -421,7 +439,7 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
     t0 = time.perf_counter()
     base = resolve_base(cfg.base)
     tok = load_tokenizer(base)
-    fmt = PromptFormat.load(cfg.prompt_format).bind(tok)
+    fmt = load_prompt_format(cfg.prompt_format).bind(tok)
     if dist.main:
         partial.mkdir(parents=True, exist_ok=True)
         if not (partial / RUN_CONFIG).exists():
@@ -430,8 +448,9 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
             atomic_write_json(partial / RUN_CONFIG, _config_dict(cfg))
     _barrier(dist)
     set_seed(cfg.seed)
-    model = load_model(base, precision=cfg.precision, quantize_4bit=cfg.method == "qlora", method=cfg.method)
-    if cfg.method in ("lora", "qlora"):
+    model = load_model(base, precision=cfg.precision, quantize_4bit=cfg.method == "qlora", method=cfg.method,
+                       quantize_8bit=cfg.method == "lora-8bit")
+    if cfg.method != "full":
         model = _wrap_lora(model, cfg)
     t_load = time.perf_counter() - t0
     if dist.main:

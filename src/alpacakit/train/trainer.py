@@ -4,7 +4,8 @@
 logs; the loop, optimizer, scheduler, gradient accumulation, checkpointing, resume and DDP are
 the Trainer's own. The loss is a sum over supervised tokens divided by the number of
 supervised tokens in the whole optimizer step (across accumulation steps and processes), so a
-token weighs the same whatever batch it lands in.
+token weighs the same whatever batch it lands in; `loss_average: micro_batch` gives Stanford's
+weighting instead (each micro-batch's mean, averaged).
 """
 
 from __future__ import annotations
@@ -61,14 +62,30 @@ class AlpacaTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, loss_mode: str = "chunked", loss_chunk: int = 256, meter: Meter | None = None,
-                 **kwargs: Any):
+                 loss_average: str = "tokens", **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.loss_mode = loss_mode
+        self.loss_average = loss_average
         self.loss_chunk = loss_chunk
         self.meter = meter or Meter()
         # Makes the Trainer count supervised tokens over the whole accumulated step
         # (`num_items_in_batch`), which we divide by.
         self.model_accepts_loss_kwargs = True
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator; on CPU under an FSDP launch, with FSDP turned on (see distributed.py)."""
+        from alpacakit.train.distributed import enable_fsdp_on_cpu
+
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
+    def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
+        if checkpoint and self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1:
+            from alpacakit.train.distributed import init_optimizer_state
+
+            init_optimizer_state(self.optimizer)  # else accelerate loads nothing into it (see there)
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -93,7 +110,11 @@ class AlpacaTrainer(Trainer):
             with hidden_states_instead_of_logits(model) as (weight, bias, softcap):
                 out = model(**inputs, logits_to_keep=keep)
             total = chunked_cross_entropy(out.logits, weight, bias, targets, self.loss_chunk, softcap)
-        if model.training and num_items_in_batch is not None:
+        if model.training and getattr(self, "loss_average", "tokens") == "micro_batch":
+            # Stanford's train.py (transformers before 4.46): each micro-batch's own mean, divided by the
+            # accumulation steps; DDP/FSDP average the gradients over processes
+            loss = total / max(n, 1) / max(getattr(self, "current_gradient_accumulation_steps", 1) or 1, 1)
+        elif model.training and num_items_in_batch is not None:
             loss = total / num_items_in_batch
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 loss = loss * self.args.world_size  # DDP averages gradients over processes
