@@ -10,7 +10,8 @@ records of the given Alpaca-format file, so dedup sees real instruction text; pa
 the file, instructions come back with half of their words swapped. (The data file is read
 at run time and never copied anywhere.)
 
-Phases, each the real CLI in a subprocess (peak RSS: VmHWM from /proc while it runs):
+Phases, each the real CLI in a subprocess (peak RSS: VmHWM from /proc while it runs, the CLI's
+and its processing worker's summed):
   0. The client ceiling: the bare `openai` SDK sending the same requests and doing nothing
      with the answers (what any SDK-based client can reach here, in the same run).
   1. `alpacakit generate --num N --concurrency C` from scratch: wall, requests/s and examples/s
@@ -158,24 +159,33 @@ def _hwm_mb(pid: int) -> int:
     return 0
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def run_measured(cmd: list[str], *, kill_when=None, log: Path | None = None) -> tuple[float, int, int]:
     """(wall seconds, peak RSS in MB, exit status) of one CLI run; `kill_when()` True -> SIGKILL.
 
-    Peak RSS is read from /proc while the run lasts, not from wait4: a child forked from this
-    (large) process would report the parent's pages as its own peak."""
+    Peak RSS is read from /proc while the run lasts, not from wait4 (a child forked from this
+    large process would report the parent's pages as its own peak), and it is the sum of the
+    CLI's and its processing worker's peaks (generate.process_in_worker)."""
     env = {**os.environ, "NO_COLOR": "1"}
-    peak = 0
+    peaks: dict[int, int] = {}
     with open(log or os.devnull, "w") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
-            peak = max(peak, _hwm_mb(proc.pid))
+            for pid in (proc.pid, *_children(proc.pid)):
+                peaks[pid] = max(peaks.get(pid, 0), _hwm_mb(pid))
             if kill_when is not None and kill_when():
                 os.kill(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.05)
         proc.wait()
-        return time.perf_counter() - t0, peak, proc.returncode
+        return time.perf_counter() - t0, sum(peaks.values()), proc.returncode
 
 
 def count_lines(path: Path) -> int:

@@ -217,6 +217,18 @@ def test_api_key_never_reaches_logs_or_manifest(server, tmp_path):
     assert "SECRET" not in r.stdout + r.stderr
 
 
+def _processes_writing(out: Path) -> list[int]:
+    """Live processes whose command line names `out` (zombies have none)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(out).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     answer = responder(2)
@@ -241,6 +253,11 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     proc.wait()
     answered_before = journal.read_bytes().count(b"\n")
     assert 4 <= answered_before < 15, "the run should have been killed mid-way"
+    # its processing worker (a fork: the same command line) sees the pipe close and exits
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_writing(out):
+        time.sleep(0.05)
+    assert not _processes_writing(out), "the processing worker outlived the killed run"
 
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
@@ -505,3 +522,80 @@ def test_failed_attempts_the_endpoint_may_have_billed_are_counted_at_their_worst
     assert counts["attempts"] == 3 and counts["maybe_billed_attempts"] == 1  # the 503 is not counted
     assert counts["cost_usd"] == pytest.approx(1000 * 10e-6 + 200 * 30e-6)  # confirmed: the answer only
     assert counts["maybe_billed_usd"] > 300 * 30e-6  # worst case of the unreadable one: all of max_tokens
+
+
+def _results(out: Path) -> tuple[bytes, bytes, dict]:
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    timing = {"teacher_seconds", "asked_again"}
+    return ((out / "examples.jsonl").read_bytes(), (out / "discards.jsonl").read_bytes(),
+            {k: v for k, v in counts.items() if k not in timing})
+
+
+@pytest.mark.parametrize("fields", [{"num": 20}, {"num": 1000, "max_requests": 9}, {"num": 5}],
+                         ids=["target", "request_limit", "small_target"])
+def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp_path, monkeypatch, fields):
+    """The worker processes the journal in order with the replayed state, so its results are
+    exactly in-process processing's; and it waits for the worker before any decision the
+    pending answers could change (no request past the target or the stall limit)."""
+    from alpacakit.generate.self_instruct import SelfInstructProcessor
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    pids = tmp_path / "pids"
+    real_process = SelfInstructProcessor.process
+
+    def process(self, entry):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.05)  # slower than an answer: decisions must wait for the worker, not race it
+        return real_process(self, entry)
+
+    monkeypatch.setattr(SelfInstructProcessor, "process", process)
+    results = {}
+    for in_worker in (False, True):
+        calls = itertools.count()
+
+        def answer(body, calls=calls):  # by call order: the same script for both runs (one request at a time)
+            first = int(re.findall(r"(\d+)\. Instruction:", body["messages"][-1]["content"])[-1])
+            n = next(calls)
+            text = "\n###\n".join(
+                f"{first + k}. Instruction: {SEEDS[0][0] if n % 2 and k == 0 else f'Explain r{n}x{k} q{n}y{k} z{n}w{k}.'}"
+                f"\n{first + k}. Input:\n<noinput>\n{first + k}. Output:\nAnswer {n}." for k in range(3))
+            return text + "\n###\n9. Instruction: Describe the picture of a cat.\n9. Output:\nA cat." if n % 3 == 0 else text
+
+        server.responder = answer
+        pids.write_text("")
+        out = tmp_path / f"out_{in_worker}"
+        cfg = config(server, seeds, request_batch=1, process_in_worker=in_worker, **fields)
+        result = generate(cfg, out, show_progress=False)
+        assert result.totals.pending == 0 and result.totals.kept == (out / "examples.jsonl").read_bytes().count(b"\n")
+        processed_in = set(pids.read_text().split())
+        assert processed_in and (str(os.getpid()) not in processed_in) == in_worker
+        results[in_worker] = (result.status, *_results(out))
+    assert results[True] == results[False]
+    assert b"near_duplicate" in results[True][2] and b"blacklisted_word" in results[True][2]
+
+
+def test_a_failure_in_the_worker_surfaces_after_the_answers_are_journaled(server, tmp_path, monkeypatch):
+    from alpacakit.generate.self_instruct import SelfInstructProcessor
+    from alpacakit.generate.worker import WorkerError
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    real_process, calls = SelfInstructProcessor.process, itertools.count()
+
+    def process(self, entry):
+        if next(calls) == 2:
+            raise ZeroDivisionError("the third answer")
+        return real_process(self, entry)
+
+    monkeypatch.setattr(SelfInstructProcessor, "process", process)
+    out = tmp_path / "out"
+    with pytest.raises(WorkerError, match="(?s)in the worker process.*ZeroDivisionError: the third answer"):
+        generate(config(server, seeds, num=30), out, show_progress=False)
+    journal = [o for _, o in iter_jsonl(out / "responses.jsonl")]
+    assert len(journal) >= 3 and len(server.requests) - len(journal) <= 2  # at most those in flight were lost
+    monkeypatch.setattr(SelfInstructProcessor, "process", real_process)
+    result = generate(config(server, seeds, num=30), out, show_progress=False)  # the rerun rebuilds and goes on
+    assert result.status == "complete" and result.totals.kept >= 30
+    kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
+    assert len(kept) == result.totals.kept == len(set(kept))

@@ -133,6 +133,9 @@ class GenerateConfig(Section):
     def _mean_from_bool(cls, v: Any) -> Any:
         return {True: "exact", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
+    process_in_worker: bool = Field(
+        True, description="Self-instruct with an endpoint teacher (openai:): parse, filter and dedup answers in a "
+        "forked worker process, so the requests keep going out meanwhile (same results; see docs/generate.md).")
     max_cost: float | None = Field(None, ge=0, description="Stop cleanly before spending more than this many dollars.")
     max_requests: int | None = Field(
         None, ge=1, description="Stop after this many teacher requests in all (default: 10 + 2 x num, a guard against a "

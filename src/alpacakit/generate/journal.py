@@ -86,6 +86,16 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
+def derive(processor: Processor, entry: dict) -> tuple[list[dict], list[dict]]:
+    """The results of one journal entry: a failed request is a discard that says why, any
+    other answer goes to the processor (in this process or the worker's, see worker.py)."""
+    failed = entry.get("failed")
+    if failed:  # refused by the endpoint: nothing to process
+        return [], [{"index": entry["index"], "reason": "request_failed", "status": failed.get("status"),
+                     "message": failed.get("message", "")}]
+    return processor.process(entry)
+
+
 @dataclass
 class JobTotals:
     requests: int = 0
@@ -100,6 +110,8 @@ class JobTotals:
     asked_again: int = 0  # requests sent again after a crash lost their answers (see the module doc)
     maybe_billed_attempts: int = 0  # failed attempts the endpoint may have billed (timeouts, unreadable 200s)
     maybe_billed_usd: float = 0.0  # their worst-case cost, not in cost_usd (which is confirmed spending)
+    pending: int = 0  # journaled (counted in requests) but not yet processed by the worker (worker.py)
+    pending_most: int = 0  # the most records those pending entries can keep (see start_worker)
 
     def add_entry(self, entry: dict) -> None:
         self.requests += 1
@@ -124,6 +136,7 @@ class JobTotals:
             "asked_again": self.asked_again,
             "maybe_billed_attempts": self.maybe_billed_attempts,
             "maybe_billed_usd": round(self.maybe_billed_usd, 6),
+            **({"processing": self.pending} if self.pending else {}),
         }
 
 
@@ -148,6 +161,8 @@ class JournaledJob:
         self._sent: JsonlAppender | None = None
         self._started = time.time()
         self._wall_before: float | None = None  # wall seconds of earlier runs, from the manifest
+        self.worker = None  # a ProcessingWorker (worker.py) that processes and writes the results, if any
+        self._unreported: dict[int, tuple[dict, int]] = {}  # sent to the worker, until it reports: (entry, most kept)
 
     @property
     def journal_path(self) -> Path:
@@ -241,13 +256,7 @@ class JournaledJob:
     def _apply(self, entry: dict) -> tuple[list[dict], list[dict]]:
         self.done.add(entry["index"])
         self.totals.add_entry(entry)
-        failed = entry.get("failed")
-        if failed:  # refused by the endpoint: nothing to process, a discard that says why
-            discard = {"index": entry["index"], "reason": "request_failed", "status": failed.get("status"),
-                       "message": failed.get("message", "")}
-            self.totals.discards["request_failed"] += 1
-            return [], [discard]
-        kept, discards = self.processor.process(entry)
+        kept, discards = derive(self.processor, entry)
         self.totals.kept += len(kept)
         for d in discards:
             self.totals.discards[d["reason"]] += 1
@@ -264,8 +273,26 @@ class JournaledJob:
                 self.totals.asked_again += 1
         self._sent.write({"index": index, "at": round(time.time(), 3)})
 
+    def start_worker(self, most_kept: Callable[[dict], int]) -> None:
+        """Process answers in a forked worker from now on (see worker.py). After `replay`, before
+        any event loop or teacher client exists: the fork copies this process as it is.
+        `most_kept(entry)`: an upper bound, cheap to compute, on what processing it can keep
+        (summed in `totals.pending_most`, for decisions that cannot wait for the worker)."""
+        from alpacakit.generate.worker import ProcessingWorker
+
+        self._most_kept = most_kept
+        self.worker = ProcessingWorker(self.processor, self.out_dir,
+                                       self._lock._fd if self._lock is not None else None)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
     def open(self) -> None:
         self._journal = JsonlAppender(self.journal_path, fsync=True)
+        if self.worker is not None:
+            return  # the worker writes the results
         self._examples = JsonlAppender(self.out_dir / EXAMPLES)
         self._discards = JsonlAppender(self.out_dir / DISCARDS)
 
@@ -287,11 +314,22 @@ class JournaledJob:
     def record_many(self, entries: list[dict]) -> list[tuple[list[dict], list[dict]]]:
         """`record` for answers that arrived together: all are journaled under one fsync (at
         hundreds of answers a second, one fsync each was a visible share of the client's CPU),
-        then each is processed in order."""
-        assert self._journal and self._examples and self._discards, "call open() first"
+        then each is processed in order. With a worker they are sent to it instead, and nothing
+        is returned: their results come from `reports`."""
+        assert self._journal, "call open() first"
         for entry in entries:
             self._journal.write(entry, sync=False)
         self._journal.sync()
+        if self.worker is not None:
+            for entry in entries:
+                self.done.add(entry["index"])
+                self.totals.add_entry(entry)
+                self._unreported[entry["index"]] = (entry, self._most_kept(entry))
+                self.totals.pending_most += self._unreported[entry["index"]][1]
+            self.totals.pending += len(entries)
+            self.worker.send(entries)
+            return []
+        assert self._examples and self._discards, "call open() first"
         results = []
         for entry in entries:
             kept, discards = self._apply(entry)
@@ -301,6 +339,21 @@ class JournaledJob:
                 self._discards.write(d)
             results.append((kept, discards))
         return results
+
+    def reports(self) -> list[tuple[dict, int, Counter]]:
+        """(entry, kept, discards by reason) for the entries the worker has finished since the
+        last call, in journal order, with the totals updated; [] without a worker."""
+        out = []
+        if self.worker is None:
+            return out
+        for index, kept, reasons in self.worker.reports():
+            entry, most = self._unreported.pop(index)
+            self.totals.pending -= 1
+            self.totals.pending_most -= most
+            self.totals.kept += kept
+            self.totals.discards.update(reasons)
+            out.append((entry, kept, Counter(reasons)))
+        return out
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write `manifest`, stamped with the wall-clock seconds of this run and of all runs.
@@ -361,6 +414,11 @@ async def run_requests(
     in flight at the same moments (for a progress display). `hold_back` says, before a request
     is added to those in flight, that they will probably finish the job by themselves: its
     prompt would be paid for and then cut.
+
+    With a processing worker (`job.worker`, worker.py) answers are journaled here and processed
+    there: `job.totals.pending` counts those not yet reported, `hold_back` is asked while any
+    are, the loop does not end before all are reported, and `on_result` gets their kept count
+    and a Counter of discard reasons instead of the records.
     """
     from alpacakit.teachers.base import Watch
 
@@ -436,11 +494,39 @@ async def run_requests(
                     on_result(entry, kept, discards)
         if failure is not None:
             raise failure
+        deliver()
+
+    def deliver() -> None:
+        """Take the worker's reports (if any): totals, then `on_result` with counts for lists."""
+        for entry, kept, reasons in job.reports():
+            if on_result:
+                on_result(entry, kept, reasons)
+
+    async def wait(tasks: set) -> set:
+        """`asyncio.wait` for the first request to finish or, with entries at the worker, its
+        next report (a decision may be waiting for it: `hold_back`, `should_stop`)."""
+        watching = can_cut and any(f is not None for f in (target_in_sight, on_writing, cut_request, hold_back))
+        timeout = check_every_s if watching else None
+        if not job.totals.pending:
+            return (await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED))[0] if tasks \
+                else set()
+        loop = asyncio.get_running_loop()
+        reported = loop.create_future()
+        loop.add_reader(job.worker.fileno(), lambda: reported.done() or reported.set_result(None))
+        try:
+            finished, _ = await asyncio.wait({*tasks, reported}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(job.worker.fileno())
+            reported.cancel()
+        deliver()
+        return finished - {reported}
 
     try:
         while True:
+            deliver()
             while stopped != "budget" and len(in_flight) < concurrency and not should_stop(job.totals):
-                if hold_back is not None and in_flight and hold_back(job.totals, in_flight_now()):
+                if hold_back is not None and (in_flight or job.totals.pending) and hold_back(job.totals,
+                                                                                            in_flight_now()):
                     break
                 idx = next(index_iter, None)
                 if idx is None:
@@ -458,12 +544,10 @@ async def run_requests(
                 requests[task] = req
                 if watch is not None:
                     watches[task] = (req, watch)
-            if not in_flight:
+            if not in_flight and not job.totals.pending:
                 break
-            watching = can_cut and any(f is not None for f in (target_in_sight, on_writing, cut_request, hold_back))
-            finished, _ = await asyncio.wait(in_flight, timeout=check_every_s if watching else None,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            record(finished)
+            # (answers at the worker are waited for: once reported, the target may need more requests)
+            record(await wait(set(in_flight)))
             if not in_flight:
                 continue
             writing = writing_now()
@@ -477,7 +561,7 @@ async def run_requests(
                     target_in_sight is not None and target_in_sight(job.totals, writing))):
                 for _, watch in watches.values():
                     watch.cut.set()
-                done, _ = await asyncio.wait(in_flight)
+                done, _ = await asyncio.wait(in_flight)  # (local teachers: no worker)
                 record(done)
                 continue
             # Target reached with a local model that cannot cut: its queued requests cost nothing
@@ -485,6 +569,8 @@ async def run_requests(
             # being paid for: they are waited for and journaled.
             if should_stop(job.totals) and not getattr(teacher, "finish_in_flight", True):
                 break
+        while job.totals.pending:  # (only after a break above: a local teacher that has no worker)
+            await wait(set())
         if should_stop(job.totals):
             stopped = "done"
         return stopped

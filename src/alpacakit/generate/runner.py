@@ -160,8 +160,15 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
 
     refuse_open_batches(job)  # an earlier --batch-api run's batches still out: asking live would pay twice
     update_manifest("running")
-    status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
-                              update_manifest, bool(from_prompts)))
+    if not from_prompts and config.generate.process_in_worker and config.teacher.model.startswith("openai:"):
+        from alpacakit.generate.self_instruct import most_kept
+
+        job.start_worker(most_kept)  # forked here: after the replay, before the event loop and the client (worker.py)
+    try:
+        status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
+                                  update_manifest, bool(from_prompts)))
+    finally:
+        job.stop_worker()
     update_manifest(status)
     job.release()
     return GenerateResult(out_dir, status, job.totals)
@@ -199,10 +206,13 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
     last_manifest = [0.0]
     barren = [0]  # answers in a row that kept nothing
     if not answer_mode:
-        reached = should_stop
+        reached, enough = should_stop, hold_back
         should_stop = lambda totals: reached(totals) or barren[0] >= config.generate.stall_requests  # noqa: E731
+        # answers still at the worker may all be barren: wait for them rather than ask past the stall limit
+        hold_back = lambda totals, writing: (barren[0] + totals.pending >= config.generate.stall_requests  # noqa: E731
+                                             or enough(totals, writing))
 
-    def on_result(entry: dict, kept: list, discards: list) -> None:
+    def on_result(entry: dict, kept, discards) -> None:  # (records, or counts from the worker)
         barren[0] = 0 if kept else barren[0] + 1
         progress.update()
         if time.monotonic() - last_manifest[0] > 5:

@@ -180,18 +180,34 @@ def target_in_sight(target: int) -> Callable[[JobTotals, list[tuple[Request, str
 def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
     """For `run_requests`: True when the answers in flight will probably reach `target` by
     themselves (each expected to keep at least as many tasks as a finished answer kept on
-    average), so a new request would only pay for its prompt and then be cut."""
+    average), so a new request would only pay for its prompt and then be cut.
+
+    Answers journaled but still at the processing worker (`totals.pending`) count like requests
+    in flight; and while they could reach the target (`totals.pending_most`, see `most_kept`)
+    nothing is sent: their reports come within milliseconds, and a request sent on a guess
+    would be an overshoot that processing in this process would not have made."""
 
     def check(totals: JobTotals, writing: list[tuple[Request, str]]) -> bool:
-        if totals.requests < 3:
+        if totals.pending and totals.kept + totals.pending_most >= target:
+            return True
+        processed = totals.requests - totals.pending
+        if processed < 3:
             return False
-        per_request = totals.kept / totals.requests
+        per_request = totals.kept / processed
         seen = totals.kept + sum(totals.discards.values())
         keep_rate = totals.kept / seen if seen else 0.0
         expected = sum(max(per_request, keep_rate * tasks_written([w]) if w[1] else 0.0) for w in writing)
-        return totals.kept + expected >= target
+        return totals.kept + expected + per_request * totals.pending >= target
 
     return check
+
+
+def most_kept(entry: dict) -> int:
+    """The most examples processing `entry` can keep: every task starts at an `Instruction:`
+    label (the first one may be the prompt's), so at most one more than the labels written."""
+    if entry.get("failed"):
+        return 0
+    return (entry.get("text") or "").lower().count("instruction") + 1
 
 
 def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[int]) -> SelfInstructPlan:
