@@ -191,9 +191,15 @@ def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, st
         if totals.pending and totals.kept + totals.pending_most >= target:
             return True
         processed = totals.requests - totals.pending
-        if processed < 3:
+        if processed >= 3:
+            per_request = totals.kept / processed
+        elif totals.pending:
+            # The worker has not reported enough to go by yet (it starts, or the machine is busy):
+            # count each answer at the most it could keep, rather than send freely meanwhile
+            # (a busy machine sent 128 requests for --num 2000 that way: 166 examples over).
+            per_request = totals.pending_most / totals.pending
+        else:
             return False
-        per_request = totals.kept / processed
         seen = totals.kept + sum(totals.discards.values())
         keep_rate = totals.kept / seen if seen else 0.0
         expected = sum(max(per_request, keep_rate * tasks_written([w]) if w[1] else 0.0) for w in writing)
