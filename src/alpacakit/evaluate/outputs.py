@@ -69,9 +69,7 @@ async def run_pending(job: JournaledJob, teacher: Any, pending: dict[int, Reques
 
     def on_result(entry: dict, kept: list, discards: list) -> None:
         progress_totals.add_entry(entry)
-        progress_totals.kept += len(kept)
-        for d in discards:
-            progress_totals.discards[d["reason"]] += 1
+        progress_totals.add_results(kept, discards)
         if on_entry:
             on_entry(entry)
         progress.update()
@@ -105,9 +103,7 @@ async def run_pending_batches(job: JournaledJob, cfg: Any, pending: dict[int, Re
 
     def on_result(entry: dict, kept: list, discards: list) -> None:
         progress_totals.add_entry(entry)
-        progress_totals.kept += len(kept)
-        for d in discards:
-            progress_totals.discards[d["reason"]] += 1
+        progress_totals.add_results(kept, discards)
 
     def on_poll(note: str) -> None:
         progress.update(writing=note)

@@ -126,6 +126,11 @@ class JobTotals:
         self.maybe_billed_attempts += int(maybe.get("attempts", 0))
         self.maybe_billed_usd += float(maybe.get("cost_usd", 0.0))
 
+    def add_results(self, kept: list[dict], discards: list[dict]) -> None:
+        self.kept += len(kept)
+        for d in discards:
+            self.discards[d["reason"]] += 1
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests, "attempts": self.attempts, "kept": self.kept,
@@ -238,28 +243,24 @@ class JournaledJob:
     def _apply_or_restore(self, entry: dict, old: tuple[list[bytes], list[bytes]] | None
                           ) -> tuple[list[dict], list[dict], bool]:
         """`_apply`, or the earlier results `old` when the processor takes them (third: True)."""
+        restored = None
         if old is not None and entry.get("index") is not None and not entry.get("failed"):
             try:
                 kept, discards = [json.loads(x) for x in old[0]], [json.loads(x) for x in old[1]]
             except ValueError:
                 kept = discards = None
             if kept is not None and self.processor.restore(entry, kept, discards) is not None:
-                self.done.add(entry["index"])
-                self.totals.add_entry(entry)
-                self.totals.kept += len(kept)
-                for d in discards:
-                    self.totals.discards[d["reason"]] += 1
-                return kept, discards, True
-        kept, discards = self._apply(entry)
-        return kept, discards, False
+                restored = kept, discards
+        kept, discards = self._apply(entry, restored)
+        return kept, discards, restored is not None
 
-    def _apply(self, entry: dict) -> tuple[list[dict], list[dict]]:
+    def _apply(self, entry: dict, results: tuple[list[dict], list[dict]] | None = None
+               ) -> tuple[list[dict], list[dict]]:
+        """Count `entry` and its results (derived now unless given) in the totals."""
         self.done.add(entry["index"])
         self.totals.add_entry(entry)
-        kept, discards = derive(self.processor, entry)
-        self.totals.kept += len(kept)
-        for d in discards:
-            self.totals.discards[d["reason"]] += 1
+        kept, discards = results if results is not None else derive(self.processor, entry)
+        self.totals.add_results(kept, discards)
         return kept, discards
 
     def mark_sent(self, index: int) -> None:
