@@ -35,7 +35,7 @@ WHEELHOUSE ?= $(HOME)/.cache/alpacakit/wheels/llama-$(LLAMA_ISA)
 LLAMA_WHEEL := $(WHEELHOUSE)/.llama-cpp-python-$(LLAMA_CPP_VERSION)-built
 PIP_INSTALL = $(BIN)/pip install -q --find-links $(WHEELHOUSE) "llama-cpp-python==$(LLAMA_CPP_VERSION)" "$(TORCH)"
 
-.PHONY: quickstart test venv clean-venv bench gpu-check
+.PHONY: quickstart test test-fast lint format venv clean-venv bench gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,23 @@ $(VENV)/.deps-all: $(VENV)/.deps-test
 venv: $(VENV)/.deps-all
 
 test: $(VENV)/.deps-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: lint, then every test that loads no real model (`-m "not slow"`).
+test-fast: $(VENV)/.deps-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.deps-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+# Rewrites files: ruff's import order and safe fixes, then its formatter.
+format: $(VENV)/.deps-test
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 # What only a GPU can show (benchmarks/gpu_check.py): transformers on CUDA vs CPU, log-likelihoods
 # on both, llama.cpp offload when the wheel has it. Exits 2 on a machine without a GPU.

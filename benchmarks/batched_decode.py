@@ -16,9 +16,9 @@ import time
 
 
 def run(model_path: str, n_seq: int, steps: int, threads: int) -> float:
+    import llama_cpp
     import numpy as np
 
-    import llama_cpp
     from alpacakit.teachers.llamacpp import open_llama
 
     llm = open_llama(model_path, n_ctx=512, n_threads=threads)  # owns the model; we make our own context
@@ -39,8 +39,10 @@ def run(model_path: str, n_seq: int, steps: int, threads: int) -> float:
         batch.n_tokens += 1
 
     try:
-        prompts = [llm.tokenize(f"Write a short story number {i} about a fox who learns to fly.".encode())
-                   for i in range(n_seq)]
+        prompts = [
+            llm.tokenize(f"Write a short story number {i} about a fox who learns to fly.".encode())
+            for i in range(n_seq)
+        ]
         batch.n_tokens = 0
         last = []
         for s, toks in enumerate(prompts):
@@ -52,8 +54,10 @@ def run(model_path: str, n_seq: int, steps: int, threads: int) -> float:
         pos = [len(t) for t in prompts]
         t0 = time.perf_counter()
         for _ in range(steps):
-            nxt = [int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, last[s]), shape=(n_vocab,)).argmax())
-                   for s in range(n_seq)]
+            nxt = [
+                int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, last[s]), shape=(n_vocab,)).argmax())
+                for s in range(n_seq)
+            ]
             batch.n_tokens = 0
             for s in range(n_seq):
                 add(nxt[s], pos[s], s, True)

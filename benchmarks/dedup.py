@@ -84,8 +84,12 @@ def timed(fn, *args, **kwargs):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="JSON list / JSONL with 'instruction' (e.g. alpaca_data.json)")
-    ap.add_argument("--seeds", type=Path, help="self-instruct seed JSONL (default: the packaged seed_tasks.jsonl if present)")
+    ap.add_argument(
+        "--data", type=Path, required=True, help="JSON list / JSONL with 'instruction' (e.g. alpaca_data.json)"
+    )
+    ap.add_argument(
+        "--seeds", type=Path, help="self-instruct seed JSONL (default: the packaged seed_tasks.jsonl if present)"
+    )
     ap.add_argument("--sample", type=int, default=300, help="instructions timed with Stanford's loop (default 300)")
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--min-ratio", type=float, default=10_000.0, help="fail below this speed-up (default 10000)")
@@ -101,14 +105,18 @@ def main() -> int:
     data = load_instructions(args.data)
     sample = data[: args.sample]
     t = args.threshold
-    print(f"data: {len(data)} instructions from {args.data}; seeds: {len(seeds)}"
-          f"{f' from {seeds_path}' if seeds_path else ' (none found; pass --seeds)'}; threshold {t}")
+    print(
+        f"data: {len(data)} instructions from {args.data}; seeds: {len(seeds)}"
+        f"{f' from {seeds_path}' if seeds_path else ' (none found; pass --seeds)'}; threshold {t}"
+    )
 
     ref_keep, ref_max, cost = stanford_loop(seeds, sample, t)
     for kind, (pairs, w, c) in cost.items():
         if pairs:
-            print(f"rouge_score loop, seeds + first {len(sample)}: {pairs} {kind} pairs in {w:.2f}s wall "
-                  f"({c:.2f}s CPU) = {w / pairs * 1e6:.1f} us/pair")
+            print(
+                f"rouge_score loop, seeds + first {len(sample)}: {pairs} {kind} pairs in {w:.2f}s wall "
+                f"({c:.2f}s CPU) = {w / pairs * 1e6:.1f} us/pair"
+            )
 
     keep, wall, cpu = timed(dedup_instructions, data, seeds, t)
     seed_pairs, inst_pairs, kept_before = len(seeds) * len(data), 0, 0
@@ -127,8 +135,10 @@ def main() -> int:
 
     est_wall, est_cpu = estimate(0), estimate(1)
     print(f"ours (dedup_instructions) on all {len(data)}: kept {sum(keep)}, {wall:.2f}s wall ({cpu:.2f}s CPU)")
-    print(f"Stanford's loop on all {len(data)}: {seed_pairs + inst_pairs:,} pairs -> est. {est_wall:,.0f}s wall "
-          f"({est_wall / 3600:.1f} h; {est_cpu:,.0f}s CPU)")
+    print(
+        f"Stanford's loop on all {len(data)}: {seed_pairs + inst_pairs:,} pairs -> est. {est_wall:,.0f}s wall "
+        f"({est_wall / 3600:.1f} h; {est_cpu:,.0f}s CPU)"
+    )
     ratio_wall, ratio_cpu = est_wall / wall, est_cpu / max(cpu, 1e-9)
     print(f"speed-up: {ratio_wall:,.0f}x wall-clock, {ratio_cpu:,.0f}x CPU time (required >= {args.min_ratio:,.0f}x)")
 
@@ -145,13 +155,15 @@ def main() -> int:
     for i, inst in enumerate(sample):
         r = deduper.add_if_novel(inst)
         if r.kept != ref_keep[i] or r.max_similarity != ref_max[i]:
-            failures.append(f"sample item {i}: ours kept={r.kept} max={r.max_similarity!r}, "
-                            f"rouge_score kept={ref_keep[i]} max={ref_max[i]!r}")
+            failures.append(
+                f"sample item {i}: ours kept={r.kept} max={r.max_similarity!r}, "
+                f"rouge_score kept={ref_keep[i]} max={ref_max[i]!r}"
+            )
             break
-    print(f"agreement with rouge_score on the sample (decisions and exact max F): "
-          f"{'OK' if not failures else 'FAILED'}")
+    print(f"agreement with rouge_score on the sample (decisions and exact max F): {'OK' if not failures else 'FAILED'}")
 
     if args.streaming:
+
         def stream() -> list[bool]:
             d = RougeDeduper(t, keep_most_similar=0, stats=False)
             for s in seeds:
@@ -159,8 +171,10 @@ def main() -> int:
             return [d.add_if_novel(x).kept for x in data]
 
         skeep, swall, scpu = timed(stream)
-        print(f"streaming RougeDeduper(stats=False) on all {len(data)}: {swall:.2f}s wall ({scpu:.2f}s CPU), "
-              f"same decisions as bulk: {skeep == keep}")
+        print(
+            f"streaming RougeDeduper(stats=False) on all {len(data)}: {swall:.2f}s wall ({scpu:.2f}s CPU), "
+            f"same decisions as bulk: {skeep == keep}"
+        )
         if skeep != keep:
             failures.append("streaming and bulk decisions differ")
 

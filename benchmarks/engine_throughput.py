@@ -34,16 +34,24 @@ def baseline(llm, prompts: list[str], max_tokens: int) -> tuple[float, int]:
     return time.perf_counter() - t0, tokens
 
 
-def engine(llm, prompts: list[str], max_tokens: int, slots: int, threads: int,
-           flash_attn: bool = False) -> tuple[float, int, dict]:
+def engine(
+    llm, prompts: list[str], max_tokens: int, slots: int, threads: int, flash_attn: bool = False
+) -> tuple[float, int, dict]:
     from alpacakit.teachers.llama_engine import BatchEngine, Job, Sampling
 
     eng = BatchEngine(llm._model.model, n_slots=slots, n_ctx_per_slot=2048, n_threads=threads, flash_attn=flash_attn)
     try:
         t0 = time.perf_counter()
-        futures = [eng.submit(Job(tokens=llm.tokenize(p.encode(), add_bos=True, special=True), max_tokens=max_tokens,
-                                  sampling=Sampling(temperature=1.0, top_p=1.0, seed=i)))
-                   for i, p in enumerate(prompts)]
+        futures = [
+            eng.submit(
+                Job(
+                    tokens=llm.tokenize(p.encode(), add_bos=True, special=True),
+                    max_tokens=max_tokens,
+                    sampling=Sampling(temperature=1.0, top_p=1.0, seed=i),
+                )
+            )
+            for i, p in enumerate(prompts)
+        ]
         tokens = sum(f.result().completion_tokens for f in futures)
         return time.perf_counter() - t0, tokens, eng.stats.as_dict()
     finally:
@@ -57,8 +65,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--slots", default="4,6")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--flash-attn", action="store_true",
-                    help="also run each slot count with llama.cpp's flash attention (the engine keeps it off)")
+    ap.add_argument(
+        "--flash-attn",
+        action="store_true",
+        help="also run each slot count with llama.cpp's flash attention (the engine keeps it off)",
+    )
     args = ap.parse_args()
     from alpacakit.models import resolve_gguf
     from alpacakit.teachers.llamacpp import default_threads, open_llama
@@ -67,8 +78,10 @@ def main() -> None:
     llm = open_llama(resolve_gguf(args.model), n_ctx=2048, n_threads=threads)
     prompts = self_instruct_prompts(args.requests)
     try:
-        print(f"{args.model}: {args.requests} self-instruct requests, {args.max_tokens} tokens each at most, "
-              f"{threads} threads")
+        print(
+            f"{args.model}: {args.requests} self-instruct requests, {args.max_tokens} tokens each at most, "
+            f"{threads} threads"
+        )
         wall, toks = baseline(llm, prompts, args.max_tokens)
         base_rate = toks / wall
         print(f"one at a time (Llama.create_completion): {wall:7.1f} s  {toks:5d} tokens  {base_rate:6.2f} tokens/s")
@@ -79,9 +92,11 @@ def main() -> None:
                 rate = rates[fa] = toks / wall
                 label = f"engine, {n} slots{', flash attention' if fa else ''}:"
                 vs_off = f" ({rate / rates[False]:.2f}x the same engine without it)" if fa else ""
-                print(f"{label:42s}{wall:7.1f} s  {toks:5d} tokens  {rate:6.2f} tokens/s"
-                      f"  ratio {rate / base_rate:.2f}x{vs_off}  (prompt tokens evaluated {stats['prompt_tokens']}, "
-                      f"reused from cache {stats['reused_tokens']})")
+                print(
+                    f"{label:42s}{wall:7.1f} s  {toks:5d} tokens  {rate:6.2f} tokens/s"
+                    f"  ratio {rate / base_rate:.2f}x{vs_off}  (prompt tokens evaluated {stats['prompt_tokens']}, "
+                    f"reused from cache {stats['reused_tokens']})"
+                )
     finally:
         llm.close()
 

@@ -50,7 +50,9 @@ def bench_contamination(train_path: Path, n_train: int, sample: int) -> None:
     same = ref == [p for p in pairs if p[0] < sample]
     base_full = base * len(train) / len(sub)
     print(f"contamination: {len(train):,} training x {len(evals)} eval instructions")
-    print(f"  ours          {ours:8.2f} s   ({len(pairs)} pairs above 0.7, {len({i for i, _, _ in pairs})} training examples)")
+    print(
+        f"  ours          {ours:8.2f} s   ({len(pairs)} pairs above 0.7, {len({i for i, _, _ in pairs})} training examples)"
+    )
     print(f"  rouge_score   {base:8.2f} s on {len(sub)} instructions -> {base_full:8.1f} s extrapolated")
     print(f"  speed-up      {base_full / ours:8.1f}x   same pairs on the sample: {same}")
 
@@ -72,9 +74,18 @@ def bench_lc(n: int) -> None:
     p = 1 / (1 + np.exp(-(0.3 + 1.5 * (len_model - len_base) / 1000)))
     pref = np.where(rng.random(n) < p, 2.0, 1.0)
     pref[rng.random(n) < 0.1] = 1.5
-    df = pd.DataFrame({"instruction": [f"i{i}" for i in range(n)], "output_1": ["b" * k for k in len_base],
-                       "output_2": ["m" * k for k in len_model], "generator_1": "baseline", "generator_2": "model",
-                       "annotator": "bench", "preference": pref, "index": np.arange(n)})
+    df = pd.DataFrame(
+        {
+            "instruction": [f"i{i}" for i in range(n)],
+            "output_1": ["b" * k for k in len_base],
+            "output_2": ["m" * k for k in len_model],
+            "generator_1": "baseline",
+            "generator_2": "model",
+            "annotator": "bench",
+            "preference": pref,
+            "index": np.arange(n),
+        }
+    )
     with tempfile.TemporaryDirectory() as d:
         csv = Path(d) / "df_gamed.csv"
         pd.DataFrame({"index": np.arange(n), "instruction_difficulty": 0.0, "model": "none"}).to_csv(csv, index=False)
@@ -85,8 +96,9 @@ def bench_lc(n: int) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            theirs = glm_winrate.get_length_controlled_winrate(df, glm_name="length_controlled_minimal",
-                                                               save_weights_dir=None)["length_controlled_winrate"]
+            theirs = glm_winrate.get_length_controlled_winrate(
+                df, glm_name="length_controlled_minimal", save_weights_dir=None
+            )["length_controlled_winrate"]
             t_theirs = time.perf_counter() - t0
     print(f"length-controlled win rate, {n} judgments")
     print(f"  ours (numpy, exact optimum)      {t_ours:6.2f} s   {ours:.6f}")

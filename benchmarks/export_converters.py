@@ -37,7 +37,7 @@ def main() -> None:
         for arch in args.archs.split(","):
             folder = make_tiny_base(Path(tmp) / arch, arch=arch, seed=args.seed)
             ours = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}.get(arch) in SUPPORTED_ARCHS
-            for converter in (("alpacakit", "llama.cpp") if ours else ("llama.cpp",)):
+            for converter in ("alpacakit", "llama.cpp") if ours else ("llama.cpp",):
                 for quant in args.quants.split(","):
                     out = Path(tmp) / f"{arch}-{converter}-{quant}.gguf"
                     t0 = time.perf_counter()
@@ -47,9 +47,11 @@ def main() -> None:
                         print(f"{arch:8} {converter:9} {quant:5} failed: {type(e).__name__}: {str(e)[:120]}")
                         continue
                     v = r.verification or {}
-                    print(f"{arch:8} {converter:9} {quant:5} {v['top1_agreement']:7.1%} {v['next_token_agreement']:6.0%} "
-                          f"{v['tokenizer_agreement']:6.0%} {r.size_bytes / 1e6:6.2f} {time.perf_counter() - t0:5.1f}",
-                          flush=True)
+                    print(
+                        f"{arch:8} {converter:9} {quant:5} {v['top1_agreement']:7.1%} {v['next_token_agreement']:6.0%} "
+                        f"{v['tokenizer_agreement']:6.0%} {r.size_bytes / 1e6:6.2f} {time.perf_counter() - t0:5.1f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------- the teacher
 
+
 def serve(port: int, data: str, latency: float) -> None:
     """A minimal OpenAI-compatible server: POST /v1/chat/completions and /v1/completions."""
     records = json.loads(Path(data).read_text(encoding="utf-8"))
@@ -93,12 +94,26 @@ def serve(port: int, data: str, latency: float) -> None:
                 else:
                     choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
                     obj = "text_completion"
-                out = json.dumps({"id": f"bench-{cursor[0]}", "object": obj, "created": int(time.time()),
-                                  "model": "bench-teacher", "choices": [choice],
-                                  "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": len(text) // 4,
-                                            "total_tokens": (len(body) + len(text)) // 4}}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                             + str(len(out)).encode() + b"\r\n\r\n" + out)
+                out = json.dumps(
+                    {
+                        "id": f"bench-{cursor[0]}",
+                        "object": obj,
+                        "created": int(time.time()),
+                        "model": "bench-teacher",
+                        "choices": [choice],
+                        "usage": {
+                            "prompt_tokens": len(body) // 4,
+                            "completion_tokens": len(text) // 4,
+                            "total_tokens": (len(body) + len(text)) // 4,
+                        },
+                    }
+                ).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                    + str(len(out)).encode()
+                    + b"\r\n\r\n"
+                    + out
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -121,8 +136,7 @@ def free_port() -> int:
 
 def start_teacher(data: str, latency: float) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--data", data,
-                             "--latency", str(latency)])
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--data", data, "--latency", str(latency)])
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
@@ -134,6 +148,7 @@ def start_teacher(data: str, latency: float) -> tuple[subprocess.Popen, int]:
 
 # ------------------------------------------------------------------------------- the runs
 
+
 def alpacakit() -> list[str]:
     exe = Path(sys.executable).with_name("alpacakit")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "alpacakit"]
@@ -143,9 +158,21 @@ SETTINGS: list[str] = []  # --set overrides from the command line, passed to eve
 
 
 def generate_cmd(out: Path, port: int, num: int, concurrency: int) -> list[str]:
-    return [*alpacakit(), "generate", "--teacher", "openai:bench-teacher", "--base-url",
-            f"http://127.0.0.1:{port}/v1", "--num", str(num), "--concurrency", str(concurrency),
-            "--out-dir", str(out), *(x for kv in SETTINGS for x in ("--set", kv))]
+    return [
+        *alpacakit(),
+        "generate",
+        "--teacher",
+        "openai:bench-teacher",
+        "--base-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--num",
+        str(num),
+        "--concurrency",
+        str(concurrency),
+        "--out-dir",
+        str(out),
+        *(x for kv in SETTINGS for x in ("--set", kv)),
+    ]
 
 
 def _hwm_mb(pid: int) -> int:
@@ -214,10 +241,19 @@ def phase_fresh(args, port: int, work: Path) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
     ideal = args.concurrency / args.latency
-    return {"rc": rc, "wall": wall, "rss": rss, "requests": c["requests"], "kept": c["kept"],
-            "req_per_s": c["requests"] / wall, "ideal": ideal, "of_ideal": c["requests"] / wall / ideal,
-            "examples_per_s": c["kept"] / wall, "overshoot": c["kept"] - args.num,
-            "discards": c["discards_by_reason"]}
+    return {
+        "rc": rc,
+        "wall": wall,
+        "rss": rss,
+        "requests": c["requests"],
+        "kept": c["kept"],
+        "req_per_s": c["requests"] / wall,
+        "ideal": ideal,
+        "of_ideal": c["requests"] / wall / ideal,
+        "examples_per_s": c["kept"] / wall,
+        "overshoot": c["kept"] - args.num,
+        "discards": c["discards_by_reason"],
+    }
 
 
 def phase_kill_resume(args, port: int, work: Path) -> dict:
@@ -235,12 +271,19 @@ def phase_kill_resume(args, port: int, work: Path) -> dict:
     indices = [e["index"] for e in journal]
     # A line cut by the kill is repaired away: compare complete lines only.
     intact = before[:-1] if before and not before[-1].endswith("}") else before
-    return {"killed_at": len(before), "kill_rc": rc1, "resume_rc": rc2, "resume_wall": wall2, "resume_rss": rss2,
-            "replay_s": (first - t0) if first else None,
-            "duplicate_instructions": len(records) - len({r["instruction"] for r in records}),
-            "duplicate_requests": len(indices) - len(set(indices)),
-            "pre_kill_changed": sum(1 for a, b in zip(intact, after) if a != b) + max(0, len(intact) - len(after)),
-            "kept": len(records), "asked_again": json.loads((out / "manifest.json").read_text())["counts"]["asked_again"]}
+    return {
+        "killed_at": len(before),
+        "kill_rc": rc1,
+        "resume_rc": rc2,
+        "resume_wall": wall2,
+        "resume_rss": rss2,
+        "replay_s": (first - t0) if first else None,
+        "duplicate_instructions": len(records) - len({r["instruction"] for r in records}),
+        "duplicate_requests": len(indices) - len(set(indices)),
+        "pre_kill_changed": sum(1 for a, b in zip(intact, after) if a != b) + max(0, len(intact) - len(after)),
+        "kept": len(records),
+        "asked_again": json.loads((out / "manifest.json").read_text())["counts"]["asked_again"],
+    }
 
 
 def phase_rerun_finished(args, port: int, work: Path) -> dict:
@@ -269,7 +312,10 @@ async def main():
 asyncio.run(main())
 """
     wall = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    return {"req_per_s": args.ceiling_requests / wall, "of_ideal": args.ceiling_requests / wall / (args.concurrency / args.latency)}
+    return {
+        "req_per_s": args.ceiling_requests / wall,
+        "of_ideal": args.ceiling_requests / wall / (args.concurrency / args.latency),
+    }
 
 
 def phase_dedup_million(args, work: Path) -> dict:
@@ -286,8 +332,9 @@ def phase_dedup_million(args, work: Path) -> dict:
                 for j in rng.sample(range(len(words)), max(1, int(len(words) * share))):
                     words[j] = rng.choice(vocab)
             f.write(json.dumps({"instruction": " ".join(words), "input": "", "output": ""}) + "\n")
-    wall, rss, rc = run_measured([*alpacakit(), "curate", "dedup", str(path), "-o", str(work / "million.out.jsonl")],
-                                 log=work / "million.log")
+    wall, rss, rc = run_measured(
+        [*alpacakit(), "curate", "dedup", str(path), "-o", str(work / "million.out.jsonl")], log=work / "million.log"
+    )
     return {"rc": rc, "wall": wall, "rss": rss, "kept": count_lines(work / "million.out.jsonl"), "n": args.million}
 
 
@@ -303,8 +350,13 @@ def main() -> None:
     ap.add_argument("--phases", default="ceiling,fresh,kill,rerun")
     ap.add_argument("--ceiling-requests", type=int, default=2000)
     ap.add_argument("--keep", help="keep the run folders here")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every generate run, e.g. generate.mean_similarity=off")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every generate run, e.g. generate.mean_similarity=off",
+    )
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -323,36 +375,48 @@ def main() -> None:
         teacher, port = start_teacher(args.data, args.latency)
 
     try:
-        print(f"# generate_scale: num {args.num}, concurrency {args.concurrency}, latency {args.latency}s, "
-              f"ideal {args.concurrency / args.latency:.0f} req/s; folders in {work}")
+        print(
+            f"# generate_scale: num {args.num}, concurrency {args.concurrency}, latency {args.latency}s, "
+            f"ideal {args.concurrency / args.latency:.0f} req/s; folders in {work}"
+        )
         if "ceiling" in phases:
             r = phase_client_ceiling(args, port)
-            print(f"client ceiling (bare openai SDK, no processing): {r['req_per_s']:.0f} req/s = "
-                  f"{r['of_ideal']:.2f}x the ideal")
+            print(
+                f"client ceiling (bare openai SDK, no processing): {r['req_per_s']:.0f} req/s = "
+                f"{r['of_ideal']:.2f}x the ideal"
+            )
         if "fresh" in phases:
             fresh_teacher()
             r = phase_fresh(args, port, work)
-            print(f"fresh: {r['kept']} kept from {r['requests']} requests in {r['wall']:.1f}s | "
-                  f"{r['req_per_s']:.1f} req/s = {r['of_ideal']:.2f}x the ideal {r['ideal']:.0f} | "
-                  f"{r['examples_per_s']:.0f} examples/s | peak RSS {r['rss']} MB | overshoot {r['overshoot']} "
-                  f"| discards {r['discards']} | rc {r['rc']}")
+            print(
+                f"fresh: {r['kept']} kept from {r['requests']} requests in {r['wall']:.1f}s | "
+                f"{r['req_per_s']:.1f} req/s = {r['of_ideal']:.2f}x the ideal {r['ideal']:.0f} | "
+                f"{r['examples_per_s']:.0f} examples/s | peak RSS {r['rss']} MB | overshoot {r['overshoot']} "
+                f"| discards {r['discards']} | rc {r['rc']}"
+            )
         if "kill" in phases and args.kill_at:
             fresh_teacher()
             r = phase_kill_resume(args, port, work)
             replay = f"{r['replay_s']:.1f}s" if r["replay_s"] is not None else "no new request"
-            print(f"kill -9 at {r['killed_at']} kept, resume: replay {replay} before the first new request, "
-                  f"resume run {r['resume_wall']:.1f}s, peak RSS {r['resume_rss']} MB | final {r['kept']} kept, "
-                  f"duplicate instructions {r['duplicate_instructions']}, requests journaled twice "
-                  f"{r['duplicate_requests']}, pre-kill lines changed {r['pre_kill_changed']}, "
-                  f"asked again {r['asked_again']} | rc {r['resume_rc']}")
+            print(
+                f"kill -9 at {r['killed_at']} kept, resume: replay {replay} before the first new request, "
+                f"resume run {r['resume_wall']:.1f}s, peak RSS {r['resume_rss']} MB | final {r['kept']} kept, "
+                f"duplicate instructions {r['duplicate_instructions']}, requests journaled twice "
+                f"{r['duplicate_requests']}, pre-kill lines changed {r['pre_kill_changed']}, "
+                f"asked again {r['asked_again']} | rc {r['resume_rc']}"
+            )
         if "rerun" in phases and "fresh" in phases:
             r = phase_rerun_finished(args, port, work)
-            print(f"rerun of the finished job: {r['wall']:.1f}s, peak RSS {r['rss']} MB, "
-                  f"new requests {r['new_requests']} | rc {r['rc']}")
+            print(
+                f"rerun of the finished job: {r['wall']:.1f}s, peak RSS {r['rss']} MB, "
+                f"new requests {r['new_requests']} | rc {r['rc']}"
+            )
         if args.dedup_million:
             r = phase_dedup_million(args, work)
-            print(f"curate dedup of {r['n']:,} instructions: {r['wall']:.1f}s, peak RSS {r['rss']} MB, "
-                  f"{r['kept']:,} kept | rc {r['rc']}")
+            print(
+                f"curate dedup of {r['n']:,} instructions: {r['wall']:.1f}s, peak RSS {r['rss']} MB, "
+                f"{r['kept']:,} kept | rc {r['rc']}"
+            )
     finally:
         teacher.terminate()
         teacher.wait()

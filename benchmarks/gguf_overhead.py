@@ -41,8 +41,10 @@ def main() -> None:
     base = [line.strip() for line in (HERE / "data" / "serve_prompts.txt").read_text().splitlines() if line.strip()]
     prompts = [base[i % len(base)] for i in range(args.prompts)]
     path = resolve_gguf(args.model)
-    print(f"model {args.model} ({path.name}), {len(prompts)} prompts, max_tokens {args.max_tokens}, "
-          f"{args.threads} threads, greedy")
+    print(
+        f"model {args.model} ({path.name}), {len(prompts)} prompts, max_tokens {args.max_tokens}, "
+        f"{args.threads} threads, greedy"
+    )
 
     # baseline: llama-cpp-python directly
     llm = open_llama(path, n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads)
@@ -51,15 +53,21 @@ def main() -> None:
     base_texts, base_tokens = [], 0
     for p in prompts:
         llm.reset()  # no cache reuse across prompts: each answers from scratch, like ours
-        out = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=args.max_tokens,
-                                         temperature=0.0)
+        out = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=args.max_tokens, temperature=0.0)
         base_texts.append(out["choices"][0]["message"]["content"])
         base_tokens += out["usage"]["completion_tokens"]
     base_s = time.perf_counter() - t0
     del llm
 
-    cfg = TeacherConfig(model=args.model, n_ctx=args.n_ctx, n_threads=args.threads, temperature=0.0,
-                        max_tokens=args.max_tokens, max_concurrency=1, timeout_s=600)
+    cfg = TeacherConfig(
+        model=args.model,
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        temperature=0.0,
+        max_tokens=args.max_tokens,
+        max_concurrency=1,
+        timeout_s=600,
+    )
     teacher = LlamaCppTeacher(cfg)
 
     async def ours() -> tuple[float, list[str], int]:
@@ -87,9 +95,14 @@ def main() -> None:
         t = time.perf_counter()
         serve_texts, serve_tokens = [], 0
         for p in prompts:
-            stream = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": p}],
-                                                    max_tokens=args.max_tokens, temperature=0.0, stream=True,
-                                                    stream_options={"include_usage": True})
+            stream = client.chat.completions.create(
+                model="bench",
+                messages=[{"role": "user", "content": p}],
+                max_tokens=args.max_tokens,
+                temperature=0.0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
             parts = []
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -103,8 +116,10 @@ def main() -> None:
     base_rate = base_tokens / base_s
     print(f"{'path':34} {'tokens':>6} {'seconds':>8} {'tok/s':>7} {'ratio':>6} same text")
     print(f"{'llama-cpp-python create_chat_completion':34} {base_tokens:6d} {base_s:8.2f} {base_rate:7.1f} {1:6.2f}")
-    for name, s, texts, tokens in (("alpacakit chat / eval (teacher)", chat_s, chat_texts, chat_tokens),
-                                   ("alpacakit serve (HTTP, streamed)", serve_s, serve_texts, serve_tokens)):
+    for name, s, texts, tokens in (
+        ("alpacakit chat / eval (teacher)", chat_s, chat_texts, chat_tokens),
+        ("alpacakit serve (HTTP, streamed)", serve_s, serve_texts, serve_tokens),
+    ):
         same = sum(a.strip() == b.strip() for a, b in zip(texts, base_texts))
         print(f"{name:34} {tokens:6d} {s:8.2f} {tokens / s:7.1f} {tokens / s / base_rate:6.2f} {same}/{len(prompts)}")
 

@@ -59,8 +59,13 @@ def bench_transformers(folder: Path, prompts: list[str], n_new: int, threads: in
     def run(text: str, n: int) -> int:
         ids = tok(text, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            out = model.generate(
+                **ids,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
         return out.shape[1] - ids["input_ids"].shape[1]
 
     run(prompts[0], 4)  # warm-up
@@ -122,9 +127,19 @@ def main() -> int:
         hf_speed, hf_n, hf_s = bench_transformers(folder, prompts, args.tokens, args.threads)
         print(f"transformers fp32:       {hf_speed:8.1f} tok/s  ({hf_n} tokens in {hf_s:.1f} s)")
         print(f"ratio (llama.cpp q4_k_m / transformers fp32): {ll_speed / hf_speed:.2f}x")
-        print(json.dumps({"model": args.model, "threads": args.threads, "tokens_per_prompt": args.tokens,
-                          "llama_cpp_q4_k_m_tok_s": round(ll_speed, 2), "transformers_fp32_tok_s": round(hf_speed, 2),
-                          "ratio": round(ll_speed / hf_speed, 3), "gguf_mb": round(res.size_bytes / 1e6, 1)}))
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "threads": args.threads,
+                    "tokens_per_prompt": args.tokens,
+                    "llama_cpp_q4_k_m_tok_s": round(ll_speed, 2),
+                    "transformers_fp32_tok_s": round(hf_speed, 2),
+                    "ratio": round(ll_speed / hf_speed, 3),
+                    "gguf_mb": round(res.size_bytes / 1e6, 1),
+                }
+            )
+        )
     return 0
 
 

@@ -70,13 +70,18 @@ def main() -> int:
 
     results = {}
     for device in ("cpu", gpu):
-        t = HFTeacher(folder, TeacherConfig(model=str(folder), temperature=0.0, max_tokens=args.max_tokens,
-                                            max_concurrency=8), device=device)
+        t = HFTeacher(
+            folder,
+            TeacherConfig(model=str(folder), temperature=0.0, max_tokens=args.max_tokens, max_concurrency=8),
+            device=device,
+        )
         results[device] = asyncio.run(answer(t)) + (str(t.model.dtype),)
         del t
     (cs, ct, cn, cd), (gs, gt, gn, gd) = results["cpu"], results[gpu]
-    print(f"model folder, {len(messages)} instructions, 8 batched: cpu ({cd}) {cn / cs:.1f} tok/s; "
-          f"{gpu} ({gd}) {gn / gs:.1f} tok/s (x{(gn / gs) / (cn / cs):.2f}); same text {sum(a == b for a, b in zip(ct, gt))}/{len(ct)}")
+    print(
+        f"model folder, {len(messages)} instructions, 8 batched: cpu ({cd}) {cn / cs:.1f} tok/s; "
+        f"{gpu} ({gd}) {gn / gs:.1f} tok/s (x{(gn / gs) / (cn / cs):.2f}); same text {sum(a == b for a, b in zip(ct, gt))}/{len(ct)}"
+    )
 
     from alpacakit.evaluate.bench.backends import HFBackend
     from alpacakit.evaluate.bench.runner import plan_prompts, score_mc
@@ -95,8 +100,10 @@ def main() -> int:
     (c_rows, c_s), (g_rows, g_s) = scored["cpu"], scored[gpu]
     same = sum(a["pred_norm"] == b["pred_norm"] for a, b in zip(c_rows, g_rows))
     gap = max(abs(x - y) for a, b in zip(c_rows, g_rows) for x, y in zip(a["loglik"], b["loglik"]))
-    print(f"log-likelihood, {len(mc)} multiple-choice items: same prediction {same}/{len(mc)}, largest "
-          f"|delta log p| {gap:.3f}; cpu {c_s:.1f} s, {gpu} {g_s:.1f} s")
+    print(
+        f"log-likelihood, {len(mc)} multiple-choice items: same prediction {same}/{len(mc)}, largest "
+        f"|delta log p| {gap:.3f}; cpu {c_s:.1f} s, {gpu} {g_s:.1f} s"
+    )
 
     if offload:
         from alpacakit.teachers.llamacpp import LlamaCppTeacher
@@ -104,14 +111,19 @@ def main() -> int:
         rates = {}
         for layers in ("0", "-1"):
             os.environ["ALPACAKIT_N_GPU_LAYERS"] = layers
-            g = LlamaCppTeacher(TeacherConfig(model=args.model, temperature=0.0, max_tokens=args.max_tokens,
-                                              max_concurrency=8, timeout_s=600))
+            g = LlamaCppTeacher(
+                TeacherConfig(
+                    model=args.model, temperature=0.0, max_tokens=args.max_tokens, max_concurrency=8, timeout_s=600
+                )
+            )
             s, _, n = asyncio.run(answer(g))  # type: ignore[arg-type]
             rates[layers] = n / s
             asyncio.run(g.aclose())
         os.environ.pop("ALPACAKIT_N_GPU_LAYERS", None)
-        print(f"GGUF, llama.cpp engine, 8 slots: no offload {rates['0']:.1f} tok/s; all layers "
-              f"{rates['-1']:.1f} tok/s (x{rates['-1'] / rates['0']:.2f})")
+        print(
+            f"GGUF, llama.cpp engine, 8 slots: no offload {rates['0']:.1f} tok/s; all layers "
+            f"{rates['-1']:.1f} tok/s (x{rates['-1'] / rates['0']:.2f})"
+        )
     else:
         print("GGUF offload: skipped (this llama.cpp build cannot offload; see the Makefile's LLAMA_CMAKE_ARGS)")
     return 0

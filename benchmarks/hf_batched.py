@@ -47,27 +47,45 @@ def main() -> None:
     messages = [[{"role": "user", "content": it.instruction + (f"\n\n{it.input}" if it.input else "")}] for it in items]
     gguf = resolve_gguf(args.model)
     folder = gguf_to_hf(gguf, file_sha256(gguf))
-    print(f"{len(messages)} instructions, greedy, max_tokens {args.max_tokens}, {args.threads} threads; "
-          f"{args.model} as an HF folder ({folder}) and as GGUF")
+    print(
+        f"{len(messages)} instructions, greedy, max_tokens {args.max_tokens}, {args.threads} threads; "
+        f"{args.model} as an HF folder ({folder}) and as GGUF"
+    )
 
     async def answer(teacher) -> tuple[float, list[str], int]:  # noqa: ANN001
         await teacher.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # warm-up
         t0 = time.perf_counter()
-        outs = await asyncio.gather(*(teacher.chat(m, max_tokens=args.max_tokens, temperature=0.0)
-                                      for m in messages))
+        outs = await asyncio.gather(*(teacher.chat(m, max_tokens=args.max_tokens, temperature=0.0) for m in messages))
         return time.perf_counter() - t0, [o.text for o in outs], sum(o.usage.completion_tokens for o in outs)
 
     rows = []
     texts: dict[str, list[str]] = {}
     for name, n in (("HF one at a time", 1), (f"HF batched (N={args.n})", args.n)):
-        t = HFTeacher(folder, TeacherConfig(model=str(folder), temperature=0.0, max_tokens=args.max_tokens,
-                                            max_concurrency=n, n_threads=args.threads), device="cpu")
+        t = HFTeacher(
+            folder,
+            TeacherConfig(
+                model=str(folder),
+                temperature=0.0,
+                max_tokens=args.max_tokens,
+                max_concurrency=n,
+                n_threads=args.threads,
+            ),
+            device="cpu",
+        )
         s, out, tok = asyncio.run(answer(t))
         texts[name] = out
         rows.append((name, tok, s))
         del t
-    g = LlamaCppTeacher(TeacherConfig(model=args.model, temperature=0.0, max_tokens=args.max_tokens,
-                                      max_concurrency=args.n, n_threads=args.threads, timeout_s=600))
+    g = LlamaCppTeacher(
+        TeacherConfig(
+            model=args.model,
+            temperature=0.0,
+            max_tokens=args.max_tokens,
+            max_concurrency=args.n,
+            n_threads=args.threads,
+            timeout_s=600,
+        )
+    )
     s, out, tok = asyncio.run(answer(g))
     rows.append((f"GGUF llama.cpp engine (N={args.n})", tok, s))
     asyncio.run(g.aclose())

@@ -85,18 +85,38 @@ def pct(values: list[float], q: float) -> float:
     return s[k]
 
 
-def start_server(model: str, queue: int, threads: int | None, extra: list[str],
-                 fd_limit: int | None = None, concurrency: int = 1) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "alpacakit.cli.main", "serve", model, "--port", "0", "--queue-size", str(queue),
-           "--max-concurrency", str(concurrency), *(["--threads", str(threads)] if threads else []), *extra]
+def start_server(
+    model: str, queue: int, threads: int | None, extra: list[str], fd_limit: int | None = None, concurrency: int = 1
+) -> tuple[subprocess.Popen, str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpacakit.cli.main",
+        "serve",
+        model,
+        "--port",
+        "0",
+        "--queue-size",
+        str(queue),
+        "--max-concurrency",
+        str(concurrency),
+        *(["--threads", str(threads)] if threads else []),
+        *extra,
+    ]
 
     def limit_fds() -> None:  # in the child: a hard open-file limit, as on a default Linux login
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "NO_COLOR": "1"}, preexec_fn=limit_fds if fd_limit else None)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        preexec_fn=limit_fds if fd_limit else None,
+    )
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 300
@@ -113,8 +133,14 @@ def start_server(model: str, queue: int, threads: int | None, extra: list[str],
 
 
 async def one_request(client, url: str, prompt: str, max_tokens: int, level: Level) -> None:  # noqa: ANN001
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = None
     tokens = 0
@@ -174,8 +200,9 @@ async def run_level(url: str, clients: int, prompts: list[str], max_tokens: int,
 ATTACKS = ("slow-body", "oversized", "cross-site", "slow-headers")
 
 
-async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, outcomes: dict[str, int],
-                    sockets: int = 1000) -> None:
+async def attackers(
+    url: str, kinds: list[str], n: int, stop: asyncio.Event, outcomes: dict[str, int], sockets: int = 1000
+) -> None:
     """Hostile clients until `stop` is set (each loop bounded by the run's time limit)."""
     import httpx
 
@@ -186,8 +213,9 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
         """POST a fresh `body()` stream as JSON until stopped, counting what comes back."""
         while not stop.is_set():
             try:
-                r = await client.post(f"{url}/v1/chat/completions", content=body(),
-                                      headers={"Content-Type": "application/json"})
+                r = await client.post(
+                    f"{url}/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"}
+                )
                 count(f"{kind} HTTP {r.status_code}")
             except httpx.HTTPError as e:
                 count(f"{kind} {type(e).__name__}")
@@ -215,7 +243,10 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
     async def cross_site(client: httpx.AsyncClient) -> None:
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
         while not stop.is_set():
-            for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/json", "Host": "evil.example"}):
+            for headers in (
+                {"Content-Type": "text/plain"},
+                {"Content-Type": "application/json", "Host": "evil.example"},
+            ):
                 try:
                     r = await client.post(f"{url}/v1/chat/completions", content=body, headers=headers)
                     count(f"cross-site HTTP {r.status_code}")
@@ -238,11 +269,14 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
                 while not stop.is_set():
                     try:
                         got = await asyncio.wait_for(reader.read(200), 2.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         writer.write(b"X-Trickle: a\r\n")  # still alive: one more header line
                         continue
-                    count("slow-headers got HTTP " + got[9:12].decode() if got.startswith(b"HTTP/")
-                          else "slow-headers dropped by the server")
+                    count(
+                        "slow-headers got HTTP " + got[9:12].decode()
+                        if got.startswith(b"HTTP/")
+                        else "slow-headers dropped by the server"
+                    )
                     break
             except OSError as e:
                 count(f"slow-headers {type(e).__name__}")
@@ -255,8 +289,17 @@ async def attackers(url: str, kinds: list[str], n: int, stop: asyncio.Event, out
         await asyncio.gather(*(fns[k](client) for k in kinds for _ in range(sockets if k == "slow-headers" else n)))
 
 
-async def level_under_attack(url: str, clients: int, prompts: list[str], max_tokens: int, deadline: float,
-                             kinds: list[str], n_attackers: int, outcomes: dict[str, int], sockets: int) -> Level:
+async def level_under_attack(
+    url: str,
+    clients: int,
+    prompts: list[str],
+    max_tokens: int,
+    deadline: float,
+    kinds: list[str],
+    n_attackers: int,
+    outcomes: dict[str, int],
+    sockets: int,
+) -> Level:
     stop = asyncio.Event()
     attack = asyncio.create_task(attackers(url, kinds, n_attackers, stop, outcomes, sockets))
     await asyncio.sleep(3.0)  # let the attackers connect first
@@ -266,7 +309,7 @@ async def level_under_attack(url: str, clients: int, prompts: list[str], max_tok
         stop.set()
         try:
             await asyncio.wait_for(attack, 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             attack.cancel()
 
 
@@ -280,11 +323,15 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 def report(level: Level) -> None:
-    print(f"  clients={level.clients:<3} ok={level.ok:<4} errors={len(level.errors):<3} wall={level.wall_s:6.1f}s  "
-          f"throughput={level.ok / level.wall_s:5.2f} req/s {level.tokens / level.wall_s:6.1f} tok/s")
-    print(f"      latency p50/p90/p99 = {pct(level.latencies, 50):.2f} / {pct(level.latencies, 90):.2f} / "
-          f"{pct(level.latencies, 99):.2f} s   first token p50/p90 = {pct(level.ttfts, 50):.2f} / "
-          f"{pct(level.ttfts, 90):.2f} s")
+    print(
+        f"  clients={level.clients:<3} ok={level.ok:<4} errors={len(level.errors):<3} wall={level.wall_s:6.1f}s  "
+        f"throughput={level.ok / level.wall_s:5.2f} req/s {level.tokens / level.wall_s:6.1f} tok/s"
+    )
+    print(
+        f"      latency p50/p90/p99 = {pct(level.latencies, 50):.2f} / {pct(level.latencies, 90):.2f} / "
+        f"{pct(level.latencies, 99):.2f} s   first token p50/p90 = {pct(level.ttfts, 50):.2f} / "
+        f"{pct(level.ttfts, 90):.2f} s"
+    )
     for e in level.errors[:5]:
         print(f"      error: {e}")
 
@@ -295,18 +342,33 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients of the second level")
     ap.add_argument("--requests", type=int, default=16, help="requests per level")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--max-concurrency", type=int, default=None,
-                    help="the server's --max-concurrency (requests decoded together) [default: --clients]")
+    ap.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="the server's --max-concurrency (requests decoded together) [default: --clients]",
+    )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
     ap.add_argument("--url", default=None, help="use a server that is already running instead of starting one")
-    ap.add_argument("--attack", default=None, help=f"comma-separated hostile clients to run alongside: {', '.join(ATTACKS)}")
+    ap.add_argument(
+        "--attack", default=None, help=f"comma-separated hostile clients to run alongside: {', '.join(ATTACKS)}"
+    )
     ap.add_argument("--attackers", type=int, default=8, help="hostile clients of each kind")
     ap.add_argument("--sockets", type=int, default=1000, help="connections of the slow-headers attack")
-    ap.add_argument("--server-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="start the server with --set serve.KEY=VALUE (repeatable)")
-    ap.add_argument("--server-fd-limit", type=int, default=None,
-                    help="start the server with this hard open-file limit (1024 is a common default)")
+    ap.add_argument(
+        "--server-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="start the server with --set serve.KEY=VALUE (repeatable)",
+    )
+    ap.add_argument(
+        "--server-fd-limit",
+        type=int,
+        default=None,
+        help="start the server with this hard open-file limit (1024 is a common default)",
+    )
     args = ap.parse_args()
     kinds = [k.strip() for k in (args.attack or "").split(",") if k.strip()]
     if any(k not in ATTACKS for k in kinds):
@@ -321,8 +383,14 @@ def main() -> int:
         t0 = time.perf_counter()
         raise_fd_limit(args.sockets + 256)
         extra = [a for kv in args.server_set for a in ("--set", f"serve.{kv}")]
-        proc, url = start_server(args.model, queue=max(8, args.clients * 2), threads=args.threads, extra=extra,
-                                 fd_limit=args.server_fd_limit, concurrency=args.max_concurrency or args.clients)
+        proc, url = start_server(
+            args.model,
+            queue=max(8, args.clients * 2),
+            threads=args.threads,
+            extra=extra,
+            fd_limit=args.server_fd_limit,
+            concurrency=args.max_concurrency or args.clients,
+        )
         print(f"server: {args.model} at {url} (started in {time.perf_counter() - t0:.1f} s)")
     try:
         asyncio.run(run_level(url, 1, prompts[:2], args.max_tokens, deadline))  # warm-up, not counted
@@ -332,17 +400,24 @@ def main() -> int:
             print("without the attack:")
             report(calm)
             outcomes: dict[str, int] = {}
-            hit = asyncio.run(level_under_attack(url, args.clients, prompts, args.max_tokens, deadline, kinds,
-                                                 args.attackers, outcomes, args.sockets))
+            hit = asyncio.run(
+                level_under_attack(
+                    url, args.clients, prompts, args.max_tokens, deadline, kinds, args.attackers, outcomes, args.sockets
+                )
+            )
             who = ", ".join(f"{args.sockets if k == 'slow-headers' else args.attackers} x {k}" for k in kinds)
             print(f"with {who} attacking at the same time:")
             report(hit)
             print("  attackers got: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items())))
             if calm.ok and hit.ok:
-                print(f"ratio under attack: p50 latency x{pct(hit.latencies, 50) / pct(calm.latencies, 50):.2f}, "
-                      f"p99 latency x{pct(hit.latencies, 99) / pct(calm.latencies, 99):.2f}")
+                print(
+                    f"ratio under attack: p50 latency x{pct(hit.latencies, 50) / pct(calm.latencies, 50):.2f}, "
+                    f"p99 latency x{pct(hit.latencies, 99) / pct(calm.latencies, 99):.2f}"
+                )
             failed = len(calm.errors) + len(hit.errors)
-            print("errors for well-behaved clients: none" if not failed else f"errors for well-behaved clients: {failed}")
+            print(
+                "errors for well-behaved clients: none" if not failed else f"errors for well-behaved clients: {failed}"
+            )
             return 1 if failed else 0
         for clients in dict.fromkeys((1, args.clients)):
             level = asyncio.run(run_level(url, clients, prompts, args.max_tokens, deadline))
@@ -354,9 +429,11 @@ def main() -> int:
             proc.wait(timeout=30)
     one, many = levels[0], levels[-1]
     if len(levels) > 1 and one.ok and many.ok:
-        print(f"ratio {many.clients} vs 1 client(s): throughput x{(many.ok / many.wall_s) / (one.ok / one.wall_s):.2f}, "
-              f"p50 latency x{pct(many.latencies, 50) / pct(one.latencies, 50):.2f}, "
-              f"p50 first token x{pct(many.ttfts, 50) / pct(one.ttfts, 50):.2f}")
+        print(
+            f"ratio {many.clients} vs 1 client(s): throughput x{(many.ok / many.wall_s) / (one.ok / one.wall_s):.2f}, "
+            f"p50 latency x{pct(many.latencies, 50) / pct(one.latencies, 50):.2f}, "
+            f"p50 first token x{pct(many.ttfts, 50) / pct(one.ttfts, 50):.2f}"
+        )
     failed = sum(len(level.errors) for level in levels)
     print("errors: none" if not failed else f"errors: {failed}")
     return 1 if failed else 0

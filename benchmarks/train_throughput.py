@@ -92,8 +92,12 @@ def child(args: argparse.Namespace) -> dict:
     base = resolve_base(args.model)
     tok = load_tokenizer(base)
     fmt = PromptFormat.load("alpaca").bind(tok)
-    rows = tokenize_samples([Sample([Turn(r["instruction"], r.get("input", ""), r["output"])], "bench") for r in picked],
-                            fmt, tok, args.max_length)
+    rows = tokenize_samples(
+        [Sample([Turn(r["instruction"], r.get("input", ""), r["output"])], "bench") for r in picked],
+        fmt,
+        tok,
+        args.max_length,
+    )
     cfg = TrainConfig(preset="alpaca-lora", base=args.model, precision=args.precision)
     model = _wrap_lora(load_model(base, precision=args.precision), cfg)
     rss_loaded = _status_mb("VmRSS")
@@ -123,14 +127,28 @@ def child(args: argparse.Namespace) -> dict:
         return _trl(args, model, tok, rows, timer, rss_loaded, reset)
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
-            output_dir=tmp, max_steps=args.steps + 1, per_device_train_batch_size=args.batch, learning_rate=3e-4,
-            lr_scheduler_type="constant", logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True,
-            use_cpu=True, seed=args.seed, data_seed=args.seed, remove_unused_columns=False, dataloader_num_workers=0,
+            output_dir=tmp,
+            max_steps=args.steps + 1,
+            per_device_train_batch_size=args.batch,
+            learning_rate=3e-4,
+            lr_scheduler_type="constant",
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=args.seed,
+            data_seed=args.seed,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
         )
         trainer = AlpacaTrainer(
-            model=model, args=targs, train_dataset=_ListDataset(rows),
+            model=model,
+            args=targs,
+            train_dataset=_ListDataset(rows),
             data_collator=PackedCollator() if ours else PaddedCollator(tok.pad_token_id),
-            loss_mode="chunked" if ours else "full", callbacks=[timer],
+            loss_mode="chunked" if ours else "full",
+            callbacks=[timer],
         )
         timer.meter = trainer.meter
         trainer.train()
@@ -154,8 +172,9 @@ def _result(args: argparse.Namespace, timer: object, meter: object, rss_loaded: 
     }
 
 
-def _trl(args: argparse.Namespace, model: object, tok: object, rows: list, timer: object, rss_loaded: float,
-         reset: bool) -> dict:
+def _trl(
+    args: argparse.Namespace, model: object, tok: object, rows: list, timer: object, rss_loaded: float, reset: bool
+) -> dict:
     """TRL's SFTTrainer on the same rows (pre-tokenized: TRL uses the ids and labels as given)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -178,14 +197,29 @@ def _trl(args: argparse.Namespace, model: object, tok: object, rows: list, timer
     data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
         sargs = SFTConfig(
-            output_dir=tmp, max_steps=args.steps + 1, per_device_train_batch_size=1 if packed else args.batch,
-            learning_rate=3e-4, lr_scheduler_type="constant", logging_steps=10_000, save_strategy="no",
-            report_to="none", disable_tqdm=True, use_cpu=True, seed=args.seed, data_seed=args.seed,
-            dataloader_num_workers=0, bf16=False, gradient_checkpointing=False, completion_only_loss=True,
-            packing=packed, padding_free=packed, max_length=args.batch * args.max_length if packed else args.max_length,
+            output_dir=tmp,
+            max_steps=args.steps + 1,
+            per_device_train_batch_size=1 if packed else args.batch,
+            learning_rate=3e-4,
+            lr_scheduler_type="constant",
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=args.seed,
+            data_seed=args.seed,
+            dataloader_num_workers=0,
+            bf16=False,
+            gradient_checkpointing=False,
+            completion_only_loss=True,
+            packing=packed,
+            padding_free=packed,
+            max_length=args.batch * args.max_length if packed else args.max_length,
         )
-        trainer = CountingSFTTrainer(model=model, args=sargs, train_dataset=data, processing_class=tok,
-                                     callbacks=[timer])
+        trainer = CountingSFTTrainer(
+            model=model, args=sargs, train_dataset=data, processing_class=tok, callbacks=[timer]
+        )
         timer.meter = meter
         trainer.train()
     if len(timer.times) < args.steps + 1:
@@ -217,9 +251,28 @@ def main() -> None:
         sys.exit("--variants must include ours (every ratio is against it)")
     for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
         for mode in variants:
-            cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--data", args.data, "--steps",
-                   str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length), "--threads",
-                   str(args.threads), "--seed", str(args.seed), "--precision", precision]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--model",
+                args.model,
+                "--data",
+                args.data,
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--max-length",
+                str(args.max_length),
+                "--threads",
+                str(args.threads),
+                "--seed",
+                str(args.seed),
+                "--precision",
+                precision,
+            ]
             print(f"running {mode} ({precision}) ...", flush=True)
             # Passive OpenMP waiting: on a machine shared with other jobs, spinning threads make
             # timings swing wildly; every variant gets the same setting.
@@ -228,13 +281,19 @@ def main() -> None:
             line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
             if r.returncode != 0 or line is None:
                 sys.exit(f"{mode} ({precision}) failed:\n{r.stderr[-3000:]}")
-            results[f"{mode}-{precision}"] = json.loads(line[len("RESULT "):])
-    print(f"\nmodel {args.model}, LoRA r8 q/v, batch {args.batch}, max length {args.max_length}, {args.steps} measured "
-          f"steps, {args.threads} threads, CPU")
-    print(f"{'':17s} {'sup tok/s':>10s} {'s/step':>8s} {'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}")
+            results[f"{mode}-{precision}"] = json.loads(line[len("RESULT ") :])
+    print(
+        f"\nmodel {args.model}, LoRA r8 q/v, batch {args.batch}, max length {args.max_length}, {args.steps} measured "
+        f"steps, {args.threads} threads, CPU"
+    )
+    print(
+        f"{'':17s} {'sup tok/s':>10s} {'s/step':>8s} {'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}"
+    )
     for name, r in results.items():
-        print(f"{name:17s} {r['supervised_tokens_per_s']:10.2f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
-              f"{r['peak_rss_training_mb'] or 0:17.0f} {r['rss_after_load_mb']:15.0f}")
+        print(
+            f"{name:17s} {r['supervised_tokens_per_s']:10.2f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
+            f"{r['peak_rss_training_mb'] or 0:17.0f} {r['rss_after_load_mb']:15.0f}"
+        )
     summary: dict[str, float] = {}
     for precision in sorted({r["precision"] for r in results.values()}):
         o = results[f"ours-{precision}"]
@@ -249,8 +308,10 @@ def main() -> None:
             print(f"\n[{precision}] supervised tokens/s: ours / {other} = {speed:.2f}x{target[0]}")
             print(f"[{precision}] peak RSS (process):  ours / {other} = {mem:.2f}x{target[1]}")
             if b["peak_rss_training_mb"] and o["peak_rss_training_mb"]:
-                print(f"[{precision}] peak RSS (training): ours / {other} = "
-                      f"{o['peak_rss_training_mb'] / b['peak_rss_training_mb']:.2f}x")
+                print(
+                    f"[{precision}] peak RSS (training): ours / {other} = "
+                    f"{o['peak_rss_training_mb'] / b['peak_rss_training_mb']:.2f}x"
+                )
     if "ours-bf16" in results and "baseline-fp32" in results:
         gain = results["ours-bf16"]["supervised_tokens_per_s"] / results["baseline-fp32"]["supervised_tokens_per_s"]
         summary["ours_bf16_over_baseline_fp32"] = round(gain, 3)

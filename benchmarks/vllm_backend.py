@@ -27,8 +27,11 @@ def run(ref: str, messages: list, max_tokens: int, n: int, threads: int) -> tupl
     from alpacakit.teachers import make_teacher
 
     async def go() -> tuple[float, list[str], int]:
-        t = make_teacher(TeacherConfig(model=ref, temperature=0.0, max_tokens=max_tokens, max_concurrency=n,
-                                       n_ctx=2048, n_threads=threads))
+        t = make_teacher(
+            TeacherConfig(
+                model=ref, temperature=0.0, max_tokens=max_tokens, max_concurrency=n, n_ctx=2048, n_threads=threads
+            )
+        )
         await t.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # warm-up
         t0 = time.perf_counter()
         outs = await asyncio.gather(*(t.chat(m) for m in messages))
@@ -63,8 +66,10 @@ def main() -> None:
     v_s, v_texts, v_tok = run(f"vllm:{folder}", messages, args.max_tokens, len(messages), args.threads)
     print(f"{len(messages)} instructions, greedy, max_tokens {args.max_tokens}; {folder}")
     print(f"transformers, {args.n} batched: {h_tok} tokens in {h_s:.2f} s = {h_tok / h_s:.1f} tok/s")
-    print(f"vLLM (vllm:FOLDER):        {v_tok} tokens in {v_s:.2f} s = {v_tok / v_s:.1f} tok/s "
-          f"(x{(v_tok / v_s) / (h_tok / h_s):.2f})")
+    print(
+        f"vLLM (vllm:FOLDER):        {v_tok} tokens in {v_s:.2f} s = {v_tok / v_s:.1f} tok/s "
+        f"(x{(v_tok / v_s) / (h_tok / h_s):.2f})"
+    )
     print(f"same text: {sum(a == b for a, b in zip(v_texts, h_texts))}/{len(messages)}")
 
 

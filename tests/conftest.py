@@ -27,7 +27,6 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-
 from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer
 
 
@@ -57,8 +56,14 @@ def fake_teacher_config(fake_openai: FakeOpenAIServer, monkeypatch: pytest.Monke
 
     def build(**overrides: Any) -> TeacherConfig:
         fields: dict[str, Any] = {
-            "model": "openai:fake-model", "base_url": fake_openai.url, "api_key_env": FAKE_KEY_ENV,
-            "max_retries": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 10.0, "max_tokens": 64,
+            "model": "openai:fake-model",
+            "base_url": fake_openai.url,
+            "api_key_env": FAKE_KEY_ENV,
+            "max_retries": 3,
+            "backoff_base_s": 0.01,
+            "backoff_max_s": 0.05,
+            "timeout_s": 10.0,
+            "max_tokens": 64,
         }
         fields.update(overrides)
         return TeacherConfig(**fields)

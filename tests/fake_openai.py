@@ -69,7 +69,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -163,7 +163,7 @@ class FakeOpenAIServer:
             raise RuntimeError("FakeOpenAIServer is not started")
         return f"http://{self.host}:{self.port}/v1"
 
-    def script(self, steps: Iterable[Step]) -> "FakeOpenAIServer":
+    def script(self, steps: Iterable[Step]) -> FakeOpenAIServer:
         """Queue steps (appended after any not yet played)."""
         steps = list(steps)
         for s in steps:
@@ -204,7 +204,7 @@ class FakeOpenAIServer:
         self.responder = default_responder
         self.api_key = None
 
-    def start(self, timeout: float = 10.0) -> "FakeOpenAIServer":
+    def start(self, timeout: float = 10.0) -> FakeOpenAIServer:
         import uvicorn
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -212,11 +212,13 @@ class FakeOpenAIServer:
         sock.bind((self.host, 0))
         self._sock = sock
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            self.app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=1
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"fake-openai-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-openai-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -235,7 +237,7 @@ class FakeOpenAIServer:
             self._sock.close()
         self._server = self._thread = self._sock = None
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> FakeOpenAIServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -277,16 +279,29 @@ class FakeOpenAIServer:
             body = json.loads(raw)
         except ValueError:
             body = None
-        rec = RecordedRequest(path=request.url.path, body=body, headers={k.lower(): v for k, v in request.headers.items()},
-                              received_at=time.monotonic(), received_wall=time.time())
+        rec = RecordedRequest(
+            path=request.url.path,
+            body=body,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            received_at=time.monotonic(),
+            received_wall=time.time(),
+        )
         with self._lock:
             self._requests.append(rec)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.api_key is not None and rec.authorization != f"Bearer {self.api_key}":
-                resp = JSONResponse({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                                               "code": "invalid_api_key"}}, status_code=401)
+                resp = JSONResponse(
+                    {
+                        "error": {
+                            "message": "Incorrect API key provided.",
+                            "type": "invalid_request_error",
+                            "code": "invalid_api_key",
+                        }
+                    },
+                    status_code=401,
+                )
             elif not isinstance(body, dict):
                 resp = JSONResponse({"error": {"message": "request body is not a JSON object"}}, status_code=400)
             else:
@@ -316,8 +331,11 @@ class FakeOpenAIServer:
                 headers["Retry-After"] = str(step["retry_after"])
             status = int(step["status"])
             message = step.get("message", f"scripted error {status}")
-            return JSONResponse({"error": {"message": message, "type": "fake_error", "code": status}},
-                                status_code=status, headers=headers)
+            return JSONResponse(
+                {"error": {"message": message, "type": "fake_error", "code": status}},
+                status_code=status,
+                headers=headers,
+            )
         malformed = step.get("malformed")
         if malformed:
             if malformed in (True, "invalid_json"):
@@ -332,8 +350,9 @@ class FakeOpenAIServer:
                     choice["message"] = {"role": "assistant", "content": None}
                 else:
                     choice["text"] = None
-                return JSONResponse({"id": "x", "object": "chat.completion", "model": body.get("model"),
-                                     "choices": [choice]})
+                return JSONResponse(
+                    {"id": "x", "object": "chat.completion", "model": body.get("model"), "choices": [choice]}
+                )
             raise ValueError(f"unknown malformed kind {malformed!r}")
         if "text" not in step:
             raise ValueError(f"a step needs 'text', 'status', 'sleep' or 'malformed': {step!r}")
@@ -352,12 +371,18 @@ class FakeOpenAIServer:
         model = step.get("model") or body.get("model") or self.model
         if kind == "chat":
             out: dict[str, Any] = {
-                "id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             }
         else:
             out = {
-                "id": f"cmpl-fake-{n}", "object": "text_completion", "created": int(time.time()), "model": model,
+                "id": f"cmpl-fake-{n}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
             }
         if not step.get("no_usage"):
@@ -376,8 +401,13 @@ class FakeOpenAIServer:
             else:
                 choice = {"index": 0, "text": delta or "", "finish_reason": reason}
                 obj = "text_completion"
-            payload = {"id": f"fake-{n}", "object": obj, "created": int(time.time()), "model": model,
-                       "choices": [choice]}
+            payload = {
+                "id": f"fake-{n}",
+                "object": obj,
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice],
+            }
             return f"data: {json.dumps(payload)}\n\n"
 
         async def events() -> Any:
@@ -425,16 +455,33 @@ class FakeOpenAIServer:
         """Record a files/batches call, check the key, run `handler` (JSON dict, or a Response)."""
         raw = await request.body()
         try:
-            body = json.loads(raw) if raw and request.headers.get("content-type", "").startswith("application/json") else None
+            body = (
+                json.loads(raw)
+                if raw and request.headers.get("content-type", "").startswith("application/json")
+                else None
+            )
         except ValueError:
             body = None
-        rec = RecordedRequest(path=request.url.path, body=body, headers={k.lower(): v for k, v in request.headers.items()},
-                              received_at=time.monotonic(), received_wall=time.time())
+        rec = RecordedRequest(
+            path=request.url.path,
+            body=body,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            received_at=time.monotonic(),
+            received_wall=time.time(),
+        )
         with self._lock:
             self._requests.append(rec)
         if self.api_key is not None and rec.authorization != f"Bearer {self.api_key}":
-            resp: Any = JSONResponse({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                                                "code": "invalid_api_key"}}, status_code=401)
+            resp: Any = JSONResponse(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                status_code=401,
+            )
         else:
             out = handler(rec, raw)
             resp = out if isinstance(out, Response) else JSONResponse(out)
@@ -444,14 +491,24 @@ class FakeOpenAIServer:
 
     @staticmethod
     def _error(status: int, message: str) -> Response:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                       "code": None}}, status_code=status)
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}},
+            status_code=status,
+        )
 
     def _new_file(self, name: str, purpose: str, content: bytes) -> dict[str, Any]:
         file_id = f"file-fake{next(self._ids)}"
-        obj = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-               "filename": name, "purpose": purpose, "status": "processed", "expires_at": None,
-               "status_details": None}
+        obj = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": name,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
         with self._lock:
             self.files[file_id] = {"object": obj, "content": content}
         return obj
@@ -461,7 +518,8 @@ class FakeOpenAIServer:
         if not ctype.startswith("multipart/form-data"):
             return self._error(400, "expected multipart/form-data")
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
+            f"Content-Type: {ctype}\r\n\r\n".encode() + raw
+        )
         fields: dict[str, tuple[str | None, bytes]] = {}
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
@@ -499,42 +557,78 @@ class FakeOpenAIServer:
                 continue
             try:
                 item = json.loads(line)
-                ok = (isinstance(item, dict) and isinstance(item.get("custom_id"), str) and item.get("method") == "POST"
-                      and item.get("url") == body["endpoint"] and isinstance(item.get("body"), dict))
+                ok = (
+                    isinstance(item, dict)
+                    and isinstance(item.get("custom_id"), str)
+                    and item.get("method") == "POST"
+                    and item.get("url") == body["endpoint"]
+                    and isinstance(item.get("body"), dict)
+                )
             except ValueError:
                 ok = False
             if not ok:
-                errors.append({"code": "invalid_request", "line": n, "message": "not a valid batch line", "param": None})
+                errors.append(
+                    {"code": "invalid_request", "line": n, "message": "not a valid batch line", "param": None}
+                )
             else:
                 lines.append(item)
         if len({x["custom_id"] for x in lines}) != len(lines):
-            errors.append({"code": "duplicate_custom_id", "line": None, "message": "custom_id must be unique",
-                           "param": None})
+            errors.append(
+                {"code": "duplicate_custom_id", "line": None, "message": "custom_id must be unique", "param": None}
+            )
         with self._lock:
             fate = dict(self.batch_fates.popleft()) if self.batch_fates else {"status": "completed"}
         if errors:
             fate = {"status": "failed", "errors": errors}
-        obj = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "errors": None,
-               "input_file_id": f["object"]["id"], "completion_window": "24h", "status": "validating",
-               "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
-               "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
-               "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-               "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-               "metadata": body.get("metadata"), "model": (lines[0]["body"].get("model") if lines else None)}
+        obj = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": f["object"]["id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+            "model": (lines[0]["body"].get("model") if lines else None),
+        }
         with self._lock:
-            self.batches[batch_id] = {"object": obj, "lines": lines, "fate": fate, "results": [],
-                                      "started": time.monotonic(), "headers": rec.headers, "cancel": False}
+            self.batches[batch_id] = {
+                "object": obj,
+                "lines": lines,
+                "fate": fate,
+                "results": [],
+                "started": time.monotonic(),
+                "headers": rec.headers,
+                "cancel": False,
+            }
         return dict(obj)
 
     def _list_batches(self, query: Any) -> dict[str, Any]:
         with self._lock:
             ids = list(self.batches)[::-1]
         if query.get("after") in ids:
-            ids = ids[ids.index(query["after"]) + 1:]
+            ids = ids[ids.index(query["after"]) + 1 :]
         limit = int(query.get("limit") or 20)
         data = [self._advance(i) for i in ids[:limit]]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": len(ids) > limit}
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(ids) > limit,
+        }
 
     def _batch_json(self, batch_id: str) -> Any:
         if batch_id not in self.batches:
@@ -555,34 +649,62 @@ class FakeOpenAIServer:
         """One input line through the script / responder: an output-file (or error-file) line."""
         body, kind = item["body"], self._BATCH_ENDPOINTS[item["url"]]
         step = self._next_step(body)
-        rec = RecordedRequest(path=item["url"], body=body, headers=b["headers"], received_at=time.monotonic(),
-                              received_wall=time.time(), step=step, batch_id=b["object"]["id"],
-                              custom_id=item["custom_id"])
+        rec = RecordedRequest(
+            path=item["url"],
+            body=body,
+            headers=b["headers"],
+            received_at=time.monotonic(),
+            received_wall=time.time(),
+            step=step,
+            batch_id=b["object"]["id"],
+            custom_id=item["custom_id"],
+        )
         n = next(self._ids)
-        out: dict[str, Any] = {"id": f"batch_req_fake{n}", "custom_id": item["custom_id"], "response": None,
-                               "error": None}
+        out: dict[str, Any] = {
+            "id": f"batch_req_fake{n}",
+            "custom_id": item["custom_id"],
+            "response": None,
+            "error": None,
+        }
         step = {k: v for k, v in step.items() if k != "sleep"} or self._ask_responder(body)  # no waiting in a batch
         if "line_error" in step:
             out["error"] = dict(step["line_error"])
         elif "status" in step:
             status = int(step["status"])
-            out["response"] = {"status_code": status, "request_id": f"req_fake{n}", "body": {"error": {
-                "message": step.get("message", f"scripted error {status}"), "type": "fake_error", "code": status}}}
+            out["response"] = {
+                "status_code": status,
+                "request_id": f"req_fake{n}",
+                "body": {
+                    "error": {
+                        "message": step.get("message", f"scripted error {status}"),
+                        "type": "fake_error",
+                        "code": status,
+                    }
+                },
+            }
         elif step.get("malformed"):
             if step["malformed"] in ("no_choices", "null_content"):
                 text = None
                 reply = {"id": "x", "object": "chat.completion", "model": body.get("model")}
                 if step["malformed"] == "null_content":
                     choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-                    choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+                    choice.update(
+                        {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text}
+                    )
                     reply["choices"] = [choice]
                 out["response"] = {"status_code": 200, "request_id": f"req_fake{n}", "body": reply}
             else:  # an unreadable answer comes back from a batch as a server error line
-                out["response"] = {"status_code": 500, "request_id": f"req_fake{n}",
-                                   "body": {"error": {"message": "The server had an error", "type": "server_error"}}}
+                out["response"] = {
+                    "status_code": 500,
+                    "request_id": f"req_fake{n}",
+                    "body": {"error": {"message": "The server had an error", "type": "server_error"}},
+                }
         else:
-            out["response"] = {"status_code": 200, "request_id": f"req_fake{n}",
-                               "body": self._completion_json(step, body, kind)}
+            out["response"] = {
+                "status_code": 200,
+                "request_id": f"req_fake{n}",
+                "body": self._completion_json(step, body, kind),
+            }
         rec.status = out["response"]["status_code"] if out["response"] else None
         rec.finished_at = time.monotonic()
         with self._lock:
@@ -600,8 +722,14 @@ class FakeOpenAIServer:
             return dict(obj)
         if fate["status"] == "failed":
             if phase >= 1:
-                errors = fate.get("errors") or [{"code": "invalid_request", "line": None, "param": None,
-                                                 "message": fate.get("message", "scripted batch failure")}]
+                errors = fate.get("errors") or [
+                    {
+                        "code": "invalid_request",
+                        "line": None,
+                        "param": None,
+                        "message": fate.get("message", "scripted batch failure"),
+                    }
+                ]
                 obj.update(status="failed", failed_at=now, errors={"object": "list", "data": errors})
             return dict(obj)
         if phase >= 1 and obj["status"] == "validating":
@@ -620,8 +748,13 @@ class FakeOpenAIServer:
             self._write_results(b, rest=None)
         elif fate["status"] == "expired" and phase >= 2:
             obj.update(status="expired", expired_at=now)
-            self._write_results(b, rest={"code": "batch_expired", "message": "This request could not be executed "
-                                         "before the completion window expired."})
+            self._write_results(
+                b,
+                rest={
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion window expired.",
+                },
+            )
         elif phase >= 2 and obj["finalizing_at"] is None:
             obj.update(status="finalizing", finalizing_at=now)
         if obj["status"] == "finalizing" and phase >= 3:
@@ -638,9 +771,15 @@ class FakeOpenAIServer:
         """Output and error files of a batch that has ended; `rest`: the error of unanswered lines."""
         results = list(b["results"])
         if rest is not None:
-            for item in b["lines"][len(results):]:
-                results.append({"id": f"batch_req_fake{next(self._ids)}", "custom_id": item["custom_id"],
-                                "response": None, "error": dict(rest)})
+            for item in b["lines"][len(results) :]:
+                results.append(
+                    {
+                        "id": f"batch_req_fake{next(self._ids)}",
+                        "custom_id": item["custom_id"],
+                        "response": None,
+                        "error": dict(rest),
+                    }
+                )
         good = [r for r in results if r["response"] and r["response"]["status_code"] == 200]
         bad = [r for r in results if r not in good]
         self._count(b)

@@ -20,9 +20,16 @@ from alpacakit.teachers.base import Completion, Usage
 
 
 class ScriptedTeacher:
-    def __init__(self, pieces: Sequence[str] = ("Hello", ", ", "world", "!"), *, name: str = "fake-model",
-                 gate: threading.Event | None = None, piece_delay_s: float = 0.0, forever: bool = False,
-                 has_chat_template: bool = True):
+    def __init__(
+        self,
+        pieces: Sequence[str] = ("Hello", ", ", "world", "!"),
+        *,
+        name: str = "fake-model",
+        gate: threading.Event | None = None,
+        piece_delay_s: float = 0.0,
+        forever: bool = False,
+        has_chat_template: bool = True,
+    ):
         self.name = name
         self.pieces = list(pieces)
         self.gate = gate

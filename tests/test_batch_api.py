@@ -19,15 +19,19 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer
 
 from alpacakit.config import load_config
 from alpacakit.errors import ConfigError, TeacherError
 from alpacakit.io import iter_jsonl
-from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer
 
 PRICE = {"input_per_1m": 1.0, "output_per_1m": 2.0}
-SEEDS = ["Suggest a name for a bakery that sells only bread.", "Classify the animal as a mammal, bird or fish.",
-         "Convert the temperature from Celsius to Fahrenheit.", "Give two tips for sleeping better at night."]
+SEEDS = [
+    "Suggest a name for a bakery that sells only bread.",
+    "Classify the animal as a mammal, bird or fish.",
+    "Convert the temperature from Celsius to Fahrenheit.",
+    "Give two tips for sleeping better at night.",
+]
 _words = itertools.count()
 
 
@@ -42,8 +46,18 @@ def server(monkeypatch):
 def write_seeds(path: Path) -> Path:
     with open(path, "w") as f:
         for i, ins in enumerate(SEEDS):
-            f.write(json.dumps({"id": f"s{i}", "name": f"seed_{i}", "instruction": ins,
-                                "instances": [{"input": "", "output": "An answer."}], "is_classification": False}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"s{i}",
+                        "name": f"seed_{i}",
+                        "instruction": ins,
+                        "instances": [{"input": "", "output": "An answer."}],
+                        "is_classification": False,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -59,12 +73,28 @@ def three_tasks(body: dict) -> str:
 
 
 def gen_config(server: FakeOpenAIServer, tmp_path: Path, *, batch_api: bool = True, **generate_fields):
-    return load_config(None, None, {
-        "teacher": {"model": "openai:fake-model", "base_url": server.url, "api_key_env": FAKE_KEY_ENV,
-                    "max_retries": 2, "backoff_base_s": 0.01, "timeout_s": 10.0, "max_tokens": 64, "price": PRICE},
-        "generate": {"seeds": str(write_seeds(tmp_path / "seeds.jsonl")), "batch_api": batch_api,
-                     "batch": {"poll_s": 0.02}, **generate_fields},
-    })
+    return load_config(
+        None,
+        None,
+        {
+            "teacher": {
+                "model": "openai:fake-model",
+                "base_url": server.url,
+                "api_key_env": FAKE_KEY_ENV,
+                "max_retries": 2,
+                "backoff_base_s": 0.01,
+                "timeout_s": 10.0,
+                "max_tokens": 64,
+                "price": PRICE,
+            },
+            "generate": {
+                "seeds": str(write_seeds(tmp_path / "seeds.jsonl")),
+                "batch_api": batch_api,
+                "batch": {"poll_s": 0.02},
+                **generate_fields,
+            },
+        },
+    )
 
 
 def run_generate(cfg, out: Path, **kw):
@@ -84,13 +114,19 @@ def batch_log(out: Path) -> list[dict]:
 
 def uploaded_ids(server: FakeOpenAIServer) -> list[str]:
     """custom_id of every line of every batch input file the server received."""
-    return [json.loads(line)["custom_id"] for f in server.files.values() if f["object"]["purpose"] == "batch"
-            for line in f["content"].decode().splitlines() if line.strip()]
+    return [
+        json.loads(line)["custom_id"]
+        for f in server.files.values()
+        if f["object"]["purpose"] == "batch"
+        for line in f["content"].decode().splitlines()
+        if line.strip()
+    ]
 
 
 def prompts_file(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"instruction": f"Name the colour number {i} of the rainbow."}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"instruction": f"Name the colour number {i} of the rainbow."}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -121,8 +157,9 @@ def test_a_batch_generation_reaches_its_target_at_half_the_online_price(server, 
     for e in common:  # same request, same usage, half the price
         assert e["usage"] == live[e["index"]]["usage"]
         assert e["cost"] == pytest.approx(live[e["index"]]["cost"] / 2)
-        assert e["cost"] == pytest.approx((e["usage"]["prompt_tokens"] * 1.0 + e["usage"]["completion_tokens"] * 2.0)
-                                          / 1e6 / 2)
+        assert e["cost"] == pytest.approx(
+            (e["usage"]["prompt_tokens"] * 1.0 + e["usage"]["completion_tokens"] * 2.0) / 1e6 / 2
+        )
     assert res.totals.cost_usd == pytest.approx(sum(e["cost"] for e in entries))
 
 
@@ -130,10 +167,30 @@ def test_kill_minus_nine_while_polling_then_rerun_collects_the_recorded_batch(se
     server.responder = three_tasks
     server.batch_delay_s = 1.5  # ~4.5 s per batch: the kill comes while the first one is polled
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "alpacakit.cli.main", "generate", "--teacher", "openai:fake-model",
-            "--base-url", server.url, "--api-key-env", FAKE_KEY_ENV, "--seeds", str(write_seeds(tmp_path / "s.jsonl")),
-            "--num", "12", "-o", str(out), "--no-progress", "--batch-api", "--set", "generate.batch.poll_s=0.05",
-            "--set", "teacher.max_tokens=64"]
+    args = [
+        sys.executable,
+        "-m",
+        "alpacakit.cli.main",
+        "generate",
+        "--teacher",
+        "openai:fake-model",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        FAKE_KEY_ENV,
+        "--seeds",
+        str(write_seeds(tmp_path / "s.jsonl")),
+        "--num",
+        "12",
+        "-o",
+        str(out),
+        "--no-progress",
+        "--batch-api",
+        "--set",
+        "generate.batch.poll_s=0.05",
+        "--set",
+        "teacher.max_tokens=64",
+    ]
     env = {**os.environ, FAKE_KEY_ENV: FAKE_KEY}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     log = out / "batches.jsonl"
@@ -167,14 +224,21 @@ def test_kill_minus_nine_while_polling_then_rerun_collects_the_recorded_batch(se
 
 def test_a_line_refused_for_good_is_a_request_failed_discard_and_others_wait_for_a_rerun(server, tmp_path):
     prompts = prompts_file(tmp_path / "prompts.jsonl", 4)
-    server.script([{"text": "Red."}, {"status": 400, "message": "prompt is too long for this model"},
-                   {"status": 500}, {"text": "Yellow."}])
+    server.script(
+        [
+            {"text": "Red."},
+            {"status": 400, "message": "prompt is too long for this model"},
+            {"status": 500},
+            {"text": "Yellow."},
+        ]
+    )
     cfg = gen_config(server, tmp_path)
     res = run_generate(cfg, tmp_path / "out", from_prompts=prompts)
     assert res.status == "incomplete" and "rerun" in res.summary()
     discards = [d for _, d in iter_jsonl(tmp_path / "out" / "discards.jsonl")]
-    assert discards == [{"index": 1, "reason": "request_failed", "status": 400,
-                         "message": "prompt is too long for this model"}]
+    assert discards == [
+        {"index": 1, "reason": "request_failed", "status": 400, "message": "prompt is too long for this model"}
+    ]
     assert sorted(e["index"] for e in journal(tmp_path / "out")) == [0, 1, 3]  # the 500 is left missing
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["batch_api"]["line_failures_left_for_a_rerun"] == {"HTTP 500": 1}
@@ -268,21 +332,48 @@ def test_the_budget_is_checked_at_the_batch_price_before_a_batch_is_created(serv
 def test_a_live_run_refuses_a_folder_whose_batches_are_still_out(server, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "batches.jsonl").write_text(json.dumps({"event": "created", "batch_id": "batch_abc", "input_file_id": "f",
-                                                   "indices": [0], "route": "chat", "created_at": 0}) + "\n")
+    (out / "batches.jsonl").write_text(
+        json.dumps(
+            {
+                "event": "created",
+                "batch_id": "batch_abc",
+                "input_file_id": "f",
+                "indices": [0],
+                "route": "chat",
+                "created_at": 0,
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(ConfigError, match="batch_abc.*twice"):
         run_generate(gen_config(server, tmp_path, batch_api=False, num=3), out)
     assert not server.requests
 
 
 def test_batch_api_with_a_local_teacher_is_a_clear_error(tmp_path):
-    cfg = load_config(None, None, {"teacher": {"model": "smollm2-135m-instruct"},
-                                   "generate": {"batch_api": True, "num": 3}})
+    cfg = load_config(
+        None, None, {"teacher": {"model": "smollm2-135m-instruct"}, "generate": {"batch_api": True, "num": 3}}
+    )
     with pytest.raises(ConfigError, match="Batch API"):
         run_generate(cfg, tmp_path / "out")
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "generate", "--teacher", "smollm2-135m-instruct",
-                        "--batch-api", "--num", "3", "-o", str(tmp_path / "cli"), "--no-progress"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "generate",
+            "--teacher",
+            "smollm2-135m-instruct",
+            "--batch-api",
+            "--num",
+            "3",
+            "-o",
+            str(tmp_path / "cli"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Batch API" in r.stderr and "openai:" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -290,11 +381,32 @@ def test_the_api_key_never_reaches_the_batch_log_manifest_or_output(server, tmp_
     server.responder = three_tasks
     server.api_key = "sk-test-SECRET-batch-42"
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "generate", "--teacher", "openai:fake-model",
-                        "--base-url", server.url, "--api-key-env", "TEACHER_KEY", "--seeds",
-                        str(write_seeds(tmp_path / "s.jsonl")), "--num", "6", "-o", str(out), "--batch-api",
-                        "--set", "generate.batch.poll_s=0.02"],
-                       capture_output=True, text=True, env={**os.environ, "TEACHER_KEY": "sk-test-SECRET-batch-42"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "generate",
+            "--teacher",
+            "openai:fake-model",
+            "--base-url",
+            server.url,
+            "--api-key-env",
+            "TEACHER_KEY",
+            "--seeds",
+            str(write_seeds(tmp_path / "s.jsonl")),
+            "--num",
+            "6",
+            "-o",
+            str(out),
+            "--batch-api",
+            "--set",
+            "generate.batch.poll_s=0.02",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TEACHER_KEY": "sk-test-SECRET-batch-42"},
+    )
     assert r.returncode == 0, r.stderr
     paths = {q.path for q in server.requests if q.batch_id is None}
     assert {"/v1/files", "/v1/batches"} <= paths
@@ -310,9 +422,19 @@ def test_the_api_key_never_reaches_the_batch_log_manifest_or_output(server, tmp_
 
 
 def _outputs(path: Path, generator: str, n: int = 6) -> Path:
-    path.write_text(json.dumps([{"instruction": f"Question number {i}: what is {i} + {i}?",
-                                 "output": f"{generator.upper()}-ANSWER-{i}: " + "x" * (10 + i),
-                                 "generator": generator, "dataset": "test"} for i in range(n)]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": f"Question number {i}: what is {i} + {i}?",
+                    "output": f"{generator.upper()}-ANSWER-{i}: " + "x" * (10 + i),
+                    "generator": generator,
+                    "dataset": "test",
+                }
+                for i in range(n)
+            ]
+        )
+    )
     return path
 
 
@@ -328,17 +450,35 @@ def mixed_judge(body: dict) -> str:
 
 
 def judge_config(server: FakeOpenAIServer, batch_api: bool):
-    return load_config(None, None, {"eval": {
-        "judge": {"model": "openai:fake-model", "base_url": server.url, "api_key_env": FAKE_KEY_ENV,
-                  "max_retries": 2, "timeout_s": 10.0, "max_concurrency": 2, "price": PRICE, "batch_api": batch_api},
-        "batch": {"poll_s": 0.02}}})
+    return load_config(
+        None,
+        None,
+        {
+            "eval": {
+                "judge": {
+                    "model": "openai:fake-model",
+                    "base_url": server.url,
+                    "api_key_env": FAKE_KEY_ENV,
+                    "max_retries": 2,
+                    "timeout_s": 10.0,
+                    "max_concurrency": 2,
+                    "price": PRICE,
+                    "batch_api": batch_api,
+                },
+                "batch": {"poll_s": 0.02},
+            }
+        },
+    )
 
 
 def test_pairwise_judging_in_batches_gives_the_online_verdicts_at_half_the_price(server, tmp_path):
     from alpacakit.evaluate.pairwise import judge_pairwise
 
     server.responder = mixed_judge
-    model, base = _outputs(tmp_path / "outputs-student.json", "student"), _outputs(tmp_path / "outputs-teacher.json", "teacher")
+    model, base = (
+        _outputs(tmp_path / "outputs-student.json", "student"),
+        _outputs(tmp_path / "outputs-teacher.json", "teacher"),
+    )
     online = judge_pairwise(model, base, judge_config(server, False), out=tmp_path / "online.json", show_progress=False)
     assert not server.batches
     batch = judge_pairwise(model, base, judge_config(server, True), out=tmp_path / "batch.json", show_progress=False)
@@ -346,8 +486,9 @@ def test_pairwise_judging_in_batches_gives_the_online_verdicts_at_half_the_price
     assert len(next(iter(server.batches.values()))["lines"]) == 12  # both orders of 6 pairs, one batch
     a, b = json.loads((tmp_path / "online.json").read_text()), json.loads((tmp_path / "batch.json").read_text())
     assert [x["preference"] for x in b["annotations"]] == [x["preference"] for x in a["annotations"]]
-    assert [[j["verdict"] for j in x["judgments"]] for x in b["annotations"]] == \
-        [[j["verdict"] for j in x["judgments"]] for x in a["annotations"]]
+    assert [[j["verdict"] for j in x["judgments"]] for x in b["annotations"]] == [
+        [j["verdict"] for j in x["judgments"]] for x in a["annotations"]
+    ]
     assert b["metrics"] == a["metrics"]
     assert batch.cost["cost_usd"] == pytest.approx(online.cost["cost_usd"] / 2)
     manifest = json.loads((tmp_path / "batch.work" / "manifest.json").read_text())
@@ -362,7 +503,10 @@ def test_pairwise_batch_with_a_local_judge_is_a_clear_error(tmp_path):
     from alpacakit.evaluate.pairwise import judge_pairwise
 
     cfg = load_config(None, None, {"eval": {"judge": {"model": "smollm2-135m-instruct", "batch_api": True}}})
-    model, base = _outputs(tmp_path / "outputs-student.json", "student"), _outputs(tmp_path / "outputs-teacher.json", "teacher")
+    model, base = (
+        _outputs(tmp_path / "outputs-student.json", "student"),
+        _outputs(tmp_path / "outputs-teacher.json", "teacher"),
+    )
     with pytest.raises(ConfigError, match="eval.judge.batch_api.*Batch API"):
         judge_pairwise(model, base, cfg, show_progress=False)
 
@@ -371,9 +515,22 @@ def test_eval_generate_in_batches_answers_every_item(server, tmp_path):
     from alpacakit.evaluate.outputs import generate_outputs
 
     server.responder = lambda body: "An answer to " + body["messages"][-1]["content"]
-    cfg = load_config(None, None, {"eval": {
-        "limit": 5, "batch": {"poll_s": 0.02},
-        "system": {"model": "openai:fake-model", "base_url": server.url, "api_key_env": FAKE_KEY_ENV, "price": PRICE}}})
+    cfg = load_config(
+        None,
+        None,
+        {
+            "eval": {
+                "limit": 5,
+                "batch": {"poll_s": 0.02},
+                "system": {
+                    "model": "openai:fake-model",
+                    "base_url": server.url,
+                    "api_key_env": FAKE_KEY_ENV,
+                    "price": PRICE,
+                },
+            }
+        },
+    )
     res = generate_outputs(cfg, tmp_path / "outputs-teacher.json", show_progress=False, batch_api=True)
     assert res.status == "complete" and res.answered == 5 and len(server.batches) == 1
     records = json.loads((tmp_path / "outputs-teacher.json").read_text())
@@ -389,8 +546,12 @@ def test_the_fake_server_speaks_the_files_and_batches_endpoints_as_the_sdk_reads
 
     client = openai.OpenAI(api_key=FAKE_KEY, base_url=server.url, max_retries=0)
     server.batch_delay_s = 0.3
-    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}}
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
+    }
     data = (json.dumps(line) + "\n" + json.dumps({**line, "custom_id": "b"}) + "\n").encode()
     f = client.files.create(file=("in.jsonl", data), purpose="batch")
     assert f.purpose == "batch" and f.bytes == len(data) and client.files.retrieve(f.id).filename == "in.jsonl"

@@ -21,19 +21,22 @@ from alpacakit.evaluate.bench.tasks import Task, builtin_tasks, load_mc_csv, loa
 # --------------------------------------------------------------------------- scoring
 
 
-@pytest.mark.parametrize("raw, norm", [
-    ("The Eiffel Tower!", "eiffel tower"),
-    ("  an   apple,  A pear ", "apple pear"),
-    ("U.S.A.", "usa"),
-    ("«Canberra»", "canberra"),
-    ("Théâtre", "théâtre"),
-    ("5,165", "5165"),
-    ("-47", "-47"),
-    ("\u221247", "-47"),
-    ("10.75.", "10.75"),
-    ("the 2-0 win", "20 win"),
-    ("Another theme", "another theme"),  # articles are whole words only
-])
+@pytest.mark.parametrize(
+    "raw, norm",
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  an   apple,  A pear ", "apple pear"),
+        ("U.S.A.", "usa"),
+        ("«Canberra»", "canberra"),
+        ("Théâtre", "théâtre"),
+        ("5,165", "5165"),
+        ("-47", "-47"),
+        ("\u221247", "-47"),
+        ("10.75.", "10.75"),
+        ("the 2-0 win", "20 win"),
+        ("Another theme", "another theme"),  # articles are whole words only
+    ],
+)
 def test_normalisation(raw: str, norm: str) -> None:
     assert normalize_answer(raw) == norm
 
@@ -68,6 +71,7 @@ def test_extract_answer_takes_the_first_line_without_an_answer_label() -> None:
 
 
 # --------------------------------------------------------------------------- tasks
+
 
 def test_builtin_tasks_are_there_and_large_enough() -> None:
     names = builtin_tasks()
@@ -112,15 +116,20 @@ def test_csv_errors_name_file_and_line(tmp_path: Path) -> None:
 
 def test_jsonl_task_errors_name_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "mine.jsonl"
-    f.write_text('{"id": "1", "question": "Q?", "choices": ["a", "b"], "answer": 1}\n'
-                 '{"id": "2", "question": "Q?", "choices": ["a", "b"], "answer": 2}\n', encoding="utf-8")
+    f.write_text(
+        '{"id": "1", "question": "Q?", "choices": ["a", "b"], "answer": 1}\n'
+        '{"id": "2", "question": "Q?", "choices": ["a", "b"], "answer": 2}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match=r"mine\.jsonl:2: 'answer' must be the index"):
         load_task(str(f))
     f.write_text('{"id": "1", "question": "Q?", "answers": []}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"mine\.jsonl:1: 'answers' must be a non-empty list"):
         load_task(str(f))
-    f.write_text('{"id": "1", "question": "Q?", "answers": ["x"]}\n{"id": "2", "question": "Q?", "choices": ["a", "b"], "answer": 0}\n',
-                 encoding="utf-8")
+    f.write_text(
+        '{"id": "1", "question": "Q?", "answers": ["x"]}\n{"id": "2", "question": "Q?", "choices": ["a", "b"], "answer": 0}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match="mixes"):
         load_task(str(f))
     with pytest.raises(DataError, match="unknown benchmark task"):
@@ -138,6 +147,7 @@ def test_limit_picks_the_same_items_for_every_run_spread_over_the_file() -> None
 
 
 # --------------------------------------------------------------------------- a tiny HF model
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -179,7 +189,7 @@ MC_ITEMS = [
 def test_loglikelihood_equals_a_direct_torch_computation(backend) -> None:
     context = "Question: What do cats say?\nAnswer:"
     for choice in MC_ITEMS[0]["choices"]:
-        (ours, n), = backend.loglikelihood(context, [" " + choice])
+        ((ours, n),) = backend.loglikelihood(context, [" " + choice])
         assert n >= 1
         assert ours == pytest.approx(_direct_loglik(backend.model, backend.tokenizer, context, " " + choice), abs=1e-4)
 
@@ -199,7 +209,9 @@ def test_mc_ranking_follows_the_log_likelihoods(tiny: Path, backend, tmp_path: P
     best, worst = [], []
     for it in MC_ITEMS:
         ctx = f"Question: {it['question']}\nAnswer:"
-        per_byte = [_direct_loglik(backend.model, backend.tokenizer, ctx, " " + c) / len(c.encode()) for c in it["choices"]]
+        per_byte = [
+            _direct_loglik(backend.model, backend.tokenizer, ctx, " " + c) / len(c.encode()) for c in it["choices"]
+        ]
         hi = max(range(len(per_byte)), key=per_byte.__getitem__)
         lo = min(range(len(per_byte)), key=per_byte.__getitem__)
         assert hi != lo
@@ -224,9 +236,10 @@ def test_short_answers_are_greedy_generations_cut_at_the_line_end(tiny: Path, ba
     (row,) = res["items"]
     ids = backend.tokenizer("Question: What is 2 + 2?\nAnswer:", add_special_tokens=True)["input_ids"]
     with torch.no_grad():
-        out = backend.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                     pad_token_id=backend.tokenizer.pad_token_id)
-    direct = backend.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).split("\n")[0]
+        out = backend.model.generate(
+            torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=backend.tokenizer.pad_token_id
+        )
+    direct = backend.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).split("\n")[0]
     assert row["output"] == direct
     assert row["prediction"] == extract_answer(direct)
     assert row["em"] == exact_match(row["prediction"], ["4"])
@@ -239,8 +252,24 @@ def test_bench_output_file_format(tiny: Path, tmp_path: Path) -> None:
     from alpacakit.cli.main import app
 
     out = tmp_path / "eval" / "bench-tiny.json"
-    r = CliRunner().invoke(app, ["eval", "bench", "--model", str(tiny), "--tasks", "facts_mc,arithmetic_qa,reading_qa",
-                                 "--limit", "2", "--max-new-tokens", "6", "-o", str(out), "--no-progress"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "bench",
+            "--model",
+            str(tiny),
+            "--tasks",
+            "facts_mc,arithmetic_qa,reading_qa",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text(encoding="utf-8"))
     assert res["system"] == "tiny" and res["model"] == str(tiny) and res["format"] == "alpacakit-bench/1"
@@ -320,6 +349,7 @@ def test_an_endpoint_cannot_score_multiple_choice_and_says_why(monkeypatch: pyte
 
 # --------------------------------------------------------------------------- lm-evaluation-harness
 
+
 def test_lm_eval_tasks_without_the_package_say_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tiny: Path) -> None:
     from alpacakit.evaluate.bench.runner import run_bench
 
@@ -329,7 +359,9 @@ def test_lm_eval_tasks_without_the_package_say_how_to_install_it(monkeypatch: py
     assert "pip install lm-eval" in (e.value.hint or "")
 
 
-def test_lm_eval_results_are_folded_into_our_format(monkeypatch: pytest.MonkeyPatch, tiny: Path, tmp_path: Path) -> None:
+def test_lm_eval_results_are_folded_into_our_format(
+    monkeypatch: pytest.MonkeyPatch, tiny: Path, tmp_path: Path
+) -> None:
     """The call lm-eval gets, and how its metrics map to ours (the package itself is not installed here)."""
     from alpacakit.evaluate.bench.runner import run_bench
 
@@ -337,12 +369,18 @@ def test_lm_eval_results_are_folded_into_our_format(monkeypatch: pytest.MonkeyPa
 
     def simple_evaluate(**kwargs):
         calls.append(kwargs)
-        return {"results": {"mmlu": {"alias": "mmlu", "acc,none": 0.31, "acc_stderr,none": 0.01},
-                            "nq_open": {"alias": "nq_open", "exact_match,remove_whitespace": 0.05}},
-                "n-samples": {"mmlu": {"original": 14042, "effective": 40}, "nq_open": {"original": 3610, "effective": 40}}}
+        return {
+            "results": {
+                "mmlu": {"alias": "mmlu", "acc,none": 0.31, "acc_stderr,none": 0.01},
+                "nq_open": {"alias": "nq_open", "exact_match,remove_whitespace": 0.05},
+            },
+            "n-samples": {"mmlu": {"original": 14042, "effective": 40}, "nq_open": {"original": 3610, "effective": 40}},
+        }
 
     monkeypatch.setitem(sys.modules, "lm_eval", types.SimpleNamespace(simple_evaluate=simple_evaluate))
-    res = run_bench(str(tiny), tasks=["facts_mc"], limit=2, lm_eval_tasks=["mmlu", "nq_open"], out=tmp_path / "bench-x.json")
+    res = run_bench(
+        str(tiny), tasks=["facts_mc"], limit=2, lm_eval_tasks=["mmlu", "nq_open"], out=tmp_path / "bench-x.json"
+    )
     (call,) = calls
     assert call["model"] == "hf" and call["model_args"]["pretrained"] == str(tiny)
     assert call["tasks"] == ["mmlu", "nq_open"] and call["limit"] == 2 and call["num_fewshot"] == 0
@@ -367,8 +405,10 @@ def test_task_objects_describe_themselves() -> None:
 def test_the_headline_of_short_answers_does_not_punish_a_full_sentence() -> None:
     from alpacakit.evaluate.bench.runner import summarize
 
-    rows = [{"kind": "qa", "em": 0.0, "f1": 0.4, "contains": 1.0},   # "The capital of Germany is Berlin."
-            {"kind": "qa", "em": 1.0, "f1": 1.0, "contains": 1.0}]   # "Berlin"
+    rows = [
+        {"kind": "qa", "em": 0.0, "f1": 0.4, "contains": 1.0},  # "The capital of Germany is Berlin."
+        {"kind": "qa", "em": 1.0, "f1": 1.0, "contains": 1.0},
+    ]  # "Berlin"
     entry = summarize("qa", rows)
     assert entry["metric"] == "contains" and entry["accuracy"] == 1.0 and entry["em"] == 0.5
 
@@ -382,8 +422,12 @@ def test_likelihood_leaves_out_answers_longer_than_the_window_and_lists_them(tin
     from alpacakit.evaluate.likelihood import score_likelihood
 
     answers = tmp_path / "heldout.jsonl"
-    answers.write_text(json.dumps({"instruction": "Say hi.", "input": "", "output": "hi"}) + "\n"
-                       + json.dumps({"instruction": "Say it long.", "input": "", "output": "words " * 3000}) + "\n")
+    answers.write_text(
+        json.dumps({"instruction": "Say hi.", "input": "", "output": "hi"})
+        + "\n"
+        + json.dumps({"instruction": "Say it long.", "input": "", "output": "words " * 3000})
+        + "\n"
+    )
     res = score_likelihood(str(tiny), answers)
     assert res["n"] == 1 and [i["id"] for i in res["items"]] == ["0"]
     [skipped] = res["skipped_too_long"]

@@ -22,8 +22,11 @@ from alpacakit.errors import ConfigError
 from alpacakit.evaluate.bench.runner import run_bench
 from alpacakit.evaluate.bench.tasks import load_task
 
-ANSWERS = {it["question"]: it["answers"][0] for name in ("facts_qa", "arithmetic_qa", "reading_qa")
-           for it in load_task(name).items}
+ANSWERS = {
+    it["question"]: it["answers"][0]
+    for name in ("facts_qa", "arithmetic_qa", "reading_qa")
+    for it in load_task(name).items
+}
 
 
 def knowing_teacher(body: dict[str, Any]) -> str:
@@ -57,9 +60,29 @@ def test_short_answer_tasks_run_on_an_endpoint_and_multiple_choice_is_skipped(en
 
     # the rerun, from the CLI, asks only for what was not answered yet
     endpoint.responder = knowing_teacher
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "eval", "bench", "--model", "openai:fake-model",
-                        "--base-url", endpoint.url, "--api-key-env", "BENCH_KEY", "--limit", "4", "-o", str(out),
-                        "--no-progress"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "eval",
+            "bench",
+            "--model",
+            "openai:fake-model",
+            "--base-url",
+            endpoint.url,
+            "--api-key-env",
+            "BENCH_KEY",
+            "--limit",
+            "4",
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "facts_mc: skipped (multiple choice needs log-likelihoods" in r.stdout
     res = json.loads(out.read_text())
@@ -87,8 +110,14 @@ def test_an_unreachable_endpoint_names_the_url(tmp_path: Path, monkeypatch) -> N
     from alpacakit.errors import AlpacakitError
 
     with pytest.raises(AlpacakitError) as e:
-        run_bench("openai:m", tasks=["facts_qa"], limit=1, base_url="http://127.0.0.1:9/v1", api_key_env="BENCH_KEY",
-                  out=tmp_path / "bench-x.json")
+        run_bench(
+            "openai:m",
+            tasks=["facts_qa"],
+            limit=1,
+            base_url="http://127.0.0.1:9/v1",
+            api_key_env="BENCH_KEY",
+            out=tmp_path / "bench-x.json",
+        )
     assert "127.0.0.1:9" in str(e.value) + (e.value.hint or "")
 
 
@@ -96,15 +125,21 @@ def test_the_report_gives_an_endpoint_teacher_its_row(endpoint, tmp_path: Path) 
     from alpacakit.evaluate.report import Labels, knowledge_stats
 
     ev = tmp_path / "eval"
-    run_bench("openai:fake-model", base_url=endpoint.url, api_key_env="BENCH_KEY", limit=3, out=ev / "bench-teacher.json")
+    run_bench(
+        "openai:fake-model", base_url=endpoint.url, api_key_env="BENCH_KEY", limit=3, out=ev / "bench-teacher.json"
+    )
     teacher = json.loads((ev / "bench-teacher.json").read_text())
 
     def pretend(correct: bool) -> dict[str, Any]:  # base and student answered the same items
-        return {"items": [{**it, "correct": correct and it["task"] != "reading_qa"} for it in teacher["items"]]
-                + [{"task": "facts_mc", "id": "facts_0", "correct": correct}]}
+        return {
+            "items": [{**it, "correct": correct and it["task"] != "reading_qa"} for it in teacher["items"]]
+            + [{"task": "facts_mc", "id": "facts_0", "correct": correct}]
+        }
 
-    stats = knowledge_stats({"bench": {"base": pretend(False), "student": pretend(True), "teacher": teacher}},
-                            Labels("base", "student", "teacher"))
+    stats = knowledge_stats(
+        {"bench": {"base": pretend(False), "student": pretend(True), "teacher": teacher}},
+        Labels("base", "student", "teacher"),
+    )
     assert stats["teacher_acc"] == 100.0 and stats["n_all"] == 9  # the items all three answered
     assert stats["gap_closed"] == pytest.approx(100 * 6 / 9)
 
@@ -121,8 +156,13 @@ def test_alpacakit_serve_as_the_endpoint_gives_the_local_models_answers(smollm2_
     os.environ.setdefault("SERVE_BENCH_KEY", "unused")
     try:
         with BackgroundServer(app) as srv:
-            remote = run_bench("openai:smollm2", tasks=["facts_qa", "arithmetic_qa"], limit=4,
-                               base_url=srv.url + "/v1", api_key_env="SERVE_BENCH_KEY")
+            remote = run_bench(
+                "openai:smollm2",
+                tasks=["facts_qa", "arithmetic_qa"],
+                limit=4,
+                base_url=srv.url + "/v1",
+                api_key_env="SERVE_BENCH_KEY",
+            )
     finally:
         asyncio.run(backend.aclose())
     assert local["prompt"]["mode"] == "format" and remote["prompt"]["mode"] == "message"

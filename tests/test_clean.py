@@ -27,8 +27,22 @@ def test_clean_cli_counts_reasons(tmp_path):
     src = tmp_path / "answers.jsonl"
     write_jsonl(src, [rec("2"), rec("2"), rec("As an AI model I won't."), rec("", "Say nothing at all.")])
     out, dropped = tmp_path / "clean.jsonl", tmp_path / "dropped.jsonl"
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "curate", "clean", str(src), "-o", str(out),
-                        "--discards", str(dropped)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "curate",
+            "clean",
+            str(src),
+            "-o",
+            str(out),
+            "--discards",
+            str(dropped),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "kept 1" in r.stdout and "exact_duplicate 1" in r.stdout and "refusal 1" in r.stdout
     assert [o["output"] for _, o in iter_jsonl(out)] == ["2"]

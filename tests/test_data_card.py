@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_generate import config, responder, write_seeds
 
 from alpacakit.export.dataset import to_alpaca_json, to_hf_dataset
-from test_generate import config, responder, write_seeds
 
 
 @pytest.fixture

@@ -16,24 +16,48 @@ RECORDS = [
     {"instruction": "Write a haiku about autumn leaves.", "input": "", "output": "Red leaves fall...", "id": 1},
     {"instruction": "Write a haiku about autumn leaves!", "input": "", "output": "dup", "id": 2},
     {"instruction": "Name three primary colors.", "input": "", "output": "Red, blue, yellow.", "id": 3},
-    {"instruction": "Translate the sentence into French.", "input": "I like cheese.", "output": "J'aime le fromage.", "id": 4},
+    {
+        "instruction": "Translate the sentence into French.",
+        "input": "I like cheese.",
+        "output": "J'aime le fromage.",
+        "id": 4,
+    },
     {"instruction": "Name the three primary colors", "input": "", "output": "dup", "id": 5},
-    {"instruction": "Explain how vaccines train the immune system.", "input": "", "output": "...", "id": 6,
-     "meta": {"source": "test", "tags": ["bio"]}},
+    {
+        "instruction": "Explain how vaccines train the immune system.",
+        "input": "",
+        "output": "...",
+        "id": 6,
+        "meta": {"source": "test", "tags": ["bio"]},
+    },
     {"instruction": "Write a short haiku about autumn leaves falling.", "input": "", "output": "near dup", "id": 7},
     {"instruction": "Summarize the plot of Hamlet in two sentences.", "input": "", "output": "...", "id": 8},
 ]
 SEEDS = [
-    {"id": "seed_task_0", "name": "hamlet", "instruction": "Summarize the plot of Hamlet in two sentences",
-     "instances": [{"input": "", "output": "A prince avenges his father."}], "is_classification": False},
-    {"id": "seed_task_1", "name": "fruit", "instruction": "List five fruits that are red.",
-     "instances": [{"input": "", "output": "apple"}], "is_classification": False},
+    {
+        "id": "seed_task_0",
+        "name": "hamlet",
+        "instruction": "Summarize the plot of Hamlet in two sentences",
+        "instances": [{"input": "", "output": "A prince avenges his father."}],
+        "is_classification": False,
+    },
+    {
+        "id": "seed_task_1",
+        "name": "fruit",
+        "instruction": "List five fruits that are red.",
+        "instances": [{"input": "", "output": "apple"}],
+        "is_classification": False,
+    },
 ]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "curate", "dedup", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "curate", "dedup", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def expected_ids(records: list[dict], seeds: list[dict], threshold: float = 0.7) -> list[int]:
@@ -91,8 +115,9 @@ def test_threshold_option_changes_what_counts_as_a_duplicate(tmp_path):
 
 def test_broken_json_line_names_file_and_line_and_writes_nothing(tmp_path):
     src = tmp_path / "data.jsonl"
-    src.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps(RECORDS[2]) + "\n{\"instruction\": \"oops\",\n",
-                   encoding="utf-8")
+    src.write_text(
+        json.dumps(RECORDS[0]) + "\n" + json.dumps(RECORDS[2]) + '\n{"instruction": "oops",\n', encoding="utf-8"
+    )
     out = tmp_path / "kept.jsonl"
     proc = run(src, "-o", out)
     assert proc.returncode == 2
@@ -101,8 +126,13 @@ def test_broken_json_line_names_file_and_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad,message", [({"prompt": "no instruction here"}, "missing field 'instruction'"),
-                                         ({"instruction": 42}, "'instruction' must be a string")])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"prompt": "no instruction here"}, "missing field 'instruction'"),
+        ({"instruction": 42}, "'instruction' must be a string"),
+    ],
+)
 def test_bad_record_names_file_and_line_and_writes_nothing(tmp_path, bad, message):
     src = write_jsonl(tmp_path / "data.jsonl", [RECORDS[0], RECORDS[2], bad, RECORDS[3]])
     out = tmp_path / "kept.jsonl"

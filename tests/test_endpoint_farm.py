@@ -9,9 +9,10 @@ import asyncio
 import socket
 import time
 
+from fake_openai import FakeOpenAIServer
+
 from alpacakit.config import TeacherConfig
 from alpacakit.teachers.openai_compat import OpenAICompatTeacher
-from fake_openai import FakeOpenAIServer
 
 
 def _dead_url() -> str:
@@ -35,8 +36,18 @@ def _ask(teacher: OpenAICompatTeacher, n: int) -> list[str]:
 
 def _cfg(urls: list[str], monkeypatch, **kw) -> TeacherConfig:
     monkeypatch.setenv("FARM_KEY", "sk-farm")
-    return TeacherConfig(model="openai:m", base_url=urls[0], base_urls=urls[1:], api_key_env="FARM_KEY",
-                         max_concurrency=8, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5.0, **kw)
+    return TeacherConfig(
+        model="openai:m",
+        base_url=urls[0],
+        base_urls=urls[1:],
+        api_key_env="FARM_KEY",
+        max_concurrency=8,
+        max_retries=3,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        timeout_s=5.0,
+        **kw,
+    )
 
 
 def test_requests_spread_over_the_endpoints_by_load(monkeypatch) -> None:

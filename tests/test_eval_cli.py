@@ -15,8 +15,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.run([sys.executable, "-m", "alpacakit.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_generate_then_pairwise_from_the_command_line(fake_openai, fake_teacher_config, tmp_path):
@@ -31,17 +32,47 @@ def test_generate_then_pairwise_from_the_command_line(fake_openai, fake_teacher_
             b = content.split("[Answer B]\n", 1)[1].split("\n[End of answer B]", 1)[0]
             return "Verdict: A" if len(a) > len(b) else "Verdict: B"
         return "short" if body["max_tokens"] == 5 else "a much longer answer"
+
     fake_openai.responder = respond
-    common = ["--eval-set", str(evals), "--model", "openai:fake-model", "--base-url", fake_openai.url,
-              "--api-key-env", FAKE_KEY_ENV, "--no-progress"]
+    common = [
+        "--eval-set",
+        str(evals),
+        "--model",
+        "openai:fake-model",
+        "--base-url",
+        fake_openai.url,
+        "--api-key-env",
+        FAKE_KEY_ENV,
+        "--no-progress",
+    ]
     a = run("eval", "generate", *common, "--name", "student", "-o", str(tmp_path / "outputs-student.json"))
     assert a.returncode == 0, a.stderr
     assert "complete: 3/3 answers" in a.stdout
-    b = run("eval", "generate", *common, "--name", "teacher", "--max-tokens", "5", "-o", str(tmp_path / "outputs-teacher.json"))
+    b = run(
+        "eval",
+        "generate",
+        *common,
+        "--name",
+        "teacher",
+        "--max-tokens",
+        "5",
+        "-o",
+        str(tmp_path / "outputs-teacher.json"),
+    )
     assert b.returncode == 0, b.stderr
-    p = run("eval", "pairwise", str(tmp_path / "outputs-student.json"), str(tmp_path / "outputs-teacher.json"),
-            "--judge-model", "openai:fake-model", "--base-url", fake_openai.url, "--api-key-env", FAKE_KEY_ENV,
-            "--no-progress")
+    p = run(
+        "eval",
+        "pairwise",
+        str(tmp_path / "outputs-student.json"),
+        str(tmp_path / "outputs-teacher.json"),
+        "--judge-model",
+        "openai:fake-model",
+        "--base-url",
+        fake_openai.url,
+        "--api-key-env",
+        FAKE_KEY_ENV,
+        "--no-progress",
+    )
     assert p.returncode == 0, p.stderr
     assert "win rate 100.0%" in p.stdout and "3 wins" in p.stdout
     saved = json.loads((tmp_path / "pairwise-student-vs-teacher.json").read_text())
@@ -50,12 +81,25 @@ def test_generate_then_pairwise_from_the_command_line(fake_openai, fake_teacher_
 
 def test_contamination_exits_1_and_writes_the_clean_file(tmp_path):
     train = tmp_path / "examples.jsonl"
-    train.write_text(json.dumps({"instruction": "Write a short poem about the sea.", "output": "x"}) + "\n"
-                     + json.dumps({"instruction": "Describe the water cycle in detail.", "output": "y"}) + "\n")
+    train.write_text(
+        json.dumps({"instruction": "Write a short poem about the sea.", "output": "x"})
+        + "\n"
+        + json.dumps({"instruction": "Describe the water cycle in detail.", "output": "y"})
+        + "\n"
+    )
     evals = tmp_path / "evals.jsonl"
     evals.write_text(json.dumps({"instruction": "Write a short poem about the sea"}) + "\n")
-    r = run("eval", "contamination", str(train), "--eval-set", str(evals), "--write-clean", str(tmp_path / "clean.jsonl"),
-            "-o", str(tmp_path / "contamination.json"))
+    r = run(
+        "eval",
+        "contamination",
+        str(train),
+        "--eval-set",
+        str(evals),
+        "--write-clean",
+        str(tmp_path / "clean.jsonl"),
+        "-o",
+        str(tmp_path / "contamination.json"),
+    )
     assert r.returncode == 1
     assert "1 of 2 training examples copy one of 1 eval instructions" in r.stdout
     assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == 1

@@ -23,13 +23,27 @@ DATA = Path(str(resources.files("alpacakit.evaluate") / "data"))
 BENCH = DATA / "bench"
 # The seed tasks self-instruct starts from (generate/seed_data/; generate/seeds/ was the planned name).
 _GEN = Path(str(resources.files("alpacakit.generate")))
-SEEDS = next((p for p in (_GEN / "seed_data" / "seed_tasks.jsonl", _GEN / "seeds" / "seed_tasks.jsonl") if p.is_file()),
-             _GEN / "seed_data" / "seed_tasks.jsonl")
+SEEDS = next(
+    (p for p in (_GEN / "seed_data" / "seed_tasks.jsonl", _GEN / "seeds" / "seed_tasks.jsonl") if p.is_file()),
+    _GEN / "seed_data" / "seed_tasks.jsonl",
+)
 
 ROUGE_MAX = 0.7
 EVAL_CATEGORIES = {
-    "advice", "explanation", "writing", "rewriting", "brainstorming", "reasoning", "maths",
-    "coding", "classification", "extraction", "summarisation", "comparison", "planning", "facts",
+    "advice",
+    "explanation",
+    "writing",
+    "rewriting",
+    "brainstorming",
+    "reasoning",
+    "maths",
+    "coding",
+    "classification",
+    "extraction",
+    "summarisation",
+    "comparison",
+    "planning",
+    "facts",
 }
 
 
@@ -44,6 +58,7 @@ def report(problems: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- ROUGE-L helpers
+
 
 def _tokens(text: str) -> tuple[str, ...]:
     from rouge_score import tokenize
@@ -92,6 +107,7 @@ def test_rouge_helper_flags_near_duplicates_and_passes_distinct_texts():
 
 
 # ---------------------------------------------------------------- held-out instructions
+
 
 def test_eval_set_rows_follow_the_schema():
     problems = []
@@ -177,7 +193,8 @@ def test_bench_rows_have_exactly_the_documented_keys(name):
             if not (isinstance(r[k], str) and r[k].strip()):
                 problems.append(f"{where}: '{k}' must be a non-empty string")
         if "answers" in keys and not (
-            isinstance(r["answers"], list) and r["answers"]
+            isinstance(r["answers"], list)
+            and r["answers"]
             and all(isinstance(a, str) and a.strip() for a in r["answers"])
             and len(set(r["answers"])) == len(r["answers"])
         ):
@@ -206,11 +223,14 @@ def test_every_short_answer_survives_the_scorers_normalisation(name):
 def test_no_question_is_asked_twice(name):
     rows = load(BENCH / name)
     keys = Counter((r.get("context", ""), r["question"].strip().lower()) for _, r in rows)
-    dup = [f"{w}: {r['question']!r}" for w, r in rows if keys[(r.get("context", ""), r["question"].strip().lower())] > 1]
+    dup = [
+        f"{w}: {r['question']!r}" for w, r in rows if keys[(r.get("context", ""), r["question"].strip().lower())] > 1
+    ]
     assert not dup, report(dup)
 
 
 # ---- multiple choice
+
 
 def test_multiple_choice_items_have_four_distinct_choices_and_an_answer_in_range():
     problems = []
@@ -311,6 +331,7 @@ def test_arithmetic_mixes_bare_expressions_and_word_problems():
 
 # ---- reading comprehension
 
+
 def test_reading_answers_appear_verbatim_in_their_context():
     problems = []
     for where, r in load(BENCH / "reading_qa.jsonl"):
@@ -323,9 +344,7 @@ def test_reading_answers_appear_verbatim_in_their_context():
 
 def test_reading_answers_are_short_spans():
     """Exact match only works for short answers; a sentence-long answer would need a judge."""
-    long = [
-        f"{w}: {a!r}" for w, r in load(BENCH / "reading_qa.jsonl") for a in r["answers"] if len(a.split()) > 8
-    ]
+    long = [f"{w}: {a!r}" for w, r in load(BENCH / "reading_qa.jsonl") for a in r["answers"] if len(a.split()) > 8]
     assert not long, report(long)
 
 

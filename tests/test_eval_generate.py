@@ -15,7 +15,9 @@ from alpacakit.evaluate.outputs import choose_prompting, generate_outputs, syste
 @pytest.fixture
 def eval_set(tmp_path: Path) -> Path:
     path = tmp_path / "set.jsonl"
-    rows = [{"id": f"q{i}", "instruction": f"Name a colour, number {i}.", "input": "", "dataset": "mini"} for i in range(4)]
+    rows = [
+        {"id": f"q{i}", "instruction": f"Name a colour, number {i}.", "input": "", "dataset": "mini"} for i in range(4)
+    ]
     rows[2]["input"] = "red, green"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

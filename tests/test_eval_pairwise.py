@@ -23,15 +23,28 @@ N = 6
 
 def _outputs(path: Path, generator: str, n: int = N, tag: str | None = None) -> Path:
     tag = tag or generator.upper()
-    path.write_text(json.dumps([
-        {"instruction": f"Question number {i}: what is {i} + {i}?", "output": f"{tag}-ANSWER-{i}: " + "x" * (10 + i),
-         "generator": generator, "dataset": "test"} for i in range(n)]), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": f"Question number {i}: what is {i} + {i}?",
+                    "output": f"{tag}-ANSWER-{i}: " + "x" * (10 + i),
+                    "generator": generator,
+                    "dataset": "test",
+                }
+                for i in range(n)
+            ]
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> tuple[Path, Path]:
-    return _outputs(tmp_path / "outputs-student.json", "student"), _outputs(tmp_path / "outputs-teacher.json", "teacher")
+    return _outputs(tmp_path / "outputs-student.json", "student"), _outputs(
+        tmp_path / "outputs-teacher.json", "teacher"
+    )
 
 
 @pytest.fixture
@@ -57,6 +70,7 @@ def prefers(winner: str):
     def respond(body: dict) -> str:
         a, b, _ = _shown(body)
         return "Verdict: A" if a == winner else "Verdict: B"
+
     return respond
 
 
@@ -100,6 +114,7 @@ def test_ties_count_half(fake_openai, files, config):
         if i % 2:
             return "Verdict: tie"
         return "Verdict: A" if a == "STUDENT" else "Verdict: B"
+
     fake_openai.responder = respond
     res = judge_pairwise(*files, config, show_progress=False)
     assert res.metrics["n_draws"] == N // 2 and res.metrics["n_wins"] == N // 2
@@ -114,6 +129,7 @@ def test_malformed_judge_output_is_dropped_not_guessed(fake_openai, files, confi
         if i == 1 and a == "TEACHER":
             return "Hmm."  # one order unreadable: the other one decides
         return "**Verdict: A**" if a == "STUDENT" else "B"
+
     fake_openai.responder = respond
     fake_openai.script([{"malformed": True}])  # a broken HTTP body is retried by the client, not parsed
     res = judge_pairwise(*files, config, show_progress=False)
@@ -132,8 +148,15 @@ def test_a_crash_and_reruns_pay_for_no_judgment_twice(fake_openai, files, config
     config.eval.judge.price = Price(input_per_1m=1000.0, output_per_1m=2000.0)
     fake_openai.responder = prefers("STUDENT")
     # The 5th request fails in a way every request would (401: the key was revoked): the run stops.
-    fake_openai.script([{"text": "Verdict: A"}, {"text": "Verdict: B"}, {"text": "Verdict: A"}, {"text": "Verdict: B"},
-                        {"status": 401, "message": "key revoked"}])
+    fake_openai.script(
+        [
+            {"text": "Verdict: A"},
+            {"text": "Verdict: B"},
+            {"text": "Verdict: A"},
+            {"text": "Verdict: B"},
+            {"status": 401, "message": "key revoked"},
+        ]
+    )
     with pytest.raises(TeacherError):
         judge_pairwise(*files, config, show_progress=False)
     assert len(fake_openai.requests) == 5
@@ -197,8 +220,16 @@ def test_the_judge_sees_our_prompt_with_both_answers_and_decodes_from_the_judge_
 
 
 def test_outputs_are_paired_by_instruction_text_not_position():
-    model = [{"instruction": "b", "output": "mb"}, {"instruction": "a", "output": "ma"}, {"instruction": "c", "output": "mc"}]
-    base = [{"instruction": "a", "output": "ba"}, {"instruction": "b", "output": "bb"}, {"instruction": "d", "output": "bd"}]
+    model = [
+        {"instruction": "b", "output": "mb"},
+        {"instruction": "a", "output": "ma"},
+        {"instruction": "c", "output": "mc"},
+    ]
+    base = [
+        {"instruction": "a", "output": "ba"},
+        {"instruction": "b", "output": "bb"},
+        {"instruction": "d", "output": "bd"},
+    ]
     pairs, only_model, only_base = pair_outputs(model, base)
     assert [(m["output"], b["output"]) for m, b in pairs] == [("mb", "bb"), ("ma", "ba")]
     assert only_model == ["c"] and only_base == ["d"]

@@ -14,44 +14,65 @@ from alpacakit.evaluate.report import build_report
 
 
 def _follow(ev: Path, system: str, passes: list[bool], endings: list[str]) -> None:
-    items = [{"id": f"follow-{i:03d}", "pass": p, "constraint_fraction": 1.0 if p else 0.5, "ending": e,
-              "checks": []} for i, (p, e) in enumerate(zip(passes, endings))]
+    items = [
+        {"id": f"follow-{i:03d}", "pass": p, "constraint_fraction": 1.0 if p else 0.5, "ending": e, "checks": []}
+        for i, (p, e) in enumerate(zip(passes, endings))
+    ]
     ev.mkdir(parents=True, exist_ok=True)
-    (ev / f"follow-{system}.json").write_text(json.dumps({
-        "system": system, "n": len(items), "items": items, "accuracy": sum(passes) / len(passes),
-        "clean_stop_rate": endings.count("eos") / len(endings)}))
+    (ev / f"follow-{system}.json").write_text(
+        json.dumps(
+            {
+                "system": system,
+                "n": len(items),
+                "items": items,
+                "accuracy": sum(passes) / len(passes),
+                "clean_stop_rate": endings.count("eos") / len(endings),
+            }
+        )
+    )
     out = outputs_path(ev / f"follow-{system}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([{"id": it["id"], "instruction": f"Instruction {it['id']}", "output": system}
-                               for it in items]))
+    out.write_text(
+        json.dumps([{"id": it["id"], "instruction": f"Instruction {it['id']}", "output": system} for it in items])
+    )
 
 
 def _likelihood(ev: Path, system: str, nlls: list[float]) -> None:
-    (ev / f"likelihood-{system}.json").write_text(json.dumps({
-        "system": system, "items": [{"id": str(i), "nll": x, "tokens": 20} for i, x in enumerate(nlls)]}))
+    (ev / f"likelihood-{system}.json").write_text(
+        json.dumps({"system": system, "items": [{"id": str(i), "nll": x, "tokens": 20} for i, x in enumerate(nlls)]})
+    )
 
 
 def _pairwise(ev: Path, name: str, instructions: list[str], prefs: list[float]) -> None:
-    (ev / name).write_text(json.dumps({
-        "model": "student", "baseline": "base", "judge": {"model": "judge-x"}, "metrics": {},
-        "position_bias": {"orders_agree": 0.75, "first_shown_won": 0.6},
-        "annotations": [{"instruction": t, "preference": p} for t, p in zip(instructions, prefs)]}))
+    (ev / name).write_text(
+        json.dumps(
+            {
+                "model": "student",
+                "baseline": "base",
+                "judge": {"model": "judge-x"},
+                "metrics": {},
+                "position_bias": {"orders_agree": 0.75, "first_shown_won": 0.6},
+                "annotations": [{"instruction": t, "preference": p} for t, p in zip(instructions, prefs)],
+            }
+        )
+    )
 
 
 def _run(tmp_path: Path, student_pass_every: int) -> Path:
     run = tmp_path / "run"
     ev = run / "eval"
     n = 200
-    base = [i % 5 == 0 for i in range(n)]                       # 20%
-    student = [i % student_pass_every == 0 for i in range(n)]   # 50% with every 2nd
+    base = [i % 5 == 0 for i in range(n)]  # 20%
+    student = [i % student_pass_every == 0 for i in range(n)]  # 50% with every 2nd
     _follow(ev, "base", base, ["length"] * 150 + ["eos"] * 50)
     _follow(ev, "student", student, ["eos"] * 180 + ["stop_string"] * 20)
     _likelihood(ev, "base", [2.0 + 0.01 * i for i in range(16)])
     _likelihood(ev, "student", [1.5 + 0.012 * i for i in range(16)])
     _pairwise(ev, "pairwise-student-vs-base.json", [f"Task {i}" for i in range(12)], [2.0, 1.0, 1.5] * 4)
     # the judge on items only one passed: student passed follow-000 and follow-002, base neither
-    _pairwise(ev, "pairwise-follow-student-vs-base.json", ["Instruction follow-000", "Instruction follow-002"],
-              [2.0, 1.0])
+    _pairwise(
+        ev, "pairwise-follow-student-vs-base.json", ["Instruction follow-000", "Instruction follow-002"], [2.0, 1.0]
+    )
     return run
 
 
@@ -69,8 +90,7 @@ def test_the_verifiable_headline_decides_and_the_verdict_says_so(tmp_path):
     assert by_key["follow"]["decides"] and by_key["follow"]["se"] <= 5
     assert by_key["clean_stop"]["student"] == 90.0 and by_key["clean_stop"]["base"] == 25.0
     assert by_key["likelihood"]["diff"] > 0 and by_key["likelihood"]["decides"]
-    assert data["evidence"]["judge_checks"] == {"n": 2, "decided": 2, "ties": 0, "agreement": 0.5,
-                                                "orders_agree": 0.75}
+    assert data["evidence"]["judge_checks"] == {"n": 2, "decided": 2, "ties": 0, "agreement": 0.5, "orders_agree": 0.75}
     md = res.markdown.read_text()
     assert "Student against base: every metric, paired" in md and "95% CI" in md
     assert "preferred the passing answer in 50%" in md

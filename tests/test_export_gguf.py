@@ -46,12 +46,22 @@ needs_llama = pytest.mark.skipif(not _has_llama_cpp(), reason='llama-cpp-python 
 
 # --------------------------------------------------------------------------- tiny models
 
+
 def _tiny_model(arch: str, vocab: int, tok: Any) -> Any:
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                  initializer_range=0.1)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.1,
+    )
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,8 +69,14 @@ def _tiny_model(arch: str, vocab: int, tok: Any) -> Any:
     if arch == "llama3rope":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        rope = {"rope_type": "llama3", "rope_theta": 50000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 50000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
         return LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True, rope_parameters=rope))
     if arch == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -70,8 +86,14 @@ def _tiny_model(arch: str, vocab: int, tok: Any) -> Any:
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
         # query_pre_attn_scalar != head_dim and a 4-token window: both must be carried over exactly
-        cfg = Gemma3TextConfig(**common, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
-                               layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=30.0)
+        cfg = Gemma3TextConfig(
+            **common,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            final_logit_softcapping=30.0,
+        )
         model = Gemma3ForCausalLM(cfg)
         with torch.no_grad():  # norms start at 0 (= scale 1): make them matter
             for name, p in model.named_parameters():
@@ -117,10 +139,15 @@ def _read(path: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- errors
 
+
 def test_a_folder_without_config_json_says_what_a_model_folder_contains(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
-    proc = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "export", "gguf", str(tmp_path),
-                           "-o", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "export", "gguf", str(tmp_path), "-o", str(tmp_path / "x.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     err = " ".join(proc.stderr.split())
     assert "no config.json" in err and "notes.txt" in err
@@ -136,7 +163,9 @@ def test_an_unsupported_architecture_names_the_supported_ones(tmp_path: Path) ->
     tok = make_tiny_tokenizer()
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    with pytest.raises(ConfigError) as e:  # auto would hand it to llama.cpp's converter (tests/test_export_llama_cpp.py)
+    with pytest.raises(
+        ConfigError
+    ) as e:  # auto would hand it to llama.cpp's converter (tests/test_export_llama_cpp.py)
         export_gguf(tmp_path / "m", tmp_path / "x.gguf", "f16", converter="alpacakit")
     assert "'gpt2'" in e.value.message
     assert all(a in e.value.hint for a in ("llama", "qwen2", "gemma3", "--converter llama.cpp"))
@@ -154,9 +183,15 @@ def test_an_unfinished_training_run_is_refused(tiny_dirs: dict[str, Path], tmp_p
 def test_an_unknown_pretokenizer_is_refused_with_a_way_out() -> None:
     from alpacakit.export.gguf_vocab import detect_pre
 
-    odd = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": "\\w+"}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "use_regex": False}]}}
+    odd = {
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": "\\w+"}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "use_regex": False},
+            ],
+        }
+    }
     with pytest.raises(ConfigError) as e:
         detect_pre(odd)
     assert "--tokenizer-pre" in e.value.hint and "qwen2" in e.value.hint
@@ -171,6 +206,7 @@ def test_unknown_quantization_lists_the_choices(tiny_dirs: dict[str, Path], tmp_
 
 # --------------------------------------------------------------------------- chat template
 
+
 @pytest.mark.parametrize("add_bos", [True, False])
 def test_the_chat_template_renders_the_trained_alpaca_prompt(add_bos: bool) -> None:
     from alpacakit.export.gguf_template import template_format_to_jinja
@@ -180,8 +216,12 @@ def test_the_chat_template_renders_the_trained_alpaca_prompt(add_bos: bool) -> N
     tmpl = template_format_to_jinja(data, add_bos=add_bos)
     fmt = PromptFormat.from_dict(data)
     for instruction in ("Name three colours.", 'Use {braces}, {{ jinja }} and "quotes" \\ here.\nTwo lines.'):
-        got = _compile(tmpl).render(messages=[{"role": "user", "content": instruction}],
-                                    add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+        got = _compile(tmpl).render(
+            messages=[{"role": "user", "content": instruction}],
+            add_generation_prompt=True,
+            bos_token="<s>",
+            eos_token="</s>",
+        )
         assert got == ("<s>" if add_bos else "") + fmt.build(instruction)
 
 
@@ -189,14 +229,20 @@ def test_a_format_with_escaped_braces_keeps_them_literal() -> None:
     from alpacakit.export.gguf_template import template_format_to_jinja
     from alpacakit.prompting import _compile
 
-    data = {"name": "braces", "kind": "template", "prompt_input": "{{x}} {instruction} {input}",
-            "prompt_no_input": "{{x}} Q: {instruction}\nA:", "response_split": "A:"}
+    data = {
+        "name": "braces",
+        "kind": "template",
+        "prompt_input": "{{x}} {instruction} {input}",
+        "prompt_no_input": "{{x}} Q: {instruction}\nA:",
+        "response_split": "A:",
+    }
     tmpl = template_format_to_jinja(data, add_bos=False)
     out = _compile(tmpl).render(messages=[{"role": "user", "content": "hi"}], bos_token="", eos_token="")
     assert out == PromptFormat.from_dict(data).build("hi") == "{x} Q: hi\nA:"
 
 
 # --------------------------------------------------------------------------- the file itself
+
 
 def test_export_writes_tokenizer_prompt_format_and_a_sidecar(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out" / "tiny-q8_0.gguf"
@@ -232,10 +278,12 @@ def test_a_model_without_prompt_format_keeps_its_tokenizers_chat_template(tmp_pa
     meta = _read(tmp_path / "x.gguf")
     assert "alpacakit.prompt_format" not in meta
     assert meta["tokenizer.chat_template"] == json.loads((d / "tokenizer_config.json").read_text()).get(
-        "chat_template", (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").exists() else None)
+        "chat_template", (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").exists() else None
+    )
 
 
 # --------------------------------------------------------------------------- llama.cpp agrees
+
 
 @needs_llama
 @pytest.mark.parametrize("arch", ["llama", "llama3rope", "qwen2", "gemma3"])
@@ -254,15 +302,18 @@ def test_a_lora_adapter_is_merged_before_export(tiny_dirs: dict[str, Path], tmp_
     from transformers import AutoModelForCausalLM
 
     base = tiny_dirs["llama"]
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     # the layout `alpacakit train` writes: adapter/, tokenizer, prompt format, manifest naming the base
     model_dir = tmp_path / "run" / "model"
     peft_model.save_pretrained(model_dir / "adapter")
     for f in ("tokenizer.json", "tokenizer_config.json", "prompt_format.json"):
         shutil.copy(base / f, model_dir / f)
-    (model_dir / "manifest.json").write_text(json.dumps({"complete": True, "base": {"ref": str(base), "path": str(base)}}))
+    (model_dir / "manifest.json").write_text(
+        json.dumps({"complete": True, "base": {"ref": str(base), "path": str(base)}})
+    )
 
     res = export_gguf(model_dir, tmp_path / "merged.gguf", "f32", verify=True, prompts=SHORT_PROMPTS)
     assert res.verification["top1_agreement"] >= 0.99
@@ -270,8 +321,9 @@ def test_a_lora_adapter_is_merged_before_export(tiny_dirs: dict[str, Path], tmp_
     # exactly the adapted weights differ from an export of the base alone
     export_gguf(base, tmp_path / "base.gguf", "f32")
     base_tensors = {t.name: t.data for t in gguf.GGUFReader(tmp_path / "base.gguf").tensors}
-    changed = {t.name for t in gguf.GGUFReader(tmp_path / "merged.gguf").tensors
-               if (t.data != base_tensors[t.name]).any()}
+    changed = {
+        t.name for t in gguf.GGUFReader(tmp_path / "merged.gguf").tensors if (t.data != base_tensors[t.name]).any()
+    }
     assert changed == {f"blk.{i}.attn_{w}.weight" for i in range(2) for w in ("q", "v")}
 
 
@@ -288,8 +340,9 @@ def test_q4_k_m_is_made_by_llama_cpp_and_loads(tiny_dirs: dict[str, Path], tmp_p
     assert v["positions"] > 0 and v["tokenizer_agreement"] == 1.0
 
 
-def test_a_qwen2_tokenizer_is_exported_with_qwen2_pretokenizer_and_padding(tiny_dirs: dict[str, Path],
-                                                                           tmp_path: Path) -> None:
+def test_a_qwen2_tokenizer_is_exported_with_qwen2_pretokenizer_and_padding(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     export_gguf(tiny_dirs["qwen2"], tmp_path / "q.gguf", "f16")
     meta = _read(tmp_path / "q.gguf")
     assert meta["tokenizer.ggml.pre"] == "qwen2"
@@ -314,14 +367,16 @@ def test_create_chat_completion_uses_the_trained_prompt(tiny_dirs: dict[str, Pat
         reply = llm.create_chat_completion(messages=messages, max_tokens=3, temperature=0.0)
         assert reply["choices"][0]["message"]["role"] == "assistant"
         assert reply["usage"]["prompt_tokens"] == len(
-            llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True))
+            llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True)
+        )
     finally:
         llm.close()
 
 
 @needs_llama
-def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(tiny_dirs: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
+def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     """A small student often writes on into a new `### Instruction:`; the stop strings of its
     prompt format, carried in the GGUF, end the answer in chat and serve as in eval."""
     import asyncio
@@ -346,10 +401,13 @@ def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(tiny_dirs:
 
     no_stop, full = answer([])
     assert no_stop == [] and len(full.strip()) >= 6, full
-    cut_at = next(i for i in range(2, len(full) - 2)
-                  if full[i:i + 3].strip() == full[i:i + 3] and full.find(full[i:i + 3]) == i)
-    stops, cut = answer([full[cut_at:cut_at + 3]])
-    assert stops == [full[cut_at:cut_at + 3]]
+    cut_at = next(
+        i
+        for i in range(2, len(full) - 2)
+        if full[i : i + 3].strip() == full[i : i + 3] and full.find(full[i : i + 3]) == i
+    )
+    stops, cut = answer([full[cut_at : cut_at + 3]])
+    assert stops == [full[cut_at : cut_at + 3]]
     assert cut == full[:cut_at]
 
 
@@ -358,15 +416,33 @@ def test_cli_exports_and_prints_the_agreement(tiny_dirs: dict[str, Path], tmp_pa
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(SHORT_PROMPTS[:2]) + "\n")
     out = tmp_path / "cli.gguf"
-    proc = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "export", "gguf", str(tiny_dirs["llama"]),
-                           "--quant", "f32", "-o", str(out), "--verify", "--prompts", str(prompts)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "export",
+            "gguf",
+            str(tiny_dirs["llama"]),
+            "--quant",
+            "f32",
+            "-o",
+            str(out),
+            "--verify",
+            "--prompts",
+            str(prompts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "top-1 agreement 100.0%" in proc.stdout or "top-1 agreement 9" in proc.stdout, proc.stdout
     assert json.loads(sidecar_path(out).read_text())["verification"]["prompts"] == 2
 
 
 # --------------------------------------------------------------------------- real models
+
 
 def _real_model_dir(name: str, tmp: Path) -> Path:
     """An HF folder of an embedded model (dequantised once into the shared cache), plus Alpaca's format."""

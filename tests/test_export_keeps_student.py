@@ -42,7 +42,9 @@ def _greedy(llm, prompt: str, n: int = 6) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, ):
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+):
     import os
 
     from alpacakit.export.gguf import export_gguf
@@ -61,12 +63,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory, ):
     tok.save_pretrained(base_dir)
     base_gguf = export_gguf(base_dir, root / "base-q4_k_m.gguf", "q4_k_m").path
     data = root / "train.jsonl"
-    data.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n"
-                            for _ in range(6) for q, a in LESSONS.items()))
-    cfg = load_train_config(None, ["lr=0.003", "epochs=20", "max_length=256", "batch_size=4", "grad_accum=1",
-                                   "precision=fp32", "save_steps=1000", "lora.dropout=0.0", "lora.r=16",
-                                   "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"],
-                            {"train": {"preset": "cpu-quick", "data": str(data), "base": str(base_gguf)}}).train
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": q, "input": "", "output": a}) + "\n"
+            for _ in range(6)
+            for q, a in LESSONS.items()
+        )
+    )
+    cfg = load_train_config(
+        None,
+        [
+            "lr=0.003",
+            "epochs=20",
+            "max_length=256",
+            "batch_size=4",
+            "grad_accum=1",
+            "precision=fp32",
+            "save_steps=1000",
+            "lora.dropout=0.0",
+            "lora.r=16",
+            "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+        ],
+        {"train": {"preset": "cpu-quick", "data": str(data), "base": str(base_gguf)}},
+    ).train
     model = train(cfg, output_dir=root / "model").output_dir
     yield root, Path(model), Path(base_gguf)
     os.environ.pop("ALPACAKIT_CACHE", None)
@@ -90,22 +109,33 @@ def test_the_default_export_copies_the_base_and_keeps_the_trained_answers(traine
     base = Llama(str(base_gguf), n_ctx=256, verbose=False, seed=0)
     try:
         hf_answers, gguf_answers, base_answers = [], [], []
-        from transformers import AutoModelForCausalLM
         from peft import PeftModel
+        from transformers import AutoModelForCausalLM
 
         from alpacakit.train.base_model import resolve_base
 
-        hf = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_base(str(base_gguf)).path),
-                                       model / "adapter").merge_and_unload().eval()
+        hf = (
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(resolve_base(str(base_gguf)).path), model / "adapter"
+            )
+            .merge_and_unload()
+            .eval()
+        )
         for q in LESSONS:
             prompt = fmt.build(q, "")
             ids = student.tokenize(prompt.encode(), add_bos=True, special=True)
             with torch.no_grad():
-                out = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
-                                  eos_token_id=student.token_eos(), pad_token_id=0)
-            hf_ids = out[0, len(ids):].tolist()
-            hf_answers.append([t for t in hf_ids[: hf_ids.index(student.token_eos())]] if student.token_eos() in hf_ids
-                              else hf_ids)
+                out = hf.generate(
+                    torch.tensor([ids]),
+                    max_new_tokens=6,
+                    do_sample=False,
+                    eos_token_id=student.token_eos(),
+                    pad_token_id=0,
+                )
+            hf_ids = out[0, len(ids) :].tolist()
+            hf_answers.append(
+                [t for t in hf_ids[: hf_ids.index(student.token_eos())]] if student.token_eos() in hf_ids else hf_ids
+            )
             gguf_answers.append(_greedy(student, prompt))
             base_answers.append(_greedy(base, prompt))
         # the exported file answers as the trained student does, token for token ...

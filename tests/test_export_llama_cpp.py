@@ -24,8 +24,11 @@ from alpacakit.export.gguf import export_gguf  # noqa: E402
 from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 
 ALPACA = Path(__file__).resolve().parents[1] / "src" / "alpacakit" / "templates" / "alpaca.json"
-PROMPTS = ["Name three colours of the rainbow.", "What is 12 + 30? Answer with digits: 42.",
-           "def add(a, b):\n    return a + b"]
+PROMPTS = [
+    "Name three colours of the rainbow.",
+    "What is 12 + 30? Answer with digits: 42.",
+    "def add(a, b):\n    return a + b",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +59,17 @@ def test_architectures_only_llama_cpp_converts_export_and_agree(tiny, tmp_path: 
     assert any("llama.cpp's convert_hf_to_gguf.py" in n for n in res.notes)
     assert json.loads(_kv(out, "alpacakit.prompt_format"))["name"] == "alpaca"  # the trained format travels along
     assert "### Instruction" in _kv(out, "tokenizer.chat_template")
-    assert _kv(out, "general.architecture") == {"mistral": "llama", "qwen3": "qwen3"}[arch]  # llama.cpp runs Mistral as llama
+    assert (
+        _kv(out, "general.architecture") == {"mistral": "llama", "qwen3": "qwen3"}[arch]
+    )  # llama.cpp runs Mistral as llama
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_llama_cpp_converter_matches_ours_where_both_work(tiny, tmp_path: Path, arch: str) -> None:
     ours = export_gguf(tiny(arch), tmp_path / "ours.gguf", "f16", verify=True, prompts=PROMPTS, converter="alpacakit")
-    theirs = export_gguf(tiny(arch), tmp_path / "theirs.gguf", "f16", verify=True, prompts=PROMPTS,
-                         converter="llama.cpp")
+    theirs = export_gguf(
+        tiny(arch), tmp_path / "theirs.gguf", "f16", verify=True, prompts=PROMPTS, converter="llama.cpp"
+    )
     for r in (ours, theirs):
         assert r.verification["top1_agreement"] >= 0.99 and r.verification["tokenizer_agreement"] == 1.0
 
@@ -84,9 +90,10 @@ def test_a_lora_adapter_leaves_as_a_gguf_lora_that_llama_cpp_applies(tiny, tmp_p
 
     base = tiny("mistral")
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                                LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-                                           init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    )
     with torch.no_grad():  # a visible change, as training would make
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
@@ -98,9 +105,25 @@ def test_a_lora_adapter_leaves_as_a_gguf_lora_that_llama_cpp_applies(tiny, tmp_p
     base_gguf = tmp_path / "base.gguf"
     export_gguf(base, base_gguf, "f32", verify=False)
     lora_gguf = tmp_path / "lora.gguf"
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "export", "gguf-lora", str(adapter), "--base",
-                        str(base), "-o", str(lora_gguf), "--outtype", "f32"], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "export",
+            "gguf-lora",
+            str(adapter),
+            "--base",
+            str(base),
+            "-o",
+            str(lora_gguf),
+            "--outtype",
+            "f32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-1500:]
     assert _kv(lora_gguf, "general.type") == "adapter"
 
@@ -109,8 +132,9 @@ def test_a_lora_adapter_leaves_as_a_gguf_lora_that_llama_cpp_applies(tiny, tmp_p
     with torch.no_grad():
         want = merged(torch.tensor([ids])).logits[0].argmax(-1).tolist()
         plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)(torch.tensor([ids])).logits[0]
-    llm = llama_cpp.Llama(model_path=str(base_gguf), lora_path=str(lora_gguf), n_ctx=256, logits_all=True,
-                          verbose=False, n_threads=2)
+    llm = llama_cpp.Llama(
+        model_path=str(base_gguf), lora_path=str(lora_gguf), n_ctx=256, logits_all=True, verbose=False, n_threads=2
+    )
     llm.eval(ids)
     got = [int(max(range(len(row)), key=row.__getitem__)) for row in llm.scores[: len(ids)].tolist()]
     assert sum(a == b for a, b in zip(got, want)) / len(want) >= 0.9
@@ -118,8 +142,12 @@ def test_a_lora_adapter_leaves_as_a_gguf_lora_that_llama_cpp_applies(tiny, tmp_p
 
 
 def test_the_converters_list_names_what_llama_cpp_converts() -> None:
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "export", "converters", "--list"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "export", "converters", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     for name in ("MistralForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "Phi3ForCausalLM"):
         assert f"  {name}\n" in r.stdout

@@ -82,13 +82,10 @@ CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     ("ends_with", {"text": "See you there!"}, "Party at 5. see you there!", False),
     # json_keys: exactly the listed keys; bare, fenced, or the outer {...}
     ("json_keys", {"keys": ["name", "city"]}, '{"name": "Maria", "city": "Lisbon"}', True),
-    ("json_keys", {"keys": ["name", "city"]},
-     'Here it is:\n```json\n{"city": "Lisbon", "name": "Maria"}\n```', True),
-    ("json_keys", {"keys": ["name", "city"]},
-     'Sure! {"name": "Maria", "city": "Lisbon"} Done.', True),
+    ("json_keys", {"keys": ["name", "city"]}, 'Here it is:\n```json\n{"city": "Lisbon", "name": "Maria"}\n```', True),
+    ("json_keys", {"keys": ["name", "city"]}, 'Sure! {"name": "Maria", "city": "Lisbon"} Done.', True),
     ("json_keys", {"keys": ["name", "city"]}, '{"name": "Maria"}', False),  # missing key
-    ("json_keys", {"keys": ["name", "city"]},
-     '{"name": "Maria", "city": "Lisbon", "age": 30}', False),  # extra key
+    ("json_keys", {"keys": ["name", "city"]}, '{"name": "Maria", "city": "Lisbon", "age": 30}', False),  # extra key
     ("json_keys", {"keys": ["name"]}, '["name"]', False),  # not an object
     ("json_keys", {"keys": ["name"]}, "{name: Maria}", False),  # not JSON
     # no_commas
@@ -102,7 +99,7 @@ CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     ("quoted", {}, ' "Fix it fast, ride it far." \n', True),
     ("quoted", {}, "\u201cFix it fast.\u201d", True),
     ("quoted", {}, 'Slogan: "Fix it fast."', False),
-    ('quoted', {}, '""', False),
+    ("quoted", {}, '""', False),
     # placeholders: at least n [..] spans, counted as occurrences
     ("placeholders", {"n": 2}, "Dear [name], see you on [date].", True),
     ("placeholders", {"n": 2}, "Dear [name], bye [name].", True),
@@ -146,41 +143,61 @@ def test_unknown_kind_is_an_error() -> None:
 
 
 def _item(*checks: dict[str, Any], instruction: str = "Do it.", **extra: Any) -> dict[str, Any]:
-    return {"id": "x-1", "instruction": instruction, "input": "",
-            "category": "+".join(c["kind"] for c in checks), "checks": list(checks), **extra}
+    return {
+        "id": "x-1",
+        "instruction": instruction,
+        "input": "",
+        "category": "+".join(c["kind"] for c in checks),
+        "checks": list(checks),
+        **extra,
+    }
 
 
 def test_validate_accepts_a_good_item() -> None:
-    validate_item(_item({"kind": "bullets", "n": 3}, {"kind": "lowercase"},
-                        instruction="Name fruits. Use exactly three bullet points in lowercase."))
+    validate_item(
+        _item(
+            {"kind": "bullets", "n": 3},
+            {"kind": "lowercase"},
+            instruction="Name fruits. Use exactly three bullet points in lowercase.",
+        )
+    )
 
 
-@pytest.mark.parametrize("item, problem", [
-    (_item({"kind": "rhymes"}), "unknown check kind"),
-    (_item({"kind": "bullets"}), "takes arguments"),
-    (_item({"kind": "bullets", "n": 0}, instruction="0 bullets"), "positive integer"),
-    (_item({"kind": "bullets", "n": True}), "positive integer"),
-    (_item({"kind": "bullets", "n": 3, "m": 1}), "takes arguments"),
-    (_item({"kind": "sentences", "n": 2, "relation": "about"}, instruction="2"), "relation"),
-    (_item({"kind": "include_words", "words": []}), "non-empty list"),
-    (_item({"kind": "include_words", "words": "moon"}), "non-empty list"),
-    (_item({"kind": "bullets", "n": 3}), "never states the number 3"),
-    (_item({"kind": "include_words", "words": ["moon"]}), "never states 'moon'"),
-    (_item({"kind": "lowercase"}, {"kind": "uppercase"}), "contradict"),
-    (_item({"kind": "bullets", "n": 2}, {"kind": "numbered", "n": 2}, instruction="2"), "shape"),
-    (_item({"kind": "no_commas"}, {"kind": "ends_with", "text": "Bye, all."},
-           instruction="End with Bye, all."), "comma"),
-    (_item({"kind": "include_words", "words": ["sun"]}, {"kind": "exclude_words", "words": ["sun"]},
-           instruction="sun"), "excluded word"),
-    (_item({"kind": "lowercase"}, {"kind": "ends_with", "text": "Bye."}, instruction="Bye."),
-     "capital"),
-    (_item({"kind": "min_words", "n": 30}, {"kind": "max_words", "n": 20}, instruction="30 20"),
-     "above max_words"),
-    (_item({"kind": "lowercase"}, {"kind": "lowercase"}), "appears twice"),
-    ({**_item({"kind": "lowercase"}), "category": "other"}, "category must be"),
-    ({**_item({"kind": "lowercase"}), "checks": []}, "non-empty list"),
-    ({**_item({"kind": "lowercase"}), "instruction": None}, "'instruction' must be a string"),
-])
+@pytest.mark.parametrize(
+    "item, problem",
+    [
+        (_item({"kind": "rhymes"}), "unknown check kind"),
+        (_item({"kind": "bullets"}), "takes arguments"),
+        (_item({"kind": "bullets", "n": 0}, instruction="0 bullets"), "positive integer"),
+        (_item({"kind": "bullets", "n": True}), "positive integer"),
+        (_item({"kind": "bullets", "n": 3, "m": 1}), "takes arguments"),
+        (_item({"kind": "sentences", "n": 2, "relation": "about"}, instruction="2"), "relation"),
+        (_item({"kind": "include_words", "words": []}), "non-empty list"),
+        (_item({"kind": "include_words", "words": "moon"}), "non-empty list"),
+        (_item({"kind": "bullets", "n": 3}), "never states the number 3"),
+        (_item({"kind": "include_words", "words": ["moon"]}), "never states 'moon'"),
+        (_item({"kind": "lowercase"}, {"kind": "uppercase"}), "contradict"),
+        (_item({"kind": "bullets", "n": 2}, {"kind": "numbered", "n": 2}, instruction="2"), "shape"),
+        (
+            _item({"kind": "no_commas"}, {"kind": "ends_with", "text": "Bye, all."}, instruction="End with Bye, all."),
+            "comma",
+        ),
+        (
+            _item(
+                {"kind": "include_words", "words": ["sun"]},
+                {"kind": "exclude_words", "words": ["sun"]},
+                instruction="sun",
+            ),
+            "excluded word",
+        ),
+        (_item({"kind": "lowercase"}, {"kind": "ends_with", "text": "Bye."}, instruction="Bye."), "capital"),
+        (_item({"kind": "min_words", "n": 30}, {"kind": "max_words", "n": 20}, instruction="30 20"), "above max_words"),
+        (_item({"kind": "lowercase"}, {"kind": "lowercase"}), "appears twice"),
+        ({**_item({"kind": "lowercase"}), "category": "other"}, "category must be"),
+        ({**_item({"kind": "lowercase"}), "checks": []}, "non-empty list"),
+        ({**_item({"kind": "lowercase"}), "instruction": None}, "'instruction' must be a string"),
+    ],
+)
 def test_validate_rejects_with_the_item_id(item: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=re.escape(problem)) as err:
         validate_item(item)
@@ -211,8 +228,16 @@ def test_every_kind_is_used_at_least_ten_times_and_items_mix_one_and_two_checks(
 
 def test_every_constraint_fits_a_short_answer() -> None:
     """Answers get ~96 tokens (~60 words): no constraint may need more."""
-    caps = {"min_words": 40, "max_words": 60, "bullets": 5, "numbered": 5, "paragraphs": 3,
-            "placeholders": 3, "keyword_count": 3, "sentences": 4}
+    caps = {
+        "min_words": 40,
+        "max_words": 60,
+        "bullets": 5,
+        "numbered": 5,
+        "paragraphs": 3,
+        "placeholders": 3,
+        "keyword_count": 3,
+        "sentences": 4,
+    }
     for item in ITEMS:
         for c in item["checks"]:
             if c["kind"] in caps:
@@ -315,8 +340,7 @@ def test_score_answers_counts_items_checks_and_kinds() -> None:
     assert result["accuracy"] == pytest.approx(1 / 3)
     assert result["constraint_accuracy"] == pytest.approx(3 / 5)
     assert [i["constraint_fraction"] for i in result["items"]] == [1.0, 0.0, 0.5]
-    assert result["items"][2]["checks"] == [{"kind": "bullets", "pass": True},
-                                            {"kind": "no_commas", "pass": False}]
+    assert result["items"][2]["checks"] == [{"kind": "bullets", "pass": True}, {"kind": "no_commas", "pass": False}]
     assert result["by_kind"]["no_commas"] == {"n": 1, "passed": 0, "accuracy": 0.0}
     assert result["by_kind"]["lowercase"] == {"n": 1, "passed": 1, "accuracy": 1.0}
     assert "quoted" not in result["by_kind"]

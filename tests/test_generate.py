@@ -6,10 +6,10 @@ The teacher side is the real `openai` SDK over HTTP; the server (tests/fake_open
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
-import asyncio
 import re
 import signal
 import subprocess
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_openai import FakeOpenAIServer
 
 from alpacakit.config import load_config
 from alpacakit.generate.runner import generate
 from alpacakit.io import iter_jsonl
-from fake_openai import FakeOpenAIServer
 
 SEEDS = [
     ("Suggest a name for a bakery that sells only bread.", "", "The Daily Loaf"),
@@ -35,8 +35,18 @@ SEEDS = [
 def write_seeds(path: Path) -> Path:
     with open(path, "w") as f:
         for i, (ins, inp, out) in enumerate(SEEDS):
-            f.write(json.dumps({"id": f"s{i}", "name": f"seed_{i}", "instruction": ins,
-                                "instances": [{"input": inp, "output": out}], "is_classification": False}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"s{i}",
+                        "name": f"seed_{i}",
+                        "instruction": ins,
+                        "instances": [{"input": inp, "output": out}],
+                        "is_classification": False,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -66,15 +76,27 @@ def responder(tasks_per_response: int = 3):
         prompt = body["messages"][-1]["content"] if "messages" in body else body["prompt"]
         first = int(re.findall(r"(\d+)\. Instruction:", prompt)[-1])
         return tasks_text(first, tasks_per_response, chat="messages" in body)
+
     return answer
 
 
 def config(server: FakeOpenAIServer, seeds: Path, **generate_fields):
-    return load_config(None, None, {
-        "teacher": {"model": "openai:fake-model", "base_url": server.url, "max_retries": 4, "backoff_base_s": 0.05,
-                    "backoff_max_s": 0.2, "timeout_s": 1.0, "max_concurrency": 2},
-        "generate": {"seeds": str(seeds), "request_batch": 2, **generate_fields},
-    })
+    return load_config(
+        None,
+        None,
+        {
+            "teacher": {
+                "model": "openai:fake-model",
+                "base_url": server.url,
+                "max_retries": 4,
+                "backoff_base_s": 0.05,
+                "backoff_max_s": 0.2,
+                "timeout_s": 1.0,
+                "max_concurrency": 2,
+            },
+            "generate": {"seeds": str(seeds), "request_batch": 2, **generate_fields},
+        },
+    )
 
 
 @pytest.fixture()
@@ -86,14 +108,19 @@ def server():
 def test_generation_survives_errors_and_counts_everything(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.responder = responder(3)
-    server.script([
-        {"status": 429, "retry_after": 0.1},
-        {"status": 500},
-        {"sleep": 1.5},                                   # longer than timeout_s: retried
-        {"malformed": True},                              # invalid JSON body: retried
-        {"text": tasks_text(4, 3, duplicate=SEEDS[0][0]) + "\n###\n7. Instruction: Describe the picture of a cat.\n"
-                 "7. Input:\n<noinput>\n7. Output:\nA cat.\n###\n8. Instruction: Say hi\n8. Output:\nHi"},
-    ])
+    server.script(
+        [
+            {"status": 429, "retry_after": 0.1},
+            {"status": 500},
+            {"sleep": 1.5},  # longer than timeout_s: retried
+            {"malformed": True},  # invalid JSON body: retried
+            {
+                "text": tasks_text(4, 3, duplicate=SEEDS[0][0])
+                + "\n###\n7. Instruction: Describe the picture of a cat.\n"
+                "7. Input:\n<noinput>\n7. Output:\nA cat.\n###\n8. Instruction: Say hi\n8. Output:\nHi"
+            },
+        ]
+    )
     cfg = config(server, seeds, num=8)
     result = generate(cfg, tmp_path / "out", show_progress=False)
 
@@ -103,18 +130,25 @@ def test_generation_survives_errors_and_counts_everything(server, tmp_path):
     assert len({k["instruction"] for k in kept}) == len(kept)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts["discards_by_reason"]["near_duplicate"] == 1      # the copy of a seed task
-    assert counts["discards_by_reason"]["blacklisted_word"] == 1    # "picture"
-    assert counts["discards_by_reason"]["too_short"] == 1           # "Say hi"
+    assert counts["discards_by_reason"]["near_duplicate"] == 1  # the copy of a seed task
+    assert counts["discards_by_reason"]["blacklisted_word"] == 1  # "picture"
+    assert counts["discards_by_reason"]["too_short"] == 1  # "Say hi"
     assert counts["kept"] == len(kept)
-    assert counts["attempts"] >= counts["requests"] + 4              # four failed tries were retried
+    assert counts["attempts"] >= counts["requests"] + 4  # four failed tries were retried
     journal = [o for _, o in iter_jsonl(tmp_path / "out" / "responses.jsonl")]
     assert len(journal) == counts["requests"] == len({e["index"] for e in journal})
     assert manifest["status"] == "complete"
     assert manifest["inputs"]["seeds"]["count"] == len(SEEDS)
     example = kept[0]
-    assert {"instruction", "input", "output", "teacher", "request", "max_similarity",
-            "most_similar_instructions"} <= set(example)
+    assert {
+        "instruction",
+        "input",
+        "output",
+        "teacher",
+        "request",
+        "max_similarity",
+        "most_similar_instructions",
+    } <= set(example)
     assert isinstance(example["avg_similarity"], float) and example["max_similarity"] >= example["avg_similarity"]
 
 
@@ -127,7 +161,7 @@ def test_rerun_extends_without_asking_again(server, tmp_path):
     first = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
 
     again = generate(config(server, seeds, num=5), out, show_progress=False)
-    assert again.status == "complete" and len(server.requests) == first_requests   # nothing to do
+    assert again.status == "complete" and len(server.requests) == first_requests  # nothing to do
 
     wall_before = json.loads((out / "manifest.json").read_text())["wall_seconds"]
     generate(config(server, seeds, num=11), out, show_progress=False)
@@ -143,13 +177,17 @@ def test_other_settings_in_same_folder_are_refused(server, tmp_path):
     server.responder = responder(3)
     generate(config(server, seeds, num=3), tmp_path / "out", show_progress=False)
     from alpacakit.errors import DataError
+
     with pytest.raises(DataError, match="other settings"):
         generate(config(server, seeds, num=3, rng_seed=7), tmp_path / "out", show_progress=False)
 
 
 def test_budget_stops_before_it_is_exceeded(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
-    server.responder = lambda body: {"text": tasks_text(4, 2), "usage": {"prompt_tokens": 1000, "completion_tokens": 200}}
+    server.responder = lambda body: {
+        "text": tasks_text(4, 2),
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 200},
+    }
     cfg = config(server, seeds, num=1000, max_cost=0.05)
     cfg.teacher.price.input_per_1m = 10.0
     cfg.teacher.price.output_per_1m = 30.0
@@ -162,20 +200,41 @@ def test_budget_stops_before_it_is_exceeded(server, tmp_path):
 
 
 def run_cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "alpacakit.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 def test_unreachable_endpoint_fails_clearly_and_leaves_data_intact(tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     import socket
+
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    r = run_cli("generate", "--teacher", "openai:m", "--base-url", f"http://127.0.0.1:{port}/v1", "--seeds", str(seeds),
-                "--num", "3", "-o", str(tmp_path / "out"), "--no-progress",
-                "--set", "teacher.max_retries=2", "--set", "teacher.backoff_base_s=0.01")
+    r = run_cli(
+        "generate",
+        "--teacher",
+        "openai:m",
+        "--base-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--seeds",
+        str(seeds),
+        "--num",
+        "3",
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--set",
+        "teacher.max_retries=2",
+        "--set",
+        "teacher.backoff_base_s=0.01",
+    )
     assert r.returncode == 2
     assert f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -185,20 +244,55 @@ def test_unreachable_endpoint_fails_clearly_and_leaves_data_intact(tmp_path):
 def test_missing_api_key_names_the_variable(tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     env = {k: v for k, v in os.environ.items() if k != "MY_TEACHER_KEY"}
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "generate", "--teacher", "openai:gpt-x",
-                        "--base-url", "https://api.example.invalid/v1", "--api-key-env", "MY_TEACHER_KEY",
-                        "--seeds", str(seeds), "--num", "3", "-o", str(tmp_path / "out"), "--no-progress"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "generate",
+            "--teacher",
+            "openai:gpt-x",
+            "--base-url",
+            "https://api.example.invalid/v1",
+            "--api-key-env",
+            "MY_TEACHER_KEY",
+            "--seeds",
+            str(seeds),
+            "--num",
+            "3",
+            "-o",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2
     assert "MY_TEACHER_KEY" in r.stderr
 
 
 def test_malformed_seed_file_names_file_and_line(tmp_path):
     bad = tmp_path / "seeds.jsonl"
-    bad.write_text(json.dumps({"id": "a", "instruction": "Name a colour of the sky.", "instances": [{"input": "", "output": "Blue"}]})
-                   + "\n" + '{"id": "b", "instruction": "Broken line", "instances": [\n')
-    r = run_cli("generate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--seeds", str(bad),
-                "-o", str(tmp_path / "out"), "--no-progress")
+    bad.write_text(
+        json.dumps(
+            {"id": "a", "instruction": "Name a colour of the sky.", "instances": [{"input": "", "output": "Blue"}]}
+        )
+        + "\n"
+        + '{"id": "b", "instruction": "Broken line", "instances": [\n'
+    )
+    r = run_cli(
+        "generate",
+        "--teacher",
+        "openai:m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--seeds",
+        str(bad),
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+    )
     assert r.returncode == 2
     assert f"{bad}:2" in r.stderr
 
@@ -207,9 +301,23 @@ def test_api_key_never_reaches_logs_or_manifest(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.responder = responder(3)
     server.api_key = "sk-test-SECRET-123"
-    r = run_cli("generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--api-key-env", "TEACHER_KEY",
-                "--seeds", str(seeds), "--num", "3", "-o", str(tmp_path / "out"), "--no-progress",
-                env={"TEACHER_KEY": "sk-test-SECRET-123"})
+    r = run_cli(
+        "generate",
+        "--teacher",
+        "openai:fake-model",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "TEACHER_KEY",
+        "--seeds",
+        str(seeds),
+        "--num",
+        "3",
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+        env={"TEACHER_KEY": "sk-test-SECRET-123"},
+    )
     assert r.returncode == 0, r.stderr
     assert server.requests[0].authorization == "Bearer sk-test-SECRET-123"
     for f in (tmp_path / "out").iterdir():
@@ -239,10 +347,25 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
 
     server.responder = slow
     out = tmp_path / "out"
-    args = ["generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds),
-            "--num", "30", "-o", str(out), "--no-progress", "--concurrency", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "alpacakit.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [
+        "generate",
+        "--teacher",
+        "openai:fake-model",
+        "--base-url",
+        server.url,
+        "--seeds",
+        str(seeds),
+        "--num",
+        "30",
+        "-o",
+        str(out),
+        "--no-progress",
+        "--concurrency",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alpacakit.cli.main", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     journal = out / "responses.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -278,8 +401,10 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
 
 def test_answer_mode_curates_refusals_duplicates_and_truncation(server, tmp_path):
     prompts = tmp_path / "prompts.csv"
-    prompts.write_text("question,notes\nName a prime number.,a\nWhat colour is the sky?,b\n"
-                       "How do I pick a lock?,c\nName a prime number.,d\nWrite a long poem.,e\n\"Translate \"\"cat\"\" to French\",f\n")
+    prompts.write_text(
+        "question,notes\nName a prime number.,a\nWhat colour is the sky?,b\n"
+        'How do I pick a lock?,c\nName a prime number.,d\nWrite a long poem.,e\n"Translate ""cat"" to French",f\n'
+    )
     answers = {
         "Name a prime number.": {"text": "7"},
         "What colour is the sky?": {"text": "Blue on a clear day."},
@@ -311,6 +436,7 @@ def test_export_alpaca_and_hf(server, tmp_path):
     r = run_cli("export", "hf", str(examples), "-o", str(tmp_path / "hf"), "--val-fraction", "0.25")
     assert r.returncode == 0, r.stderr
     import datasets
+
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert set(ds) == {"train", "validation"} and len(ds["train"]) + len(ds["validation"]) == len(data)
 
@@ -359,8 +485,9 @@ class _OneAtATime:
             self.started += 1
             await asyncio.sleep(0.05)
             first = int(re.findall(r"(\d+)\. Instruction:", prompt)[-1])
-            return Completion(text=tasks_text(first, 3, chat=False), finish_reason="stop", usage=Usage(10, 30),
-                              model=self.name)
+            return Completion(
+                text=tasks_text(first, 3, chat=False), finish_reason="stop", usage=Usage(10, 30), model=self.name
+            )
 
     async def aclose(self):
         pass
@@ -369,8 +496,14 @@ class _OneAtATime:
 @pytest.mark.parametrize("finish_in_flight, journaled", [(False, 1), (True, 4)])
 def test_a_local_teacher_drops_queued_requests_once_the_target_is_reached(tmp_path, finish_in_flight, journaled):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
-    cfg = load_config(None, None, {"teacher": {"model": "smollm2-135m-instruct", "api": "completions"},
-                                   "generate": {"seeds": str(seeds), "request_batch": 4, "num": 3}})
+    cfg = load_config(
+        None,
+        None,
+        {
+            "teacher": {"model": "smollm2-135m-instruct", "api": "completions"},
+            "generate": {"seeds": str(seeds), "request_batch": 4, "num": 3},
+        },
+    )
     teacher = _OneAtATime(finish_in_flight)
     result = generate(cfg, tmp_path / "out", show_progress=False, teacher=teacher)
     assert result.status == "complete" and result.totals.kept >= 3
@@ -404,9 +537,14 @@ def test_the_teachers_max_concurrency_alone_sets_the_requests_in_flight(server, 
     capped it too. Unset, request_batch now follows the teacher."""
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.responder = lambda body: {"sleep": 0.3, "text": responder(3)(body)}
-    cfg = load_config(None, None, {
-        "teacher": {"model": "openai:fake-model", "base_url": server.url, "max_concurrency": 8, "timeout_s": 10.0},
-        "generate": {"seeds": str(seeds), "num": 40}})
+    cfg = load_config(
+        None,
+        None,
+        {
+            "teacher": {"model": "openai:fake-model", "base_url": server.url, "max_concurrency": 8, "timeout_s": 10.0},
+            "generate": {"seeds": str(seeds), "num": 40},
+        },
+    )
     assert cfg.generate.request_batch is None
     generate(cfg, tmp_path / "out", show_progress=False)
     assert server.max_in_flight == 8
@@ -470,30 +608,66 @@ def test_a_teacher_that_only_repeats_itself_stalls_the_job_instead_of_being_aske
     same = tasks_text(4, 3)  # the same three tasks in every answer: kept once, then near-duplicates
     server.responder = lambda body: same
     out = tmp_path / "out"
-    r = run_cli("generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds),
-                "--num", "50", "-o", str(out), "--no-progress", "--concurrency", "1",
-                "--set", "generate.stall_requests=5")
+    r = run_cli(
+        "generate",
+        "--teacher",
+        "openai:fake-model",
+        "--base-url",
+        server.url,
+        "--seeds",
+        str(seeds),
+        "--num",
+        "50",
+        "-o",
+        str(out),
+        "--no-progress",
+        "--concurrency",
+        "1",
+        "--set",
+        "generate.stall_requests=5",
+    )
     assert r.returncode == 1 and "stalled: kept 3 examples" in r.stdout and "stall_requests" in r.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "stalled" and manifest["counts"]["requests"] == 6  # 1 useful + 5 barren
 
 
-ZH_SEEDS = [("为一家只卖面包的面包店起一个名字。", "", "每日面包"),
-            ("把下面的温度从摄氏度换算成华氏度。", "20摄氏度", "68华氏度"),
-            ("给出两个晚上睡得更好的建议。", "", "固定作息；睡前少看屏幕。")]
+ZH_SEEDS = [
+    ("为一家只卖面包的面包店起一个名字。", "", "每日面包"),
+    ("把下面的温度从摄氏度换算成华氏度。", "20摄氏度", "68华氏度"),
+    ("给出两个晚上睡得更好的建议。", "", "固定作息；睡前少看屏幕。"),
+]
 
 
 def test_self_instruct_in_another_language_asks_for_it_and_dedups_its_script(server, tmp_path):
     seeds = tmp_path / "zh_seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"id": f"z{i}", "name": f"z{i}", "instruction": ins, "is_classification": False,
-                                         "instances": [{"input": inp, "output": out}]}, ensure_ascii=False) + "\n"
-                             for i, (ins, inp, out) in enumerate(ZH_SEEDS)), encoding="utf-8")
-    answers = iter(["4. Instruction: 解释彩虹是怎样形成的。\n4. Input:\n<noinput>\n4. Output:\n阳光在水滴中折射和反射。\n###\n"
-                    "5. Instruction: 给出两个晚上睡得更好的建议吧。\n5. Input:\n<noinput>\n5. Output:\n早睡早起。",
-                    "4. Instruction: 列出三种常见的水果。\n4. Input:\n<noinput>\n4. Output:\n苹果、香蕉、橙子。"])
+    seeds.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"z{i}",
+                    "name": f"z{i}",
+                    "instruction": ins,
+                    "is_classification": False,
+                    "instances": [{"input": inp, "output": out}],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for i, (ins, inp, out) in enumerate(ZH_SEEDS)
+        ),
+        encoding="utf-8",
+    )
+    answers = iter(
+        [
+            "4. Instruction: 解释彩虹是怎样形成的。\n4. Input:\n<noinput>\n4. Output:\n阳光在水滴中折射和反射。\n###\n"
+            "5. Instruction: 给出两个晚上睡得更好的建议吧。\n5. Input:\n<noinput>\n5. Output:\n早睡早起。",
+            "4. Instruction: 列出三种常见的水果。\n4. Input:\n<noinput>\n4. Output:\n苹果、香蕉、橙子。",
+        ]
+    )
     server.responder = lambda body: next(answers, "")
-    cfg = config(server, seeds, num=2, language="Chinese", tokenizer="multilingual", num_prompt_instructions=2,
-                 request_batch=1)
+    cfg = config(
+        server, seeds, num=2, language="Chinese", tokenizer="multilingual", num_prompt_instructions=2, request_batch=1
+    )
     result = generate(cfg, tmp_path / "out", show_progress=False)
     assert result.status == "complete"
     assert "Write each instruction in Chinese" in server.requests[0].body["messages"][-1]["content"]
@@ -511,7 +685,10 @@ def test_failed_attempts_the_endpoint_may_have_billed_are_counted_at_their_worst
     and held against the budget. A 429 or 5xx is retried without such a charge."""
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.script([{"malformed": True}, {"status": 503}])
-    server.responder = lambda body: {"text": tasks_text(4, 2), "usage": {"prompt_tokens": 1000, "completion_tokens": 200}}
+    server.responder = lambda body: {
+        "text": tasks_text(4, 2),
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 200},
+    }
     cfg = config(server, seeds, num=2, request_batch=1)
     cfg.teacher.price.input_per_1m = 10.0
     cfg.teacher.price.output_per_1m = 30.0
@@ -527,12 +704,18 @@ def test_failed_attempts_the_endpoint_may_have_billed_are_counted_at_their_worst
 def _results(out: Path) -> tuple[bytes, bytes, dict]:
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     timing = {"teacher_seconds", "asked_again"}
-    return ((out / "examples.jsonl").read_bytes(), (out / "discards.jsonl").read_bytes(),
-            {k: v for k, v in counts.items() if k not in timing})
+    return (
+        (out / "examples.jsonl").read_bytes(),
+        (out / "discards.jsonl").read_bytes(),
+        {k: v for k, v in counts.items() if k not in timing},
+    )
 
 
-@pytest.mark.parametrize("fields", [{"num": 20}, {"num": 1000, "max_requests": 9}, {"num": 5}],
-                         ids=["target", "request_limit", "small_target"])
+@pytest.mark.parametrize(
+    "fields",
+    [{"num": 20}, {"num": 1000, "max_requests": 9}, {"num": 5}],
+    ids=["target", "request_limit", "small_target"],
+)
 def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp_path, monkeypatch, fields):
     """The worker processes the journal in order with the replayed state, so its results are
     exactly in-process processing's; and it waits for the worker before any decision the
@@ -559,8 +742,14 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
             n = next(calls)
             text = "\n###\n".join(
                 f"{first + k}. Instruction: {SEEDS[0][0] if n % 2 and k == 0 else f'Explain r{n}x{k} q{n}y{k} z{n}w{k}.'}"
-                f"\n{first + k}. Input:\n<noinput>\n{first + k}. Output:\nAnswer {n}." for k in range(3))
-            return text + "\n###\n9. Instruction: Describe the picture of a cat.\n9. Output:\nA cat." if n % 3 == 0 else text
+                f"\n{first + k}. Input:\n<noinput>\n{first + k}. Output:\nAnswer {n}."
+                for k in range(3)
+            )
+            return (
+                text + "\n###\n9. Instruction: Describe the picture of a cat.\n9. Output:\nA cat."
+                if n % 3 == 0
+                else text
+            )
 
         server.responder = answer
         pids.write_text("")

@@ -16,10 +16,31 @@ from alpacakit.io import iter_jsonl
 def test_generate_with_real_llamacpp_teacher(smollm2_gguf, tmp_path):
     out = tmp_path / "data"
     r = subprocess.run(
-        [sys.executable, "-m", "alpacakit.cli.main", "generate", "--teacher", "smollm2-135m-instruct", "--num", "2",
-         "-o", str(out), "--no-progress", "--max-tokens", "160", "--set", "generate.max_requests=2",
-         "--set", "teacher.seed=1", "--set", "teacher.n_ctx=2048"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "generate",
+            "--teacher",
+            "smollm2-135m-instruct",
+            "--num",
+            "2",
+            "-o",
+            str(out),
+            "--no-progress",
+            "--max-tokens",
+            "160",
+            "--set",
+            "generate.max_requests=2",
+            "--set",
+            "teacher.seed=1",
+            "--set",
+            "teacher.n_ctx=2048",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode in (0, 1), r.stderr  # 1: the request limit came before 2 kept examples
     manifest = json.loads((out / "manifest.json").read_text())
     journal = [o for _, o in iter_jsonl(out / "responses.jsonl")]
@@ -42,9 +63,20 @@ def test_a_local_teacher_cuts_answers_short_and_journals_what_they_wrote(smollm2
     from alpacakit.config import load_config
     from alpacakit.generate.runner import generate
 
-    cfg = load_config(None, ["teacher.model=smollm2-135m-instruct", "teacher.seed=3", "teacher.n_ctx=2048",
-                             "teacher.max_tokens=400", "teacher.max_concurrency=4", "generate.num=3",
-                             "generate.max_requests=6", "generate.filters.min_words=1"], {})
+    cfg = load_config(
+        None,
+        [
+            "teacher.model=smollm2-135m-instruct",
+            "teacher.seed=3",
+            "teacher.n_ctx=2048",
+            "teacher.max_tokens=400",
+            "teacher.max_concurrency=4",
+            "generate.num=3",
+            "generate.max_requests=6",
+            "generate.filters.min_words=1",
+        ],
+        {},
+    )
     result = generate(cfg, tmp_path / "data", show_progress=False)
     journal = [o for _, o in iter_jsonl(tmp_path / "data" / "responses.jsonl")]
     cut = [e for e in journal if e.get("cut")]

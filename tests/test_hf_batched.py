@@ -16,8 +16,14 @@ from alpacakit.config import TeacherConfig  # noqa: E402
 from alpacakit.teachers.base import Completion  # noqa: E402
 from alpacakit.teachers.hf import HFTeacher  # noqa: E402
 
-QUESTIONS = ["Name a colour.", "Say hello to the world and then count to ten please.", "What is two plus two?",
-             "Write a very long sentence about the sea and the sky.", "Hi", "Tell me about cats and dogs."]
+QUESTIONS = [
+    "Name a colour.",
+    "Say hello to the world and then count to ten please.",
+    "What is two plus two?",
+    "Write a very long sentence about the sea and the sky.",
+    "Hi",
+    "Tell me about cats and dogs.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def teacher(folder: Path, n: int) -> HFTeacher:
-    t = HFTeacher(folder, TeacherConfig(model=str(folder), max_tokens=20, temperature=0.0, max_concurrency=n),
-                  device="cpu")
+    t = HFTeacher(
+        folder, TeacherConfig(model=str(folder), max_tokens=20, temperature=0.0, max_concurrency=n), device="cpu"
+    )
     calls: list[int] = []
     generate = t.model.generate
 
@@ -88,7 +95,7 @@ def test_a_cancelled_stream_leaves_the_rest_of_its_batch_intact(folder: Path) ->
     async def run() -> list[Any]:
         async def leave_early() -> str:
             stream = t.stream_chat([{"role": "user", "content": QUESTIONS[3]}], max_tokens=20)
-            async for piece in stream:
+            async for _piece in stream:
                 await stream.aclose()  # the reader goes away after the first piece
                 return "left"
             return "empty"

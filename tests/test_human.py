@@ -19,8 +19,13 @@ from alpacakit.evaluate.human.store import HumanEvalStore, pair_outputs, rater_k
 
 
 def write_outputs(path: Path, generator: str, answers: dict[str, str], dataset: str = "team-eval") -> Path:
-    path.write_text(json.dumps([{"instruction": k, "output": v, "generator": generator, "dataset": dataset}
-                                for k, v in answers.items()], indent=1), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            [{"instruction": k, "output": v, "generator": generator, "dataset": dataset} for k, v in answers.items()],
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -29,10 +34,15 @@ INSTRUCTIONS = [f"Give one tip for task number {i}." for i in range(12)]
 
 @pytest.fixture
 def ab_files(tmp_path: Path) -> tuple[Path, Path]:
-    a = write_outputs(tmp_path / "student.json", "student", {q: f"student answer {i}" for i, q in enumerate(INSTRUCTIONS)})
+    a = write_outputs(
+        tmp_path / "student.json", "student", {q: f"student answer {i}" for i, q in enumerate(INSTRUCTIONS)}
+    )
     # the teacher's file lists the same instructions in another order: matching is by instruction
-    b = write_outputs(tmp_path / "teacher.json", "teacher",
-                      {q: f"teacher answer {i}" for i, q in reversed(list(enumerate(INSTRUCTIONS)))})
+    b = write_outputs(
+        tmp_path / "teacher.json",
+        "teacher",
+        {q: f"teacher answer {i}" for i, q in reversed(list(enumerate(INSTRUCTIONS)))},
+    )
     return a, b
 
 
@@ -42,6 +52,7 @@ def store(tmp_path: Path, ab_files: tuple[Path, Path]) -> HumanEvalStore:
 
 
 # --------------------------------------------------------------------------- kappa
+
 
 def test_kappa_matches_a_hand_computed_example() -> None:
     # 10 items; F = first system, S = second, T = tie.
@@ -91,13 +102,16 @@ def test_pairwise_agreement_uses_only_items_both_raters_judged() -> None:
 
 # --------------------------------------------------------------------------- pairing
 
+
 def test_outputs_are_matched_by_instruction_and_unmatched_ones_counted(tmp_path: Path) -> None:
     a = write_outputs(tmp_path / "a.json", "base", {"Name a colour.": "red", "Say hi.": "hi", "Only in A.": "x"})
     b = write_outputs(tmp_path / "b.json", "tuned", {"Say hi.": "Hello!", "Name a colour.": "Blue.", "Only in B.": "y"})
     p = pair_outputs(a, b)
     assert p.names == ("base", "tuned")
     assert {(it["instruction"], it["output_1"], it["output_2"]) for it in p.items} == {
-        ("Name a colour.", "red", "Blue."), ("Say hi.", "hi", "Hello!")}
+        ("Name a colour.", "red", "Blue."),
+        ("Say hi.", "hi", "Hello!"),
+    }
     assert (p.only_in_1, p.only_in_2) == (1, 1)
 
 
@@ -124,6 +138,7 @@ def test_same_generator_names_are_told_apart_by_file_name(tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------- the store
 
+
 def test_pressing_a_records_the_system_that_was_on_the_left(store: HumanEvalStore) -> None:
     item = store.next_item("Ana")
     left = store.left_slot("Ana", item.item_id)
@@ -145,8 +160,11 @@ def test_one_judgment_per_rater_and_item(store: HumanEvalStore) -> None:
     assert [r["pressed"] for r in store.judgments()] == ["A"]
     with sqlite3.connect(store.path) as c:  # the database itself refuses a duplicate
         with pytest.raises(sqlite3.IntegrityError):
-            c.execute("INSERT INTO judgments(rater, item_id, left_slot, pressed, winner, created_at) "
-                      "VALUES ('ana', ?, 1, 'B', 1, 'now')", (item.item_id,))
+            c.execute(
+                "INSERT INTO judgments(rater, item_id, left_slot, pressed, winner, created_at) "
+                "VALUES ('ana', ?, 1, 'B', 1, 'now')",
+                (item.item_id,),
+            )
 
 
 def test_a_rater_resumes_by_name_case_and_spacing_aside(tmp_path: Path, ab_files: tuple[Path, Path]) -> None:
@@ -161,8 +179,9 @@ def test_a_rater_resumes_by_name_case_and_spacing_aside(tmp_path: Path, ab_files
     assert s2.raters()[0]["display"] == "Ana Lee"
 
 
-def test_each_rater_has_a_seeded_order_and_sides_are_mixed(store: HumanEvalStore, tmp_path: Path,
-                                                           ab_files: tuple[Path, Path]) -> None:
+def test_each_rater_has_a_seeded_order_and_sides_are_mixed(
+    store: HumanEvalStore, tmp_path: Path, ab_files: tuple[Path, Path]
+) -> None:
     ana, bo = store.order_for("Ana"), store.order_for("Bo")
     assert sorted(ana) == sorted(bo) == list(range(1, len(INSTRUCTIONS) + 1))
     assert ana != bo
@@ -224,6 +243,7 @@ def test_the_database_runs_in_wal_mode(store: HumanEvalStore) -> None:
 
 
 # --------------------------------------------------------------------------- export
+
 
 def _judge_as(store: HumanEvalStore, rater: str, winners: dict[int, int]) -> None:
     """Make `rater` prefer system `winners[item]` (0 = tie), pressing whichever side it is on."""
@@ -289,6 +309,7 @@ def test_cli_export_writes_results_json(store: HumanEvalStore, tmp_path: Path) -
 
 # --------------------------------------------------------------------------- the HTTP API
 
+
 @pytest.fixture
 def server(store: HumanEvalStore):
     from alpacakit.evaluate.human.app import create_app
@@ -318,8 +339,9 @@ def test_judging_over_http_stores_the_choice_and_returns_the_next_item(server, s
     ana = store.invite("Ana")
     s0 = httpx.get(server.url + "/api/state", params={"t": ana}).json()
     shown_a = s0["item"]["A"]
-    s1 = httpx.post(server.url + "/api/judge", json={"t": ana, "item_id": s0["item"]["item_id"],
-                                                     "choice": "A", "seconds": 2.0}).json()
+    s1 = httpx.post(
+        server.url + "/api/judge", json={"t": ana, "item_id": s0["item"]["item_id"], "choice": "A", "seconds": 2.0}
+    ).json()
     assert s1["recorded"] is True and s1["progress"]["done"] == 1
     assert s1["item"]["item_id"] != s0["item"]["item_id"]
     (row,) = store.judgments()
@@ -354,6 +376,7 @@ def test_finished_raters_get_no_item(server, store: HumanEvalStore) -> None:
 
 
 # --------------------------------------------------------------------------- hostile raters
+
 
 def test_nobody_rates_or_undoes_as_somebody_else(server, store: HumanEvalStore) -> None:
     import httpx

@@ -27,8 +27,16 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = os.environ.get("ALPACAKIT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install` needed)")
 if not Path(CHROMIUM).exists():
@@ -49,8 +57,12 @@ ANSWERS_2 = {
 
 
 def _write(path: Path, generator: str, answers: dict[str, str]) -> Path:
-    path.write_text(json.dumps([{"instruction": k, "output": v, "generator": generator, "dataset": "demo"}
-                                for k, v in answers.items()]), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            [{"instruction": k, "output": v, "generator": generator, "dataset": "demo"} for k, v in answers.items()]
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -58,9 +70,13 @@ class Study:
     """`alpacakit eval human` running as a real subprocess on a free port."""
 
     def __init__(self, args: list[str], cwd: Path, port: int = 0):
-        self.proc = subprocess.Popen([sys.executable, "-m", "alpacakit.cli.main", "eval", "human", *args,
-                                      "--port", str(port)],
-                                     cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "alpacakit.cli.main", "eval", "human", *args, "--port", str(port)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.url = ""
         self.links: dict[str, str] = {}  # rater -> personal link, as printed
@@ -71,7 +87,7 @@ class Study:
             for line in self.proc.stdout:
                 self.lines.append(line)
                 if line.startswith("rater "):
-                    name, _, link = line[len("rater "):].strip().rpartition(": ")
+                    name, _, link = line[len("rater ") :].strip().rpartition(": ")
                     self.links[name] = link
                 if line.startswith("listening on "):
                     self.url = line.split()[-1]
@@ -114,8 +130,15 @@ def _wait_done(page: object, n: int) -> None:
 
 
 def _screen(page: object) -> dict[str, str]:
-    return {k: page.inner_text(sel) for k, sel in  # type: ignore[attr-defined]
-            (("instruction", "#instruction"), ("A", "#answer-a"), ("B", "#answer-b"), ("progress", "#progress-text"))}
+    return {
+        k: page.inner_text(sel)
+        for k, sel in (  # type: ignore[attr-defined]
+            ("instruction", "#instruction"),
+            ("A", "#answer-a"),
+            ("B", "#answer-b"),
+            ("progress", "#progress-text"),
+        )
+    }
 
 
 def _free_port() -> int:
@@ -128,8 +151,10 @@ def _free_port() -> int:
 
 def _rows(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as c:
-        return c.execute("SELECT j.rater, i.instruction, j.pressed, j.winner, i.output_1, i.output_2 "
-                         "FROM judgments j JOIN items i ON i.item_id = j.item_id ORDER BY j.id").fetchall()
+        return c.execute(
+            "SELECT j.rater, i.instruction, j.pressed, j.winner, i.output_1, i.output_2 "
+            "FROM judgments j JOIN items i ON i.item_id = j.item_id ORDER BY j.id"
+        ).fetchall()
 
 
 def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Path) -> None:
@@ -137,8 +162,9 @@ def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Pa
     b = _write(tmp_path / "outputs-tuned.json", "tuned", ANSWERS_2)
     db = tmp_path / "eval" / "human.sqlite"
     port = _free_port()  # the same port after the restart: localStorage belongs to host:port
-    study = Study([str(a), str(b), "--db", str(db), "--seed", "3", "--rater", "Ana", "--rater", "Bo"],
-                  cwd=tmp_path, port=port)
+    study = Study(
+        [str(a), str(b), "--db", str(db), "--seed", "3", "--rater", "Ana", "--rater", "Bo"], cwd=tmp_path, port=port
+    )
     try:
         ctx, page = _fresh_page(browser)
         page.goto(study.url + "/")  # without a personal link: nothing to rate
@@ -209,8 +235,12 @@ def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Pa
     rows = _rows(db)
     assert sum(r[0] == "ana" for r in rows) == 4 and sum(r[0] == "bo" for r in rows) == 2
     out = tmp_path / "results.json"
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "eval", "human-export", str(db), "-o", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "eval", "human-export", str(db), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text(encoding="utf-8"))
     assert res["n_judgments"] == 6 and res["n_raters"] == 2

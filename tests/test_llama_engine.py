@@ -16,8 +16,10 @@ import pytest
 
 from alpacakit.errors import TeacherError
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")')
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")',
+)
 
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # goes on for as long as it is allowed to
 PROMPTS = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "a, b, c, d,", "10, 20, 30, 40,"]
@@ -151,9 +153,11 @@ def test_the_teacher_sends_concurrent_calls_through_one_batch(smollm2_gguf):
     from alpacakit.config import TeacherConfig
     from alpacakit.teachers import make_teacher
 
-    teacher = make_teacher(TeacherConfig(model="smollm2-135m-instruct", n_ctx=512, n_threads=2, temperature=0.0,
-                                         max_concurrency=4))
+    teacher = make_teacher(
+        TeacherConfig(model="smollm2-135m-instruct", n_ctx=512, n_threads=2, temperature=0.0, max_concurrency=4)
+    )
     try:
+
         async def many():
             return await asyncio.gather(*(teacher.complete(p, max_tokens=6) for p in PROMPTS))
 

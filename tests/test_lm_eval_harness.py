@@ -51,9 +51,26 @@ def test_lm_eval_runs_our_model_on_a_local_task_through_the_cli(tmp_path: Path) 
 
     folder = make_tiny_base(tmp_path / "tiny-llama", arch="llama", seed=3)
     out = tmp_path / "bench-tiny.json"
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "eval", "bench", "--model", str(folder),
-                        "--lm-eval-tasks", "alpacakit_capitals_mc", "--lm-eval-include", str(TASKS), "-o", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "eval",
+            "bench",
+            "--model",
+            str(folder),
+            "--lm-eval-tasks",
+            "alpacakit_capitals_mc",
+            "--lm-eval-include",
+            str(TASKS),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     entry = json.loads(out.read_text())["tasks"]["lm_eval:alpacakit_capitals_mc"]
     assert entry["source"] == "lm-evaluation-harness" and entry["n"] == len(ITEMS) and entry["metric"] == "acc"
@@ -91,10 +108,19 @@ def test_lm_eval_server_models_talk_to_alpacakit_serve(smollm2_gguf: Path, kind:
     try:
         with BackgroundServer(app) as srv:
             res = lm_eval.simple_evaluate(
-                model=kind, model_args={"model": "smollm2", "base_url": srv.url + route, "tokenizer_backend": None,
-                                        "tokenized_requests": False},
-                tasks=["alpacakit_capitals_gen"], task_manager=TaskManager(include_path=str(TASKS)),
-                num_fewshot=0, log_samples=True, apply_chat_template=chat)
+                model=kind,
+                model_args={
+                    "model": "smollm2",
+                    "base_url": srv.url + route,
+                    "tokenizer_backend": None,
+                    "tokenized_requests": False,
+                },
+                tasks=["alpacakit_capitals_gen"],
+                task_manager=TaskManager(include_path=str(TASKS)),
+                num_fewshot=0,
+                log_samples=True,
+                apply_chat_template=chat,
+            )
             assert httpx.get(srv.url + "/health").json()["served"] == len(ITEMS)
             samples = res["samples"]["alpacakit_capitals_gen"]
             assert len(samples) == len(ITEMS)

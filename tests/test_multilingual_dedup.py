@@ -17,8 +17,16 @@ from alpacakit.curate.dedup import dedup_instructions
 from alpacakit.curate.rouge import RougeDeduper, f_measure, lcs_length, tokenize, tokenize_multilingual
 
 ZH = ["请写一首关于大海的短诗。", "请写一首关于大海的小诗。", "解释光合作用的过程。", "列出三种常见的水果。"]
-RU = ["Напишите короткое стихотворение о море.", "Напишите короткое стихотворение о море!", "Объясните, как работает фотосинтез."]
-JA = ["海についての短い詩を書いてください。", "海についての短い詩を書いて下さい。", "光合成の仕組みを説明してください。"]
+RU = [
+    "Напишите короткое стихотворение о море.",
+    "Напишите короткое стихотворение о море!",
+    "Объясните, как работает фотосинтез.",
+]
+JA = [
+    "海についての短い詩を書いてください。",
+    "海についての短い詩を書いて下さい。",
+    "光合成の仕組みを説明してください。",
+]
 
 
 def test_the_default_tokenizer_sees_nothing_in_these_scripts_and_multilingual_does() -> None:
@@ -56,16 +64,47 @@ def test_bulk_and_streaming_and_direct_lcs_agree_on_mixed_scripts() -> None:
 
 def test_the_cli_takes_the_tokenizer(tmp_path: Path) -> None:
     src = tmp_path / "zh.jsonl"
-    src.write_text("".join(json.dumps({"instruction": t, "output": "…"}, ensure_ascii=False) + "\n" for t in ZH),
-                   encoding="utf-8")
+    src.write_text(
+        "".join(json.dumps({"instruction": t, "output": "…"}, ensure_ascii=False) + "\n" for t in ZH), encoding="utf-8"
+    )
     for tok, expect in (("rouge_score", 4), ("multilingual", 3)):
         out = tmp_path / f"out-{tok}.jsonl"
-        r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "curate", "dedup", str(src), "-o", str(out),
-                            "--tokenizer", tok], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "alpacakit.cli.main",
+                "curate",
+                "dedup",
+                str(src),
+                "-o",
+                str(out),
+                "--tokenizer",
+                tok,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert len(out.read_text(encoding="utf-8").splitlines()) == expect
-    bad = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "curate", "dedup", str(src), "-o",
-                          str(tmp_path / "x.jsonl"), "--tokenizer", "nope"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "curate",
+            "dedup",
+            str(src),
+            "-o",
+            str(tmp_path / "x.jsonl"),
+            "--tokenizer",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "unknown tokenizer 'nope'" in bad.stderr
 
 

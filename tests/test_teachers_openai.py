@@ -11,6 +11,7 @@ import time
 
 import openai
 import pytest
+from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer, unused_port
 
 from alpacakit.config import Price, TeacherConfig
 from alpacakit.errors import BudgetExceeded, ConfigError, TeacherError
@@ -18,7 +19,6 @@ from alpacakit.teachers import make_teacher
 from alpacakit.teachers.accounting import CostTracker, cost_of, estimate_cost, estimate_tokens
 from alpacakit.teachers.base import Teacher, Usage
 from alpacakit.teachers.openai_compat import EndpointError, OpenAICompatTeacher, parse_retry_after
-from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer, unused_port
 
 USER = [{"role": "user", "content": "Name a colour."}]
 
@@ -43,6 +43,7 @@ async def _complete_and_close(teacher, prompt, **kw):
 
 # ----------------------------------------------------------------------------- routes and payloads
 
+
 def test_openai_reference_builds_an_endpoint_teacher(fake_teacher_config):
     teacher = make_teacher(fake_teacher_config())
     assert isinstance(teacher, OpenAICompatTeacher)
@@ -51,7 +52,9 @@ def test_openai_reference_builds_an_endpoint_teacher(fake_teacher_config):
 
 
 def test_chat_posts_messages_to_chat_completions_with_the_key(fake_openai, fake_teacher_config):
-    fake_openai.script([{"text": "Blue.", "finish_reason": "stop", "usage": {"prompt_tokens": 12, "completion_tokens": 2}}])
+    fake_openai.script(
+        [{"text": "Blue.", "finish_reason": "stop", "usage": {"prompt_tokens": 12, "completion_tokens": 2}}]
+    )
     c = run(_chat_and_close(make_teacher(fake_teacher_config()), max_tokens=7, temperature=0.3, top_p=0.9))
     assert (c.text, c.finish_reason, c.usage, c.attempts) == ("Blue.", "stop", Usage(12, 2), 1)
     assert c.model == "fake-model" and c.request_id.startswith("chatcmpl-fake-")
@@ -120,6 +123,7 @@ def test_a_teacher_can_be_closed_and_reused_from_another_event_loop(fake_teacher
 
 # ----------------------------------------------------------------------------- retries
 
+
 def test_429_is_retried_after_the_retry_after_delay(fake_openai, fake_teacher_config):
     fake_openai.script([{"status": 429, "retry_after": 1}, {"text": "ok"}])
     c = run(_chat_and_close(make_teacher(fake_teacher_config())))
@@ -158,8 +162,14 @@ def test_retries_stop_after_max_retries_with_the_last_error(fake_openai, fake_te
     msg = str(err.value)
     assert f"{fake_openai.url}/chat/completions" in msg and "3 attempts" in msg and "HTTP 500" in msg
     assert err.value.status == 500 and err.value.attempts == 3
-    assert tracker.snapshot() == {"requests": 0, "failed_requests": 1, "attempts": 3, "prompt_tokens": 0,
-                                "completion_tokens": 0, "cost_usd": 0.0}
+    assert tracker.snapshot() == {
+        "requests": 0,
+        "failed_requests": 1,
+        "attempts": 3,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_usd": 0.0,
+    }
 
 
 def test_client_errors_are_not_retried(fake_openai, fake_teacher_config):
@@ -190,8 +200,15 @@ def test_null_content_becomes_empty_text_the_caller_can_count(fake_openai, fake_
 def test_an_unreachable_endpoint_fails_after_its_retries_naming_url_and_attempts(monkeypatch):
     monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY)
     url = f"http://127.0.0.1:{unused_port()}/v1"
-    cfg = TeacherConfig(model="openai:m", base_url=url, api_key_env=FAKE_KEY_ENV, max_retries=2,
-                        backoff_base_s=0.01, backoff_max_s=0.02, timeout_s=5)
+    cfg = TeacherConfig(
+        model="openai:m",
+        base_url=url,
+        api_key_env=FAKE_KEY_ENV,
+        max_retries=2,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        timeout_s=5,
+    )
     with pytest.raises(EndpointError) as err:
         run(_chat_and_close(make_teacher(cfg)))
     msg = str(err.value)
@@ -210,8 +227,9 @@ def test_parse_retry_after_accepts_seconds_milliseconds_and_http_dates():
 
 def test_retry_after_as_an_http_date_is_honoured(fake_openai, fake_teacher_config):
     not_before = math.ceil(time.time()) + 1  # HTTP dates have whole seconds
-    fake_openai.script([{"status": 429, "retry_after": email.utils.formatdate(not_before, usegmt=True)},
-                        {"text": "ok"}])
+    fake_openai.script(
+        [{"status": 429, "retry_after": email.utils.formatdate(not_before, usegmt=True)}, {"text": "ok"}]
+    )
     assert run(_chat_and_close(make_teacher(fake_teacher_config()))).attempts == 2
     first, second = fake_openai.requests
     assert second.received_wall >= not_before
@@ -219,9 +237,12 @@ def test_retry_after_as_an_http_date_is_honoured(fake_openai, fake_teacher_confi
 
 # ----------------------------------------------------------------------------- keys
 
+
 def test_a_missing_key_names_the_environment_variable(monkeypatch):
     monkeypatch.delenv("ALPACAKIT_NO_SUCH_KEY", raising=False)
-    cfg = TeacherConfig(model="openai:gpt-x", base_url="https://api.example.com/v1", api_key_env="ALPACAKIT_NO_SUCH_KEY")
+    cfg = TeacherConfig(
+        model="openai:gpt-x", base_url="https://api.example.com/v1", api_key_env="ALPACAKIT_NO_SUCH_KEY"
+    )
     with pytest.raises(TeacherError, match="environment variable ALPACAKIT_NO_SUCH_KEY is not set"):
         make_teacher(cfg)
 
@@ -266,6 +287,7 @@ def test_bad_base_url_and_empty_model_are_config_errors(monkeypatch):
 
 # ----------------------------------------------------------------------------- concurrency
 
+
 def test_requests_in_flight_never_exceed_max_concurrency(fake_openai, fake_teacher_config):
     fake_openai.responder = lambda body: {"sleep": 0.3, "text": body["messages"][0]["content"]}
     teacher = make_teacher(fake_teacher_config(max_concurrency=3))
@@ -284,11 +306,16 @@ def test_requests_in_flight_never_exceed_max_concurrency(fake_openai, fake_teach
 
 # ----------------------------------------------------------------------------- usage, cost, budget
 
+
 def test_usage_and_cost_follow_the_price_table(fake_openai, fake_teacher_config):
     price = Price(input_per_1m=1.0, output_per_1m=2.0)
-    fake_openai.script([{"text": "a", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}},
-                        {"status": 429, "retry_after": 0},
-                        {"text": "b", "usage": {"prompt_tokens": 3000, "completion_tokens": 1000}}])
+    fake_openai.script(
+        [
+            {"text": "a", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}},
+            {"status": 429, "retry_after": 0},
+            {"text": "b", "usage": {"prompt_tokens": 3000, "completion_tokens": 1000}},
+        ]
+    )
     tracker = CostTracker()
     teacher = make_teacher(fake_teacher_config(price=price), tracker)
 
@@ -300,8 +327,14 @@ def test_usage_and_cost_follow_the_price_table(fake_openai, fake_teacher_config)
 
     a, b = run(two())
     assert a.cost == pytest.approx(0.002) and b.cost == pytest.approx(0.005)
-    assert tracker.snapshot() == {"requests": 2, "failed_requests": 0, "attempts": 3, "prompt_tokens": 4000,
-                                  "completion_tokens": 1500, "cost_usd": pytest.approx(0.007)}
+    assert tracker.snapshot() == {
+        "requests": 2,
+        "failed_requests": 0,
+        "attempts": 3,
+        "prompt_tokens": 4000,
+        "completion_tokens": 1500,
+        "cost_usd": pytest.approx(0.007),
+    }
 
 
 def test_cost_is_set_without_a_tracker_and_estimated_when_usage_is_missing(fake_openai, fake_teacher_config):
@@ -366,6 +399,7 @@ def test_the_tracker_is_exact_under_threads():
 
 
 # ----------------------------------------------------------------------------- the fake server itself
+
 
 def test_the_fake_server_streams_sse_for_the_official_client(fake_openai):
     fake_openai.script([{"text": "one two three"}])

@@ -148,11 +148,15 @@ def test_generate_output_metadata_is_ignored(tmp_path):
     assert s[0].turns == [Turn("Translate the word into French.", "cat", "chat")]
 
 
-SHAREGPT = {"conversations": [
-    {"from": "system", "value": "Be brief."},
-    {"from": "human", "value": "Name a fruit."}, {"from": "gpt", "value": "Apple."},
-    {"from": "human", "value": "Another one?"}, {"from": "gpt", "value": "Banana."},
-]}
+SHAREGPT = {
+    "conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Name a fruit."},
+        {"from": "gpt", "value": "Apple."},
+        {"from": "human", "value": "Another one?"},
+        {"from": "gpt", "value": "Banana."},
+    ]
+}
 
 
 def test_sharegpt_conversations_become_turns(tmp_path):
@@ -185,8 +189,10 @@ def test_multi_turn_with_a_chat_format_supervises_every_assistant_turn_only(tmp_
     assert "Name a fruit" not in supervised and "Be brief" not in supervised and "user" not in supervised
     assert ids[-1] == tok.eos_token_id and labels[-1] == tok.eos_token_id
     # the unsupervised part is exactly what the template writes before each answer
-    rendered = fmt.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
-                          add_generation_prompt=True)
+    rendered = fmt.render(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
+        add_generation_prompt=True,
+    )
     n = len(tok(rendered, add_special_tokens=False)["input_ids"])
     assert labels[:n] == [IGNORE] * n and labels[n] != IGNORE
 

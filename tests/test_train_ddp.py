@@ -15,18 +15,55 @@ pytest.importorskip("accelerate")
 from alpacakit.train.launch import SHIPPED, accelerate_config_path  # noqa: E402
 from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 
-WORDS = ["red", "blue", "cat", "dog", "sun", "tea", "fox", "bread", "milk", "rain", "salt", "tree", "sky", "ice",
-         "owl", "bee"]
+WORDS = [
+    "red",
+    "blue",
+    "cat",
+    "dog",
+    "sun",
+    "tea",
+    "fox",
+    "bread",
+    "milk",
+    "rain",
+    "salt",
+    "tree",
+    "sky",
+    "ice",
+    "owl",
+    "bee",
+]
 
 
 def test_ddp_with_two_cpu_processes_trains_on_both_ranks_and_saves_once(tmp_path):
     base = make_tiny_base(tmp_path / "base")
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS))
+    data.write_text(
+        "".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS)
+    )
     out = tmp_path / "model"
-    cmd = [sys.executable, "-m", "alpacakit.cli.main", "train", "--base", str(base), "--data", str(data), "-o", str(out),
-           "--set", "epochs=1", "--set", "batch_size=2", "--set", "lr=1e-2",
-           "--launcher", "accelerate", "--num-processes", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpacakit.cli.main",
+        "train",
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "lr=1e-2",
+        "--launcher",
+        "accelerate",
+        "--num-processes",
+        "2",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
@@ -60,4 +97,3 @@ def test_shipped_accelerate_configs_are_valid_accelerate_files(name):
         assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     if name == "deepspeed-zero3":
         assert cfg.deepspeed_config["zero_stage"] == 3
-

@@ -20,10 +20,28 @@ pytest.importorskip("deepspeed")
 
 from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 
-WORDS = ["red", "blue", "cat", "dog", "sun", "tea", "fox", "bread", "milk", "rain", "salt", "tree", "sky", "ice",
-         "owl", "bee"]
-CFG = "method: full\nprecision: fp32\nloss: supervised\nepochs: 1\nbatch_size: 2\nlr: 1.0e-2\nsave_steps: 2\n" \
-      "keep_checkpoints: true\n"
+WORDS = [
+    "red",
+    "blue",
+    "cat",
+    "dog",
+    "sun",
+    "tea",
+    "fox",
+    "bread",
+    "milk",
+    "rain",
+    "salt",
+    "tree",
+    "sky",
+    "ice",
+    "owl",
+    "bee",
+]
+CFG = (
+    "method: full\nprecision: fp32\nloss: supervised\nepochs: 1\nbatch_size: 2\nlr: 1.0e-2\nsave_steps: 2\n"
+    "keep_checkpoints: true\n"
+)
 
 
 def _env() -> dict:
@@ -31,8 +49,21 @@ def _env() -> dict:
 
 
 def _train(cfg, out, accelerate_config):
-    cmd = [sys.executable, "-m", "alpacakit.cli.main", "train", str(cfg), "-o", str(out), "--launcher", "accelerate",
-           "--num-processes", "2", "--accelerate-config", str(accelerate_config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpacakit.cli.main",
+        "train",
+        str(cfg),
+        "-o",
+        str(out),
+        "--launcher",
+        "accelerate",
+        "--num-processes",
+        "2",
+        "--accelerate-config",
+        str(accelerate_config),
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-5000:])
 
@@ -40,20 +71,35 @@ def _train(cfg, out, accelerate_config):
 def test_zero3_on_two_cpu_processes_partitions_the_weights_and_saves_them_whole(tmp_path):
     base = make_tiny_base(tmp_path / "base")
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS))
+    data.write_text(
+        "".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS)
+    )
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"base: {base}\ndata: {data}\n{CFG}")
     ds_json = tmp_path / "zero3.json"
-    ds_json.write_text(json.dumps({
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
-                              "stage3_gather_16bit_weights_on_model_save": True},
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-    }))
+    ds_json.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {
+                    "stage": 3,
+                    "stage3_param_persistence_threshold": 0,
+                    "stage3_gather_16bit_weights_on_model_save": True,
+                },
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "train_batch_size": "auto",
+                "gradient_clipping": "auto",
+                "bf16": {"enabled": "auto"},
+                "fp16": {"enabled": "auto"},
+            }
+        )
+    )
     acc = tmp_path / "zero3.yaml"
-    acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nnum_machines: 1\nnum_processes: 2\n"
-                   f"machine_rank: 0\nrdzv_backend: static\nsame_network: true\nuse_cpu: false\n"
-                   f"deepspeed_config:\n  deepspeed_config_file: {ds_json}\n  zero3_init_flag: true\n")
+    acc.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nnum_machines: 1\nnum_processes: 2\n"
+        f"machine_rank: 0\nrdzv_backend: static\nsame_network: true\nuse_cpu: false\n"
+        f"deepspeed_config:\n  deepspeed_config_file: {ds_json}\n  zero3_init_flag: true\n"
+    )
     _train(cfg, tmp_path / "zero3", acc)
     _train(cfg, tmp_path / "ddp", "ddp")
 
@@ -61,11 +107,13 @@ def test_zero3_on_two_cpu_processes_partitions_the_weights_and_saves_them_whole(
     step = tmp_path / "zero3" / "stages" / "01-main" / "checkpoints" / "checkpoint-4" / "global_step4"
     n_params = 0
     for rank in (0, 1):
-        states = torch.load(step / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=False)
+        states = torch.load(
+            step / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
         assert all(v.numel() == 0 for v in states["module"].values())
-        optim = torch.load(step / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu",
-                           weights_only=False)
+        optim = torch.load(
+            step / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False
+        )
         n_params += sum(t.numel() for t in optim["optimizer_state_dict"]["fp32_flat_groups"])
     from safetensors.torch import load_file
 

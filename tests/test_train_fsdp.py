@@ -24,14 +24,34 @@ from alpacakit.train.launch import _cpu_variant, accelerate_config_path  # noqa:
 from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 from alpacakit.train.trainer import CHECKPOINT_MARKER  # noqa: E402
 
-WORDS = ["red", "blue", "cat", "dog", "sun", "tea", "fox", "bread", "milk", "rain", "salt", "tree", "sky", "ice",
-         "owl", "bee"]
+WORDS = [
+    "red",
+    "blue",
+    "cat",
+    "dog",
+    "sun",
+    "tea",
+    "fox",
+    "bread",
+    "milk",
+    "rain",
+    "salt",
+    "tree",
+    "sky",
+    "ice",
+    "owl",
+    "bee",
+]
 # fp32 and `loss: supervised` on both sides of every comparison (FSDP turns `chunked` into
 # `supervised`, and a bf16 base would round differently under the two wrappers)
-FULL = "method: full\nprecision: fp32\nloss: supervised\nepochs: 2\nbatch_size: 2\nlr: 1.0e-2\nsave_steps: 2\n" \
-       "save_total_limit: 4\nkeep_checkpoints: true\nlogging_steps: 1\n"
-LORA = "method: lora\nprecision: fp32\nloss: supervised\nepochs: 1\nbatch_size: 2\nlr: 1.0e-2\n" \
-       "lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}\n"
+FULL = (
+    "method: full\nprecision: fp32\nloss: supervised\nepochs: 2\nbatch_size: 2\nlr: 1.0e-2\nsave_steps: 2\n"
+    "save_total_limit: 4\nkeep_checkpoints: true\nlogging_steps: 1\n"
+)
+LORA = (
+    "method: lora\nprecision: fp32\nloss: supervised\nepochs: 1\nbatch_size: 2\nlr: 1.0e-2\n"
+    "lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}\n"
+)
 
 
 def _env(**kw: str) -> dict:
@@ -39,8 +59,22 @@ def _env(**kw: str) -> dict:
 
 
 def _cmd(cfg: Path, out: Path, config: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "alpacakit.cli.main", "train", str(cfg), "-o", str(out),
-            "--launcher", "accelerate", "--num-processes", "2", "--accelerate-config", config, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "alpacakit.cli.main",
+        "train",
+        str(cfg),
+        "-o",
+        str(out),
+        "--launcher",
+        "accelerate",
+        "--num-processes",
+        "2",
+        "--accelerate-config",
+        config,
+        *extra,
+    ]
 
 
 def _run(cfg: Path, out: Path, config: str, *extra: str) -> subprocess.CompletedProcess:
@@ -54,7 +88,9 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("fsdp")
     base = make_tiny_base(d / "base")
     data = d / "data.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS))
+    data.write_text(
+        "".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS)
+    )
     full = d / "full.yaml"
     full.write_text(f"base: {base}\ndata: {data}\n{FULL}")
     lora = d / "lora.yaml"
@@ -150,8 +186,12 @@ def test_fsdp_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(setu
     out = setup["dir"] / "killed"
     partial = setup["dir"] / "killed.partial"
     ck = partial / "stages" / "01-main" / "checkpoints" / "checkpoint-4" / CHECKPOINT_MARKER
-    proc = subprocess.Popen(_cmd(setup["full"], out, "fsdp"), env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(setup["full"], out, "fsdp"),
+        env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while not ck.exists():

@@ -89,8 +89,9 @@ def test_gemma_lora_trains_and_saves_a_usable_adapter(gemma, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": i, "input": x, "output": o}) + "\n" for i, x, o in RECORDS))
     out = tmp_path / "gemma-lora"
-    cfg = TrainConfig(preset="cpu-quick", data=str(data), max_steps=2, batch_size=2, grad_accum=1, max_length=96,
-                      save_steps=100)
+    cfg = TrainConfig(
+        preset="cpu-quick", data=str(data), max_steps=2, batch_size=2, grad_accum=1, max_length=96, save_steps=100
+    )
     result = train(cfg, output_dir=out)
     m = result.manifest
     assert m["base"]["source"] == "embedded" and m["base"]["gguf_sha256"].startswith("a5fd3b62")

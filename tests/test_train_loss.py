@@ -51,12 +51,15 @@ def _rows(tok, texts):
     for prompt, answer in texts:
         p = tok(prompt)["input_ids"]
         ids = tok(prompt + answer)["input_ids"] + [tok.eos_token_id]
-        out.append({"input_ids": ids, "labels": [-100] * len(p) + ids[len(p):]})
+        out.append({"input_ids": ids, "labels": [-100] * len(p) + ids[len(p) :]})
     return out
 
 
-TEXTS = [("Name a colour. ", "Red is a colour."), ("What is the capital of Australia? ", "Canberra."),
-         ("Count the vowels in banana. ", "Three.")]
+TEXTS = [
+    ("Name a colour. ", "Red is a colour."),
+    ("What is the capital of Australia? ", "Canberra."),
+    ("Count the vowels in banana. ", "Three."),
+]
 
 
 @pytest.mark.parametrize("per_example_attention", [False, True])
@@ -74,7 +77,9 @@ def test_packed_examples_do_not_attend_to_each_other(arch, per_example_attention
         if per_example_attention:
             with packed_attention(model) as on:
                 assert on and model.config._attn_implementation == "alpacakit_packed"
-                packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+                packed = model(
+                    input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+                ).logits[0]
             assert model.config._attn_implementation == "sdpa"
         else:
             packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
@@ -82,7 +87,7 @@ def test_packed_examples_do_not_attend_to_each_other(arch, per_example_attention
         for r in rows:
             n = len(r["input_ids"])
             alone = model(input_ids=torch.tensor([r["input_ids"]]), use_cache=False).logits[0]
-            torch.testing.assert_close(packed[start:start + n], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(packed[start : start + n], alone, rtol=1e-4, atol=1e-5)
             start += n
 
 
@@ -121,9 +126,11 @@ def test_all_loss_modes_and_batchings_give_the_same_loss_and_gradients(arch):
 
     rows = _rows(tok, TEXTS)
     results = []
-    for name, collator, attention in (("padded", PaddedCollator(tok.pad_token_id), nullcontext),
-                                      ("packed", PackedCollator(), nullcontext),
-                                      ("packed+per-example-attention", PackedCollator(), lambda: packed_attention(model))):
+    for name, collator, attention in (
+        ("padded", PaddedCollator(tok.pad_token_id), nullcontext),
+        ("packed", PackedCollator(), nullcontext),
+        ("packed+per-example-attention", PackedCollator(), lambda: packed_attention(model)),
+    ):
         batch = collator(rows)
         for mode in ("full", "supervised", "chunked"):
             model.zero_grad()

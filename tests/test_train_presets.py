@@ -20,25 +20,44 @@ from alpacakit.train.tiny import make_tiny_model, make_tiny_tokenizer  # noqa: E
 
 # Alpaca-shaped records (instruction, input, output), with and without an input
 RECORDS = [
-    {"instruction": "Give three tips for keeping a houseplant alive.", "input": "",
-     "output": "1. Water it when the top of the soil is dry.\n2. Give it bright, indirect light.\n3. Repot it when the roots fill the pot."},
-    {"instruction": "Classify the following animal as a mammal, bird or reptile.", "input": "Crocodile",
-     "output": "Reptile"},
-    {"instruction": "Rewrite the sentence in the passive voice.", "input": "The committee approved the budget.",
-     "output": "The budget was approved by the committee."},
+    {
+        "instruction": "Give three tips for keeping a houseplant alive.",
+        "input": "",
+        "output": "1. Water it when the top of the soil is dry.\n2. Give it bright, indirect light.\n3. Repot it when the roots fill the pot.",
+    },
+    {
+        "instruction": "Classify the following animal as a mammal, bird or reptile.",
+        "input": "Crocodile",
+        "output": "Reptile",
+    },
+    {
+        "instruction": "Rewrite the sentence in the passive voice.",
+        "input": "The committee approved the budget.",
+        "output": "The budget was approved by the committee.",
+    },
     {"instruction": "What is the capital of Canada?", "input": "", "output": "The capital of Canada is Ottawa."},
 ]
 
-PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                  "Write a response that appropriately completes the request.\n\n")
-PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+)
+PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+)
 
 
 def stanford_prompt(rec: dict) -> str:
     """Stanford's train.py PROMPT_DICT, written out: the prompt ends at '### Response:' (no newline)."""
     if rec.get("input", "") != "":
-        return (PREAMBLE_INPUT + "### Instruction:\n" + rec["instruction"] + "\n\n### Input:\n" + rec["input"]
-                + "\n\n### Response:")
+        return (
+            PREAMBLE_INPUT
+            + "### Instruction:\n"
+            + rec["instruction"]
+            + "\n\n### Input:\n"
+            + rec["input"]
+            + "\n\n### Response:"
+        )
     return PREAMBLE + "### Instruction:\n" + rec["instruction"] + "\n\n### Response:"
 
 
@@ -61,11 +80,13 @@ def test_alpaca_stanford_format_is_stanfords_prompt_byte_for_byte():
     assert fmt.name == "alpaca-stanford"
     assert fmt.build("What is the capital of Canada?") == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\nWhat is the capital of Canada?\n\n### Response:")
+        "request.\n\n### Instruction:\nWhat is the capital of Canada?\n\n### Response:"
+    )
     assert fmt.build("Classify the following animal as a mammal, bird or reptile.", "Crocodile") == (
         "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
         "response that appropriately completes the request.\n\n### Instruction:\nClassify the following animal as a "
-        "mammal, bird or reptile.\n\n### Input:\nCrocodile\n\n### Response:")
+        "mammal, bird or reptile.\n\n### Input:\nCrocodile\n\n### Response:"
+    )
     for rec in RECORDS:
         assert fmt.build(rec["instruction"], rec["input"]).encode() == stanford_prompt(rec).encode()
 
@@ -107,18 +128,57 @@ def test_labels_mask_the_prompt_exactly_as_stanfords_preprocess(tmp_path, tok, n
 def test_presets_carry_the_recipes_settings():
     assert {"alpaca", "alpaca-fast", "alpaca-lora", "qlora", "lora-8bit", "cpu-quick"} <= set(list_presets())
     a = TrainConfig(preset="alpaca")
-    assert (a.method, a.prompt_format, a.packing, a.loss, a.loss_average, a.lr, a.epochs, a.effective_batch,
-            a.batch_size, a.scheduler, a.warmup_ratio, a.weight_decay, a.max_length, a.precision,
-            a.accelerate_config) == ("full", "alpaca-stanford", False, "full", "micro_batch", 2e-5, 3, 128, 4, "cosine",
-                                     0.03, 0.0, 512, "bf16-mixed", "fsdp")
+    assert (
+        a.method,
+        a.prompt_format,
+        a.packing,
+        a.loss,
+        a.loss_average,
+        a.lr,
+        a.epochs,
+        a.effective_batch,
+        a.batch_size,
+        a.scheduler,
+        a.warmup_ratio,
+        a.weight_decay,
+        a.max_length,
+        a.precision,
+        a.accelerate_config,
+    ) == (
+        "full",
+        "alpaca-stanford",
+        False,
+        "full",
+        "micro_batch",
+        2e-5,
+        3,
+        128,
+        4,
+        "cosine",
+        0.03,
+        0.0,
+        512,
+        "bf16-mixed",
+        "fsdp",
+    )
     f = TrainConfig(preset="alpaca-fast")
     assert (f.prompt_format, f.packing, f.loss, f.loss_average) == ("alpaca-stanford", True, "chunked", "tokens")
     assert (f.method, f.lr, f.epochs, f.effective_batch, f.accelerate_config) == ("full", 2e-5, 3, 128, "fsdp")
     lo = TrainConfig(preset="alpaca-lora")
-    assert (lo.prompt_format, lo.method, lo.lora.r, lo.lora.target_modules) == ("alpaca-lora", "lora", 8, ["q_proj", "v_proj"])
+    assert (lo.prompt_format, lo.method, lo.lora.r, lo.lora.target_modules) == (
+        "alpaca-lora",
+        "lora",
+        8,
+        ["q_proj", "v_proj"],
+    )
     q = TrainConfig(preset="qlora")
-    assert (q.method, q.optim, q.lora.r, q.lora.target_modules, q.max_grad_norm) == \
-        ("qlora", "paged_adamw_32bit", 64, ["all-linear"], 0.3)
+    assert (q.method, q.optim, q.lora.r, q.lora.target_modules, q.max_grad_norm) == (
+        "qlora",
+        "paged_adamw_32bit",
+        64,
+        ["all-linear"],
+        0.3,
+    )
     e = TrainConfig(preset="lora-8bit")
     assert (e.method, e.prompt_format, e.lora.target_modules) == ("lora-8bit", "alpaca-lora", ["q_proj", "v_proj"])
     for name in list_presets():  # every preset's prompt format exists
@@ -181,8 +241,9 @@ def test_the_alpaca_preset_trains_end_to_end_on_cpu(tmp_path, tok):
     base = make_tiny_base(tmp_path / "base")
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps(RECORDS * 2))
-    cfg = TrainConfig(preset="alpaca", base=str(base), data=str(data), epochs=1, effective_batch=4, batch_size=2,
-                      save_steps=50)
+    cfg = TrainConfig(
+        preset="alpaca", base=str(base), data=str(data), epochs=1, effective_batch=4, batch_size=2, save_steps=50
+    )
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -221,5 +282,7 @@ def test_a_paged_optimizer_on_cpu_is_refused_before_loading(tmp_path):
     data = tmp_path / "d.json"
     data.write_text(json.dumps(RECORDS))
     with pytest.raises(ConfigError, match="optim: paged_adamw_32bit needs a CUDA GPU"):
-        train(TrainConfig(data=str(data), optim="paged_adamw_32bit", base=str(tmp_path / "no-base")),
-              output_dir=tmp_path / "m")
+        train(
+            TrainConfig(data=str(data), optim="paged_adamw_32bit", base=str(tmp_path / "no-base")),
+            output_dir=tmp_path / "m",
+        )

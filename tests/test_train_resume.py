@@ -24,8 +24,12 @@ WORDS = ["red", "blue", "cat", "dog", "sun", "tea", "fox", "bread", "milk", "rai
 def _setup(tmp: Path) -> tuple[Path, Path]:
     base = make_tiny_base(tmp / "base")
     data = tmp / "data.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}) + "\n"
-                            for w in WORDS))
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}) + "\n"
+            for w in WORDS
+        )
+    )
     cfg = tmp / "train.yaml"
     # LoRA dropout and a shuffled data order make the RNG state matter; 2 epochs cross an epoch boundary.
     cfg.write_text(
@@ -59,8 +63,12 @@ def test_kill_9_then_resume_gives_the_same_weights_and_losses(tmp_path):
     out = tmp_path / "killed"
     partial = tmp_path / "killed.partial"
     ckdir = partial / "stages" / "01-main" / "checkpoints"
-    proc = subprocess.Popen(_cmd(cfg, out), env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(cfg, out),
+        env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 300
         while not (ckdir / "checkpoint-4" / CHECKPOINT_MARKER).exists():
@@ -108,7 +116,8 @@ def test_resume_with_a_changed_config_is_refused(tmp_path):
 
     saved = _config_dict(load_train_config(cfg).train)
     (partial / RUN_CONFIG).write_text(json.dumps(saved))
-    r = subprocess.run(_cmd(cfg, out, "--resume", "--set", "lr=1e-4"), env=_env(), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        _cmd(cfg, out, "--resume", "--set", "lr=1e-4"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2
     assert "lr: 0.005 -> 0.0001" in r.stderr

@@ -74,6 +74,7 @@ def _cli(*args, timeout=300):
 
 # --------------------------------------------------------------------------- outputs
 
+
 def test_lora_run_writes_a_complete_model_folder(lora_run, data):
     out = lora_run
     assert (out / "adapter" / "adapter_model.safetensors").exists()
@@ -129,12 +130,14 @@ def test_a_finished_folder_is_not_overwritten_without_overwrite(lora_run, base, 
 
 # --------------------------------------------------------------------------- learning
 
+
 def _greedy(model, tok, prompt, n=16):
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids, max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_full_fine_tune_learns_to_answer_and_stop(base, tmp_path):
@@ -144,11 +147,22 @@ def test_full_fine_tune_learns_to_answer_and_stop(base, tmp_path):
 
     from alpacakit.train.merge import load_trained
 
-    d = _write(tmp_path / "ok.jsonl", [{"instruction": f"Repeat the word {w}.", "input": "", "output": "OK."}
-                                       for w in WORDS])
+    d = _write(
+        tmp_path / "ok.jsonl", [{"instruction": f"Repeat the word {w}.", "input": "", "output": "OK."} for w in WORDS]
+    )
     out = tmp_path / "full"
-    cfg = _cfg(base, d, method="full", epochs=40, lr=1e-2, warmup_ratio=0.0, scheduler="constant",
-               batch_size=8, save_steps=1000, logging_steps=5)
+    cfg = _cfg(
+        base,
+        d,
+        method="full",
+        epochs=40,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        batch_size=8,
+        save_steps=1000,
+        logging_steps=5,
+    )
     train(cfg, output_dir=out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["weights"] == "merged" and (out / "merged" / "model.safetensors").exists()
@@ -160,7 +174,7 @@ def test_full_fine_tune_learns_to_answer_and_stop(base, tmp_path):
         assert tok.eos_token_id not in _greedy(untrained, tok, prompt)
         gen = _greedy(model, tok, prompt)
         assert tok.eos_token_id in gen
-        assert tok.decode(gen[:gen.index(tok.eos_token_id)]).strip() == "OK."
+        assert tok.decode(gen[: gen.index(tok.eos_token_id)]).strip() == "OK."
 
 
 def test_multi_stage_continues_from_the_previous_stages_weights(base, data, tmp_path):
@@ -197,15 +211,31 @@ def test_chat_format_training_saves_the_rendered_template(base, tmp_path):
 
 # --------------------------------------------------------------------------- config and errors
 
+
 def test_presets_are_listed_with_stanford_and_alpaca_lora_values():
     presets = list_presets()
     assert {"alpaca", "alpaca-lora", "cpu-quick"} <= set(presets)
     a = TrainConfig(preset="alpaca")
-    assert (a.method, a.epochs, a.lr, a.scheduler, a.warmup_ratio, a.weight_decay, a.max_length, a.effective_batch) == \
-        ("full", 3, 2e-5, "cosine", 0.03, 0.0, 512, 128)
+    assert (a.method, a.epochs, a.lr, a.scheduler, a.warmup_ratio, a.weight_decay, a.max_length, a.effective_batch) == (
+        "full",
+        3,
+        2e-5,
+        "cosine",
+        0.03,
+        0.0,
+        512,
+        128,
+    )
     b = TrainConfig(preset="alpaca-lora")
-    assert (b.method, b.lora.r, b.lora.alpha, b.lora.dropout, b.lora.target_modules, b.lr, b.max_length) == \
-        ("lora", 8, 16, 0.05, ["q_proj", "v_proj"], 3e-4, 256)
+    assert (b.method, b.lora.r, b.lora.alpha, b.lora.dropout, b.lora.target_modules, b.lr, b.max_length) == (
+        "lora",
+        8,
+        16,
+        0.05,
+        ["q_proj", "v_proj"],
+        3e-4,
+        256,
+    )
 
 
 def test_keys_next_to_a_preset_and_set_overrides_win(tmp_path):
@@ -288,8 +318,10 @@ def test_running_out_of_memory_is_reported_with_what_to_lower(base, data, tmp_pa
     from alpacakit.train.trainer import AlpacaTrainer
 
     def oom(self, *a, **k):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)"
+        )
 
     monkeypatch.setattr(AlpacaTrainer, "training_step", oom)
     with pytest.raises(AlpacakitError) as e:

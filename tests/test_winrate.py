@@ -48,20 +48,27 @@ def _annotations(pref, len_model, len_base):
     import pandas as pd
 
     n = len(pref)
-    return pd.DataFrame({
-        "instruction": [f"instruction {i}" for i in range(n)],
-        "output_1": ["b" * int(k) for k in len_base], "output_2": ["m" * int(k) for k in len_model],
-        "generator_1": "baseline", "generator_2": "model", "annotator": "test-judge",
-        "preference": pref, "index": np.arange(n),
-    })
+    return pd.DataFrame(
+        {
+            "instruction": [f"instruction {i}" for i in range(n)],
+            "output_1": ["b" * int(k) for k in len_base],
+            "output_2": ["m" * int(k) for k in len_model],
+            "generator_1": "baseline",
+            "generator_2": "model",
+            "annotator": "test-judge",
+            "preference": pref,
+            "index": np.arange(n),
+        }
+    )
 
 
 def _offline_hub(monkeypatch, ae, tmp_path, difficulty):
     import pandas as pd
 
     path = tmp_path / "df_gamed.csv"
-    pd.DataFrame({"index": np.arange(len(difficulty)), "instruction_difficulty": difficulty,
-                  "model": "none"}).to_csv(path, index=False)
+    pd.DataFrame({"index": np.arange(len(difficulty)), "instruction_difficulty": difficulty, "model": "none"}).to_csv(
+        path, index=False
+    )
     monkeypatch.setattr(ae.glm, "hf_hub_download", lambda **kw: str(path))
 
 
@@ -77,7 +84,7 @@ def _synthetic(seed: int, n: int, kind: str):
     elif kind == "soft":
         pref = 1 + np.clip(p_model + rng.normal(0, 0.2, n), 0, 1)
     else:  # both orders averaged, old-style ties (0) and unparsable judgments (NaN)
-        pref = rng.choice([1.0, 1.25, 1.5, 1.75, 2.0, 0.0, np.nan], n, p=[.3, .05, .1, .05, .4, .05, .05])
+        pref = rng.choice([1.0, 1.25, 1.5, 1.75, 2.0, 0.0, np.nan], n, p=[0.3, 0.05, 0.1, 0.05, 0.4, 0.05, 0.05])
     return pref, len_model, len_base
 
 
@@ -86,12 +93,15 @@ def _same(a, b) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-@pytest.mark.parametrize("prefs", [
-    [1, 2, 2, 1.5, 2, 1, 0, 2],
-    [1.0, 1.25, 1.75, 2.0, float("nan"), 1.5, 1.6, 1.4],
-    [2, 2, 2],
-    [1.5],
-])
+@pytest.mark.parametrize(
+    "prefs",
+    [
+        [1, 2, 2, 1.5, 2, 1, 0, 2],
+        [1.0, 1.25, 1.75, 2.0, float("nan"), 1.5, 1.6, 1.4],
+        [2, 2, 2],
+        [1.5],
+    ],
+)
 def test_get_winrate_equals_alpaca_eval(ae, prefs):
     ours = get_winrate(prefs)
     theirs = ae.winrate.get_winrate([{"preference": p} for p in prefs])
@@ -115,8 +125,9 @@ def test_length_controlled_winrate_equals_alpaca_eval_fitted_to_convergence(ae, 
     info["kwargs"] = {"n_splits": 5, "tol": 1e-10, "max_iter": 1000}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scikit-learn deprecation notices about alpaca_eval's arguments
-        theirs = ae.glm.get_length_controlled_winrate(_annotations(pref, len_model, len_base), glm_info=info,
-                                                      save_weights_dir=None, is_warn_extreme_changes=False)
+        theirs = ae.glm.get_length_controlled_winrate(
+            _annotations(pref, len_model, len_base), glm_info=info, save_weights_dir=None, is_warn_extreme_changes=False
+        )
     ours = length_controlled_winrate(pref, len_model, len_base)
     assert ours["length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-6)
     assert ours["lc_standard_error"] == pytest.approx(theirs["lc_standard_error"], abs=1e-6)
@@ -129,9 +140,12 @@ def test_length_controlled_winrate_matches_alpaca_eval_defaults_within_liblinear
     _offline_hub(monkeypatch, ae, tmp_path, np.zeros(200))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = ae.glm.get_length_controlled_winrate(_annotations(pref, len_model, len_base),
-                                                      glm_name="length_controlled_minimal", save_weights_dir=None,
-                                                      is_warn_extreme_changes=False)
+        theirs = ae.glm.get_length_controlled_winrate(
+            _annotations(pref, len_model, len_base),
+            glm_name="length_controlled_minimal",
+            save_weights_dir=None,
+            is_warn_extreme_changes=False,
+        )
     ours = length_controlled_winrate(pref, len_model, len_base)
     assert ours["length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=0.01)
 
@@ -144,8 +158,9 @@ def test_length_controlled_winrate_with_difficulty_equals_alpaca_eval_noreg(ae, 
     info["kwargs"] = {"n_splits": 5, "tol": 1e-10, "max_iter": 1000}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = ae.glm.get_length_controlled_winrate(_annotations(pref, len_model, len_base), glm_info=info,
-                                                      save_weights_dir=None, is_warn_extreme_changes=False)
+        theirs = ae.glm.get_length_controlled_winrate(
+            _annotations(pref, len_model, len_base), glm_info=info, save_weights_dir=None, is_warn_extreme_changes=False
+        )
     ours = length_controlled_winrate(pref, len_model, len_base, difficulty=difficulty)
     assert ours["length_controlled_winrate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-6)
     assert ours["lc_standard_error"] == pytest.approx(theirs["lc_standard_error"], abs=1e-6)

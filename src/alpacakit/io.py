@@ -46,8 +46,10 @@ def read_text(path: str | Path) -> str:
 def _encoding_error(path: Path, data: bytes, e: UnicodeDecodeError, line_start: int = 0) -> DataError:
     line = data.count(b"\n", 0, e.start) + 1 + line_start
     column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-    return DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column})",
-                     hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`)")
+    return DataError(
+        f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column})",
+        hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`)",
+    )
 
 
 def parse_json(text: str | bytes, where: str) -> Any:
@@ -143,8 +145,10 @@ def _read_hf_dataset(path: Path, required: Iterable[str]) -> list[dict]:
     try:
         import datasets  # heavy: only for HF folders
     except ImportError:
-        raise DataError(f"{path} is a folder (an HF datasets folder?) but `datasets` is not installed",
-                        hint='pip install "alpacakit[train]"') from None
+        raise DataError(
+            f"{path} is a folder (an HF datasets folder?) but `datasets` is not installed",
+            hint='pip install "alpacakit[train]"',
+        ) from None
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
@@ -185,7 +189,7 @@ class JsonlAppender:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -260,7 +264,7 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     return len(lines)
 
 
-_HELD: dict[str, "FolderLock"] = {}
+_HELD: dict[str, FolderLock] = {}
 
 
 class FolderLock:
@@ -273,8 +277,9 @@ class FolderLock:
     over from an earlier one (what a rerun after an exception in a notebook or a test does, the
     old job still alive in the traceback)."""
 
-    def __init__(self, lock_path: str | Path, what: str, target: str | Path | None = None, *,
-                 remove_on_release: bool = False):
+    def __init__(
+        self, lock_path: str | Path, what: str, target: str | Path | None = None, *, remove_on_release: bool = False
+    ):
         import fcntl
         import time as _time
 
@@ -294,8 +299,10 @@ class FolderLock:
             holder = os.pread(self._fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(self._fd)
             self._fd = None
-            raise ConfigError(f"{target or self.path.parent} is being written by another alpacakit run ({holder})",
-                              hint="wait for that run to finish (or stop it), or write to another folder") from None
+            raise ConfigError(
+                f"{target or self.path.parent} is being written by another alpacakit run ({holder})",
+                hint="wait for that run to finish (or stop it), or write to another folder",
+            ) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"pid {os.getpid()}, {what}, since {_time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         _HELD[self._key] = self

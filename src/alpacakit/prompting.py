@@ -67,7 +67,7 @@ class PromptFormat:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, ref: "str | Path | PromptFormat") -> "PromptFormat":
+    def load(cls, ref: str | Path | PromptFormat) -> PromptFormat:
         """A built-in name (`alpaca`, `chat`), a path to a format JSON, or a model folder."""
         if isinstance(ref, PromptFormat):
             return ref
@@ -85,7 +85,7 @@ class PromptFormat:
         )
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PromptFormat":
+    def from_file(cls, path: str | Path) -> PromptFormat:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -96,7 +96,7 @@ class PromptFormat:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_model_dir(cls, path: str | Path) -> "PromptFormat":
+    def from_model_dir(cls, path: str | Path) -> PromptFormat:
         """The format a model in `path` was trained with (its `prompt_format.json`)."""
         f = Path(path) / FORMAT_FILENAME
         if not f.exists():
@@ -107,7 +107,7 @@ class PromptFormat:
         return cls.from_file(f)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "prompt format") -> "PromptFormat":
+    def from_dict(cls, data: dict[str, Any], source: str = "prompt format") -> PromptFormat:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -138,7 +138,7 @@ class PromptFormat:
             raise ConfigError(f"{source}: kind must be 'template' or 'chat', found {self.kind!r}")
 
     # ---------------------------------------------------------------- binding
-    def bind(self, tokenizer: Any) -> "PromptFormat":
+    def bind(self, tokenizer: Any) -> PromptFormat:
         """A copy tied to `tokenizer`: its BOS/EOS strings and, for chat formats, its chat template.
 
         A base model without a chat template gets the format's fallback template (and the
@@ -245,8 +245,9 @@ def _compile(template: str) -> Any:
     def raise_exception(message: str) -> None:
         raise ConfigError(f"chat template refused the messages: {message}")
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
-               separators: Any = None, sort_keys: bool = False) -> str:
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     def strftime_now(fmt: str) -> str:

@@ -7,12 +7,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from serve_fakes import ScriptedTeacher
 
 from alpacakit.serve.app import create_app
 from alpacakit.serve.backend import ServeBackend
 from alpacakit.serve.config import ServeConfig
 from alpacakit.serve.server import BackgroundServer
-from serve_fakes import ScriptedTeacher
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from alpacakit.io import FolderLock
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alpacakit.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "alpacakit.cli.main", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _no_traceback(r: subprocess.CompletedProcess) -> None:
@@ -69,7 +70,9 @@ def test_a_second_run_on_the_same_output_folder_is_refused_and_nothing_is_touche
     (out / "examples.jsonl").write_text('{"instruction": "kept", "output": "safe"}\n')
     lock = FolderLock(out / ".lock", "a test holding the folder", out)  # the first run, still going
     try:
-        r = _cli("generate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--num", "5", "-o", str(out))
+        r = _cli(
+            "generate", "--teacher", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--num", "5", "-o", str(out)
+        )
         _no_traceback(r)
         assert "is being written by another alpacakit run" in r.stderr and "a test holding the folder" in r.stderr
         assert (out / "examples.jsonl").read_text() == '{"instruction": "kept", "output": "safe"}\n'
@@ -91,7 +94,9 @@ def test_resume_refuses_training_data_that_changed(tmp_path):
 
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
-    cfg = load_train_config(None, None, {"train": {"preset": "cpu-quick", "data": str(data), "base": "gemma-3-270m"}}).train
+    cfg = load_train_config(
+        None, None, {"train": {"preset": "cpu-quick", "data": str(data), "base": "gemma-3-270m"}}
+    ).train
     out = tmp_path / "model"
     partial = partial_dir(out)
     partial.mkdir()

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from serve_fakes import ScriptedTeacher
 
 from alpacakit.serve.app import host_name
-from serve_fakes import ScriptedTeacher
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
 
@@ -45,8 +45,9 @@ def test_a_chunked_body_over_the_cap_is_413_before_it_is_read_whole(start):
             yield b"x" * 65_536
 
     try:
-        r = httpx.post(f"{url}/v1/chat/completions", content=body(),
-                       headers={"Content-Type": "application/json"}, timeout=30)
+        r = httpx.post(
+            f"{url}/v1/chat/completions", content=body(), headers={"Content-Type": "application/json"}, timeout=30
+        )
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
         pass  # the server answered 413 and closed while we were still sending: also a refusal
@@ -114,8 +115,22 @@ def test_binding_every_interface_without_a_key_is_refused(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "alpacakit.cli.main", "serve", "smollm2-135m-instruct",
-                        "--host", "0.0.0.0", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.cli.main",
+            "serve",
+            "smollm2-135m-instruct",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "refusing to listen on 0.0.0.0 without an API key" in r.stderr and "--api-key-env" in r.stderr
 

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-
 from serve_fakes import ScriptedTeacher, wait_for
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -43,6 +42,7 @@ def _read_all(s: socket.socket) -> bytes:
 
 
 # ---------------------------------------------------------------------- slow headers (slowloris)
+
 
 def test_headers_that_never_finish_get_408_and_the_connection_closes(start):
     url, teacher = start(header_timeout_s=0.5)
@@ -98,8 +98,10 @@ def test_one_connection_over_max_connections_gets_503_and_the_rest_keep_working(
     held = []
     for _ in range(8):  # headers complete, body never sent: each holds a connection
         s = _connect(url)
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100\r\n\r\n{")
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
         held.append(s)
     time.sleep(0.2)
     extra = _connect(url)
@@ -119,8 +121,10 @@ def test_one_connection_over_max_connections_gets_503_and_the_rest_keep_working(
 def test_a_body_that_trickles_past_the_deadline_is_408_without_generating(start):
     url, teacher = start(body_timeout_s=0.5)
     s = _connect(url)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n")
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     reply = b""
     for _ in range(20):  # one byte every 0.1 s: alive, but never finished in time
         try:
@@ -135,6 +139,7 @@ def test_a_body_that_trickles_past_the_deadline_is_408_without_generating(start)
 
 
 # ---------------------------------------------------------------------- clients that leave
+
 
 def test_a_non_streamed_request_whose_client_left_frees_its_slot_at_once(start):
     teacher = ScriptedTeacher(pieces=["tick "], forever=True, piece_delay_s=0.01)

@@ -41,10 +41,22 @@ def terms_for(component: str, ident: str | None) -> Terms:
     ident = str(ident or "unknown")
     for rule in _rules():
         if re.search(rule["match"], ident.lower()):
-            return Terms(component, ident, rule["licence"], rule.get("url", ""), str(rule["commercial"]),
-                         " ".join(str(rule.get("terms", "")).split()))
-    return Terms(component, ident, "unknown", "", "unknown",
-                 "alpacakit does not know this component's terms: read its licence before you ship.")
+            return Terms(
+                component,
+                ident,
+                rule["licence"],
+                rule.get("url", ""),
+                str(rule["commercial"]),
+                " ".join(str(rule.get("terms", "")).split()),
+            )
+    return Terms(
+        component,
+        ident,
+        "unknown",
+        "",
+        "unknown",
+        "alpacakit does not know this component's terms: read its licence before you ship.",
+    )
 
 
 def commercial_answer(terms: list[Terms]) -> str:
@@ -55,8 +67,12 @@ def commercial_answer(terms: list[Terms]) -> str:
     unknown = [t for t in terms if t.commercial == "unknown"]
     cond = [t for t in terms if t.commercial == "conditions"]
     if unknown:
-        return ("Not known: check " + ", ".join(f"the {t.component} ({t.ident})" for t in unknown)
-                + " before any commercial use" + (", and the conditions below." if cond else "."))
+        return (
+            "Not known: check "
+            + ", ".join(f"the {t.component} ({t.ident})" for t in unknown)
+            + " before any commercial use"
+            + (", and the conditions below." if cond else ".")
+        )
     if cond:
         return "Yes, with conditions: " + " ".join(f"{t.component} ({t.licence}): {t.terms}" for t in cond)
     return "Yes: every component is under a permissive licence (keep their notices)."
@@ -84,39 +100,61 @@ def _fmt_sha(sha: str | None) -> str:
     return f"`{sha[:16]}…`" if sha else "n/a"
 
 
-def _trained_lineage(manifest: dict[str, Any], base: dict[str, Any], teachers: list[str], gens: list[dict[str, Any]],
-                     data_files: list[Any]) -> list[str]:
+def _trained_lineage(
+    manifest: dict[str, Any],
+    base: dict[str, Any],
+    teachers: list[str],
+    gens: list[dict[str, Any]],
+    data_files: list[Any],
+) -> list[str]:
     """The card's opening and lineage table for a model alpacakit trained (from its manifests)."""
     lines: list[str] = []
     method = manifest.get("method", "?")
-    lines += [f"A student model: **{base.get('ref', 'unknown base')}** fine-tuned ({method}) on instruction data"
-              + (f" written by **{', '.join(teachers)}**." if teachers else "."),
-              f"Prompt format: `{manifest.get('prompt_format', 'unknown')}` (saved beside the weights and used by "
-              "every alpacakit stage).", ""]
+    lines += [
+        f"A student model: **{base.get('ref', 'unknown base')}** fine-tuned ({method}) on instruction data"
+        + (f" written by **{', '.join(teachers)}**." if teachers else "."),
+        f"Prompt format: `{manifest.get('prompt_format', 'unknown')}` (saved beside the weights and used by "
+        "every alpacakit stage).",
+        "",
+    ]
     lines += ["## Lineage", "", "| what | value |", "|---|---|"]
-    lines.append(f"| base model | {base.get('ref', '?')} ({base.get('source', '?')}), sha256 {_fmt_sha(base.get('gguf_sha256'))} |")
+    lines.append(
+        f"| base model | {base.get('ref', '?')} ({base.get('source', '?')}), sha256 {_fmt_sha(base.get('gguf_sha256'))} |"
+    )
     for t in teachers:
         lines.append(f"| teacher | {t} |")
     for g in gens:
         seeds = (g.get("inputs") or {}).get("seeds") or {}
         prompts = (g.get("inputs") or {}).get("prompts") or {}
         if seeds:
-            lines.append(f"| seed tasks | {Path(seeds.get('path', '?')).name} ({seeds.get('count', '?')} tasks), "
-                         f"sha256 {_fmt_sha(seeds.get('sha256'))} |")
+            lines.append(
+                f"| seed tasks | {Path(seeds.get('path', '?')).name} ({seeds.get('count', '?')} tasks), "
+                f"sha256 {_fmt_sha(seeds.get('sha256'))} |"
+            )
         if prompts:
-            lines.append(f"| prompts answered | {Path(prompts.get('path', '?')).name}, sha256 {_fmt_sha(prompts.get('sha256'))} |")
+            lines.append(
+                f"| prompts answered | {Path(prompts.get('path', '?')).name}, sha256 {_fmt_sha(prompts.get('sha256'))} |"
+            )
     for f in data_files:
         if isinstance(f, dict):
-            lines.append(f"| training data | {f.get('path')} ({f.get('records', f.get('count', '?'))} records), "
-                         f"sha256 {_fmt_sha(f.get('sha256'))} |")
+            lines.append(
+                f"| training data | {f.get('path')} ({f.get('records', f.get('count', '?'))} records), "
+                f"sha256 {_fmt_sha(f.get('sha256'))} |"
+            )
         else:
             lines.append(f"| training data | {f} |")
-    lines.append(f"| training | {manifest.get('steps', '?')} steps, final loss {manifest.get('final_train_loss', '?')} |")
+    lines.append(
+        f"| training | {manifest.get('steps', '?')} steps, final loss {manifest.get('final_train_loss', '?')} |"
+    )
     return lines
 
 
-def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str, Any]] | None = None,
-               metrics: dict[str, Any] | None = None) -> str:
+def build_card(
+    model_dir: str | Path,
+    *,
+    export: dict[str, Any] | list[dict[str, Any]] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> str:
     """Markdown for a trained model folder (and, with `export`, for the GGUF files made from it:
     one sidecar dict or a list of them, as `export_gguf` writes)."""
     model_dir = Path(model_dir)
@@ -134,10 +172,18 @@ def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str,
         config = _read_json(model_dir / "config.json") or {}
         ident = config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name
         terms = [terms_for("model", ident)]
-        lines = [f"# Model card: {name}", "",
-                 f"**{ident}** ({config.get('model_type', 'unknown architecture')}), exported as is from "
-                 f"`{model_dir}`: alpacakit did not train it, so its lineage is what that folder says.", "",
-                 "## Lineage", "", "| what | value |", "|---|---|", f"| source folder | {model_dir} |"]
+        lines = [
+            f"# Model card: {name}",
+            "",
+            f"**{ident}** ({config.get('model_type', 'unknown architecture')}), exported as is from "
+            f"`{model_dir}`: alpacakit did not train it, so its lineage is what that folder says.",
+            "",
+            "## Lineage",
+            "",
+            "| what | value |",
+            "|---|---|",
+            f"| source folder | {model_dir} |",
+        ]
     else:
         terms = [terms_for("base model", base.get("ref") or base.get("path"))]
         terms += [terms_for("teacher", t) for t in teachers]
@@ -145,21 +191,32 @@ def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str,
             terms += [terms_for("training data", (f.get("path") if isinstance(f, dict) else f)) for f in data_files]
         lines = [f"# Model card: {name}", ""] + _trained_lineage(manifest, base, teachers, gens, data_files)
     for e in exports:
-        lines.append(f"| export | {e.get('file')} ({e.get('quant')}, {(e.get('size_bytes') or 0) / 1e6:.0f} MB), "
-                     f"sha256 {_fmt_sha(e.get('sha256'))} |")
+        lines.append(
+            f"| export | {e.get('file')} ({e.get('quant')}, {(e.get('size_bytes') or 0) / 1e6:.0f} MB), "
+            f"sha256 {_fmt_sha(e.get('sha256'))} |"
+        )
     lines += ["", "## Licences and terms it inherits", ""]
     for t in terms:
         link = f" ({t.url})" if t.url else ""
         lines.append(f"- **{t.component}** `{t.ident}`: {t.licence}{link}. {t.terms}")
-    lines += ["", "## Can I use this commercially?", "", commercial_answer(terms),
-              "", "_This is a summary of the components' published terms, not legal advice._", ""]
+    lines += [
+        "",
+        "## Can I use this commercially?",
+        "",
+        commercial_answer(terms),
+        "",
+        "_This is a summary of the components' published terms, not legal advice._",
+        "",
+    ]
     lines += ["## Costs", ""]
     for g in gens:
         c = g.get("counts") or {}
-        lines.append(f"- data: {c.get('kept', '?')} examples kept of {c.get('kept', 0) + c.get('discarded', 0)} parsed, "
-                     f"{c.get('requests', '?')} teacher requests, "
-                     f"{c.get('prompt_tokens', 0) + c.get('completion_tokens', 0):,} tokens, ${c.get('cost_usd', 0):.4f}, "
-                     f"{g.get('wall_seconds', '?')} s")
+        lines.append(
+            f"- data: {c.get('kept', '?')} examples kept of {c.get('kept', 0) + c.get('discarded', 0)} parsed, "
+            f"{c.get('requests', '?')} teacher requests, "
+            f"{c.get('prompt_tokens', 0) + c.get('completion_tokens', 0):,} tokens, ${c.get('cost_usd', 0):.4f}, "
+            f"{g.get('wall_seconds', '?')} s"
+        )
     dur = (manifest.get("durations_s") or {}).get("total")
     if dur is not None:
         lines.append(f"- training: {dur} s wall clock ({manifest.get('world_size', 1)} process(es))")
@@ -171,17 +228,23 @@ def build_card(model_dir: str | Path, *, export: dict[str, Any] | list[dict[str,
         v = e.get("verification") or {}
         if v.get("top1_agreement") is not None:
             metrics[f"{e.get('file')}: greedy top-1 agreement with the Hugging Face model"] = (
-                f"{v['top1_agreement']:.1%} over {v.get('positions', '?')} positions")
+                f"{v['top1_agreement']:.1%} over {v.get('positions', '?')} positions"
+            )
     if metrics:
         for k, v in metrics.items():
             lines.append(f"- {k}: {v}")
     else:
         lines.append("- none yet: run `alpacakit eval pairwise`, `alpacakit eval bench` and `alpacakit report`.")
-    lines += ["", "## Limitations", "",
-              "Imitation models learn their teacher's *style* much faster than its *knowledge* (Gudibande et al., "
-              "\"The False Promise of Imitating Proprietary LLMs\", 2023): judge this model on targeted capability "
-              "benchmarks, not on how fluent it sounds. It was released without a safety filter; `alpacakit serve "
-              "--safety` adds one.", ""]
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "Imitation models learn their teacher's *style* much faster than its *knowledge* (Gudibande et al., "
+        '"The False Promise of Imitating Proprietary LLMs", 2023): judge this model on targeted capability '
+        "benchmarks, not on how fluent it sounds. It was released without a safety filter; `alpacakit serve "
+        "--safety` adds one.",
+        "",
+    ]
     return "\n".join(lines)
 
 

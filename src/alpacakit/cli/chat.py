@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def chat(
-    model: str = typer.Argument(..., help="Model: a model folder (from `alpacakit train`, or any Hugging Face "
-                                "model folder), a .gguf file, or an embedded name such as smollm2-135m-instruct."),
-    system: Optional[str] = typer.Option(None, "--system", help="System message sent before the conversation."),
+    model: str = typer.Argument(
+        ...,
+        help="Model: a model folder (from `alpacakit train`, or any Hugging Face "
+        "model folder), a .gguf file, or an embedded name such as smollm2-135m-instruct.",
+    ),
+    system: str | None = typer.Option(None, "--system", help="System message sent before the conversation."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature (0 = greedy)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
     n_ctx: int = typer.Option(4096, "--n-ctx", min=256, help="Context window; the oldest turns are dropped beyond it."),
-    n_threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
-    prompt_format: Optional[str] = typer.Option(
-        None, "--prompt-format",
+    n_threads: int | None = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
+    prompt_format: str | None = typer.Option(
+        None,
+        "--prompt-format",
         help="Build prompts with this format (alpaca, chat, or a format .json) instead of the model's own template. "
-        "Default: the model's chat template or saved prompt_format.json; Alpaca's for base models."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Base model folder of a LoRA adapter, when the adapter "
-                                        "was trained on a path that is not on this machine."),
-    stats: bool = typer.Option(True, "--stats/--no-stats", help="After each answer, print tokens, speed and history size (stderr)."),
+        "Default: the model's chat template or saved prompt_format.json; Alpaca's for base models.",
+    ),
+    base: Path | None = typer.Option(
+        None,
+        "--base",
+        help="Base model folder of a LoRA adapter, when the adapter was trained on a path that is not on this machine.",
+    ),
+    stats: bool = typer.Option(
+        True, "--stats/--no-stats", help="After each answer, print tokens, speed and history size (stderr)."
+    ),
 ) -> None:
     """Chat with a model in the terminal. Tokens appear as they are generated.
 
@@ -52,6 +61,7 @@ def chat(
     fmt, notice = choose_prompt_format(backend, prompt_format)
     if notice:
         typer.echo(notice, err=True)
-    options = ChatOptions(system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          context_tokens=n_ctx)
+    options = ChatOptions(
+        system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, context_tokens=n_ctx
+    )
     run_chat(backend, options, prompt_format=fmt, stats=stats)

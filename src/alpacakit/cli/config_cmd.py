@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,8 +11,8 @@ app = typer.Typer(help="Show the resolved configuration (defaults <- YAML <- --s
 
 @app.command("show")
 def show(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml to load."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a field: section.field=value (YAML value)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml to load."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a field: section.field=value (YAML value)."),
     explain: bool = typer.Option(False, "--explain", help="Also print each field's description."),
 ) -> None:
     """Print the resolved config as YAML."""

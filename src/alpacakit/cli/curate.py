@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Curate instruction data: exact ROUGE-L dedup, refusal/boilerplate cleaning.", no_args_is_help=True)
+app = typer.Typer(
+    help="Curate instruction data: exact ROUGE-L dedup, refusal/boilerplate cleaning.", no_args_is_help=True
+)
 
 
 @app.command("dedup")
 def dedup(
-    input: Path = typer.Argument(..., help="JSON list or JSONL of records with an 'instruction' field (other fields are kept)."),
+    input: Path = typer.Argument(
+        ..., help="JSON list or JSONL of records with an 'instruction' field (other fields are kept)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
-    seeds: Optional[Path] = typer.Option(None, "--seeds", help="Self-instruct seed JSONL (or records file): these start the pool and are never written."),
-    threshold: float = typer.Option(0.7, "--threshold", help="Drop a record whose ROUGE-L F-measure with any earlier kept instruction is above this."),
-    tokenizer: str = typer.Option("rouge_score", "--tokenizer", help="rouge_score (its default tokenizer: [a-z0-9] "
-                                  "words only, as Stanford ran it) or multilingual (CJK characters one token each, "
-                                  "other scripts' Unicode words; for non-English data)."),
+    seeds: Path | None = typer.Option(
+        None, "--seeds", help="Self-instruct seed JSONL (or records file): these start the pool and are never written."
+    ),
+    threshold: float = typer.Option(
+        0.7,
+        "--threshold",
+        help="Drop a record whose ROUGE-L F-measure with any earlier kept instruction is above this.",
+    ),
+    tokenizer: str = typer.Option(
+        "rouge_score",
+        "--tokenizer",
+        help="rouge_score (its default tokenizer: [a-z0-9] "
+        "words only, as Stanford ran it) or multilingual (CJK characters one token each, "
+        "other scripts' Unicode words; for non-English data).",
+    ),
 ) -> None:
     """Keep an instruction only if its ROUGE-L F with every earlier kept one is <= threshold.
 
@@ -35,9 +48,11 @@ def dedup(
 def clean(
     input: Path = typer.Argument(..., help="Records with 'instruction' and 'output' (JSON, JSONL, CSV, HF folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
-    discards: Optional[Path] = typer.Option(None, "--discards", help="Also write the dropped records with their reason."),
-    patterns: Optional[Path] = typer.Option(None, "--patterns", help="YAML with 'refusal' and 'boilerplate' regex lists."),
-    keep_truncated: bool = typer.Option(False, "--keep-truncated", help="Keep answers whose finish_reason is 'length'."),
+    discards: Path | None = typer.Option(None, "--discards", help="Also write the dropped records with their reason."),
+    patterns: Path | None = typer.Option(None, "--patterns", help="YAML with 'refusal' and 'boilerplate' regex lists."),
+    keep_truncated: bool = typer.Option(
+        False, "--keep-truncated", help="Keep answers whose finish_reason is 'length'."
+    ),
 ) -> None:
     """Drop empty, truncated, refusing ("As an AI language model..."), boilerplate and duplicate answers."""
     from alpacakit.config import RefusalConfig
@@ -50,8 +65,12 @@ def clean(
 
 @app.command("stats")
 def stats(
-    input: Path = typer.Argument(..., help="Records with 'instruction' (and 'input', 'output'): JSON, JSONL, CSV or an HF folder."),
-    kinds: Optional[Path] = typer.Option(None, "--kinds", help="YAML of task kinds (regexes) [default: alpacakit/curate/data/task_kinds.yaml]."),
+    input: Path = typer.Argument(
+        ..., help="Records with 'instruction' (and 'input', 'output'): JSON, JSONL, CSV or an HF folder."
+    ),
+    kinds: Path | None = typer.Option(
+        None, "--kinds", help="YAML of task kinds (regexes) [default: alpacakit/curate/data/task_kinds.yaml]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """What is in a dataset: size, share with an input, mean lengths, the mix of task kinds.

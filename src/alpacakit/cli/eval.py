@@ -7,26 +7,43 @@ heavy imports happen inside the commands.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Evaluate: answers to judge, LLM pairwise judging, human A/B judging, capability benchmarks, "
-                  "contamination.", no_args_is_help=True)
+app = typer.Typer(
+    help="Evaluate: answers to judge, LLM pairwise judging, human A/B judging, capability benchmarks, contamination.",
+    no_args_is_help=True,
+)
 
 
 @app.command("human")
 def human(
-    a: Optional[Path] = typer.Argument(None, help="Answers of the first system: AlpacaEval-style JSON [{instruction, output, generator}] (or JSONL)."),
-    b: Optional[Path] = typer.Argument(None, help="Answers of the second system, same format; matched to the first by instruction."),
-    db: Path = typer.Option(Path("eval/human-ab.sqlite"), "--db", help="SQLite file holding the study; reuse it to resume."),
+    a: Path | None = typer.Argument(
+        None, help="Answers of the first system: AlpacaEval-style JSON [{instruction, output, generator}] (or JSONL)."
+    ),
+    b: Path | None = typer.Argument(
+        None, help="Answers of the second system, same format; matched to the first by instruction."
+    ),
+    db: Path = typer.Option(
+        Path("eval/human-ab.sqlite"), "--db", help="SQLite file holding the study; reuse it to resume."
+    ),
     port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep the loopback default unless raters are on other machines."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the per-rater item order and left/right placement, fixed when the "
-                                       "study is created [default: random; a known seed would let raters work out the sides]."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on; keep the loopback default unless raters are on other machines.",
+    ),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="Seed of the per-rater item order and left/right placement, fixed when the "
+        "study is created [default: random; a known seed would let raters work out the sides].",
+    ),
     title: str = typer.Option("Which answer is better?", "--title", help="Heading of the rating page."),
-    rater: Optional[list[str]] = typer.Option(None, "--rater", help="Invite a rater by name (repeatable); each gets a personal link."),
-    raters: Optional[int] = typer.Option(None, "--raters", help="Invite N raters named rater-1 .. rater-N."),
+    rater: list[str] | None = typer.Option(
+        None, "--rater", help="Invite a rater by name (repeatable); each gets a personal link."
+    ),
+    raters: int | None = typer.Option(None, "--raters", help="Invite N raters named rater-1 .. rater-N."),
     max_raters: int = typer.Option(50, "--max-raters", help="Most raters a study may have."),
 ) -> None:
     """Blind A/B rating by people in a local web page, the way Alpaca was evaluated.
@@ -48,14 +65,15 @@ def human(
     from alpacakit.evaluate.human.app import serve_study
 
     names = list(rater or []) + [f"rater-{i}" for i in range(1, (raters or 0) + 1)]
-    serve_study(db, a, b, host=host, port=port, seed=seed, title=title, raters=names, max_raters=max_raters,
-                echo=print)
+    serve_study(db, a, b, host=host, port=port, seed=seed, title=title, raters=names, max_raters=max_raters, echo=print)
 
 
 @app.command("human-export")
 def human_export(
     db: Path = typer.Argument(..., help="The SQLite file of a study (`alpacakit eval human --db`)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Results JSON: win rates, Cohen's kappa per rater pair, every judgment."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Results JSON: win rates, Cohen's kappa per rater pair, every judgment."
+    ),
 ) -> None:
     """Export a human A/B study: win rates and inter-rater agreement (Cohen's kappa).
 
@@ -74,7 +92,7 @@ def human_export(
     typer.echo(f"wrote {output}")
 
 
-def _split(value: Optional[str]) -> Optional[list[str]]:
+def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -82,26 +100,58 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command("bench")
 def bench(
-    model: str = typer.Option(..., "--model", "-m", help="Model: an alpacakit/HF model folder, a .gguf file, an embedded name (gemma-3-270m, ...), "
-                              "or openai:MODEL (short-answer tasks only)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of the endpoint of an openai:MODEL."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated: built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), "
-                                        ".jsonl files, MMLU-style .csv files or folders [default: all built-in]."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N items per task (the same seeded pick for every model)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: eval/bench-SYSTEM.json]."),
-    system: Optional[str] = typer.Option(None, "--system", help="Name of the system in the results [default: from -o bench-SYSTEM.json, else the model's name]."),
-    prompt: str = typer.Option("auto", "--prompt", help="auto (the model's own prompt format if it has one, else plain), plain, "
-                               "or a prompt format (alpaca, chat, a .json file)."),
-    mc_score: str = typer.Option("norm", "--mc-score", help="Multiple choice: norm (log-likelihood per byte, the headline) or raw (sum)."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Model: an alpacakit/HF model folder, a .gguf file, an embedded name (gemma-3-270m, ...), "
+        "or openai:MODEL (short-answer tasks only).",
+    ),
+    base_url: str | None = typer.Option(None, "--base-url", help="Base URL of the endpoint of an openai:MODEL."),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."
+    ),
+    tasks: str | None = typer.Option(
+        None,
+        "--tasks",
+        help="Comma-separated: built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), "
+        ".jsonl files, MMLU-style .csv files or folders [default: all built-in].",
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", "-n", help="At most N items per task (the same seeded pick for every model)."
+    ),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Result JSON [default: eval/bench-SYSTEM.json]."),
+    system: str | None = typer.Option(
+        None,
+        "--system",
+        help="Name of the system in the results [default: from -o bench-SYSTEM.json, else the model's name].",
+    ),
+    prompt: str = typer.Option(
+        "auto",
+        "--prompt",
+        help="auto (the model's own prompt format if it has one, else plain), plain, "
+        "or a prompt format (alpaca, chat, a .json file).",
+    ),
+    mc_score: str = typer.Option(
+        "norm", "--mc-score", help="Multiple choice: norm (log-likelihood per byte, the headline) or raw (sum)."
+    ),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest short answer generated."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context window for GGUF models."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model of a LoRA adapter folder, when not where the adapter says."),
-    lm_eval_tasks: Optional[str] = typer.Option(None, "--lm-eval-tasks", help="Also run these lm-evaluation-harness tasks (e.g. mmlu,nq_open); "
-                                                "needs `pip install lm-eval` and hub access."),
-    lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="Folder of your own lm-eval task "
-                                                   "YAMLs (e.g. over a local JSONL: no hub needed)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model of a LoRA adapter folder, when not where the adapter says."
+    ),
+    lm_eval_tasks: str | None = typer.Option(
+        None,
+        "--lm-eval-tasks",
+        help="Also run these lm-evaluation-harness tasks (e.g. mmlu,nq_open); "
+        "needs `pip install lm-eval` and hub access.",
+    ),
+    lm_eval_include: Path | None = typer.Option(
+        None,
+        "--lm-eval-include",
+        help="Folder of your own lm-eval task YAMLs (e.g. over a local JSONL: no hub needed).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
     """Capability benchmarks: multiple choice by log-likelihood, short answers by EM and F1.
@@ -140,11 +190,24 @@ def bench(
             shown[task] = done
             print(f"  {task}: {done}/{total}", file=sys.stderr, flush=True)
 
-    res = run_bench(model, tasks=task_list, limit=limit, out=output, system=system, prompt=prompt, mc_score=mc_score,
-                    max_new_tokens=max_new_tokens, n_ctx=n_ctx, n_threads=threads, base=base,
-                    lm_eval_tasks=_split(lm_eval_tasks), lm_eval_include=lm_eval_include, base_url=base_url,
-                    api_key_env=api_key_env,
-                    progress=report if progress else None)
+    res = run_bench(
+        model,
+        tasks=task_list,
+        limit=limit,
+        out=output,
+        system=system,
+        prompt=prompt,
+        mc_score=mc_score,
+        max_new_tokens=max_new_tokens,
+        n_ctx=n_ctx,
+        n_threads=threads,
+        base=base,
+        lm_eval_tasks=_split(lm_eval_tasks),
+        lm_eval_include=lm_eval_include,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        progress=report if progress else None,
+    )
     typer.echo(f"{res['system']} ({res.get('prompt', {}).get('mode', 'lm-eval')} prompt):")
     for name, why in (res.get("skipped_tasks") or {}).items():
         typer.echo(f"  {name}: skipped ({why})")
@@ -158,13 +221,22 @@ def bench(
 
 @app.command("follow")
 def follow(
-    model: str = typer.Option(..., "--model", "-m", help="Model: a .gguf file, an embedded name, a model folder or openai:MODEL."),
-    output: Path = typer.Option(..., "-o", "--output", help="Result JSON, e.g. runs/NAME/eval/follow-student.json "
-                                "(the answers go to eval/follow/outputs-SYSTEM.json, their journal beside them)."),
-    system: Optional[str] = typer.Option(None, "--system", help="Name of the system [default: from -o follow-SYSTEM.json]."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N instructions [default: all]."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Model: a .gguf file, an embedded name, a model folder or openai:MODEL."
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Result JSON, e.g. runs/NAME/eval/follow-student.json "
+        "(the answers go to eval/follow/outputs-SYSTEM.json, their journal beside them).",
+    ),
+    system: str | None = typer.Option(
+        None, "--system", help="Name of the system [default: from -o follow-SYSTEM.json]."
+    ),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the first N instructions [default: all]."),
     max_tokens: int = typer.Option(96, "--max-tokens", help="Longest answer (every item is answerable in ~60 words)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint of an openai:MODEL."),
+    base_url: str | None = typer.Option(None, "--base-url", help="Endpoint of an openai:MODEL."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
     """Verifiable instruction following: 200+ instructions whose constraints a program checks.
@@ -188,9 +260,11 @@ def follow(
         system_cfg["base_url"] = base_url
     cfg = load_config(None, None, {"eval": {"eval_set": "follow", "limit": limit, "system": system_cfg}})
     res = run_follow(model, output, system=system, config=cfg, show_progress=progress)
-    typer.echo(f"{res['system']}: {res['accuracy']:.1%} of {res['n']} instructions followed "
-               f"({res['constraint_accuracy']:.1%} of constraints); ended by itself {res['clean_stop_rate']:.0%} "
-               f"({', '.join(f'{k} {v}' for k, v in sorted(res['endings'].items()))})")
+    typer.echo(
+        f"{res['system']}: {res['accuracy']:.1%} of {res['n']} instructions followed "
+        f"({res['constraint_accuracy']:.1%} of constraints); ended by itself {res['clean_stop_rate']:.0%} "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(res['endings'].items()))})"
+    )
     for kind, k in sorted(res["by_kind"].items()):
         typer.echo(f"  {kind}: {k['passed']}/{k['n']}")
     typer.echo(f"wrote {output}")
@@ -199,11 +273,19 @@ def follow(
 @app.command("likelihood")
 def likelihood(
     model: str = typer.Option(..., "--model", "-m", help="Model: a .gguf file, an embedded name or a model folder."),
-    answers: Path = typer.Option(..., "--answers", help="Teacher answers the model never trained on: examples JSONL, "
-                                 "Alpaca JSON or an AlpacaEval outputs file (instruction, input, output)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Result JSON, e.g. runs/NAME/eval/likelihood-student.json."),
-    system: Optional[str] = typer.Option(None, "--system", help="Name of the system [default: from -o likelihood-SYSTEM.json]."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N answers."),
+    answers: Path = typer.Option(
+        ...,
+        "--answers",
+        help="Teacher answers the model never trained on: examples JSONL, "
+        "Alpaca JSON or an AlpacaEval outputs file (instruction, input, output).",
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Result JSON, e.g. runs/NAME/eval/likelihood-student.json."
+    ),
+    system: str | None = typer.Option(
+        None, "--system", help="Name of the system [default: from -o likelihood-SYSTEM.json]."
+    ),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the first N answers."),
 ) -> None:
     """How likely a model finds the teacher's own answers: mean NLL per token, per answer.
 
@@ -217,11 +299,17 @@ def likelihood(
     """
     from alpacakit.evaluate.likelihood import score_likelihood
 
-    res = score_likelihood(model, answers, output, system=system or output.stem.removeprefix("likelihood-"), limit=limit)
-    typer.echo(f"{res['system']}: {res['mean_nll']:.4f} nats per token (perplexity {res['perplexity']:.2f}) "
-               f"over {res['n']} answers; prompt: {res['prompt']['format']}")
+    res = score_likelihood(
+        model, answers, output, system=system or output.stem.removeprefix("likelihood-"), limit=limit
+    )
+    typer.echo(
+        f"{res['system']}: {res['mean_nll']:.4f} nats per token (perplexity {res['perplexity']:.2f}) "
+        f"over {res['n']} answers; prompt: {res['prompt']['format']}"
+    )
     if res.get("skipped_too_long"):
-        typer.echo(f"left out {len(res['skipped_too_long'])} answers longer than the context window (listed in the file)")
+        typer.echo(
+            f"left out {len(res['skipped_too_long'])} answers longer than the context window (listed in the file)"
+        )
     typer.echo(f"wrote {output}")
 
 
@@ -230,23 +318,58 @@ def likelihood(
 
 @app.command("generate")
 def generate(
-    model: str = typer.Option(..., "--model", "-m", help="System to evaluate: a model folder, a .gguf file, an embedded name, or openai:MODEL."),
-    output: Path = typer.Option(..., "-o", "--output", help="AlpacaEval-style JSON to write, e.g. runs/NAME/eval/outputs-student.json (its journal goes beside it, in .work/)."),
-    eval_set: Optional[str] = typer.Option(None, "--eval-set", "-s", help="alpacakit (our held-out set), or a self-instruct user-oriented JSONL, AlpacaEval JSON, or instruction/input file [default: alpacakit]."),
-    name: Optional[str] = typer.Option(None, "--name", help="Generator name written into the file (the report looks for base, student, teacher) [default: from -o outputs-NAME.json, else the model]."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible endpoint (with --model openai:MODEL)."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."),
-    prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="Ask a local model through this format (alpaca, chat, a .json) instead of its own."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N eval items (smoke runs)."),
-    instances: Optional[str] = typer.Option(None, "--instances", help="Self-instruct files: first | all instances per instruction [default: first]."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Longest answer in tokens [default: 512]."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature [default: 0.7]."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight at once (endpoints)."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop cleanly before spending more than this many dollars."),
-    batch_api: bool = typer.Option(False, "--batch-api", help="Ask an openai:MODEL system through the OpenAI Batch API: "
-                                   "half the price, answers within 24 h; rerun the same command to collect them after a stop."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set eval.system.top_p=0.95."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="System to evaluate: a model folder, a .gguf file, an embedded name, or openai:MODEL.",
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="AlpacaEval-style JSON to write, e.g. runs/NAME/eval/outputs-student.json (its journal goes beside it, in .work/).",
+    ),
+    eval_set: str | None = typer.Option(
+        None,
+        "--eval-set",
+        "-s",
+        help="alpacakit (our held-out set), or a self-instruct user-oriented JSONL, AlpacaEval JSON, or instruction/input file [default: alpacakit].",
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Generator name written into the file (the report looks for base, student, teacher) [default: from -o outputs-NAME.json, else the model].",
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="Base URL of an OpenAI-compatible endpoint (with --model openai:MODEL)."
+    ),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."
+    ),
+    prompt_format: str | None = typer.Option(
+        None,
+        "--prompt-format",
+        help="Ask a local model through this format (alpaca, chat, a .json) instead of its own.",
+    ),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the first N eval items (smoke runs)."),
+    instances: str | None = typer.Option(
+        None, "--instances", help="Self-instruct files: first | all instances per instruction [default: first]."
+    ),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest answer in tokens [default: 512]."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature [default: 0.7]."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Requests in flight at once (endpoints)."),
+    max_cost: float | None = typer.Option(
+        None, "--max-cost", help="Stop cleanly before spending more than this many dollars."
+    ),
+    batch_api: bool = typer.Option(
+        False,
+        "--batch-api",
+        help="Ask an openai:MODEL system through the OpenAI Batch API: "
+        "half the price, answers within 24 h; rerun the same command to collect them after a stop.",
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override any field, e.g. --set eval.system.top_p=0.95."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Answer an eval set with any system, written as [{instruction, output, generator, dataset}].
@@ -265,9 +388,22 @@ def generate(
     from alpacakit.config import load_config
     from alpacakit.evaluate.outputs import generate_outputs
 
-    extra = {"eval": {"eval_set": eval_set, "limit": limit, "instances": instances, "prompt_format": prompt_format,
-                      "system": {"model": model, "base_url": base_url, "api_key_env": api_key_env,
-                                 "max_tokens": max_tokens, "temperature": temperature, "max_concurrency": concurrency}}}
+    extra = {
+        "eval": {
+            "eval_set": eval_set,
+            "limit": limit,
+            "instances": instances,
+            "prompt_format": prompt_format,
+            "system": {
+                "model": model,
+                "base_url": base_url,
+                "api_key_env": api_key_env,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "max_concurrency": concurrency,
+            },
+        }
+    }
     cfg = load_config(config, set_, extra)
     res = generate_outputs(cfg, output, name=name, show_progress=progress, max_cost=max_cost, batch_api=batch_api)
     typer.echo(res.summary())
@@ -277,23 +413,52 @@ def generate(
 
 @app.command("pairwise")
 def pairwise(
-    model_outputs: Path = typer.Argument(..., help="Answers of the system being rated (AlpacaEval JSON): its win rate is reported."),
-    baseline_outputs: Path = typer.Argument(..., help="Answers of the baseline it is compared with (e.g. the teacher's)."),
-    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="Judge folder: alpacakit_verdict, alpacakit_reasoned, or a path to your own [default: alpacakit_verdict]."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model that judges: embedded name, .gguf, or openai:MODEL [default: the judge folder's]."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible judge endpoint."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the judge's API key."),
-    order: Optional[str] = typer.Option(None, "--order", help="both (each pair in both orders, averaged) | random (one seeded order per pair) [default: both]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random order."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Result JSON [default: pairwise-MODEL-vs-BASELINE.json beside MODEL_OUTPUTS]."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Judge only the first N shared instructions."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Judge requests in flight (endpoints)."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop judging cleanly before spending more than this many dollars."),
-    batch_api: Optional[bool] = typer.Option(None, "--batch-api/--no-batch-api", help="Judge through the OpenAI Batch API "
-                                             "(openai: judges): half the price, verdicts within 24 h; rerun the same "
-                                             "command to collect them after a stop [default: off]."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval.judge section)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set eval.judge.price.input_per_1m=0.15."),
+    model_outputs: Path = typer.Argument(
+        ..., help="Answers of the system being rated (AlpacaEval JSON): its win rate is reported."
+    ),
+    baseline_outputs: Path = typer.Argument(
+        ..., help="Answers of the baseline it is compared with (e.g. the teacher's)."
+    ),
+    judge: str | None = typer.Option(
+        None,
+        "--judge",
+        "-j",
+        help="Judge folder: alpacakit_verdict, alpacakit_reasoned, or a path to your own [default: alpacakit_verdict].",
+    ),
+    judge_model: str | None = typer.Option(
+        None,
+        "--judge-model",
+        help="Model that judges: embedded name, .gguf, or openai:MODEL [default: the judge folder's].",
+    ),
+    base_url: str | None = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible judge endpoint."),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="Environment variable holding the judge's API key."
+    ),
+    order: str | None = typer.Option(
+        None,
+        "--order",
+        help="both (each pair in both orders, averaged) | random (one seeded order per pair) [default: both].",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the random order."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Result JSON [default: pairwise-MODEL-vs-BASELINE.json beside MODEL_OUTPUTS]."
+    ),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Judge only the first N shared instructions."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Judge requests in flight (endpoints)."),
+    max_cost: float | None = typer.Option(
+        None, "--max-cost", help="Stop judging cleanly before spending more than this many dollars."
+    ),
+    batch_api: bool | None = typer.Option(
+        None,
+        "--batch-api/--no-batch-api",
+        help="Judge through the OpenAI Batch API "
+        "(openai: judges): half the price, verdicts within 24 h; rerun the same "
+        "command to collect them after a stop [default: off].",
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval.judge section)."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Override any field, e.g. --set eval.judge.price.input_per_1m=0.15."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """An LLM judge compares two systems' answers; win rate (AlpacaEval's definition) with SE and length control.
@@ -312,9 +477,21 @@ def pairwise(
     from alpacakit.config import load_config
     from alpacakit.evaluate.pairwise import judge_pairwise
 
-    extra = {"eval": {"judge": {"name": judge, "model": judge_model, "base_url": base_url, "api_key_env": api_key_env,
-                                "order": order, "seed": seed, "max_concurrency": concurrency, "max_cost": max_cost,
-                                "batch_api": batch_api}}}
+    extra = {
+        "eval": {
+            "judge": {
+                "name": judge,
+                "model": judge_model,
+                "base_url": base_url,
+                "api_key_env": api_key_env,
+                "order": order,
+                "seed": seed,
+                "max_concurrency": concurrency,
+                "max_cost": max_cost,
+                "batch_api": batch_api,
+            }
+        }
+    }
     cfg = load_config(config, set_, extra)
     res = judge_pairwise(model_outputs, baseline_outputs, cfg, out=output, show_progress=progress, limit=limit)
     typer.echo(res.summary())
@@ -334,13 +511,19 @@ def judges() -> None:
 
 @app.command("contamination")
 def contamination(
-    train: Path = typer.Argument(..., help="Training data with an 'instruction' field (JSONL, JSON, CSV or an HF datasets folder)."),
-    eval_set: Optional[str] = typer.Option(None, "--eval-set", "-s", help="Eval set to protect [default: alpacakit]."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="ROUGE-L F above which an example is a copy [default: 0.7]."),
-    write_clean: Optional[Path] = typer.Option(None, "--write-clean", help="Also write the training data without the copies here (.jsonl or .json)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the full report (every pair) as JSON here."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field."),
+    train: Path = typer.Argument(
+        ..., help="Training data with an 'instruction' field (JSONL, JSON, CSV or an HF datasets folder)."
+    ),
+    eval_set: str | None = typer.Option(None, "--eval-set", "-s", help="Eval set to protect [default: alpacakit]."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="ROUGE-L F above which an example is a copy [default: 0.7]."
+    ),
+    write_clean: Path | None = typer.Option(
+        None, "--write-clean", help="Also write the training data without the copies here (.jsonl or .json)."
+    ),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the full report (every pair) as JSON here."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override any field."),
 ) -> None:
     """Find training examples whose instruction copies an eval instruction (ROUGE-L F > 0.7).
 
@@ -356,16 +539,23 @@ def contamination(
 
     cfg = load_config(config, set_, {"eval": {"eval_set": eval_set, "contamination_threshold": threshold}})
     ev = cfg.eval
-    rep = check_contamination(train, ev.eval_set, threshold=ev.contamination_threshold, instances=ev.instances,
-                              write_clean=write_clean)
+    rep = check_contamination(
+        train, ev.eval_set, threshold=ev.contamination_threshold, instances=ev.instances, write_clean=write_clean
+    )
     if output:
         atomic_write_json(output, rep)
-    typer.echo(f"{rep['n_contaminated_train']} of {rep['n_train']} training examples copy one of {rep['n_eval']} "
-               f"eval instructions (ROUGE-L F > {rep['threshold']}); {rep['n_contaminated_eval']} eval instructions affected")
+    typer.echo(
+        f"{rep['n_contaminated_train']} of {rep['n_train']} training examples copy one of {rep['n_eval']} "
+        f"eval instructions (ROUGE-L F > {rep['threshold']}); {rep['n_contaminated_eval']} eval instructions affected"
+    )
     for p in rep["pairs"][:10]:
-        typer.echo(f"  train #{p['train_index']} ~ eval {p['eval_id']} (F={p['rouge_l']:.3f}): {p['train_instruction'][:90]!r}")
+        typer.echo(
+            f"  train #{p['train_index']} ~ eval {p['eval_id']} (F={p['rouge_l']:.3f}): {p['train_instruction'][:90]!r}"
+        )
     if len(rep["pairs"]) > 10:
-        typer.echo(f"  ... {len(rep['pairs']) - 10} more" + (f" in {output}" if output else " (use -o to write them all)"))
+        typer.echo(
+            f"  ... {len(rep['pairs']) - 10} more" + (f" in {output}" if output else " (use -o to write them all)")
+        )
     if "clean" in rep:
         typer.echo(f"wrote {rep['clean']['kept']} examples to {rep['clean']['path']}")
     if rep["n_contaminated_train"]:

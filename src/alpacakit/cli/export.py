@@ -36,27 +36,51 @@ def hf(
 
 @app.command("gguf")
 def gguf(
-    model_dir: Path = typer.Argument(..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."),
-    quant: str = typer.Option("auto", "--quant", "-q", help="auto, delta-f16, delta-q8_0, q8_0, q4_k_m, f16 or f32. "
-                              "auto: the most compact file that answers like the trained model: delta-f16 for a model "
-                              "fine-tuned from a GGUF on this machine (the base's own tensors where training left "
-                              "them unchanged, f16 where it changed them), else q8_0; f16 when that misses 95% "
-                              "agreement. q4_k_m re-quantises everything and "
-                              "can round a small fine-tuning delta away (check the agreement it prints)."),
+    model_dir: Path = typer.Argument(
+        ..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."
+    ),
+    quant: str = typer.Option(
+        "auto",
+        "--quant",
+        "-q",
+        help="auto, delta-f16, delta-q8_0, q8_0, q4_k_m, f16 or f32. "
+        "auto: the most compact file that answers like the trained model: delta-f16 for a model "
+        "fine-tuned from a GGUF on this machine (the base's own tensors where training left "
+        "them unchanged, f16 where it changed them), else q8_0; f16 when that misses 95% "
+        "agreement. q4_k_m re-quantises everything and "
+        "can round a small fine-tuning delta away (check the agreement it prints).",
+    ),
     output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./MODEL-QUANT.gguf)."),
-    base: str = typer.Option(None, "--base", help="Base model of an adapter folder, if its adapter_config.json "
-                             "names one that is not on this machine (folder, .gguf or embedded name)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare greedy next tokens with the Hugging "
-                                "Face model in llama.cpp and print the agreement; every quantization but q4_k_m "
-                                "must reach 95% top-1 and next-token agreement, or the export fails."),
-    prompts: Path = typer.Option(None, "--prompts", help="Verification prompts, one per line "
-                                 "(default: alpacakit's 20 fixed prompts)."),
-    tokenizer_pre: str = typer.Option(None, "--tokenizer-pre", help="llama.cpp pre-tokenizer name, for a "
-                                      "tokenizer alpacakit does not recognise (e.g. gpt-2, llama-bpe, qwen2)."),
+    base: str = typer.Option(
+        None,
+        "--base",
+        help="Base model of an adapter folder, if its adapter_config.json "
+        "names one that is not on this machine (folder, .gguf or embedded name).",
+    ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="Compare greedy next tokens with the Hugging "
+        "Face model in llama.cpp and print the agreement; every quantization but q4_k_m "
+        "must reach 95% top-1 and next-token agreement, or the export fails.",
+    ),
+    prompts: Path = typer.Option(
+        None, "--prompts", help="Verification prompts, one per line (default: alpacakit's 20 fixed prompts)."
+    ),
+    tokenizer_pre: str = typer.Option(
+        None,
+        "--tokenizer-pre",
+        help="llama.cpp pre-tokenizer name, for a "
+        "tokenizer alpacakit does not recognise (e.g. gpt-2, llama-bpe, qwen2).",
+    ),
     threads: int = typer.Option(None, "--threads", help="CPU threads for quantizing and verifying."),
-    converter: str = typer.Option("auto", "--converter", help="auto (alpacakit's for llama, qwen2 and gemma3, "
-                                  "else llama.cpp's), alpacakit, or llama.cpp (convert_hf_to_gguf.py of the "
-                                  "llama.cpp version alpacakit runs: Mistral, Llama 3.x, Qwen3, Phi and ~250 more)."),
+    converter: str = typer.Option(
+        "auto",
+        "--converter",
+        help="auto (alpacakit's for llama, qwen2 and gemma3, "
+        "else llama.cpp's), alpacakit, or llama.cpp (convert_hf_to_gguf.py of the "
+        "llama.cpp version alpacakit runs: Mistral, Llama 3.x, Qwen3, Phi and ~250 more).",
+    ),
 ) -> None:
     """Convert a trained model folder to a GGUF file for llama.cpp (LoRA adapters are merged first).
 
@@ -69,9 +93,9 @@ def gguf(
 
       alpacakit export gguf runs/mistral/model --quant q8_0       # any architecture llama.cpp converts
     """
+    from alpacakit.errors import AlpacakitError
     from alpacakit.export.gguf import AGREEMENT_THRESHOLD, VERIFIED_QUANTS, check_agreement, export_gguf
     from alpacakit.export.gguf_delta import resolve_quant
-    from alpacakit.errors import AlpacakitError
     from alpacakit.models.registry import classify, require
 
     try:
@@ -95,11 +119,22 @@ def gguf(
 
             raise DataError(f"{prompts}: no such file", hint="pass a text file with one prompt per line")
         prompt_list = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    result = export_gguf(model_dir, output, requested, base=base, tokenizer_pre=tokenizer_pre, verify=verify,
-                         prompts=prompt_list, threads=threads, progress=lambda m: typer.echo(m, err=True),
-                         converter=converter)
-    typer.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "
-               f"{result.n_tensors} tensors) in {result.seconds:.1f} s")
+    result = export_gguf(
+        model_dir,
+        output,
+        requested,
+        base=base,
+        tokenizer_pre=tokenizer_pre,
+        verify=verify,
+        prompts=prompt_list,
+        threads=threads,
+        progress=lambda m: typer.echo(m, err=True),
+        converter=converter,
+    )
+    typer.echo(
+        f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "
+        f"{result.n_tensors} tensors) in {result.seconds:.1f} s"
+    )
     typer.echo(f"chat template: {result.chat_template_source}")
     for note in result.notes:
         typer.echo(f"note: {note}")
@@ -108,26 +143,35 @@ def gguf(
         typer.echo(f"model card: {result.model_card}")
     v = result.verification
     if v:
-        typer.echo(f"verify: top-1 agreement {v['top1_agreement']:.1%} over {v['positions']} positions "
-                   f"({v['prompts']} prompts); next-token {v['next_token_agreement']:.1%}; "
-                   f"tokenizer {v['tokenizer_agreement']:.1%}")
+        typer.echo(
+            f"verify: top-1 agreement {v['top1_agreement']:.1%} over {v['positions']} positions "
+            f"({v['prompts']} prompts); next-token {v['next_token_agreement']:.1%}; "
+            f"tokenizer {v['tokenizer_agreement']:.1%}"
+        )
         if v.get("decisive_agreement") is not None:
-            typer.echo(f"verify: {v['decisive_agreement']:.1%} where the HF model's choice is clear "
-                       f"({v['decisive_positions']} positions with a lead of at least 0.5 logits)")
+            typer.echo(
+                f"verify: {v['decisive_agreement']:.1%} where the HF model's choice is clear "
+                f"({v['decisive_positions']} positions with a lead of at least 0.5 logits)"
+            )
         if result.quant in VERIFIED_QUANTS:
             check_agreement(result, AGREEMENT_THRESHOLD)
         elif min(v["top1_agreement"], v["next_token_agreement"]) < AGREEMENT_THRESHOLD:
-            typer.echo(f"warning: {result.quant} changes the model's answers (agreement below "
-                       f"{AGREEMENT_THRESHOLD:.0%}); --quant auto keeps them", err=True)
+            typer.echo(
+                f"warning: {result.quant} changes the model's answers (agreement below "
+                f"{AGREEMENT_THRESHOLD:.0%}); --quant auto keeps them",
+                err=True,
+            )
 
 
 @app.command("gguf-lora")
 def gguf_lora(
-    adapter: Path = typer.Argument(..., help="LoRA adapter folder (adapter_config.json + weights), or a training "
-                                   "output folder holding adapter/."),
+    adapter: Path = typer.Argument(
+        ..., help="LoRA adapter folder (adapter_config.json + weights), or a training output folder holding adapter/."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="GGUF LoRA file to write."),
-    base: str = typer.Option(None, "--base", help="Base model folder, if adapter_config.json names one that is not "
-                             "on this machine."),
+    base: str = typer.Option(
+        None, "--base", help="Base model folder, if adapter_config.json names one that is not on this machine."
+    ),
     outtype: str = typer.Option("f16", "--outtype", help="f16, f32, bf16 or q8_0."),
 ) -> None:
     """Convert a LoRA adapter to a GGUF LoRA with llama.cpp's convert_lora_to_gguf.py.
@@ -143,8 +187,10 @@ def gguf_lora(
     if src.kind != "adapter":
         from alpacakit.errors import ConfigError
 
-        raise ConfigError(f"{adapter} is not a LoRA adapter (no adapter_config.json)",
-                          hint="`alpacakit export gguf` converts full models")
+        raise ConfigError(
+            f"{adapter} is not a LoRA adapter (no adapter_config.json)",
+            hint="`alpacakit export gguf` converts full models",
+        )
     from alpacakit.export.gguf import _resolve_base
 
     base_path = _resolve_base(src.base or "", src.weights)

@@ -10,13 +10,13 @@ import sys
 
 import typer
 
-from alpacakit.cli import config_cmd, curate, export, generate
-from alpacakit.cli import train as train_cmd
 from alpacakit.cli import chat as chat_cmd
-from alpacakit.cli import serve as serve_cmd
+from alpacakit.cli import config_cmd, curate, export, generate
 from alpacakit.cli import eval as eval_cmd
-from alpacakit.cli import report as report_cmd
 from alpacakit.cli import quickstart as quickstart_cmd
+from alpacakit.cli import report as report_cmd
+from alpacakit.cli import serve as serve_cmd
+from alpacakit.cli import train as train_cmd
 
 app = typer.Typer(
     name="alpacakit",

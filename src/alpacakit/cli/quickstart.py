@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run folder (data/, model/, export/, eval/, report/)."),
-    tiny: bool = typer.Option(False, "--tiny", help="The smallest run that exercises every stage (~5 min): SmolLM2 teaches and judges."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile field, e.g. --set num=200 --set eval_limit=40."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset, in order: generate,clean,train,export,answers,follow,likelihood,judge,bench,report."),
+    out: Path = typer.Option(
+        Path("runs/quickstart"), "--out", "-o", help="Run folder (data/, model/, export/, eval/, report/)."
+    ),
+    tiny: bool = typer.Option(
+        False, "--tiny", help="The smallest run that exercises every stage (~5 min): SmolLM2 teaches and judges."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Override a profile field, e.g. --set num=200 --set eval_limit=40."
+    ),
+    stages: str | None = typer.Option(
+        None,
+        "--stages",
+        help="Comma-separated subset, in order: generate,clean,train,export,answers,follow,likelihood,judge,bench,report.",
+    ),
     show: bool = typer.Option(False, "--show", help="Print the profile that would run, and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -51,8 +60,7 @@ def quickstart(
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else list(STAGES)
     typer.echo(f"quickstart ({'tiny' if tiny else 'default'}): {profile.description}")
     typer.echo(f"run folder: {out}")
-    log = run_quickstart(out, profile, stages=chosen, progress=progress,
-                         say=lambda m: typer.echo(m, err=False))
+    log = run_quickstart(out, profile, stages=chosen, progress=progress, say=lambda m: typer.echo(m, err=False))
     _finale(out, log, profile.before_after)
 
 
@@ -88,10 +96,14 @@ def _finale(out: Path, log: dict, n_examples: int) -> None:
     console.print(f"  report:  {out / 'report' / 'report.html'}", highlight=False)
     if gguf is not None:
         console.print(f"  chat:    alpacakit chat {gguf}", highlight=False)
-        console.print(f"  serve:   alpacakit serve {gguf} --port 8000   (web chat at http://127.0.0.1:8000/, "
-                      "OpenAI API at /v1)", highlight=False)
-    console.print(f"  model:   {out / 'model'} (LoRA adapter; `alpacakit merge {out / 'model'}` for full weights)",
-                  highlight=False)
+        console.print(
+            f"  serve:   alpacakit serve {gguf} --port 8000   (web chat at http://127.0.0.1:8000/, OpenAI API at /v1)",
+            highlight=False,
+        )
+    console.print(
+        f"  model:   {out / 'model'} (LoRA adapter; `alpacakit merge {out / 'model'}` for full weights)",
+        highlight=False,
+    )
 
 
 def _clip(text: str, n: int) -> str:

@@ -3,33 +3,62 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config: an alpacakit.yaml with a train: section, or just train keys."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field, e.g. --set lr=1e-4 or --set train.lora.r=16."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Start from a preset (see --list-presets)."),
+    config: Path | None = typer.Argument(
+        None, help="YAML config: an alpacakit.yaml with a train: section, or just train keys."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Override any field, e.g. --set lr=1e-4 or --set train.lora.r=16."
+    ),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="Start from a preset (see --list-presets)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (JSONL, Alpaca JSON, ShareGPT, HF datasets folder)."),
-    base: Optional[str] = typer.Option(None, "--base", "-b", help="Base model: embedded name, .gguf file, HF folder or hub id [default: gemma-3-270m]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model folder to write [default: train.output_dir]."),
-    method: Optional[str] = typer.Option(None, "--method", help="lora | full | qlora."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Train on the first N examples only."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps."),
-    prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="alpaca | chat | path to a prompt format JSON."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last complete checkpoint."),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Training data (JSONL, Alpaca JSON, ShareGPT, HF datasets folder)."
+    ),
+    base: str | None = typer.Option(
+        None, "--base", "-b", help="Base model: embedded name, .gguf file, HF folder or hub id [default: gemma-3-270m]."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder to write [default: train.output_dir]."),
+    method: str | None = typer.Option(None, "--method", help="lora | full | qlora."),
+    max_examples: int | None = typer.Option(None, "--max-examples", help="Train on the first N examples only."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimizer steps."),
+    prompt_format: str | None = typer.Option(
+        None, "--prompt-format", help="alpaca | chat | path to a prompt format JSON."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run from its last complete checkpoint."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing finished model folder."),
     launcher: str = typer.Option("none", "--launcher", help="none (this process) | accelerate (several processes)."),
-    num_processes: int = typer.Option(2, "--num-processes", help="Processes for --launcher accelerate, on all machines together."),
-    accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="ddp | fsdp | deepspeed-zero3 | path to an accelerate YAML [default: train.accelerate_config, else ddp]."),
-    num_machines: int = typer.Option(1, "--num-machines", help="Machines taking part (--launcher accelerate; run the same command on each)."),
-    machine_rank: int = typer.Option(0, "--machine-rank", help="This machine's rank, 0 .. num-machines - 1 (0: the main machine)."),
-    main_process_ip: Optional[str] = typer.Option(None, "--main-process-ip", help="Address of the machine with rank 0 (needed with --num-machines > 1)."),
-    main_process_port: Optional[int] = typer.Option(None, "--main-process-port", help="Port on the main machine [default: a free port on one machine, 29500 on several]."),
-    print_command: bool = typer.Option(False, "--print-command", help="Print the accelerate launch command and exit (with --launcher accelerate)."),
+    num_processes: int = typer.Option(
+        2, "--num-processes", help="Processes for --launcher accelerate, on all machines together."
+    ),
+    accelerate_config: str | None = typer.Option(
+        None,
+        "--accelerate-config",
+        help="ddp | fsdp | deepspeed-zero3 | path to an accelerate YAML [default: train.accelerate_config, else ddp].",
+    ),
+    num_machines: int = typer.Option(
+        1, "--num-machines", help="Machines taking part (--launcher accelerate; run the same command on each)."
+    ),
+    machine_rank: int = typer.Option(
+        0, "--machine-rank", help="This machine's rank, 0 .. num-machines - 1 (0: the main machine)."
+    ),
+    main_process_ip: str | None = typer.Option(
+        None, "--main-process-ip", help="Address of the machine with rank 0 (needed with --num-machines > 1)."
+    ),
+    main_process_port: int | None = typer.Option(
+        None,
+        "--main-process-port",
+        help="Port on the main machine [default: a free port on one machine, 29500 on several].",
+    ),
+    print_command: bool = typer.Option(
+        False, "--print-command", help="Print the accelerate launch command and exit (with --launcher accelerate)."
+    ),
 ) -> None:
     """Fine-tune a base model on instruction data: full, LoRA or QLoRA, one or several stages.
 
@@ -53,8 +82,17 @@ def train(
         return
     from alpacakit.train.config import load_train_config
 
-    extra = {"train": {"preset": preset, "data": data, "base": base, "method": method, "max_examples": max_examples,
-                       "max_steps": max_steps, "prompt_format": prompt_format}}
+    extra = {
+        "train": {
+            "preset": preset,
+            "data": data,
+            "base": base,
+            "method": method,
+            "max_examples": max_examples,
+            "max_steps": max_steps,
+            "prompt_format": prompt_format,
+        }
+    }
     cfg = load_train_config(config, set_, extra).train
     out_dir = Path(out or cfg.output_dir)
     from alpacakit.errors import ConfigError
@@ -62,20 +100,34 @@ def train(
     if launcher == "accelerate":
         from alpacakit.train.launch import Machines, launch_accelerate
 
-        machines = Machines(num_machines=num_machines, machine_rank=machine_rank, main_ip=main_process_ip,
-                            main_port=main_process_port)
-        code = launch_accelerate(cfg.model_dump(mode="json"), out=out_dir, resume=resume, overwrite=overwrite,
-                                 num_processes=num_processes, accelerate_config=accelerate_config or cfg.accelerate_config or "ddp",
-                                 machines=machines, print_command=print_command)
+        machines = Machines(
+            num_machines=num_machines, machine_rank=machine_rank, main_ip=main_process_ip, main_port=main_process_port
+        )
+        code = launch_accelerate(
+            cfg.model_dump(mode="json"),
+            out=out_dir,
+            resume=resume,
+            overwrite=overwrite,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config or cfg.accelerate_config or "ddp",
+            machines=machines,
+            print_command=print_command,
+        )
         raise typer.Exit(code)
     if launcher != "none":
         raise ConfigError(f"--launcher {launcher!r}: expected none or accelerate")
     if num_machines != 1 or machine_rank or main_process_ip or main_process_port or print_command:
-        raise ConfigError("--num-machines, --machine-rank, --main-process-ip/--main-process-port and --print-command "
-                          "are for --launcher accelerate", hint="add --launcher accelerate")
+        raise ConfigError(
+            "--num-machines, --machine-rank, --main-process-ip/--main-process-port and --print-command "
+            "are for --launcher accelerate",
+            hint="add --launcher accelerate",
+        )
     if accelerate_config or cfg.accelerate_config:
-        typer.echo(f"note: accelerate_config {accelerate_config or cfg.accelerate_config!r} applies with --launcher "
-                   "accelerate; training in this one process", err=True)
+        typer.echo(
+            f"note: accelerate_config {accelerate_config or cfg.accelerate_config!r} applies with --launcher "
+            "accelerate; training in this one process",
+            err=True,
+        )
     from alpacakit.train.recipe import train as run_train
 
     run_train(cfg, output_dir=out_dir, resume=resume, overwrite=overwrite)

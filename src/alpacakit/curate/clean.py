@@ -60,16 +60,18 @@ class AnswerCleaner:
             if any(p.search(output) for p in self.patterns[kind]):
                 return kind
         if self.config.drop_exact_duplicates:
-            key = hashlib.sha1("\x00".join(
-                (record.get("instruction") or "", record.get("input") or "", output)).encode()).hexdigest()
+            key = hashlib.sha1(
+                "\x00".join((record.get("instruction") or "", record.get("input") or "", output)).encode()
+            ).hexdigest()
             if key in self._seen:
                 return "exact_duplicate"
             self._seen.add(key)
         return None
 
 
-def clean_file(input: str | Path, output: str | Path, config: RefusalConfig | None = None,
-               discards: str | Path | None = None) -> dict[str, int]:
+def clean_file(
+    input: str | Path, output: str | Path, config: RefusalConfig | None = None, discards: str | Path | None = None
+) -> dict[str, int]:
     """`alpacakit curate clean`: filter any instruction file; returns counts by reason."""
     records = read_records(input, required=["instruction", "output"])
     cleaner = AnswerCleaner(config)

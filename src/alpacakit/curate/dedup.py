@@ -29,8 +29,15 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from alpacakit.curate.rouge import (Bounds, char_masks, check_threshold, f_measure, lcs_with_masks,
-                                    tokenize_many, tokenizer_named)
+from alpacakit.curate.rouge import (
+    Bounds,
+    char_masks,
+    check_threshold,
+    f_measure,
+    lcs_with_masks,
+    tokenize_many,
+    tokenizer_named,
+)
 from alpacakit.errors import DataError
 from alpacakit.io import iter_jsonl, read_records, write_jsonl
 
@@ -53,14 +60,20 @@ class DedupStats:
     seconds: float
 
     def summary(self) -> str:
-        return (f"read {self.read}, kept {self.kept}, dropped {self.dropped} as near-duplicates "
-                f"(ROUGE-L F > {self.threshold:g} vs {self.seeds} seeds and earlier kept records), "
-                f"{self.seconds:.1f}s -> {self.output}")
+        return (
+            f"read {self.read}, kept {self.kept}, dropped {self.dropped} as near-duplicates "
+            f"(ROUGE-L F > {self.threshold:g} vs {self.seeds} seeds and earlier kept records), "
+            f"{self.seconds:.1f}s -> {self.output}"
+        )
 
 
-def dedup_instructions(instructions: Sequence[str], seeds: Sequence[str] = (), threshold: float = 0.7,
-                       progress: Callable[[int, int], None] | None = None,
-                       tokenizer: str = "rouge_score") -> list[bool]:
+def dedup_instructions(
+    instructions: Sequence[str],
+    seeds: Sequence[str] = (),
+    threshold: float = 0.7,
+    progress: Callable[[int, int], None] | None = None,
+    tokenizer: str = "rouge_score",
+) -> list[bool]:
     """Keep flags, in order, for `instructions` checked against `seeds` + earlier kept ones.
 
     Exactly the decisions of `RougeDeduper(threshold)` fed the seeds and then each instruction
@@ -99,8 +112,11 @@ class _Bulk:
 
     def _tokens(self, texts: list[str]) -> None:
         np = self.np
-        tokens = tokenize_many(texts) if self.tokenizer == "rouge_score" else \
-            [tokenizer_named(self.tokenizer)(x) for x in texts]
+        tokens = (
+            tokenize_many(texts)
+            if self.tokenizer == "rouge_score"
+            else [tokenizer_named(self.tokenizer)(x) for x in texts]
+        )
         self.lens = np.fromiter(map(len, tokens), dtype=np.int64, count=self.n)
         self.off = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(self.lens, out=self.off[1:])
@@ -155,7 +171,8 @@ class _Bulk:
         plans = [self.bounds.plan(int(x)) for x in lengths]
         p_short, p_long, s_short, s_long = (
             np.array([getattr(p, name) for p in plans], dtype=np.int64)[length_of.reshape(-1)]
-            for name in ("pair_short", "pair_long", "single_short", "single_long"))
+            for name in ("pair_short", "pair_long", "single_short", "single_long")
+        )
         codes, items, inner = [], [], []
         for width in np.unique(p_long).tolist():
             if width < 2:
@@ -205,7 +222,7 @@ class _Bulk:
             self._decide(c0, c1, self.probe_cid[p0:p1], self.probe_text[p0:p1])
             if progress is not None:
                 progress(c1 - self.n_seeds, self.n - self.n_seeds)
-        return self.kept[self.n_seeds:].tolist()
+        return self.kept[self.n_seeds :].tolist()
 
     def _decide(self, c0: int, c1: int, cid, text) -> None:
         """Decide texts c0..c1-1 (their probes: `cid`, `text`, sorted by cid)."""
@@ -269,7 +286,7 @@ class _Bulk:
     def _text_ids(self, i: int) -> list[int]:
         got = self._ids.get(i)
         if got is None:
-            got = self._ids[i] = self.flat_ids[self.off[i]:self.off[i + 1]].tolist()
+            got = self._ids[i] = self.flat_ids[self.off[i] : self.off[i + 1]].tolist()
         return got
 
     def _need(self, m, k):
@@ -310,14 +327,17 @@ def _triangle(width: int):
 
 # ------------------------------------------------------------------------------------- files
 
+
 def _instruction_texts(path: Path, records: list[dict]) -> list[str]:
     """The `instruction` of each record, with file:line for any that is not a string."""
     texts = []
     for i, r in enumerate(records):
         value = r["instruction"]
         if not isinstance(value, str):
-            raise DataError(f"{_where(path, i)}: field 'instruction' must be a string, found {type(value).__name__}",
-                            hint="every record needs a text 'instruction'")
+            raise DataError(
+                f"{_where(path, i)}: field 'instruction' must be a string, found {type(value).__name__}",
+                hint="every record needs a text 'instruction'",
+            )
         texts.append(value)
     return texts
 
@@ -334,8 +354,13 @@ def _where(path: Path, index: int) -> str:
     return f"{path}: item {index}"
 
 
-def dedup_file(input: str | Path, output: str | Path, seeds: str | Path | None = None,
-               threshold: float = 0.7, tokenizer: str = "rouge_score") -> DedupStats:
+def dedup_file(
+    input: str | Path,
+    output: str | Path,
+    seeds: str | Path | None = None,
+    threshold: float = 0.7,
+    tokenizer: str = "rouge_score",
+) -> DedupStats:
     """Write the records of `input` whose instruction is not a near-duplicate, as JSONL.
 
     `input`: JSON list or JSONL of records with an `instruction` field (other fields are kept).
@@ -356,8 +381,16 @@ def dedup_file(input: str | Path, output: str | Path, seeds: str | Path | None =
     with _ProgressBar(len(texts)) as progress:
         keep = dedup_instructions(texts, seed_texts, t, progress=progress, tokenizer=tokenizer)
     kept = write_jsonl(output, (r for r, k in zip(records, keep) if k))
-    return DedupStats(input=input, output=output, read=len(records), seeds=len(seed_texts), kept=kept,
-                      dropped=len(records) - kept, threshold=t, seconds=time.perf_counter() - start)
+    return DedupStats(
+        input=input,
+        output=output,
+        read=len(records),
+        seeds=len(seed_texts),
+        kept=kept,
+        dropped=len(records) - kept,
+        threshold=t,
+        seconds=time.perf_counter() - start,
+    )
 
 
 class _ProgressBar:

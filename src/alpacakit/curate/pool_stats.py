@@ -209,7 +209,7 @@ class PoolStats:
                 if a <= _PYTHON_TAIL:  # the few longest entries: Python ints beat numpy calls
                     for i in range(a):
                         x = int(v[i])
-                        for t in rows[i, j: lens_sorted[i]].tolist():
+                        for t in rows[i, j : lens_sorted[i]].tolist():
                             mk = masks.get(t - 1)
                             if mk:
                                 u = x & mk
@@ -226,8 +226,9 @@ class PoolStats:
         out[order] = lcs
         return out
 
-    def top_k(self, ids: Sequence[int], keys: Sequence[int], masks: dict, k: int,
-              known: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], np.ndarray | None]:
+    def top_k(
+        self, ids: Sequence[int], keys: Sequence[int], masks: dict, k: int, known: list[tuple[int, float]]
+    ) -> tuple[list[tuple[int, float]], np.ndarray | None]:
         """The k best first entries by (F desc, index asc), exactly; `known` are exact scores
         already computed. Also returns the overlaps (for the mean)."""
         overlap = self.overlaps(keys)

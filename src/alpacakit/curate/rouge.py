@@ -160,11 +160,13 @@ def check_threshold(threshold: object) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ConfigError(
             f"ROUGE-L threshold must be a number between 0 and 1, got {threshold!r}",
-            hint="use e.g. --threshold 0.7 (Stanford's value); 1.0 keeps everything")
+            hint="use e.g. --threshold 0.7 (Stanford's value); 1.0 keeps everything",
+        )
     return float(threshold)
 
 
 # ------------------------------------------------------------------------------ exact bounds
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -312,6 +314,7 @@ def pair_codes(sorted_keys: Sequence[int], short: int, long: int) -> tuple[list[
 
 # ----------------------------------------------------------------------------- streaming API
 
+
 @dataclass
 class DedupResult:
     """What the pool says about one instruction.
@@ -375,9 +378,16 @@ class RougeDeduper:
     decisions faster (vectorised). Not thread-safe: one writer at a time.
     """
 
-    def __init__(self, threshold: float = 0.7, keep_most_similar: int = 10, *,
-                 stats: bool = True, full_stats: bool = False, tokenizer: str = "rouge_score",
-                 mean: str | None = None):
+    def __init__(
+        self,
+        threshold: float = 0.7,
+        keep_most_similar: int = 10,
+        *,
+        stats: bool = True,
+        full_stats: bool = False,
+        tokenizer: str = "rouge_score",
+        mean: str | None = None,
+    ):
         if isinstance(keep_most_similar, bool) or not isinstance(keep_most_similar, int) or keep_most_similar < 0:
             raise ConfigError(f"keep_most_similar must be an integer >= 0, got {keep_most_similar!r}")
         mean = mean or ("exact" if full_stats else "off")
@@ -520,7 +530,7 @@ class RougeDeduper:
             ps, px = pair_codes(sorted_keys, plan.pair_short, plan.pair_long)
         if plan.singles:
             ss = sorted_keys[: plan.single_short]
-            sx = sorted_keys[plan.single_short: plan.single_long]
+            sx = sorted_keys[plan.single_short : plan.single_long]
         return ps, px, ss, sx
 
     # ----------------------------------------------------------------------------- adding
@@ -583,8 +593,7 @@ class RougeDeduper:
             if kept:
                 return DedupResult(kept=True, max_similarity=None)
             best_f, neg_idx = max((f, -i) for i, f in hits)
-            return DedupResult(kept=False, max_similarity=best_f,
-                               most_similar={self._texts[-neg_idx]: best_f})
+            return DedupResult(kept=False, max_similarity=best_f, most_similar={self._texts[-neg_idx]: best_f})
         ps = self._pool_stats
         top, overlap = ps.top_k(c.ids, c.keys, c.masks(), max(self.keep_most_similar, 1), hits)
         mean = ps.mean_score(c.ids, c.masks(), overlap)

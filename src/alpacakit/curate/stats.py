@@ -21,8 +21,13 @@ def _kinds(path: str | Path | None = None) -> list[tuple[str, re.Pattern[str], r
     raw = load_yaml(Path(path) if path else Path(__file__).with_name("data") / "task_kinds.yaml")
     out = []
     for name, spec in raw.items():
-        out.append((name, re.compile(spec["instruction"], re.IGNORECASE),
-                    re.compile(spec["output"], re.IGNORECASE) if spec.get("output") else None))
+        out.append(
+            (
+                name,
+                re.compile(spec["instruction"], re.IGNORECASE),
+                re.compile(spec["output"], re.IGNORECASE) if spec.get("output") else None,
+            )
+        )
     return out
 
 
@@ -58,10 +63,12 @@ class DataStats:
 
     def lines(self) -> list[str]:
         d = self.as_dict()
-        out = [f"{d['examples']} examples; {d['with_input']} with an input ({d['with_input_fraction']:.0%})",
-               "mean words: " + ", ".join(f"{k} {v}" for k, v in d["mean_words"].items()),
-               "task kinds: " + ", ".join(f"{k} {v} ({d['kind_fractions'][k]:.0%})" for k, v in d["kinds"].items()),
-               "first words: " + ", ".join(f"{k} {v}" for k, v in d["top_first_words"].items())]
+        out = [
+            f"{d['examples']} examples; {d['with_input']} with an input ({d['with_input_fraction']:.0%})",
+            "mean words: " + ", ".join(f"{k} {v}" for k, v in d["mean_words"].items()),
+            "task kinds: " + ", ".join(f"{k} {v} ({d['kind_fractions'][k]:.0%})" for k, v in d["kinds"].items()),
+            "first words: " + ", ".join(f"{k} {v}" for k, v in d["top_first_words"].items()),
+        ]
         return out
 
 

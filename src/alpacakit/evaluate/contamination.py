@@ -18,8 +18,9 @@ from alpacakit.curate.rouge import RougeDeduper, rouge_l_f
 from alpacakit.errors import DataError
 
 
-def find_contaminated(train_instructions: Sequence[str], eval_instructions: Sequence[str],
-                      threshold: float = 0.7) -> list[tuple[int, int, float]]:
+def find_contaminated(
+    train_instructions: Sequence[str], eval_instructions: Sequence[str], threshold: float = 0.7
+) -> list[tuple[int, int, float]]:
     """Every (train index, eval index, ROUGE-L F) with F > `threshold`, by train then eval index.
 
     `generate` and `curate` can call this to drop training examples before they are used.
@@ -39,8 +40,14 @@ def find_contaminated(train_instructions: Sequence[str], eval_instructions: Sequ
     return pairs
 
 
-def check_contamination(train_path: str | Path, eval_set: str | Path = "alpacakit", *, threshold: float = 0.7,
-                        instances: str = "first", write_clean: str | Path | None = None) -> dict[str, Any]:
+def check_contamination(
+    train_path: str | Path,
+    eval_set: str | Path = "alpacakit",
+    *,
+    threshold: float = 0.7,
+    instances: str = "first",
+    write_clean: str | Path | None = None,
+) -> dict[str, Any]:
     """Compare a training file with an eval set; optionally write the training file without the copies.
 
     Returns a JSON-ready report: counts, threshold, and each pair (indices, eval id, score,
@@ -60,12 +67,24 @@ def check_contamination(train_path: str | Path, eval_set: str | Path = "alpacaki
     pairs = find_contaminated(train_texts, [it.instruction for it in items], threshold)
     dirty = sorted({i for i, _, _ in pairs})
     report: dict[str, Any] = {
-        "threshold": threshold, "train": str(train_path), "eval_set": str(eval_set),
-        "n_train": len(records), "n_eval": len(items),
-        "n_contaminated_train": len(dirty), "n_contaminated_eval": len({j for _, j, _ in pairs}),
-        "pairs": [{"train_index": i, "eval_index": j, "eval_id": items[j].id, "rouge_l": round(f, 6),
-                   "train_instruction": train_texts[i], "eval_instruction": items[j].instruction}
-                  for i, j, f in pairs],
+        "threshold": threshold,
+        "train": str(train_path),
+        "eval_set": str(eval_set),
+        "n_train": len(records),
+        "n_eval": len(items),
+        "n_contaminated_train": len(dirty),
+        "n_contaminated_eval": len({j for _, j, _ in pairs}),
+        "pairs": [
+            {
+                "train_index": i,
+                "eval_index": j,
+                "eval_id": items[j].id,
+                "rouge_l": round(f, 6),
+                "train_instruction": train_texts[i],
+                "eval_instruction": items[j].instruction,
+            }
+            for i, j, f in pairs
+        ],
         "seconds": round(time.monotonic() - t0, 3),
     }
     if write_clean is not None:

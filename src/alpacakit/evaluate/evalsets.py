@@ -57,8 +57,9 @@ def builtin_path(name: str) -> Path:
 def _read_located(path: Path) -> list[tuple[str, Any]]:
     """(location, record) pairs from a JSON list or JSONL file; locations name file:line or item."""
     if not path.exists():
-        raise DataError(f"{path}: no such file",
-                        hint=f"pass a file, or one of the built-in eval sets: {', '.join(BUILTIN_SETS)}")
+        raise DataError(
+            f"{path}: no such file", hint=f"pass a file, or one of the built-in eval sets: {', '.join(BUILTIN_SETS)}"
+        )
     if path.is_dir():
         raise DataError(f"{path} is a folder; an eval set is one JSON, JSONL or CSV file")
     from alpacakit.io import parse_json, read_text
@@ -82,8 +83,10 @@ def _text(where: str, obj: dict, key: str, *, required: bool) -> str:
     if value is None:
         if required:
             have = ", ".join(sorted(obj)) or "none"
-            raise DataError(f"{where}: missing field {key!r} (fields found: {have})",
-                            hint="an eval item needs at least an 'instruction'")
+            raise DataError(
+                f"{where}: missing field {key!r} (fields found: {have})",
+                hint="an eval item needs at least an 'instruction'",
+            )
         return ""
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} should be text, found {type(value).__name__}")
@@ -93,26 +96,32 @@ def _text(where: str, obj: dict, key: str, *, required: bool) -> str:
 def _from_self_instruct(where: str, obj: dict, n: int, instances: str, dataset: str) -> list[EvalItem]:
     inst = obj.get("instances")
     if not isinstance(inst, list) or not inst:
-        raise DataError(f"{where}: 'instances' should be a non-empty list of {{'input', 'output'}} objects",
-                        hint="self-instruct user-oriented records carry their inputs in 'instances'")
+        raise DataError(
+            f"{where}: 'instances' should be a non-empty list of {{'input', 'output'}} objects",
+            hint="self-instruct user-oriented records carry their inputs in 'instances'",
+        )
     chosen = inst if instances == "all" else inst[:1]
     out = []
     for k, one in enumerate(chosen):
         if not isinstance(one, dict):
             raise DataError(f"{where}: instances[{k}] should be an object with 'input' and 'output'")
         base_id = str(obj.get("id") or f"{dataset}_{n}")
-        out.append(EvalItem(
-            id=base_id if instances == "first" else f"{base_id}#{k}",
-            instruction=_text(where, obj, "instruction", required=True).strip(),
-            input=_text(f"{where} instances[{k}]", one, "input", required=False).strip(),
-            dataset=dataset,
-            category=obj.get("motivation_app"),
-            reference=_text(f"{where} instances[{k}]", one, "output", required=False) or None,
-        ))
+        out.append(
+            EvalItem(
+                id=base_id if instances == "first" else f"{base_id}#{k}",
+                instruction=_text(where, obj, "instruction", required=True).strip(),
+                input=_text(f"{where} instances[{k}]", one, "input", required=False).strip(),
+                dataset=dataset,
+                category=obj.get("motivation_app"),
+                reference=_text(f"{where} instances[{k}]", one, "output", required=False) or None,
+            )
+        )
     return out
 
 
-def load_eval_set(ref: str | Path = "alpacakit", *, instances: str = "first", limit: int | None = None) -> list[EvalItem]:
+def load_eval_set(
+    ref: str | Path = "alpacakit", *, instances: str = "first", limit: int | None = None
+) -> list[EvalItem]:
     """Read an eval set (see the module doc). Errors name file:line and the field at fault."""
     if instances not in ("first", "all"):
         raise DataError(f"instances must be 'first' or 'all', got {instances!r}")
@@ -124,20 +133,27 @@ def load_eval_set(ref: str | Path = "alpacakit", *, instances: str = "first", li
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected an object, found {type(obj).__name__}")
         if "instances" in obj:
-            items += _from_self_instruct(where, obj, n, instances, str(obj.get("dataset") or "self-instruct-user-oriented"))
+            items += _from_self_instruct(
+                where, obj, n, instances, str(obj.get("dataset") or "self-instruct-user-oriented")
+            )
             continue
         instruction = _text(where, obj, "instruction", required=True).strip()
         if not instruction:
             raise DataError(f"{where}: empty 'instruction'")
-        items.append(EvalItem(
-            id=str(obj.get("id") or f"{default_dataset}_{n}"),
-            instruction=instruction,
-            input=_text(where, obj, "input", required=False).strip(),
-            dataset=str(obj.get("dataset") or default_dataset),
-            category=obj.get("category") or obj.get("motivation_app"),
-            reference=(_text(where, obj, "reference", required=False)
-                       or _text(where, obj, "output", required=False) or None),
-        ))
+        items.append(
+            EvalItem(
+                id=str(obj.get("id") or f"{default_dataset}_{n}"),
+                instruction=instruction,
+                input=_text(where, obj, "input", required=False).strip(),
+                dataset=str(obj.get("dataset") or default_dataset),
+                category=obj.get("category") or obj.get("motivation_app"),
+                reference=(
+                    _text(where, obj, "reference", required=False)
+                    or _text(where, obj, "output", required=False)
+                    or None
+                ),
+            )
+        )
     if not items:
         raise DataError(f"{path}: the eval set is empty")
     seen: dict[str, int] = {}
@@ -166,8 +182,17 @@ def load_outputs(path: str | Path) -> list[dict[str, Any]]:
         instruction = _text(where, obj, "instruction", required=True)
         output = obj.get("output")
         if not isinstance(output, str):
-            raise DataError(f"{where}: 'output' should be text, found {type(output).__name__}",
-                            hint="an outputs file is [{instruction, output, generator, dataset}] (AlpacaEval format)")
-        out.append({**obj, "instruction": instruction, "output": output,
-                    "generator": str(obj.get("generator") or default_gen), "dataset": str(obj.get("dataset") or "")})
+            raise DataError(
+                f"{where}: 'output' should be text, found {type(output).__name__}",
+                hint="an outputs file is [{instruction, output, generator, dataset}] (AlpacaEval format)",
+            )
+        out.append(
+            {
+                **obj,
+                "instruction": instruction,
+                "output": output,
+                "generator": str(obj.get("generator") or default_gen),
+                "dataset": str(obj.get("dataset") or ""),
+            }
+        )
     return out

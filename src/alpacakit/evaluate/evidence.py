@@ -45,16 +45,36 @@ def _read(path: Path) -> Any:
         return None
 
 
-def _metric(key: str, name: str, what: str, unit: str, d: dict[str, Any], *, student: float | None,
-            base: float | None, scale: float = 1.0, teacher: float | None = None, decides: bool = False
-            ) -> dict[str, Any]:
+def _metric(
+    key: str,
+    name: str,
+    what: str,
+    unit: str,
+    d: dict[str, Any],
+    *,
+    student: float | None,
+    base: float | None,
+    scale: float = 1.0,
+    teacher: float | None = None,
+    decides: bool = False,
+) -> dict[str, Any]:
     se = d["se"] * scale if d.get("se") is not None else None
     diff = d["mean"] * scale
-    return {"key": key, "name": name, "what": what, "unit": unit, "n": d["n"], "student": student, "base": base,
-            "teacher": teacher, "diff": diff, "se": se,
-            "ci": [diff - Z95 * se, diff + Z95 * se] if se is not None else None,
-            "significant": se is not None and se > 0 and abs(diff) > 2 * se or (se == 0 and diff != 0),
-            "decides": decides}
+    return {
+        "key": key,
+        "name": name,
+        "what": what,
+        "unit": unit,
+        "n": d["n"],
+        "student": student,
+        "base": base,
+        "teacher": teacher,
+        "diff": diff,
+        "se": se,
+        "ci": [diff - Z95 * se, diff + Z95 * se] if se is not None else None,
+        "significant": se is not None and se > 0 and abs(diff) > 2 * se or (se == 0 and diff != 0),
+        "decides": decides,
+    }
 
 
 def follow_metrics(ev: Path, decide_se_points: float) -> list[dict[str, Any]]:
@@ -68,19 +88,42 @@ def follow_metrics(ev: Path, decide_se_points: float) -> list[dict[str, Any]]:
         return []
     out = []
     specs = [
-        ("follow", "verifiable instructions passed", "items whose every constraint a program verified",
-         lambda it: 1.0 if it["pass"] else 0.0, lambda r: r.get("accuracy")),
-        ("follow_constraints", "constraints met", "share of an item's constraints met, averaged over items",
-         lambda it: float(it["constraint_fraction"]), lambda r: _mean([i["constraint_fraction"] for i in r["items"]])),
-        ("clean_stop", "answers ended by the model", "answers that ended with the end-of-sequence token within "
-         "the token limit, without starting a new prompt section", lambda it: 1.0 if it.get("ending") == "eos" else 0.0,
-         lambda r: r.get("clean_stop_rate")),
+        (
+            "follow",
+            "verifiable instructions passed",
+            "items whose every constraint a program verified",
+            lambda it: 1.0 if it["pass"] else 0.0,
+            lambda r: r.get("accuracy"),
+        ),
+        (
+            "follow_constraints",
+            "constraints met",
+            "share of an item's constraints met, averaged over items",
+            lambda it: float(it["constraint_fraction"]),
+            lambda r: _mean([i["constraint_fraction"] for i in r["items"]]),
+        ),
+        (
+            "clean_stop",
+            "answers ended by the model",
+            "answers that ended with the end-of-sequence token within "
+            "the token limit, without starting a new prompt section",
+            lambda it: 1.0 if it.get("ending") == "eos" else 0.0,
+            lambda r: r.get("clean_stop_rate"),
+        ),
     ]
     for key, name, what, value, overall in specs:
         d = paired([value(si[i]) for i in ids], [value(bi[i]) for i in ids])
-        m = _metric(key, name, what, "points", d, scale=100.0,
-                    student=100 * _mean([value(si[i]) for i in ids]), base=100 * _mean([value(bi[i]) for i in ids]),
-                    teacher=100 * overall(t) if isinstance(t, dict) and overall(t) is not None else None)
+        m = _metric(
+            key,
+            name,
+            what,
+            "points",
+            d,
+            scale=100.0,
+            student=100 * _mean([value(si[i]) for i in ids]),
+            base=100 * _mean([value(bi[i]) for i in ids]),
+            teacher=100 * overall(t) if isinstance(t, dict) and overall(t) is not None else None,
+        )
         m["decides"] = m["se"] is not None and m["se"] <= decide_se_points
         if key == "follow" and isinstance(t, dict):
             m["teacher_n"] = t.get("n")
@@ -98,9 +141,16 @@ def likelihood_metric(ev: Path, decide_min_n: int) -> dict[str, Any] | None:
         return None
     # base minus student: positive = the student finds the teacher's answers more likely
     d = paired([bi[i] for i in ids], [si[i] for i in ids])
-    m = _metric("likelihood", "closer to the teacher's writing", "NLL per token of held-out teacher answers, "
-                "base minus student (nats; positive: the student writes more like the teacher)", "nats", d,
-                student=_mean([si[i] for i in ids]), base=_mean([bi[i] for i in ids]))
+    m = _metric(
+        "likelihood",
+        "closer to the teacher's writing",
+        "NLL per token of held-out teacher answers, "
+        "base minus student (nats; positive: the student writes more like the teacher)",
+        "nats",
+        d,
+        student=_mean([si[i] for i in ids]),
+        base=_mean([bi[i] for i in ids]),
+    )
     m["decides"] = len(ids) >= decide_min_n
     return m
 
@@ -115,9 +165,17 @@ def judge_metric(ev: Path, decide_se_points: float) -> dict[str, Any] | None:
     # AlpacaEval preference: 1 = baseline (base) preferred, 2 = model (student) preferred, 1.5 a tie
     wins = [(x - 1.0) for x in prefs]
     d = paired(wins, [0.5] * len(wins))
-    m = _metric("judge", "judge prefers the student", f"{(p.get('judge') or {}).get('model', 'the judge')} comparing "
-                "student and base answers to open instructions (50 = no preference)", "points", d, scale=100.0,
-                student=100 * _mean(wins), base=50.0)
+    m = _metric(
+        "judge",
+        "judge prefers the student",
+        f"{(p.get('judge') or {}).get('model', 'the judge')} comparing "
+        "student and base answers to open instructions (50 = no preference)",
+        "points",
+        d,
+        scale=100.0,
+        student=100 * _mean(wins),
+        base=50.0,
+    )
     m["diff_label"] = "win rate - 50"
     bias = p.get("position_bias") or {}
     m["orders_agree"] = bias.get("orders_agree")
@@ -126,8 +184,11 @@ def judge_metric(ev: Path, decide_se_points: float) -> dict[str, Any] | None:
     m["cut"] = {}  # judged answers that the token limit cut: counted and shown, not hidden
     for side in ("student", "base"):
         recs = _read(ev / f"outputs-{side}.json") or []
-        m["cut"][side] = sum(1 for r in recs if isinstance(r, dict) and r.get("instruction") in judged
-                             and r.get("finish_reason") == "length")
+        m["cut"][side] = sum(
+            1
+            for r in recs
+            if isinstance(r, dict) and r.get("instruction") in judged and r.get("finish_reason") == "length"
+        )
     m["decides"] = m["se"] is not None and m["se"] <= decide_se_points
     return m
 
@@ -157,19 +218,29 @@ def judge_check_agreement(ev: Path) -> dict[str, Any] | None:
         agree += (pref > 1.5) == bool(student_passed)
     if not decided and not ties:
         return None
-    return {"n": decided + ties, "decided": decided, "ties": ties,
-            "agreement": agree / decided if decided else None,
-            "orders_agree": (p.get("position_bias") or {}).get("orders_agree")}
+    return {
+        "n": decided + ties,
+        "decided": decided,
+        "ties": ties,
+        "agreement": agree / decided if decided else None,
+        "orders_agree": (p.get("position_bias") or {}).get("orders_agree"),
+    }
 
 
 def knowledge_metric(knowledge: dict[str, Any], decide_se_points: float) -> dict[str, Any] | None:
     if knowledge.get("gain") is None:
         return None
     se = knowledge.get("se")
-    m = _metric("knowledge", "capability questions answered", "facts, arithmetic and reading questions "
-                "(knowledge, not style)", "points", {"mean": knowledge["gain"], "se": se, "n": knowledge["n_paired"]},
-                student=knowledge.get("student_acc"), base=knowledge.get("base_acc"),
-                teacher=knowledge.get("teacher_acc"))
+    m = _metric(
+        "knowledge",
+        "capability questions answered",
+        "facts, arithmetic and reading questions (knowledge, not style)",
+        "points",
+        {"mean": knowledge["gain"], "se": se, "n": knowledge["n_paired"]},
+        student=knowledge.get("student_acc"),
+        base=knowledge.get("base_acc"),
+        teacher=knowledge.get("teacher_acc"),
+    )
     m["decides"] = se is not None and se <= decide_se_points
     return m
 
@@ -182,18 +253,27 @@ def follow_by_kind(ev: Path) -> list[dict[str, Any]]:
     return [{"kind": k, **{s: r["by_kind"].get(k) for s, r in found.items()}} for k in kinds]
 
 
-def collect_evidence(run_dir: str | Path, knowledge: dict[str, Any], *, decide_se_points: float = 5.0,
-                     decide_min_n: int = 10) -> dict[str, Any]:
+def collect_evidence(
+    run_dir: str | Path, knowledge: dict[str, Any], *, decide_se_points: float = 5.0, decide_min_n: int = 10
+) -> dict[str, Any]:
     """Every student-vs-base metric found in RUN/eval, and which of them decide."""
     ev = Path(run_dir) / "eval"
     metrics = follow_metrics(ev, decide_se_points)
-    for m in (likelihood_metric(ev, decide_min_n), judge_metric(ev, decide_se_points),
-              knowledge_metric(knowledge, decide_se_points)):
+    for m in (
+        likelihood_metric(ev, decide_min_n),
+        judge_metric(ev, decide_se_points),
+        knowledge_metric(knowledge, decide_se_points),
+    ):
         if m is not None:
             metrics.append(m)
-    return {"metrics": metrics, "by_key": {m["key"]: m for m in metrics}, "by_kind": follow_by_kind(ev),
-            "judge_checks": judge_check_agreement(ev),
-            "decide_se_points": decide_se_points, "decide_min_n": decide_min_n}
+    return {
+        "metrics": metrics,
+        "by_key": {m["key"]: m for m in metrics},
+        "by_kind": follow_by_kind(ev),
+        "judge_checks": judge_check_agreement(ev),
+        "decide_se_points": decide_se_points,
+        "decide_min_n": decide_min_n,
+    }
 
 
 def _mean(xs: list[float]) -> float:

@@ -35,20 +35,33 @@ def load_answers(path: str | Path, limit: int | None = None) -> list[dict[str, A
     for i, r in enumerate(recs):
         if not str(r.get("output") or "").strip():
             continue
-        out.append({"id": str(r.get("id") or i), "instruction": str(r["instruction"]), "input": str(r.get("input") or ""),
-                    "output": str(r["output"]), "ended": r.get("finish_reason", "stop") != "length"})
+        out.append(
+            {
+                "id": str(r.get("id") or i),
+                "instruction": str(r["instruction"]),
+                "input": str(r.get("input") or ""),
+                "output": str(r["output"]),
+                "ended": r.get("finish_reason", "stop") != "length",
+            }
+        )
     if not out:
         raise DataError(f"{path}: no answers to score", hint="pass records with non-empty 'output' fields")
     return out[:limit] if limit else out
 
 
-def score_likelihood(model: str, answers_path: str | Path, out: str | Path | None = None, *,
-                     system: str | None = None, limit: int | None = None, n_ctx: int = 2048) -> dict[str, Any]:
+def score_likelihood(
+    model: str,
+    answers_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    system: str | None = None,
+    limit: int | None = None,
+    n_ctx: int = 2048,
+) -> dict[str, Any]:
     """Mean per-token NLL of each answer in `answers_path` under `model`; written to `out` (JSON)."""
     from alpacakit.evaluate.bench.backends import ContextTooLong, open_backend
-    from alpacakit.prompting import PromptFormat
-
     from alpacakit.models.registry import LOGLIK, require
+    from alpacakit.prompting import PromptFormat
 
     require(model, LOGLIK, "eval likelihood")  # before reading anything: an endpoint cannot score given text
     answers = load_answers(answers_path, limit)
@@ -76,13 +89,21 @@ def score_likelihood(model: str, answers_path: str | Path, out: str | Path | Non
     finally:
         backend.close()
     if not items:
-        raise DataError(f"{answers_path}: every answer is longer than the context window of {model} "
-                        f"({skipped[0]['n_ctx']} tokens)", hint="raise --n-ctx, or score shorter answers")
+        raise DataError(
+            f"{answers_path}: every answer is longer than the context window of {model} ({skipped[0]['n_ctx']} tokens)",
+            hint="raise --n-ctx, or score shorter answers",
+        )
     mean = sum(i["nll"] for i in items) / len(items)
     result = {
-        "format": FORMAT, "system": system or info.get("name"), "model": model, "answers": str(answers_path),
-        "prompt": {"format": fmt.name, "why": why, "eos_appended": bool(eos)}, "n": len(items),
-        "mean_nll": round(mean, 5), "perplexity": round(math.exp(mean), 3), "items": items,
+        "format": FORMAT,
+        "system": system or info.get("name"),
+        "model": model,
+        "answers": str(answers_path),
+        "prompt": {"format": fmt.name, "why": why, "eos_appended": bool(eos)},
+        "n": len(items),
+        "mean_nll": round(mean, 5),
+        "perplexity": round(math.exp(mean), 3),
+        "items": items,
         **({"skipped_too_long": skipped} if skipped else {}),
         "seconds": round(time.monotonic() - t0, 2),
     }

@@ -58,11 +58,23 @@ class _Progress(GenerationProgress):
         return min(self.totals.requests, self.target)
 
 
-async def run_pending(job: JournaledJob, teacher: Any, pending: dict[int, Request], *, sampling: dict[str, Any],
-                      concurrency: int, estimate: Callable[[Request], float] | None, max_cost: float | None,
-                      progress_totals: JobTotals, target: int, unit: str, show_progress: bool, label: str,
-                      on_entry: Callable[[dict], None] | None = None, heartbeat: Callable[[], None] | None = None,
-                      ) -> str:
+async def run_pending(
+    job: JournaledJob,
+    teacher: Any,
+    pending: dict[int, Request],
+    *,
+    sampling: dict[str, Any],
+    concurrency: int,
+    estimate: Callable[[Request], float] | None,
+    max_cost: float | None,
+    progress_totals: JobTotals,
+    target: int,
+    unit: str,
+    show_progress: bool,
+    label: str,
+    on_entry: Callable[[dict], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> str:
     """Ask `teacher` for the pending requests, journaling each answer. Returns run_requests' reason."""
     progress = _Progress(target=target, totals=progress_totals, enabled=show_progress, unit=unit, label=label)
     last = [time.monotonic()]
@@ -80,18 +92,37 @@ async def run_pending(job: JournaledJob, teacher: Any, pending: dict[int, Reques
     job.open()
     try:
         with progress:
-            return await run_requests(job, teacher, iter(sorted(pending, key=lambda i: pending[i].meta["order"])),
-                                      pending.__getitem__, should_stop=lambda totals: False, concurrency=concurrency,
-                                      sampling=sampling, estimate_cost=estimate, max_cost=max_cost,
-                                      on_result=on_result)
+            return await run_requests(
+                job,
+                teacher,
+                iter(sorted(pending, key=lambda i: pending[i].meta["order"])),
+                pending.__getitem__,
+                should_stop=lambda totals: False,
+                concurrency=concurrency,
+                sampling=sampling,
+                estimate_cost=estimate,
+                max_cost=max_cost,
+                on_result=on_result,
+            )
     finally:
         job.close()
 
 
-async def run_pending_batches(job: JournaledJob, cfg: Any, pending: dict[int, Request], *, settings: Any,
-                              sampling: dict[str, Any], max_cost: float | None, progress_totals: JobTotals,
-                              target: int, unit: str, show_progress: bool, label: str,
-                              heartbeat: Callable[[], None] | None = None) -> tuple[str, dict[str, Any]]:
+async def run_pending_batches(
+    job: JournaledJob,
+    cfg: Any,
+    pending: dict[int, Request],
+    *,
+    settings: Any,
+    sampling: dict[str, Any],
+    max_cost: float | None,
+    progress_totals: JobTotals,
+    target: int,
+    unit: str,
+    show_progress: bool,
+    label: str,
+    heartbeat: Callable[[], None] | None = None,
+) -> tuple[str, dict[str, Any]]:
     """`run_pending` through the OpenAI Batch API (`generate/batch_api.py`): every pending request
     goes out at once (split at `settings.max_lines`), is polled and journaled; resumable from the
     job's batches.jsonl. Returns the reason ('exhausted', 'budget', or 'incomplete' when lines
@@ -111,9 +142,18 @@ async def run_pending_batches(job: JournaledJob, cfg: Any, pending: dict[int, Re
             heartbeat()
             last[0] = time.monotonic()
 
-    runner = BatchRunner(job, cfg, pending.__getitem__, sampling=sampling, settings=settings,
-                         estimate=estimator(cfg.price, cfg.max_tokens), max_cost=max_cost, on_result=on_result,
-                         on_poll=on_poll, verbose=show_progress)
+    runner = BatchRunner(
+        job,
+        cfg,
+        pending.__getitem__,
+        sampling=sampling,
+        settings=settings,
+        estimate=estimator(cfg.price, cfg.max_tokens),
+        max_cost=max_cost,
+        on_result=on_result,
+        on_poll=on_poll,
+        verbose=show_progress,
+    )
     order = sorted(pending, key=lambda i: pending[i].meta["order"])
 
     def planner(totals: JobTotals, busy: set[int], open_count: int) -> list[int]:
@@ -146,7 +186,8 @@ def estimator(price: Any, max_tokens: int) -> Callable[[Request], float]:
     def estimate(req: Request) -> float:
         if req.api == "chat":
             messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-                {"role": "user", "content": req.prompt}]
+                {"role": "user", "content": req.prompt}
+            ]
             return estimate_cost(price, max_tokens=max_tokens, messages=messages)
         return estimate_cost(price, max_tokens=max_tokens, prompt=req.prompt)
 
@@ -168,8 +209,13 @@ class Prompting:
 
     def request(self, index: int, instruction: str, input_text: str, meta: dict[str, Any]) -> Request:
         if self.mode == "template":
-            return Request(index=index, prompt=self.fmt.build(instruction, input_text), api="completions",
-                           stop=tuple(self.stop), meta=meta)
+            return Request(
+                index=index,
+                prompt=self.fmt.build(instruction, input_text),
+                api="completions",
+                stop=tuple(self.stop),
+                meta=meta,
+            )
         from alpacakit.evaluate.evalsets import INPUT_JOINER
 
         user = f"{instruction}{INPUT_JOINER}{input_text}" if input_text else instruction
@@ -211,7 +257,9 @@ def choose_prompting(system: Any, prompt_format: str | None, template_stop: list
     own_format = getattr(system, "prompt_format", None)  # model folders (HFTeacher) carry theirs, or --prompt-format
     if own_format is not None:
         if own_format.kind == "template":
-            return template(own_format, "--prompt-format" if explicit is not None else "the model folder's prompt format")
+            return template(
+                own_format, "--prompt-format" if explicit is not None else "the model folder's prompt format"
+            )
         return Prompting("chat", own_format, [], "the model folder's chat format")
     path = getattr(system, "path", None)
     if explicit is None and isinstance(path, Path) and path.suffix == ".gguf":
@@ -223,8 +271,12 @@ def choose_prompting(system: Any, prompt_format: str | None, template_stop: list
             return template(explicit, "--prompt-format" if prompt_format else "prompt_format.json beside the GGUF")
         return Prompting("chat", None, [], "chat format: the model's own template")
     if getattr(system, "has_chat_template", True):
-        return Prompting("chat", None, [], "the model's chat template" if hasattr(system, "has_chat_template")
-                         else "an endpoint: chat completions")
+        return Prompting(
+            "chat",
+            None,
+            [],
+            "the model's chat template" if hasattr(system, "has_chat_template") else "an endpoint: chat completions",
+        )
     return template(PromptFormat.load("alpaca"), "a base model (no chat template): the Alpaca template")
 
 
@@ -232,7 +284,7 @@ def system_name(ref: str) -> str:
     """A readable generator name for a model reference."""
     ref = ref.strip().rstrip("/")
     if ref.startswith("openai:"):
-        return ref[len("openai:"):]
+        return ref[len("openai:") :]
     p = Path(ref)
     if p.suffix == ".gguf":
         return p.stem
@@ -261,10 +313,15 @@ class AnswerProcessor:
         self.by_key: dict[str, dict] = {}
 
     def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
-        rec = {"key": entry.get("key"), "output": self.prompting.clean(entry.get("text") or ""),
-               "finish_reason": entry.get("finish_reason"), "stopped_by": entry.get("stopped_by"),
-               "cost": entry.get("cost", 0.0),
-               "usage": entry.get("usage"), "latency_s": entry.get("latency_s")}
+        rec = {
+            "key": entry.get("key"),
+            "output": self.prompting.clean(entry.get("text") or ""),
+            "finish_reason": entry.get("finish_reason"),
+            "stopped_by": entry.get("stopped_by"),
+            "cost": entry.get("cost", 0.0),
+            "usage": entry.get("usage"),
+            "latency_s": entry.get("latency_s"),
+        }
         self.by_key.setdefault(rec["key"], rec)
         return [rec], []
 
@@ -282,17 +339,27 @@ class OutputsResult:
     def summary(self) -> str:
         t = self.totals
         refused = f", {self.refused} refused by the endpoint (see discards.jsonl)" if self.refused else ""
-        return (f"{self.status}: {self.answered}/{self.total} answers in {self.out_path}{refused} "
-                f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}; this run: "
-                f"{self.paid_this_run['requests']} requests, ${self.paid_this_run['cost_usd']:.4f})")
+        return (
+            f"{self.status}: {self.answered}/{self.total} answers in {self.out_path}{refused} "
+            f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}; this run: "
+            f"{self.paid_this_run['requests']} requests, ${self.paid_this_run['cost_usd']:.4f})"
+        )
 
 
 def item_key(item: Any) -> str:
     return json.dumps([item.id, item.prompt], ensure_ascii=False)
 
 
-def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, show_progress: bool = True,
-                     system: Any = None, max_cost: float | None = None, batch_api: bool = False) -> OutputsResult:
+def generate_outputs(
+    config: Any,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    show_progress: bool = True,
+    system: Any = None,
+    max_cost: float | None = None,
+    batch_api: bool = False,
+) -> OutputsResult:
     """Answer `config.eval.eval_set` with `config.eval.system` into `out` (AlpacaEval JSON), resumably.
 
     `system` overrides loading the model (tests). `batch_api` asks an endpoint system through the
@@ -305,8 +372,10 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
     ev = config.eval
     out = Path(out)
     if out.suffix.lower() != ".json":
-        raise DataError(f"{out}: the output is an AlpacaEval JSON file and should end in .json",
-                        hint="e.g. -o runs/NAME/eval/outputs-student.json")
+        raise DataError(
+            f"{out}: the output is an AlpacaEval JSON file and should end in .json",
+            hint="e.g. -o runs/NAME/eval/outputs-student.json",
+        )
     items = load_eval_set(ev.eval_set, instances=ev.instances, limit=ev.limit)
     scfg = ev.system
     from alpacakit.teachers.prices import describe_source, require_known_price
@@ -317,7 +386,7 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
 
         require_endpoint(scfg, "eval generate --batch-api", system)
     # Like `eval bench`: -o outputs-<system>.json names the system unless --name does.
-    from_file = out.stem[len("outputs-"):] if out.stem.startswith("outputs-") else ""
+    from_file = out.stem[len("outputs-") :] if out.stem.startswith("outputs-") else ""
     generator = name or from_file or system_name(scfg.model)
     work = work_dir_for(out)
 
@@ -328,9 +397,15 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
     closed = False
     try:
         prompting = choose_prompting(system, ev.prompt_format, list(ev.template_stop))
-        fingerprint = {"model": scfg.model, "base_url": scfg.base_url, "prompting": prompting.describe(),
-                       "max_tokens": scfg.max_tokens, "temperature": scfg.temperature, "top_p": scfg.top_p,
-                       "seed": scfg.seed}
+        fingerprint = {
+            "model": scfg.model,
+            "base_url": scfg.base_url,
+            "prompting": prompting.describe(),
+            "max_tokens": scfg.max_tokens,
+            "temperature": scfg.temperature,
+            "top_p": scfg.top_p,
+            "seed": scfg.seed,
+        }
         processor = AnswerProcessor(prompting)
         done: set[int] = set()
         job = JournaledJob(work, processor, done)
@@ -346,12 +421,17 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
         cached = len(keys) - len(pending)
 
         manifest: dict[str, Any] = {
-            "stage": "eval-generate", "status": "running", "alpacakit_version": __version__,
-            "python": platform.python_version(), "fingerprint": fingerprint, "generator": generator,
+            "stage": "eval-generate",
+            "status": "running",
+            "alpacakit_version": __version__,
+            "python": platform.python_version(),
+            "fingerprint": fingerprint,
+            "generator": generator,
             "price": describe_source(price_source),
-            "system": _describe(system, scfg.model), "eval_set": {"ref": ev.eval_set, "items": len(items),
-                                                                 "instances": ev.instances, "limit": ev.limit},
-            "output": str(out), "created_at": (previous or {}).get("created_at", started),
+            "system": _describe(system, scfg.model),
+            "eval_set": {"ref": ev.eval_set, "items": len(items), "instances": ev.instances, "limit": ev.limit},
+            "output": str(out),
+            "created_at": (previous or {}).get("created_at", started),
         }
 
         def write_manifest(status: str) -> None:
@@ -373,10 +453,19 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
                     if not pending:
                         return "exhausted"
                     why, manifest["batch_api"] = await run_pending_batches(
-                        job, scfg, pending, settings=ev.batch, sampling=sampling, max_cost=max_cost,
-                        progress_totals=JobTotals(requests=cached, kept=cached), target=len(keys), unit="answered",
-                        label=f"eval generate {generator}", show_progress=show_progress,
-                        heartbeat=lambda: write_manifest("running"))
+                        job,
+                        scfg,
+                        pending,
+                        settings=ev.batch,
+                        sampling=sampling,
+                        max_cost=max_cost,
+                        progress_totals=JobTotals(requests=cached, kept=cached),
+                        target=len(keys),
+                        unit="answered",
+                        label=f"eval generate {generator}",
+                        show_progress=show_progress,
+                        heartbeat=lambda: write_manifest("running"),
+                    )
                     return why
                 if not pending:
                     return "exhausted"
@@ -384,11 +473,20 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
 
                 refuse_open_batches(job)  # an earlier --batch-api run's batches still out: live would pay twice
                 return await run_pending(
-                    job, system, pending, sampling=sampling, concurrency=concurrency,
-                    estimate=estimator(scfg.price, scfg.max_tokens), max_cost=max_cost,
-                    progress_totals=JobTotals(requests=cached, kept=cached), target=len(keys), unit="answered",
+                    job,
+                    system,
+                    pending,
+                    sampling=sampling,
+                    concurrency=concurrency,
+                    estimate=estimator(scfg.price, scfg.max_tokens),
+                    max_cost=max_cost,
+                    progress_totals=JobTotals(requests=cached, kept=cached),
+                    target=len(keys),
+                    unit="answered",
                     label=f"eval generate {generator}",
-                    show_progress=show_progress, heartbeat=lambda: write_manifest("running"))
+                    show_progress=show_progress,
+                    heartbeat=lambda: write_manifest("running"),
+                )
             finally:
                 if own:
                     await system.aclose()
@@ -405,18 +503,28 @@ def generate_outputs(config: Any, out: str | Path, *, name: str | None = None, s
         rec = processor.by_key.get(key)
         if rec is None:
             continue
-        records.append({"instruction": it.prompt, "output": rec["output"], "generator": generator,
-                        "dataset": it.dataset, "id": it.id, "category": it.category,
-                        "finish_reason": rec["finish_reason"],
-                        **({"stopped_by": rec["stopped_by"]} if rec.get("stopped_by") else {})})
+        records.append(
+            {
+                "instruction": it.prompt,
+                "output": rec["output"],
+                "generator": generator,
+                "dataset": it.dataset,
+                "id": it.id,
+                "category": it.category,
+                "finish_reason": rec["finish_reason"],
+                **({"stopped_by": rec["stopped_by"]} if rec.get("stopped_by") else {}),
+            }
+        )
     refused = job.totals.discards.get("request_failed", 0)
     if status == "complete" and len(records) + refused < len(keys):
         status = "incomplete"  # some items still unanswered: a rerun asks for them
     atomic_write_json(out, records)
     write_manifest(status)
     after = job.totals.as_dict()
-    paid = {"requests": after["requests"] - before["requests"],
-            "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6)}
+    paid = {
+        "requests": after["requests"] - before["requests"],
+        "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6),
+    }
     job.release()
     return OutputsResult(out, status, len(records), len(keys), job.totals, paid, refused)
 

@@ -62,11 +62,22 @@ def judge_teacher_config(judge: Judge, jc: Any) -> Any:
 
     d = judge.decoding
     return TeacherConfig(
-        model=jc.model or judge.model, base_url=jc.base_url, api_key_env=jc.api_key_env, api=judge.api,
-        max_concurrency=jc.max_concurrency, max_retries=jc.max_retries, timeout_s=jc.timeout_s,
-        temperature=float(d.get("temperature", 0.0)), top_p=float(d.get("top_p", 1.0)),
-        max_tokens=int(d.get("max_tokens", 16)), seed=jc.seed, n_ctx=jc.n_ctx, n_threads=jc.n_threads,
-        **({"price": jc.price} if "price" in jc.model_fields_set else {}),  # else: the price table's, if it lists the model
+        model=jc.model or judge.model,
+        base_url=jc.base_url,
+        api_key_env=jc.api_key_env,
+        api=judge.api,
+        max_concurrency=jc.max_concurrency,
+        max_retries=jc.max_retries,
+        timeout_s=jc.timeout_s,
+        temperature=float(d.get("temperature", 0.0)),
+        top_p=float(d.get("top_p", 1.0)),
+        max_tokens=int(d.get("max_tokens", 16)),
+        seed=jc.seed,
+        n_ctx=jc.n_ctx,
+        n_threads=jc.n_threads,
+        **(
+            {"price": jc.price} if "price" in jc.model_fields_set else {}
+        ),  # else: the price table's, if it lists the model
     )
 
 
@@ -107,10 +118,16 @@ class JudgmentProcessor:
 
     def process(self, entry: dict) -> tuple[list[dict], list[dict]]:
         verdict = self.judge.parse(entry.get("text") or "")
-        rec = {"key": entry.get("key"), "verdict": verdict, "reply": entry.get("text"),
-               "finish_reason": entry.get("finish_reason"), "cost": float(entry.get("cost", 0.0) or 0.0),
-               "usage": entry.get("usage") or {}, "latency_s": float(entry.get("latency_s", 0.0) or 0.0),
-               "model": entry.get("model")}
+        rec = {
+            "key": entry.get("key"),
+            "verdict": verdict,
+            "reply": entry.get("text"),
+            "finish_reason": entry.get("finish_reason"),
+            "cost": float(entry.get("cost", 0.0) or 0.0),
+            "usage": entry.get("usage") or {},
+            "latency_s": float(entry.get("latency_s", 0.0) or 0.0),
+            "model": entry.get("model"),
+        }
         self.by_key.setdefault(rec["key"], rec)
         if verdict is None:
             return [], [{**rec, "reason": "unparsed"}]
@@ -133,13 +150,16 @@ class PairwiseResult:
 
         se = m.get("standard_error")
         lc = m.get("length_controlled_winrate")
-        return (f"{self.status}: win rate {pct(m.get('win_rate'))}"
-                + (f" (SE {se:.1f})" if se is not None else "")
-                + f", length-controlled {pct(lc)} over {m.get('n_total', 0)} instructions "
-                f"({m.get('n_wins', 0)} wins, {m.get('n_wins_base', 0)} losses, {m.get('n_draws', 0)} ties); "
-                f"judge cost ${self.cost['cost_usd']:.4f} for {self.cost['judgments']} judgments "
-                f"({self.cost['paid_this_run']['requests']} new, ${self.cost['paid_this_run']['cost_usd']:.4f}"
-                + (", Batch API" if self.cost.get("batch_api_price_factor") else "") + f") -> {self.out_path}")
+        return (
+            f"{self.status}: win rate {pct(m.get('win_rate'))}"
+            + (f" (SE {se:.1f})" if se is not None else "")
+            + f", length-controlled {pct(lc)} over {m.get('n_total', 0)} instructions "
+            f"({m.get('n_wins', 0)} wins, {m.get('n_wins_base', 0)} losses, {m.get('n_draws', 0)} ties); "
+            f"judge cost ${self.cost['cost_usd']:.4f} for {self.cost['judgments']} judgments "
+            f"({self.cost['paid_this_run']['requests']} new, ${self.cost['paid_this_run']['cost_usd']:.4f}"
+            + (", Batch API" if self.cost.get("batch_api_price_factor") else "")
+            + f") -> {self.out_path}"
+        )
 
 
 def _plan_orders(order: str, seed: int, instruction: str, occurrence: int) -> list[str]:
@@ -156,8 +176,16 @@ def default_out(model_path: Path, model_gen: str, baseline_gen: str) -> Path:
     return model_path.parent / f"pairwise-{safe(model_gen)}-vs-{safe(baseline_gen)}.json"
 
 
-def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: Any, *, out: str | Path | None = None,
-                   show_progress: bool = True, teacher: Any = None, limit: int | None = None) -> PairwiseResult:
+def judge_pairwise(
+    model_path: str | Path,
+    baseline_path: str | Path,
+    config: Any,
+    *,
+    out: str | Path | None = None,
+    show_progress: bool = True,
+    teacher: Any = None,
+    limit: int | None = None,
+) -> PairwiseResult:
     """Judge MODEL against BASELINE with `config.eval.judge`; resumable; see the module doc.
 
     `teacher` replaces the judge model (tests). Status: complete, stopped_at_budget, or incomplete
@@ -184,18 +212,24 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     if limit:
         pairs = pairs[:limit]
     if not pairs:
-        raise DataError(f"{model_path} and {baseline_path} share no instruction",
-                        hint="both files must answer the same eval set (the 'instruction' texts are matched exactly)")
+        raise DataError(
+            f"{model_path} and {baseline_path} share no instruction",
+            hint="both files must answer the same eval set (the 'instruction' texts are matched exactly)",
+        )
     out = Path(out) if out else default_out(model_path, model_gen, base_gen)
     work = work_dir_for(out)
-    judge_id = {"judge": judge.name, "judge_fingerprint": judge.fingerprint, "judge_model": tcfg.model,
-                "judge_base_url": tcfg.base_url}
+    judge_id = {
+        "judge": judge.name,
+        "judge_fingerprint": judge.fingerprint,
+        "judge_model": tcfg.model,
+        "judge_base_url": tcfg.base_url,
+    }
 
     # The plan: one or two judgments per pair, each with a content key.
     plan: list[list[tuple[str, str]]] = []  # per pair: [(order, key)]
     requests: dict[str, Request] = {}
     seen: Counter = Counter()
-    for n, (m, b) in enumerate(pairs):
+    for m, b in pairs:
         text = m["instruction"]
         occurrence = seen[text]
         seen[text] += 1
@@ -210,8 +244,9 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
             slots.append((order, key))
             if key not in requests:
                 idx = stable_index(key)
-                requests[key] = Request(index=idx, prompt=prompt, api=judge.api, system=system,
-                                        meta={"key": key, "order": len(requests)})
+                requests[key] = Request(
+                    index=idx, prompt=prompt, api=judge.api, system=system, meta={"key": key, "order": len(requests)}
+                )
         plan.append(slots)
 
     processor = JudgmentProcessor(judge)
@@ -225,10 +260,15 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     before = job.totals.as_dict()
     started = time.time()
     manifest: dict[str, Any] = {
-        "stage": "eval-pairwise", "alpacakit_version": __version__, "python": platform.python_version(),
-        "fingerprint": fingerprint, "model": {"generator": model_gen, "path": str(model_path)},
-        "baseline": {"generator": base_gen, "path": str(baseline_path)}, "judge_dir": str(judge.path),
-        "output": str(out), "created_at": (previous or {}).get("created_at", started),
+        "stage": "eval-pairwise",
+        "alpacakit_version": __version__,
+        "python": platform.python_version(),
+        "fingerprint": fingerprint,
+        "model": {"generator": model_gen, "path": str(model_path)},
+        "baseline": {"generator": base_gen, "path": str(baseline_path)},
+        "judge_dir": str(judge.path),
+        "output": str(out),
+        "created_at": (previous or {}).get("created_at", started),
     }
 
     def write_manifest(status: str) -> None:
@@ -243,11 +283,22 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     if jc.batch_api:  # half price, verdicts within hours; resumable from the work folder's batches.jsonl
         manifest["batch_api"] = {"price_factor": config.eval.batch.price_factor}
         if pending:
-            reason, manifest["batch_api"] = asyncio.run(run_pending_batches(
-                job, tcfg, pending, settings=config.eval.batch, sampling=sampling, max_cost=jc.max_cost,
-                progress_totals=JobTotals(requests=cached, kept=cached), target=len(requests), unit="judged",
-                label=f"eval pairwise {model_gen} vs {base_gen}", show_progress=show_progress,
-                heartbeat=lambda: write_manifest("running")))
+            reason, manifest["batch_api"] = asyncio.run(
+                run_pending_batches(
+                    job,
+                    tcfg,
+                    pending,
+                    settings=config.eval.batch,
+                    sampling=sampling,
+                    max_cost=jc.max_cost,
+                    progress_totals=JobTotals(requests=cached, kept=cached),
+                    target=len(requests),
+                    unit="judged",
+                    label=f"eval pairwise {model_gen} vs {base_gen}",
+                    show_progress=show_progress,
+                    heartbeat=lambda: write_manifest("running"),
+                )
+            )
         pending = {}
     elif pending:
         from alpacakit.generate.batch_api import refuse_open_batches
@@ -265,12 +316,20 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
             try:
                 shown = JobTotals(requests=cached, kept=cached)
                 return await run_pending(
-                    job, t, pending, sampling=sampling,
+                    job,
+                    t,
+                    pending,
+                    sampling=sampling,
                     concurrency=min(tcfg.max_concurrency, getattr(t, "max_concurrency", tcfg.max_concurrency)),
-                    estimate=estimator(tcfg.price, tcfg.max_tokens), max_cost=jc.max_cost,
-                    progress_totals=shown, target=len(requests), unit="judged",
-                    label=f"eval pairwise {model_gen} vs {base_gen}", show_progress=show_progress,
-                    heartbeat=lambda: write_manifest("running"))
+                    estimate=estimator(tcfg.price, tcfg.max_tokens),
+                    max_cost=jc.max_cost,
+                    progress_totals=shown,
+                    target=len(requests),
+                    unit="judged",
+                    label=f"eval pairwise {model_gen} vs {base_gen}",
+                    show_progress=show_progress,
+                    heartbeat=lambda: write_manifest("running"),
+                )
             finally:
                 if own:
                     await t.aclose()
@@ -285,24 +344,41 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     metrics["n_missing_judgments"] = sum(len(slots) for slots in plan) - len(used)
     after = job.totals.as_dict()
     cost = {
-        "judgments": len(used), "cached_at_start": cached,
+        "judgments": len(used),
+        "cached_at_start": cached,
         "cost_usd": round(sum(r["cost"] for r in used), 6),
         "prompt_tokens": sum(int(r["usage"].get("prompt_tokens", 0)) for r in used),
         "completion_tokens": sum(int(r["usage"].get("completion_tokens", 0)) for r in used),
         "judge_seconds": round(sum(r["latency_s"] for r in used), 2),
-        "paid_this_run": {"requests": after["requests"] - before["requests"],
-                          "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6)},
+        "paid_this_run": {
+            "requests": after["requests"] - before["requests"],
+            "cost_usd": round(after["cost_usd"] - before["cost_usd"], 6),
+        },
         "price": tcfg.price.model_dump(),
         **({"batch_api_price_factor": config.eval.batch.price_factor} if jc.batch_api else {}),
     }
     bias = _position_bias(plan, processor.by_key, jc.order)
     result = {
-        "model": model_gen, "baseline": base_gen, "status": status,
-        "judge": {"name": judge.name, "model": tcfg.model, "fingerprint": judge.fingerprint,
-                  "description": judge.description, "decoding": judge.decoding, "order": jc.order, "seed": jc.seed},
-        "metrics": metrics, "position_bias": bias, "cost": cost,
-        "unmatched": {"only_model": len(only_model), "only_baseline": len(only_base),
-                      "examples": (only_model + only_base)[:5]},
+        "model": model_gen,
+        "baseline": base_gen,
+        "status": status,
+        "judge": {
+            "name": judge.name,
+            "model": tcfg.model,
+            "fingerprint": judge.fingerprint,
+            "description": judge.description,
+            "decoding": judge.decoding,
+            "order": jc.order,
+            "seed": jc.seed,
+        },
+        "metrics": metrics,
+        "position_bias": bias,
+        "cost": cost,
+        "unmatched": {
+            "only_model": len(only_model),
+            "only_baseline": len(only_base),
+            "examples": (only_model + only_base)[:5],
+        },
         "files": {"model": str(model_path), "baseline": str(baseline_path), "work": str(work)},
         "annotations": annotations,
     }
@@ -313,8 +389,14 @@ def judge_pairwise(model_path: str | Path, baseline_path: str | Path, config: An
     return PairwiseResult(out, status, metrics, cost, bias)
 
 
-def _annotate(pairs: list[tuple[dict, dict]], plan: list[list[tuple[str, str]]], by_key: dict[str, dict],
-              judge: Judge, model_gen: str, base_gen: str) -> tuple[list[dict], list[dict]]:
+def _annotate(
+    pairs: list[tuple[dict, dict]],
+    plan: list[list[tuple[str, str]]],
+    by_key: dict[str, dict],
+    judge: Judge,
+    model_gen: str,
+    base_gen: str,
+) -> tuple[list[dict], list[dict]]:
     annotations, used = [], []
     for (m, b), slots in zip(pairs, plan):
         judgments, prefs = [], []
@@ -328,11 +410,19 @@ def _annotate(pairs: list[tuple[dict, dict]], plan: list[list[tuple[str, str]]],
             if pref is not None:
                 prefs.append(pref)
             judgments.append({"order": order, "verdict": rec["verdict"], "preference": pref, "reply": rec["reply"]})
-        annotations.append({
-            "instruction": m["instruction"], "output_1": b["output"], "output_2": m["output"],
-            "generator_1": base_gen, "generator_2": model_gen, "annotator": judge.name, "dataset": m.get("dataset", ""),
-            "preference": sum(prefs) / len(prefs) if prefs else None, "judgments": judgments,
-        })
+        annotations.append(
+            {
+                "instruction": m["instruction"],
+                "output_1": b["output"],
+                "output_2": m["output"],
+                "generator_1": base_gen,
+                "generator_2": model_gen,
+                "annotator": judge.name,
+                "dataset": m.get("dataset", ""),
+                "preference": sum(prefs) / len(prefs) if prefs else None,
+                "judgments": judgments,
+            }
+        )
     return annotations, used
 
 

@@ -96,14 +96,23 @@ def _pairwise_rows(found: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for p in found["pairwise"]:
         m, bias = p.get("metrics", {}), p.get("position_bias", {})
-        rows.append({
-            "model": p.get("model"), "baseline": p.get("baseline"), "judge": (p.get("judge") or {}).get("model", "?"),
-            "win_rate": _f(m.get("win_rate")), "standard_error": _f(m.get("standard_error")),
-            "lc": _f(m.get("length_controlled_winrate")), "n_total": m.get("n_total", 0),
-            "n_draws": m.get("n_draws", 0), "n_unparsed": m.get("n_unparsed_judgments", 0),
-            "first_shown_won": _f(bias.get("first_shown_won")), "orders_agree": _f(bias.get("orders_agree")),
-            "file": p.get("_file"), "status": p.get("status"),
-        })
+        rows.append(
+            {
+                "model": p.get("model"),
+                "baseline": p.get("baseline"),
+                "judge": (p.get("judge") or {}).get("model", "?"),
+                "win_rate": _f(m.get("win_rate")),
+                "standard_error": _f(m.get("standard_error")),
+                "lc": _f(m.get("length_controlled_winrate")),
+                "n_total": m.get("n_total", 0),
+                "n_draws": m.get("n_draws", 0),
+                "n_unparsed": m.get("n_unparsed_judgments", 0),
+                "first_shown_won": _f(bias.get("first_shown_won")),
+                "orders_agree": _f(bias.get("orders_agree")),
+                "file": p.get("_file"),
+                "status": p.get("status"),
+            }
+        )
     return rows
 
 
@@ -114,10 +123,12 @@ def judge_warnings(rows: list[dict[str, Any]], *, extreme: float = 0.9, min_n: i
     for r in rows:
         f = r.get("first_shown_won")
         if f is not None and (r.get("n_total") or 0) >= min_n and (f >= extreme or f <= 1 - extreme):
-            out.append(f"The judge {r['judge']} chose the answer shown {'first' if f >= 0.5 else 'second'} in "
-                       f"{max(f, 1 - f):.0%} of its decisive verdicts in {r['file']}: that win rate reflects the "
-                       "order of presentation, not the answers. Judge in both orders (`--order both`: the bias "
-                       "then cancels into ties) or with a stronger judge (`--judge-model`).")
+            out.append(
+                f"The judge {r['judge']} chose the answer shown {'first' if f >= 0.5 else 'second'} in "
+                f"{max(f, 1 - f):.0%} of its decisive verdicts in {r['file']}: that win rate reflects the "
+                "order of presentation, not the answers. Judge in both orders (`--order both`: the bias "
+                "then cancels into ties) or with a stronger judge (`--judge-model`)."
+            )
     return out
 
 
@@ -128,8 +139,12 @@ def win_rate_vs(rows: list[dict[str, Any]], system: str, teacher: str) -> dict[s
             return {"win_rate": r["win_rate"], "se": r["standard_error"], "lc": r["lc"], "n": r["n_total"]}
     for r in rows:  # teacher-vs-system: the complement
         if r["model"] == teacher and r["baseline"] == system and r["win_rate"] is not None:
-            return {"win_rate": 100 - r["win_rate"], "se": r["standard_error"],
-                    "lc": None if r["lc"] is None else 100 - r["lc"], "n": r["n_total"]}
+            return {
+                "win_rate": 100 - r["win_rate"],
+                "se": r["standard_error"],
+                "lc": None if r["lc"] is None else 100 - r["lc"],
+                "n": r["n_total"],
+            }
     return None
 
 
@@ -153,8 +168,14 @@ def bench_table(found: dict[str, Any], order: list[str]) -> dict[str, Any]:
     for t in names:
         entries = {s: found["bench"][s]["tasks"].get(t) for s in systems}
         first = next(e for e in entries.values() if e)
-        tasks.append({"name": t, "metric": first.get("metric", "acc"), "n": first.get("n"),
-                      "acc": {s: _acc(e.get("accuracy")) if e else None for s, e in entries.items()}})
+        tasks.append(
+            {
+                "name": t,
+                "metric": first.get("metric", "acc"),
+                "n": first.get("n"),
+                "acc": {s: _acc(e.get("accuracy")) if e else None for s, e in entries.items()},
+            }
+        )
     overall = {s: _acc((found["bench"][s].get("overall") or {}).get("accuracy")) for s in systems}
     return {"systems": systems, "tasks": tasks, "overall": overall}
 
@@ -170,22 +191,33 @@ def _correct_by_item(bench: dict[str, Any] | None) -> dict[tuple[str, str], floa
 def knowledge_stats(found: dict[str, Any], labels: Labels) -> dict[str, Any]:
     """Student minus base over the items both answered (paired), and the share of the teacher gap closed."""
     b, s, t = (_correct_by_item(found["bench"].get(x)) for x in (labels.base, labels.student, labels.teacher))
-    out: dict[str, Any] = {"gain": None, "se": None, "n_paired": 0, "gap_closed": None, "n_all": 0,
-                           "base_acc": None, "student_acc": None, "teacher_acc": None}
+    out: dict[str, Any] = {
+        "gain": None,
+        "se": None,
+        "n_paired": 0,
+        "gap_closed": None,
+        "n_all": 0,
+        "base_acc": None,
+        "student_acc": None,
+        "teacher_acc": None,
+    }
     common = sorted(set(b) & set(s))
     if common:
         d = [s[k] - b[k] for k in common]
-        out.update(gain=100 * sum(d) / len(d), n_paired=len(common),
-                   se=100 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None,
-                   base_acc=100 * sum(b[k] for k in common) / len(common),
-                   student_acc=100 * sum(s[k] for k in common) / len(common))
+        out.update(
+            gain=100 * sum(d) / len(d),
+            n_paired=len(common),
+            se=100 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None,
+            base_acc=100 * sum(b[k] for k in common) / len(common),
+            student_acc=100 * sum(s[k] for k in common) / len(common),
+        )
     elif labels.base in found["bench"] and labels.student in found["bench"]:
         # No per-item results: overall accuracies, with an independent-samples standard error.
         ob, os_ = (found["bench"][x].get("overall") or {} for x in (labels.base, labels.student))
         ab, as_ = _acc(ob.get("accuracy")), _acc(os_.get("accuracy"))
         nb, ns = int(ob.get("n") or 0), int(os_.get("n") or 0)
         if ab is not None and as_ is not None:
-            se = (math.sqrt(ab * (100 - ab) / nb + as_ * (100 - as_) / ns) if nb and ns else None)
+            se = math.sqrt(ab * (100 - ab) / nb + as_ * (100 - as_) / ns) if nb and ns else None
             out.update(gain=as_ - ab, se=se, n_paired=min(nb, ns), base_acc=ab, student_acc=as_)
     if labels.teacher in found["bench"]:
         out["teacher_acc"] = _acc((found["bench"][labels.teacher].get("overall") or {}).get("accuracy"))
@@ -210,9 +242,17 @@ def lengths(found: dict[str, Any], order: list[str]) -> list[dict[str, Any]]:
             continue
         words = [len(r["output"].split()) for r in recs]
         chars = [len(r["output"]) for r in recs]
-        rows.append({"system": name, "n": len(recs), "mean_words": statistics.fmean(words),
-                     "median_words": statistics.median(words), "mean_chars": statistics.fmean(chars),
-                     "truncated": sum(1 for r in recs if r.get("finish_reason") == "length"), "words": words})
+        rows.append(
+            {
+                "system": name,
+                "n": len(recs),
+                "mean_words": statistics.fmean(words),
+                "median_words": statistics.median(words),
+                "mean_chars": statistics.fmean(chars),
+                "truncated": sum(1 for r in recs if r.get("finish_reason") == "length"),
+                "words": words,
+            }
+        )
     return rows
 
 
@@ -222,35 +262,65 @@ def costs(found: dict[str, Any]) -> list[dict[str, Any]]:
     if dm:
         c = dm.get("counts") or {}
         teacher = (dm.get("teacher") or {}).get("name") or (dm.get("config", {}).get("teacher") or {}).get("model", "?")
-        rows.append({"stage": "data", "what": f"{c.get('kept', '?')} examples from {teacher}",
-                     "requests": c.get("requests"),
-                     "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                     "cost_usd": _f(c.get("cost_usd")) or 0.0,
-                     "seconds": _wall(dm, c.get("teacher_seconds"))})
+        rows.append(
+            {
+                "stage": "data",
+                "what": f"{c.get('kept', '?')} examples from {teacher}",
+                "requests": c.get("requests"),
+                "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
+                "cost_usd": _f(c.get("cost_usd")) or 0.0,
+                "seconds": _wall(dm, c.get("teacher_seconds")),
+            }
+        )
     tm = found.get("train_manifest")
     if tm:
         trained_on = tm.get("base") or {}
         base = trained_on.get("name") or trained_on.get("ref") or "?"
-        rows.append({"stage": "training", "what": f"{tm.get('method', '?')} on {base}, {tm.get('steps', '?')} steps",
-                     "requests": None, "tokens": None, "cost_usd": _f(tm.get("cost_usd")) or 0.0,
-                     "seconds": _f((tm.get("durations_s") or {}).get("total"))})
+        rows.append(
+            {
+                "stage": "training",
+                "what": f"{tm.get('method', '?')} on {base}, {tm.get('steps', '?')} steps",
+                "requests": None,
+                "tokens": None,
+                "cost_usd": _f(tm.get("cost_usd")) or 0.0,
+                "seconds": _f((tm.get("durations_s") or {}).get("total")),
+            }
+        )
     for w in found["eval_work"]:
         c = w.get("counts") or {}
-        rows.append({"stage": "answers", "what": f"{w.get('generator', '?')} on {c.get('requests', 0)} eval items",
-                     "requests": c.get("requests"),
-                     "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                     "cost_usd": _f(c.get("cost_usd")) or 0.0, "seconds": _wall(w, c.get("teacher_seconds"))})
+        rows.append(
+            {
+                "stage": "answers",
+                "what": f"{w.get('generator', '?')} on {c.get('requests', 0)} eval items",
+                "requests": c.get("requests"),
+                "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
+                "cost_usd": _f(c.get("cost_usd")) or 0.0,
+                "seconds": _wall(w, c.get("teacher_seconds")),
+            }
+        )
     for p in found["pairwise"]:
         c = p.get("cost") or {}
-        rows.append({"stage": "judging", "what": f"{p.get('model')} vs {p.get('baseline')} by "
-                     f"{(p.get('judge') or {}).get('model', '?')}",
-                     "requests": c.get("judgments"),
-                     "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                     "cost_usd": _f(c.get("cost_usd")) or 0.0, "seconds": _wall(c, c.get("judge_seconds"))})
+        rows.append(
+            {
+                "stage": "judging",
+                "what": f"{p.get('model')} vs {p.get('baseline')} by {(p.get('judge') or {}).get('model', '?')}",
+                "requests": c.get("judgments"),
+                "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
+                "cost_usd": _f(c.get("cost_usd")) or 0.0,
+                "seconds": _wall(c, c.get("judge_seconds")),
+            }
+        )
     for name, bench in found["bench"].items():
-        rows.append({"stage": "benchmarks", "what": f"{name}: {len(bench.get('tasks', {}))} tasks",
-                     "requests": None, "tokens": None, "cost_usd": 0.0,
-                     "seconds": _f((bench.get("timing") or {}).get("total_s"))})
+        rows.append(
+            {
+                "stage": "benchmarks",
+                "what": f"{name}: {len(bench.get('tasks', {}))} tasks",
+                "requests": None,
+                "tokens": None,
+                "cost_usd": 0.0,
+                "seconds": _f((bench.get("timing") or {}).get("total_s")),
+            }
+        )
     return rows
 
 
@@ -274,25 +344,50 @@ def verdict(style: dict[str, Any], knowledge: dict[str, Any], rcfg: Any, texts: 
     if knowledge["gain"] is None:
         needed.append(f"bench results for {rcfg.base} and {rcfg.student}")
     if needed:
-        return {"kind": "incomplete", "text": texts["incomplete"].format(needed=", ".join(needed)), "rule": rule,
-                "colour": "#999", "style_gained": None, "knowledge_gained": None}
+        return {
+            "kind": "incomplete",
+            "text": texts["incomplete"].format(needed=", ".join(needed)),
+            "rule": rule,
+            "colour": "#999",
+            "style_gained": None,
+            "knowledge_gained": None,
+        }
     s_gain = style["student"]["win_rate"] - style["base"]["win_rate"]
     s_se = math.sqrt((style["student"]["se"] or 0) ** 2 + (style["base"]["se"] or 0) ** 2)
     k_gain, k_se = knowledge["gain"], knowledge["se"] or 0.0
     style_gained = s_gain >= rcfg.style_gain_points and s_gain > 2 * s_se
     knowledge_gained = k_gain >= rcfg.knowledge_gain_points and k_gain > 2 * k_se
-    kind = {(True, False): "style_not_knowledge", (True, True): "both", (False, True): "knowledge_not_style",
-            (False, False): "neither"}[(style_gained, knowledge_gained)]
+    kind = {
+        (True, False): "style_not_knowledge",
+        (True, True): "both",
+        (False, True): "knowledge_not_style",
+        (False, False): "neither",
+    }[(style_gained, knowledge_gained)]
     teacher_acc = knowledge.get("teacher_acc")
     text = texts[kind].format(
-        style_gain=s_gain, knowledge_gain=k_gain, base_wr=style["base"]["win_rate"],
-        student_wr=style["student"]["win_rate"], base_acc=knowledge["base_acc"], student_acc=knowledge["student_acc"],
-        teacher_acc=f"{teacher_acc:.1f}%" if teacher_acc is not None else "n/a")
-    colour = {"style_not_knowledge": "#d98c00", "both": "#2a8f3c", "knowledge_not_style": "#2a6f8f",
-              "neither": "#999"}[kind]
-    return {"kind": kind, "text": " ".join(text.split()), "rule": " ".join(rule.split()), "colour": colour,
-            "style_gain": s_gain, "style_gain_se": s_se, "knowledge_gain": k_gain, "knowledge_gain_se": k_se,
-            "style_gained": style_gained, "knowledge_gained": knowledge_gained}
+        style_gain=s_gain,
+        knowledge_gain=k_gain,
+        base_wr=style["base"]["win_rate"],
+        student_wr=style["student"]["win_rate"],
+        base_acc=knowledge["base_acc"],
+        student_acc=knowledge["student_acc"],
+        teacher_acc=f"{teacher_acc:.1f}%" if teacher_acc is not None else "n/a",
+    )
+    colour = {"style_not_knowledge": "#d98c00", "both": "#2a8f3c", "knowledge_not_style": "#2a6f8f", "neither": "#999"}[
+        kind
+    ]
+    return {
+        "kind": kind,
+        "text": " ".join(text.split()),
+        "rule": " ".join(rule.split()),
+        "colour": colour,
+        "style_gain": s_gain,
+        "style_gain_se": s_se,
+        "knowledge_gain": k_gain,
+        "knowledge_gain_se": k_se,
+        "style_gained": style_gained,
+        "knowledge_gained": knowledge_gained,
+    }
 
 
 def evidence_verdict(evidence: dict[str, Any], texts: dict[str, Any]) -> dict[str, Any] | None:
@@ -310,12 +405,25 @@ def evidence_verdict(evidence: dict[str, Any], texts: dict[str, Any]) -> dict[st
             continue
         direction = "none" if not m["significant"] else ("up" if m["diff"] > 0 else "down")
         teacher = m.get("teacher")
-        teacher_part = f"; the teacher {teacher:.1f}% of {m.get('teacher_n')}" if teacher is not None and \
-            m["key"] == "follow" else ""
+        teacher_part = (
+            f"; the teacher {teacher:.1f}% of {m.get('teacher_n')}"
+            if teacher is not None and m["key"] == "follow"
+            else ""
+        )
         lo, hi = m["ci"] if m["ci"] else (math.nan, math.nan)
-        sentences.append(t[m["key"]][direction].format(
-            diff=m["diff"], lo=lo, hi=hi, se=m["se"] or 0.0, n=m["n"], student=m["student"] or 0.0,
-            base=m["base"] or 0.0, teacher_part=teacher_part, bound=max(abs(lo), abs(hi))))
+        sentences.append(
+            t[m["key"]][direction].format(
+                diff=m["diff"],
+                lo=lo,
+                hi=hi,
+                se=m["se"] or 0.0,
+                n=m["n"],
+                student=m["student"] or 0.0,
+                base=m["base"] or 0.0,
+                teacher_part=teacher_part,
+                bound=max(abs(lo), abs(hi)),
+            )
+        )
     sentences.append(t["decided_by"].format(deciding="; ".join(deciding) or "none"))
     if others:
         sentences.append(t["not_deciding"].format(se=evidence["decide_se_points"], others="; ".join(others)))
@@ -323,9 +431,17 @@ def evidence_verdict(evidence: dict[str, Any], texts: dict[str, Any]) -> dict[st
     kind = "none" if not head["significant"] else ("follows" if head["diff"] > 0 else "regressed")
     colour = {"follows": "#2a8f3c", "regressed": "#b03a2e", "none": "#999"}[kind]
     rule = t["rule"].format(se=evidence["decide_se_points"], n=evidence["decide_min_n"])
-    return {"kind": kind, "text": " ".join(" ".join(sentences).split()), "rule": " ".join(rule.split()),
-            "colour": colour, "headline": head["key"], "deciding": deciding, "not_deciding": others,
-            "style_gained": None, "knowledge_gained": None}
+    return {
+        "kind": kind,
+        "text": " ".join(" ".join(sentences).split()),
+        "rule": " ".join(rule.split()),
+        "colour": colour,
+        "headline": head["key"],
+        "deciding": deciding,
+        "not_deciding": others,
+        "style_gained": None,
+        "knowledge_gained": None,
+    }
 
 
 def evidence_plot(evidence: dict[str, Any], out_dir: Path) -> str | None:
@@ -337,15 +453,28 @@ def evidence_plot(evidence: dict[str, Any], out_dir: Path) -> str | None:
     nats = [m for m in evidence["metrics"] if m["unit"] == "nats" and m["ci"]]
     if not rates and not nats:
         return None
-    fig, axes = plt.subplots(1, 2 if nats else 1, figsize=(11 if nats else 7.5, 0.55 * max(len(rates), 1) + 1.8),
-                             gridspec_kw={"width_ratios": [3, 1.2]} if nats else None, squeeze=False,
-                             layout="constrained")
-    for ax, group, unit in ((axes[0][0], rates, "points (student − base)"),
-                            *(((axes[0][1], nats, "nats per token (base − student)"),) if nats else ())):
+    fig, axes = plt.subplots(
+        1,
+        2 if nats else 1,
+        figsize=(11 if nats else 7.5, 0.55 * max(len(rates), 1) + 1.8),
+        gridspec_kw={"width_ratios": [3, 1.2]} if nats else None,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, group, unit in (
+        (axes[0][0], rates, "points (student − base)"),
+        *(((axes[0][1], nats, "nats per token (base − student)"),) if nats else ()),
+    ):
         for i, m in enumerate(group):
             lo, hi = m["ci"]
-            ax.errorbar(m["diff"], i, xerr=[[m["diff"] - lo], [hi - m["diff"]]], fmt="o", capsize=4,
-                        color="#2a6f8f" if m["decides"] else "#aaa")
+            ax.errorbar(
+                m["diff"],
+                i,
+                xerr=[[m["diff"] - lo], [hi - m["diff"]]],
+                fmt="o",
+                capsize=4,
+                color="#2a6f8f" if m["decides"] else "#aaa",
+            )
         ax.axvline(0, color="#444", lw=1, ls="--")
         if unit.startswith("nats"):  # one row: its name goes in the title, not beside the axis
             ax.set_yticks([])
@@ -380,8 +509,13 @@ def make_plots(ctx: dict[str, Any], out_dir: Path, labels: Labels) -> dict[str, 
         fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.4))
         names = [f"{r['model']} vs {r['baseline']}" for r in rows]
         y = list(range(len(rows)))
-        ax.barh(y, [r["win_rate"] for r in rows], xerr=[r["standard_error"] or 0 for r in rows],
-                color="#6a9fd4", label="win rate (± SE)")
+        ax.barh(
+            y,
+            [r["win_rate"] for r in rows],
+            xerr=[r["standard_error"] or 0 for r in rows],
+            color="#6a9fd4",
+            label="win rate (± SE)",
+        )
         lc = [(i, r["lc"]) for i, r in enumerate(rows) if r["lc"] is not None]
         if lc:
             ax.scatter([v for _, v in lc], [i for i, _ in lc], color="#d98c00", zorder=3, label="length-controlled")
@@ -415,7 +549,11 @@ def make_plots(ctx: dict[str, Any], out_dir: Path, labels: Labels) -> dict[str, 
     points = []
     for s in (labels.base, labels.student, labels.teacher):
         acc = bench["overall"].get(s) if bench["systems"] else None
-        wr = 50.0 if s == labels.teacher else (ctx["style"].get("base" if s == labels.base else "student") or {}).get("win_rate")
+        wr = (
+            50.0
+            if s == labels.teacher
+            else (ctx["style"].get("base" if s == labels.base else "student") or {}).get("win_rate")
+        )
         if acc is not None and wr is not None:
             points.append((s, acc, wr))
     if len(points) >= 2:
@@ -425,8 +563,9 @@ def make_plots(ctx: dict[str, Any], out_dir: Path, labels: Labels) -> dict[str, 
             ax.annotate(s, (acc, wr), textcoords="offset points", xytext=(6, 4))
         at = {s: (acc, wr) for s, acc, wr in points}
         if labels.base in at and labels.student in at:  # where fine-tuning moved the model
-            ax.annotate("", xy=at[labels.student], xytext=at[labels.base],
-                        arrowprops={"arrowstyle": "->", "color": "#555"})
+            ax.annotate(
+                "", xy=at[labels.student], xytext=at[labels.base], arrowprops={"arrowstyle": "->", "color": "#555"}
+            )
         ax.set_xlim(0, 100)
         ax.set_xlabel("capability accuracy, overall (%)  -> knowledge")
         ax.set_ylabel("win rate against the teacher (%)  -> style")
@@ -439,8 +578,8 @@ def make_plots(ctx: dict[str, Any], out_dir: Path, labels: Labels) -> dict[str, 
         made["style_vs_substance"] = "style_vs_substance.png"
     if ctx["lengths"]:
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        ax.boxplot([l["words"] for l in ctx["lengths"]], showfliers=False)
-        ax.set_xticks(range(1, len(ctx["lengths"]) + 1), [l["system"] for l in ctx["lengths"]])
+        ax.boxplot([row["words"] for row in ctx["lengths"]], showfliers=False)
+        ax.set_xticks(range(1, len(ctx["lengths"]) + 1), [row["system"] for row in ctx["lengths"]])
         ax.set_ylabel("words per answer")
         ax.set_title("Answer lengths")
         fig.tight_layout()
@@ -489,17 +628,33 @@ def _filters() -> dict[str, Any]:
         return "-" if x is None else (f"{x:+.3f}" if unit == "nats" else f"{x:+.1f}")
 
     def interval(ci: Any, unit: str) -> str:
-        return "-" if not ci else (f"{ci[0]:+.3f} to {ci[1]:+.3f}" if unit == "nats" else f"{ci[0]:+.1f} to {ci[1]:+.1f}")
+        return (
+            "-" if not ci else (f"{ci[0]:+.3f} to {ci[1]:+.3f}" if unit == "nats" else f"{ci[0]:+.1f} to {ci[1]:+.1f}")
+        )
 
-    return {"pct": pct, "num": num, "frac": frac, "signed": signed, "usd": usd, "int_or_dash": int_or_dash,
-            "duration": duration, "metric": metric, "delta": delta, "interval": interval}
+    return {
+        "pct": pct,
+        "num": num,
+        "frac": frac,
+        "signed": signed,
+        "usd": usd,
+        "int_or_dash": int_or_dash,
+        "duration": duration,
+        "metric": metric,
+        "delta": delta,
+        "interval": interval,
+    }
 
 
 def render(template: str, ctx: dict[str, Any], *, html: bool) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(_data_dir())), autoescape=html,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_data_dir())),
+        autoescape=html,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters.update(_filters())
     return env.get_template(template).render(**ctx)
 
@@ -522,8 +677,10 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such run folder",
-                        hint="pass a run folder (runs/NAME with data/, model/, eval/), e.g. alpacakit report runs/demo")
+        raise DataError(
+            f"{run_dir}: no such run folder",
+            hint="pass a run folder (runs/NAME with data/, model/, eval/), e.g. alpacakit report runs/demo",
+        )
     rcfg = (config or AlpacakitConfig()).eval.report
     labels = Labels(rcfg.base, rcfg.student, rcfg.teacher)
     order = [labels.base, labels.student, labels.teacher]
@@ -531,13 +688,22 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
     found = collect(run_dir)
 
     pairwise = _pairwise_rows(found)
-    style = {"student": win_rate_vs(pairwise, labels.student, labels.teacher),
-             "base": win_rate_vs(pairwise, labels.base, labels.teacher)}
+    style = {
+        "student": win_rate_vs(pairwise, labels.student, labels.teacher),
+        "base": win_rate_vs(pairwise, labels.base, labels.teacher),
+    }
     knowledge = knowledge_stats(found, labels)
     ctx: dict[str, Any] = {
-        "run_name": run_dir.resolve().name, "run_dir": str(run_dir), "version": __version__,
-        "created": time.strftime("%Y-%m-%d %H:%M"), "pairwise": pairwise, "style": style, "knowledge": knowledge,
-        "bench": bench_table(found, order), "lengths": lengths(found, order), "costs": costs(found),
+        "run_name": run_dir.resolve().name,
+        "run_dir": str(run_dir),
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%d %H:%M"),
+        "pairwise": pairwise,
+        "style": style,
+        "knowledge": knowledge,
+        "bench": bench_table(found, order),
+        "lengths": lengths(found, order),
+        "costs": costs(found),
     }
     ctx["total_cost"] = sum(c["cost_usd"] or 0.0 for c in ctx["costs"])
     secs = [c["seconds"] for c in ctx["costs"] if c["seconds"] is not None]
@@ -559,7 +725,10 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
         if label not in found["outputs"] and not (label == labels.teacher and "follow" in ctx["evidence"]["by_key"]):
             missing.append(hints["outputs"].format(run=run, label=label))
     for label in (labels.student, labels.base):
-        if style["student" if label == labels.student else "base"] is None and "follow" not in ctx["evidence"]["by_key"]:
+        if (
+            style["student" if label == labels.student else "base"] is None
+            and "follow" not in ctx["evidence"]["by_key"]
+        ):
             missing.append(hints["pairwise"].format(run=run, label=label, teacher=labels.teacher))
     for label in order:
         if label not in found["bench"]:

@@ -98,6 +98,7 @@ def get_winrate(preferences: Sequence[Any]) -> dict[str, float | int]:
 
 # --------------------------------------------------------------------------- the GLM
 
+
 def _sigmoid(t: np.ndarray | float) -> Any:
     return np.exp(-np.logaddexp(0.0, -np.asarray(t, dtype=float)))
 
@@ -183,8 +184,14 @@ def _mean_logloss(p: np.ndarray, q: np.ndarray) -> float:
     return float(-np.mean(p * np.log(q) + (1 - p) * np.log(1 - q)))
 
 
-def length_controlled_winrate(preferences: Sequence[Any], len_model: Sequence[int], len_baseline: Sequence[int],
-                              *, difficulty: Sequence[float] | None = None, n_splits: int = N_SPLITS) -> dict[str, Any]:
+def length_controlled_winrate(
+    preferences: Sequence[Any],
+    len_model: Sequence[int],
+    len_baseline: Sequence[int],
+    *,
+    difficulty: Sequence[float] | None = None,
+    n_splits: int = N_SPLITS,
+) -> dict[str, Any]:
     """AlpacaEval's length-controlled win rate (see the module doc), plus the fit behind it.
 
     `len_model` / `len_baseline`: character lengths of the two outputs of each instruction
@@ -200,8 +207,13 @@ def length_controlled_winrate(preferences: Sequence[Any], len_model: Sequence[in
     train = ~np.isnan(pref)
     n_train = int(train.sum())
     if n_train < n_splits:
-        return {"length_controlled_winrate": None, "lc_standard_error": None, "lc_C": None, "lc_weights": None,
-                "lc_reason": f"needs at least {n_splits} judged instructions, found {n_train}"}
+        return {
+            "length_controlled_winrate": None,
+            "lc_standard_error": None,
+            "lc_C": None,
+            "lc_weights": None,
+            "lc_reason": f"needs at least {n_splits} judged instructions, found {n_train}",
+        }
     delta = l_base - l_model
     sd = float(np.std(delta, ddof=1)) if len(delta) > 1 else 0.0
     z = delta / sd if sd > 0 and math.isfinite(sd) else np.zeros_like(delta)
@@ -236,13 +248,18 @@ def length_controlled_winrate(preferences: Sequence[Any], len_model: Sequence[in
     }
 
 
-def summarize(preferences: Sequence[Any], len_model: Sequence[int], len_baseline: Sequence[int],
-              difficulty: Sequence[float] | None = None) -> dict[str, Any]:
+def summarize(
+    preferences: Sequence[Any],
+    len_model: Sequence[int],
+    len_baseline: Sequence[int],
+    difficulty: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """get_winrate and the length-controlled win rate in one JSON-ready dict (NaN -> None)."""
     out: dict[str, Any] = dict(get_winrate(preferences))
     if len(preferences):
         out.update(length_controlled_winrate(preferences, len_model, len_baseline, difficulty=difficulty))
     else:
-        out.update({"length_controlled_winrate": None, "lc_standard_error": None,
-                    "lc_reason": "no judged instructions"})
+        out.update(
+            {"length_controlled_winrate": None, "lc_standard_error": None, "lc_reason": "no judged instructions"}
+        )
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}

@@ -26,8 +26,9 @@ def to_alpaca_json(examples: str | Path, output: str | Path, *, card: bool = Tru
     return len(records)
 
 
-def to_hf_dataset(examples: str | Path, output: str | Path, val_fraction: float = 0.0, seed: int = 0, *,
-                  card: bool = True) -> int:
+def to_hf_dataset(
+    examples: str | Path, output: str | Path, val_fraction: float = 0.0, seed: int = 0, *, card: bool = True
+) -> int:
     """save_to_disk into OUTPUT.partial, then rename: never a half-written folder."""
     import datasets
 

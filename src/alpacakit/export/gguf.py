@@ -67,6 +67,7 @@ class ExportError(AlpacakitError):
 
 # --------------------------------------------------------------------------- loading the model
 
+
 @dataclass
 class ModelSource:
     """Where a model's parts are: weights (a folder or an adapter on a base), tokenizer, prompt format."""
@@ -119,8 +120,10 @@ def locate(model_dir: str | Path, base: str | Path | None = None) -> ModelSource
     if not given.exists():
         partial = partial_dir(given)
         if partial.exists():
-            raise ConfigError(f"{given} does not exist, but {partial} does: that training run did not finish",
-                              hint="resume it (rerun the same `alpacakit train` command), then export")
+            raise ConfigError(
+                f"{given} does not exist, but {partial} does: that training run did not finish",
+                hint="resume it (rerun the same `alpacakit train` command), then export",
+            )
         raise DataError(f"{given}: no such folder", hint=_MODEL_FOLDER_HELP)
     if given.is_file():
         if given.suffix == ".gguf":
@@ -135,29 +138,41 @@ def locate(model_dir: str | Path, base: str | Path | None = None) -> ModelSource
             weights = given / "adapter"
         else:
             found = ", ".join(sorted(p.name for p in given.iterdir())[:8]) or "nothing"
-            raise ConfigError(f"{given} is not a model folder: it has no config.json (found: {found})",
-                              hint=_MODEL_FOLDER_HELP)
+            raise ConfigError(
+                f"{given} is not a model folder: it has no config.json (found: {found})", hint=_MODEL_FOLDER_HELP
+            )
 
     manifest = _first_existing(weights / "manifest.json", given / "manifest.json")
     if manifest is not None:
         _refuse_incomplete(manifest)
-    prompt_format = _first_existing(weights / "prompt_format.json", given / "prompt_format.json",
-                                    weights.parent / "prompt_format.json")
+    prompt_format = _first_existing(
+        weights / "prompt_format.json", given / "prompt_format.json", weights.parent / "prompt_format.json"
+    )
 
     if (weights / "adapter_config.json").exists() and not (weights / "config.json").exists():
         base_ref = str(base) if base is not None else (_manifest_base(manifest) or _adapter_base(weights))
         tok_dir = weights if _has_tokenizer(weights) else (given if _has_tokenizer(given) else None)
-        return ModelSource(given, weights, "adapter", base=base_ref, tokenizer_dir=tok_dir,
-                           prompt_format_path=prompt_format, manifest_path=manifest)
+        return ModelSource(
+            given,
+            weights,
+            "adapter",
+            base=base_ref,
+            tokenizer_dir=tok_dir,
+            prompt_format_path=prompt_format,
+            manifest_path=manifest,
+        )
 
     if not list(weights.glob("*.safetensors")) and not list(weights.glob("pytorch_model*.bin")):
         raise ConfigError(f"{weights} has config.json but no weights (*.safetensors)", hint=_MODEL_FOLDER_HELP)
     tok_dir = weights if _has_tokenizer(weights) else (given if _has_tokenizer(given) else None)
     if tok_dir is None:
-        raise ConfigError(f"{weights} has no tokenizer files (tokenizer.json / tokenizer_config.json)",
-                          hint="save the tokenizer next to the model: tokenizer.save_pretrained(folder)")
-    return ModelSource(given, weights, "hf", tokenizer_dir=tok_dir, prompt_format_path=prompt_format,
-                       manifest_path=manifest)
+        raise ConfigError(
+            f"{weights} has no tokenizer files (tokenizer.json / tokenizer_config.json)",
+            hint="save the tokenizer next to the model: tokenizer.save_pretrained(folder)",
+        )
+    return ModelSource(
+        given, weights, "hf", tokenizer_dir=tok_dir, prompt_format_path=prompt_format, manifest_path=manifest
+    )
 
 
 def _refuse_incomplete(manifest: Path) -> None:
@@ -169,8 +184,10 @@ def _refuse_incomplete(manifest: Path) -> None:
         return
     status = str(data.get("status", "")).lower()
     if data.get("complete") is False or status in ("running", "incomplete", "failed", "interrupted"):
-        raise ConfigError(f"{manifest} says the model is not finished (status: {status or 'complete=false'})",
-                          hint="finish or resume training first (rerun the same `alpacakit train` command)")
+        raise ConfigError(
+            f"{manifest} says the model is not finished (status: {status or 'complete=false'})",
+            hint="finish or resume training first (rerun the same `alpacakit train` command)",
+        )
 
 
 def _manifest_base(manifest: Path | None) -> str | None:
@@ -194,8 +211,10 @@ def _adapter_base(adapter: Path) -> str:
         raise DataError(f"{cfg_path}:{e.lineno}: not valid JSON: {e.msg}") from None
     ref = cfg.get("base_model_name_or_path")
     if not ref:
-        raise ConfigError(f"{cfg_path} does not name its base model (base_model_name_or_path)",
-                          hint="pass the base model folder with --base PATH")
+        raise ConfigError(
+            f"{cfg_path} does not name its base model (base_model_name_or_path)",
+            hint="pass the base model folder with --base PATH",
+        )
     return str(ref)
 
 
@@ -228,8 +247,10 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ExportError(f"GGUF export needs {', '.join(missing)}, which is not installed",
-                          hint='pip install "alpacakit[train]"  (torch, transformers, peft, gguf)')
+        raise ExportError(
+            f"GGUF export needs {', '.join(missing)}, which is not installed",
+            hint='pip install "alpacakit[train]"  (torch, transformers, peft, gguf)',
+        )
 
 
 def load_model(model_dir: str | Path, base: str | Path | None = None, progress: Progress | None = None) -> LoadedModel:
@@ -286,6 +307,7 @@ def tokenizer_chat_template(tokenizer: Any) -> str | None:
 
 # --------------------------------------------------------------------------- writing
 
+
 @dataclass
 class ExportResult:
     """What `export_gguf` wrote, as recorded in the `<file>.json` sidecar."""
@@ -317,8 +339,16 @@ def _tensor_plan(data: Any, quant: str) -> tuple[Any, Any]:
     return data.astype(np.float16), None
 
 
-def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
-                tokenizer_pre: str | None, say: Progress, keep: Any = None) -> tuple[int, str, list[str]]:
+def _write_gguf(
+    loaded: LoadedModel,
+    target: Path,
+    quant: str,
+    *,
+    name: str,
+    tokenizer_pre: str | None,
+    say: Progress,
+    keep: Any = None,
+) -> tuple[int, str, list[str]]:
     """Write `loaded` as a GGUF at `target` (f32/f16/q8_0). Returns (tensors, template source, notes).
 
     `keep` (a `gguf_delta.BaseGGUF`): tensors whose values equal the base's are copied from it as
@@ -332,16 +362,20 @@ def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
     plan = plan_for(loaded.config, tied=loaded.tied)
     n_rows = int(loaded.model.get_input_embeddings().weight.shape[0])
     vocab = build_vocab(loaded.tokenizer, n_rows, pre_override=tokenizer_pre)
-    template, template_source = chat_template_for(loaded.prompt_format, tokenizer_chat_template(loaded.tokenizer),
-                                                  add_bos=vocab.add_bos)
+    template, template_source = chat_template_for(
+        loaded.prompt_format, tokenizer_chat_template(loaded.tokenizer), add_bos=vocab.add_bos
+    )
     notes = list(vocab.notes)
     if vocab.padded:
         notes.append(f"{vocab.padded} embedding rows have no token; written as unused [PADn] tokens")
 
     writer = gguf.GGUFWriter(target, plan.arch)
     writer.add_name(name)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[quant]
     writer.add_file_type(keep.file_type if keep is not None and keep.file_type is not None else file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     plan.write_hparams(writer)
@@ -370,8 +404,10 @@ def _write_gguf(loaded: LoadedModel, target: Path, quant: str, *, name: str,
         n += 1
     say(f"writing {n} tensors")
     if keep is not None:
-        notes.append(f"{len(keep.copied)} tensors copied as stored from the base {keep.path.name} (unchanged by "
-                     f"fine-tuning); {len(keep.changed)} changed ones written {quant}")
+        notes.append(
+            f"{len(keep.copied)} tensors copied as stored from the base {keep.path.name} (unchanged by "
+            f"fine-tuning); {len(keep.changed)} changed ones written {quant}"
+        )
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -386,15 +422,19 @@ def _quantize_q4_k_m(src: Path, dst: Path, threads: int) -> None:
     try:
         import llama_cpp
     except ImportError:
-        raise ExportError("q4_k_m needs llama-cpp-python (llama.cpp's quantizer)",
-                          hint='pip install "alpacakit[llama]", or export f16 / q8_0, which need only gguf') from None
+        raise ExportError(
+            "q4_k_m needs llama-cpp-python (llama.cpp's quantizer)",
+            hint='pip install "alpacakit[llama]", or export f16 / q8_0, which need only gguf',
+        ) from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _LLAMA_FTYPE_Q4_K_M
     params.nthread = threads
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
-        raise ExportError(f"llama.cpp's quantizer failed on {src} (return code {rc})",
-                          hint="export f16 or q8_0 instead, and report the model type")
+        raise ExportError(
+            f"llama.cpp's quantizer failed on {src} (return code {rc})",
+            hint="export f16 or q8_0 instead, and report the model type",
+        )
 
 
 def _tmp_path(target: Path, tag: str) -> Path:
@@ -407,10 +447,21 @@ def _default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", *, base: str | Path | None = None,
-                tokenizer_pre: str | None = None, verify: bool = False, prompts: Sequence[str] | None = None,
-                threads: int | None = None, name: str | None = None, min_agreement: float | None = None,
-                progress: Progress | None = None, converter: str = "auto") -> ExportResult:
+def export_gguf(
+    model_dir: str | Path,
+    output: str | Path,
+    quant: str = "q8_0",
+    *,
+    base: str | Path | None = None,
+    tokenizer_pre: str | None = None,
+    verify: bool = False,
+    prompts: Sequence[str] | None = None,
+    threads: int | None = None,
+    name: str | None = None,
+    min_agreement: float | None = None,
+    progress: Progress | None = None,
+    converter: str = "auto",
+) -> ExportResult:
     """Convert the model in `model_dir` to a GGUF at `output` and write `<output>.json` beside it.
 
     `converter`: `alpacakit` (llama, qwen2, gemma3; the only one that writes `delta-*`),
@@ -446,12 +497,15 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     name = name or _model_name(loaded.source)
     from alpacakit.export.gguf_arch import SUPPORTED_ARCHS
 
-    by_llama_cpp = converter == "llama.cpp" or (converter == "auto"
-                                                and loaded.config.get("model_type") not in SUPPORTED_ARCHS)
+    by_llama_cpp = converter == "llama.cpp" or (
+        converter == "auto" and loaded.config.get("model_type") not in SUPPORTED_ARCHS
+    )
     pre_notes: list[str] = []
     if by_llama_cpp and quant.startswith("delta-"):
-        pre_notes.append(f"{quant}: only alpacakit's converter keeps a base GGUF's tensors; written "
-                         f"{quant.removeprefix('delta-')} by llama.cpp's")
+        pre_notes.append(
+            f"{quant}: only alpacakit's converter keeps a base GGUF's tensors; written "
+            f"{quant.removeprefix('delta-')} by llama.cpp's"
+        )
         quant, base_file = quant.removeprefix("delta-"), None
     keep = None
     if base_file is not None:
@@ -466,11 +520,13 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
         if by_llama_cpp:
             from alpacakit.export.llama_cpp_convert import write_with_llama_cpp
 
-            n, template_source, notes = write_with_llama_cpp(loaded, first, write_as, name=name,
-                                                             tokenizer_pre=tokenizer_pre, say=say)
+            n, template_source, notes = write_with_llama_cpp(
+                loaded, first, write_as, name=name, tokenizer_pre=tokenizer_pre, say=say
+            )
         else:
-            n, template_source, notes = _write_gguf(loaded, first, write_as, name=name,
-                                                    tokenizer_pre=tokenizer_pre, say=say, keep=keep)
+            n, template_source, notes = _write_gguf(
+                loaded, first, write_as, name=name, tokenizer_pre=tokenizer_pre, say=say, keep=keep
+            )
         notes = pre_notes + notes
         final_tmp = first
         if quant == "q4_k_m":
@@ -487,9 +543,16 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
     from alpacakit.io import sha256_file
 
     result = ExportResult(
-        path=output, sidecar=sidecar_path(output), quant=quant, arch=loaded.config.get("model_type", "?"),
-        sha256=sha256_file(output), size_bytes=output.stat().st_size, n_tensors=n,
-        seconds=0.0, chat_template_source=template_source, notes=notes,
+        path=output,
+        sidecar=sidecar_path(output),
+        quant=quant,
+        arch=loaded.config.get("model_type", "?"),
+        sha256=sha256_file(output),
+        size_bytes=output.stat().st_size,
+        n_tensors=n,
+        seconds=0.0,
+        chat_template_source=template_source,
+        notes=notes,
     )
     if verify:
         say("verifying against the Hugging Face model")
@@ -505,12 +568,26 @@ def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "q8_0", 
             # did not, so the same output becomes f16 (twice the size; agreement ~100%).
             say(f"{e.message}; writing f16 instead")
             v = result.verification or {}
-            fallback = export_gguf(model_dir, output, "f16", base=base, tokenizer_pre=tokenizer_pre, verify=True,
-                                   prompts=prompts, threads=threads, name=name, min_agreement=min_agreement,
-                                   progress=progress, converter=converter)
-            fallback.notes.insert(0, f"auto: {quant} agreed {v.get('top1_agreement', 0):.1%} top-1 / "
-                                     f"{v.get('next_token_agreement', 0):.1%} next token, below "
-                                     f"{min_agreement or AGREEMENT_THRESHOLD:.0%}: written f16 instead")
+            fallback = export_gguf(
+                model_dir,
+                output,
+                "f16",
+                base=base,
+                tokenizer_pre=tokenizer_pre,
+                verify=True,
+                prompts=prompts,
+                threads=threads,
+                name=name,
+                min_agreement=min_agreement,
+                progress=progress,
+                converter=converter,
+            )
+            fallback.notes.insert(
+                0,
+                f"auto: {quant} agreed {v.get('top1_agreement', 0):.1%} top-1 / "
+                f"{v.get('next_token_agreement', 0):.1%} next token, below "
+                f"{min_agreement or AGREEMENT_THRESHOLD:.0%}: written f16 instead",
+            )
             return fallback
     if min_agreement is not None and result.verification is not None:
         check_agreement(result, min_agreement)
@@ -545,8 +622,11 @@ def _write_export_card(result: ExportResult, mine: dict[str, Any], loaded: Loade
             other = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if other.get("kind") == mine["kind"] and other.get("source") == mine["source"] \
-                and (folder / str(other.get("file", ""))).is_file():
+        if (
+            other.get("kind") == mine["kind"]
+            and other.get("source") == mine["source"]
+            and (folder / str(other.get("file", ""))).is_file()
+        ):
             exports.append(other)
     src = loaded.source.manifest_path.parent if loaded.source.manifest_path is not None else loaded.source.given
     return write_model_card(src, folder / "MODEL_CARD.md", export=sorted(exports, key=lambda e: e.get("file", "")))
@@ -611,14 +691,16 @@ def _write_sidecar(result: ExportResult, loaded: LoadedModel) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- verification
 
+
 def default_prompts() -> list[str]:
     """The fixed verification instructions (`gguf_data/verify_prompts.txt`, one per line)."""
     text = resources.files("alpacakit.export").joinpath("gguf_data", "verify_prompts.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def _prompt_texts(prompts: Sequence[str], prompt_format: dict[str, Any] | None, tokenizer: Any
-                  ) -> tuple[list[str], bool]:
+def _prompt_texts(
+    prompts: Sequence[str], prompt_format: dict[str, Any] | None, tokenizer: Any
+) -> tuple[list[str], bool]:
     """The texts the model actually sees (prompts in its trained format) and whether to add BOS/EOS."""
     if not prompt_format:
         return list(prompts), True
@@ -630,9 +712,15 @@ def _prompt_texts(prompts: Sequence[str], prompt_format: dict[str, Any] | None, 
     return [fmt.build(p, "") for p in prompts], fmt.add_special_tokens
 
 
-def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[str] | None = None, *,
-                base: str | Path | None = None, threads: int | None = None,
-                loaded: LoadedModel | None = None) -> dict[str, Any]:
+def verify_gguf(
+    model_dir: str | Path,
+    gguf_path: str | Path,
+    prompts: Sequence[str] | None = None,
+    *,
+    base: str | Path | None = None,
+    threads: int | None = None,
+    loaded: LoadedModel | None = None,
+) -> dict[str, Any]:
     """Compare a GGUF in llama.cpp with the Hugging Face model it was exported from.
 
     Each prompt (in the model's prompt format, when it has one) is tokenized by the HF
@@ -649,8 +737,7 @@ def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise ExportError("verification needs llama-cpp-python",
-                          hint='pip install "alpacakit[llama]"') from None
+        raise ExportError("verification needs llama-cpp-python", hint='pip install "alpacakit[llama]"') from None
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise DataError(f"{gguf_path}: no such file")
@@ -663,9 +750,17 @@ def verify_gguf(model_dir: str | Path, gguf_path: str | Path, prompts: Sequence[
 
     # The KV cache stays f32 (llama.cpp's runtime default is f16): the figure then measures the
     # file (weights, tokenizer, hyperparameters), not a runtime setting the user can change.
-    llm = Llama(model_path=str(gguf_path), n_ctx=max(64, longest + 8), n_batch=max(64, longest + 8),
-                logits_all=True, verbose=False, n_threads=threads or _default_threads(), seed=0,
-                type_k=_GGML_TYPE_F32, type_v=_GGML_TYPE_F32)
+    llm = Llama(
+        model_path=str(gguf_path),
+        n_ctx=max(64, longest + 8),
+        n_batch=max(64, longest + 8),
+        logits_all=True,
+        verbose=False,
+        n_threads=threads or _default_threads(),
+        seed=0,
+        type_k=_GGML_TYPE_F32,
+        type_v=_GGML_TYPE_F32,
+    )
     agree = total = last_agree = tok_same = decisive = decisive_agree = 0
     max_diffs: list[float] = []
     mismatched_prompts: list[dict[str, Any]] = []

@@ -42,8 +42,9 @@ def _unsupported(model_type: str | None) -> ConfigError:
     return ConfigError(f"GGUF export does not support model type {model_type!r}", hint=hint)
 
 
-def _rope_settings(cfg: dict[str, Any], layer_type: str | None = None, default_theta: float = 10000.0
-                   ) -> tuple[float, dict[str, Any]]:
+def _rope_settings(
+    cfg: dict[str, Any], layer_type: str | None = None, default_theta: float = 10000.0
+) -> tuple[float, dict[str, Any]]:
     """(rope theta, scaling dict) from either transformers 5 `rope_parameters` or the older keys."""
     params = cfg.get("rope_parameters") or {}
     if layer_type and isinstance(params.get(layer_type), dict):
@@ -58,8 +59,9 @@ def _rope_settings(cfg: dict[str, Any], layer_type: str | None = None, default_t
 def _rope_type(scaling: dict[str, Any]) -> str:
     kind = scaling.get("rope_type", scaling.get("type", "default")) or "default"
     if kind not in _ROPE_TYPES:
-        raise ConfigError(f"rope scaling type {kind!r} is not supported for GGUF export",
-                          hint=f"supported: {', '.join(_ROPE_TYPES)}")
+        raise ConfigError(
+            f"rope scaling type {kind!r} is not supported for GGUF export", hint=f"supported: {', '.join(_ROPE_TYPES)}"
+        )
     return kind
 
 
@@ -119,11 +121,15 @@ class ArchPlan:
     def check(self) -> None:
         """Refuse settings llama.cpp would run differently, before any work is done."""
         cfg = self.cfg
-        if self.arch == "qwen2" and cfg.get("use_sliding_window") and \
-                (cfg.get("sliding_window") or 0) < cfg.get("max_position_embeddings", 0):
-            raise ConfigError("a qwen2 model with use_sliding_window=true cannot be exported: llama.cpp's qwen2 "
-                              "uses full attention", hint="set use_sliding_window to false in config.json if the "
-                              "model was trained without it")
+        if (
+            self.arch == "qwen2"
+            and cfg.get("use_sliding_window")
+            and (cfg.get("sliding_window") or 0) < cfg.get("max_position_embeddings", 0)
+        ):
+            raise ConfigError(
+                "a qwen2 model with use_sliding_window=true cannot be exported: llama.cpp's qwen2 uses full attention",
+                hint="set use_sliding_window to false in config.json if the model was trained without it",
+            )
         if self.arch == "gemma3" and cfg.get("attn_logit_softcapping"):
             raise ConfigError("gemma3 with attn_logit_softcapping is not supported by llama.cpp's gemma3")
         if self.head_dim % 2:
@@ -189,8 +195,9 @@ class ArchPlan:
         """(GGUF name, float32 array) for every weight, transformed for llama.cpp."""
         import gguf
 
-        arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-                     "gemma3": gguf.MODEL_ARCH.GEMMA3}[self.arch]
+        arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[
+            self.arch
+        ]
         names = gguf.get_tensor_name_map(arch_enum, self.n_layers)
         q_fold = self._gemma3_query_fold()
         for hf_name, tensor in state.items():
@@ -200,8 +207,10 @@ class ArchPlan:
                 continue
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if name is None:
-                raise ConfigError(f"weight {hf_name!r} has no GGUF equivalent for {self.arch}",
-                                  hint="the model has layers llama.cpp's architecture does not know (a custom head?)")
+                raise ConfigError(
+                    f"weight {hf_name!r} has no GGUF equivalent for {self.arch}",
+                    hint="the model has layers llama.cpp's architecture does not know (a custom head?)",
+                )
             data = tensor.detach().to("cpu").float().numpy()
             if self.arch == "llama":
                 if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -216,8 +225,10 @@ class ArchPlan:
         if self.arch == "llama":
             theta, scaling = _rope_settings(self.cfg)
             if _rope_type(scaling) == "llama3":
-                yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", \
-                    llama3_rope_factors(theta, self.head_dim, scaling)
+                yield (
+                    gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                    llama3_rope_factors(theta, self.head_dim, scaling),
+                )
 
     def _gemma3_query_fold(self) -> float:
         """Factor that makes llama.cpp's fixed query scale equal HF's query_pre_attn_scalar**-0.5."""
@@ -227,7 +238,7 @@ class ArchPlan:
         if self.n_layers == 62:  # llama.cpp's Gemma 3 27B rule
             used = (self.cfg["hidden_size"] / self.n_head) ** -0.5
         else:
-            used = self.head_dim ** -0.5
+            used = self.head_dim**-0.5
         return want / used
 
 

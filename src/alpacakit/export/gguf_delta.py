@@ -53,7 +53,7 @@ class BaseGGUF:
     changed: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: str | Path) -> "BaseGGUF":
+    def open(cls, path: str | Path) -> BaseGGUF:
         import gguf
 
         path = Path(path)
@@ -127,8 +127,10 @@ def plan_quant(quant: str, model_dir: str | Path, base: str | Path | None = None
     if found is not None:
         return (DELTA_QUANT if quant == "auto" else quant), found
     if quant != "auto":
-        raise ConfigError(f"--quant {quant} needs the GGUF file {model_dir} was fine-tuned from, and none was found",
-                          hint="pass it with --base FILE.gguf (or an embedded model name), or use --quant q8_0")
+        raise ConfigError(
+            f"--quant {quant} needs the GGUF file {model_dir} was fine-tuned from, and none was found",
+            hint="pass it with --base FILE.gguf (or an embedded model name), or use --quant q8_0",
+        )
     return "q8_0", None
 
 

@@ -46,29 +46,36 @@ def template_format_to_jinja(fmt: dict[str, Any], *, add_bos: bool) -> str:
         elif field == "input":
             continue  # a single chat turn has no separate input
         else:
-            raise ConfigError(f"prompt format {fmt.get('name')!r}: unsupported placeholder {{{field}}} in "
-                              "prompt_no_input", hint="use only {instruction} (and {input} in prompt_input)")
+            raise ConfigError(
+                f"prompt format {fmt.get('name')!r}: unsupported placeholder {{{field}}} in prompt_no_input",
+                hint="use only {instruction} (and {input} in prompt_input)",
+            )
     if not seen:
         raise ConfigError(f"prompt format {fmt.get('name')!r}: prompt_no_input has no {{instruction}} placeholder")
     user = ("{{ bos_token }}" if add_bos else "") + "".join(parts)
     return (
         "{% for message in messages %}"
-        "{% if message['role'] == 'user' %}" + user +
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
+        "{% if message['role'] == 'user' %}"
+        + user
+        + "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
         "{% endif %}{% endfor %}"
     )
 
 
-def chat_template_for(prompt_format: dict[str, Any] | None, tokenizer_template: str | None, *,
-                      add_bos: bool) -> tuple[str | None, str]:
+def chat_template_for(
+    prompt_format: dict[str, Any] | None, tokenizer_template: str | None, *, add_bos: bool
+) -> tuple[str | None, str]:
     """(template or None, where it came from) for the GGUF's `tokenizer.chat_template`."""
     if prompt_format:
         kind = prompt_format.get("kind", "template")
         if kind == "template":
-            return template_format_to_jinja(prompt_format, add_bos=add_bos), \
-                f"prompt format {prompt_format.get('name')!r}"
+            return template_format_to_jinja(
+                prompt_format, add_bos=add_bos
+            ), f"prompt format {prompt_format.get('name')!r}"
         if kind == "chat":
-            tmpl = prompt_format.get("chat_template") or tokenizer_template or prompt_format.get("fallback_chat_template")
+            tmpl = (
+                prompt_format.get("chat_template") or tokenizer_template or prompt_format.get("fallback_chat_template")
+            )
             if tmpl:
                 return tmpl, f"chat prompt format {prompt_format.get('name')!r}"
     if tokenizer_template:

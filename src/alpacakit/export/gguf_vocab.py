@@ -64,8 +64,12 @@ class GGUFVocab:
             writer.add_token_scores(self.scores)
         if self.merges is not None:
             writer.add_token_merges(self.merges)
-        for tid, add in ((self.bos_id, writer.add_bos_token_id), (self.eos_id, writer.add_eos_token_id),
-                         (self.unk_id, writer.add_unk_token_id), (self.pad_id, writer.add_pad_token_id)):
+        for tid, add in (
+            (self.bos_id, writer.add_bos_token_id),
+            (self.eos_id, writer.add_eos_token_id),
+            (self.unk_id, writer.add_unk_token_id),
+            (self.pad_id, writer.add_pad_token_id),
+        ):
             if tid is not None:
                 add(tid)
         writer.add_add_bos_token(self.add_bos)
@@ -75,6 +79,7 @@ class GGUFVocab:
 
 
 # --------------------------------------------------------------------------- pre-tokenizers
+
 
 def _known_pretokenizers() -> list[dict[str, Any]]:
     text = resources.files("alpacakit.export").joinpath("gguf_data", "pretokenizers.json").read_text(encoding="utf-8")
@@ -118,6 +123,7 @@ def detect_pre(tokenizer_json: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the vocabulary
 
+
 def _special_behaviour(tokenizer: Any) -> tuple[bool, bool]:
     """Whether encoding adds BOS / EOS by itself, found by encoding a sample both ways."""
     sample = "Hello world"
@@ -139,12 +145,16 @@ def _is_spm_style(tj: dict[str, Any]) -> bool:
 
 def _spm_add_space_prefix(tj: dict[str, Any]) -> bool:
     """SentencePiece's 'add dummy prefix': a `▁` prepended to the text before tokenizing."""
+
     def walk(node: Any) -> bool:
         if isinstance(node, dict):
             if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
                 return True
-            if node.get("type") == "Metaspace" and node.get("prepend_scheme", "always") in ("always", "first") \
-                    and node.get("add_prefix_space", True):
+            if (
+                node.get("type") == "Metaspace"
+                and node.get("prepend_scheme", "always") in ("always", "first")
+                and node.get("add_prefix_space", True)
+            ):
                 return True
             return any(walk(v) for v in node.values())
         if isinstance(node, list):
@@ -162,7 +172,9 @@ def _merge_strings(merges: list[Any]) -> list[str]:
         else:
             a, b = m
             if " " in a or " " in b:
-                raise ConfigError(f"tokenizer merge {m!r} contains a space, which GGUF's 'a b' merge format cannot hold")
+                raise ConfigError(
+                    f"tokenizer merge {m!r} contains a space, which GGUF's 'a b' merge format cannot hold"
+                )
             out.append(f"{a} {b}")
     return out
 
@@ -196,8 +208,10 @@ def build_vocab(tokenizer: Any, n_rows: int, *, pre_override: str | None = None)
             pieces[i] = tok
             unigram_scores[i] = float(score)
     else:
-        raise ConfigError(f"tokenizer model type {mtype!r} is not supported for GGUF export",
-                          hint="supported: byte-level BPE (GPT-2/Llama 3/Qwen style) and SentencePiece-style BPE")
+        raise ConfigError(
+            f"tokenizer model type {mtype!r} is not supported for GGUF export",
+            hint="supported: byte-level BPE (GPT-2/Llama 3/Qwen style) and SentencePiece-style BPE",
+        )
     for i, a in added.items():
         pieces[i] = a["content"]
 
@@ -253,8 +267,10 @@ def build_vocab(tokenizer: Any, n_rows: int, *, pre_override: str | None = None)
         if mtype != "BPE":
             raise ConfigError(f"a byte-level tokenizer of model type {mtype!r} is not supported (BPE expected)")
         if "ByteLevel" not in json.dumps(tj.get("pre_tokenizer")):
-            raise ConfigError("the BPE tokenizer is neither byte-level (GPT-2 style) nor SentencePiece-style",
-                              hint="GGUF export supports byte-level BPE and SentencePiece-style tokenizers")
+            raise ConfigError(
+                "the BPE tokenizer is neither byte-level (GPT-2 style) nor SentencePiece-style",
+                hint="GGUF export supports byte-level BPE and SentencePiece-style tokenizers",
+            )
         vocab.merges = _merge_strings(model.get("merges", []))
         vocab.pre = pre_override or detect_pre(tj)
         if pre_override:
@@ -262,8 +278,9 @@ def build_vocab(tokenizer: Any, n_rows: int, *, pre_override: str | None = None)
     return vocab
 
 
-def _spm_scores(tokens: list[str], types: list[int], model: dict[str, Any],
-                unigram_scores: dict[int, float]) -> list[float]:
+def _spm_scores(
+    tokens: list[str], types: list[int], model: dict[str, Any], unigram_scores: dict[int, float]
+) -> list[float]:
     """Scores llama.cpp's SentencePiece tokenizer merges by (highest first).
 
     A Unigram tokenizer.json stores them. For a BPE one, the merge that makes a piece gives
@@ -279,5 +296,7 @@ def _spm_scores(tokens: list[str], types: list[int], model: dict[str, Any],
         a, b = m.split(" ", 1) if isinstance(m, str) else m
         rank.setdefault(a + b, r)
     never = -float(len(rank) + 1)
-    return [-float(rank[t]) if t in rank else (0.0 if len(t) == 1 or ty != NORMAL else never)
-            for t, ty in zip(tokens, types)]
+    return [
+        -float(rank[t]) if t in rank else (0.0 if len(t) == 1 or ty != NORMAL else never)
+        for t, ty in zip(tokens, types)
+    ]

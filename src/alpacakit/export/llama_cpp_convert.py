@@ -48,8 +48,10 @@ def llama_cpp_version() -> str:
     try:
         return version("llama-cpp-python")
     except PackageNotFoundError:
-        raise ConfigError("llama.cpp's converters are matched to llama-cpp-python, which is not installed",
-                          hint='pip install "alpacakit[llama]"') from None
+        raise ConfigError(
+            "llama.cpp's converters are matched to llama-cpp-python, which is not installed",
+            hint='pip install "alpacakit[llama]"',
+        ) from None
 
 
 def _cache_root() -> Path:
@@ -64,16 +66,20 @@ def converters_dir(*, fetch: bool = True) -> Path:
     if own:
         d = Path(own).expanduser()
         if not (d / "convert_hf_to_gguf.py").is_file():
-            raise ConfigError(f"$ALPACAKIT_LLAMA_CPP={d}: no convert_hf_to_gguf.py there",
-                              hint="point it at a llama.cpp checkout, or unset it to use the version-matched copy")
+            raise ConfigError(
+                f"$ALPACAKIT_LLAMA_CPP={d}: no convert_hf_to_gguf.py there",
+                hint="point it at a llama.cpp checkout, or unset it to use the version-matched copy",
+            )
         return d
     version = llama_cpp_version()
     d = _cache_root() / version
     if (d / "convert_hf_to_gguf.py").is_file():
         return d
     if not fetch:
-        raise ConfigError(f"llama.cpp's converters for llama-cpp-python {version} are not in {d}",
-                          hint="run `alpacakit export converters` once (it downloads them from the package index)")
+        raise ConfigError(
+            f"llama.cpp's converters for llama-cpp-python {version} are not in {d}",
+            hint="run `alpacakit export converters` once (it downloads them from the package index)",
+        )
     return fetch_converters(version, d)
 
 
@@ -85,9 +91,10 @@ def _sdist_url(version: str, index: str) -> tuple[str, str | None]:
         r = httpx.get(page, timeout=60, follow_redirects=True)
         r.raise_for_status()
     except httpx.HTTPError as e:
-        raise ConfigError(f"cannot reach the package index at {page}: {e}",
-                          hint="set PIP_INDEX_URL to an index you can reach, or $ALPACAKIT_LLAMA_CPP to a "
-                          "llama.cpp checkout") from None
+        raise ConfigError(
+            f"cannot reach the package index at {page}: {e}",
+            hint="set PIP_INDEX_URL to an index you can reach, or $ALPACAKIT_LLAMA_CPP to a llama.cpp checkout",
+        ) from None
     name = f"llama_cpp_python-{version}.tar.gz"
     for href in re.findall(r'href="([^"]+)"', r.text):
         if href.split("#")[0].endswith("/" + name) or href.split("#")[0] == name:
@@ -113,16 +120,25 @@ def fetch_converters(version: str, dest: Path, *, index: str | None = None) -> P
                 h.update(chunk)
                 f.write(chunk)
         if digest and h.hexdigest() != digest:
-            raise ConfigError(f"{url}: sha256 {h.hexdigest()} is not the index's {digest}",
-                              hint="download again; if it persists, the index or a proxy alters the file")
+            raise ConfigError(
+                f"{url}: sha256 {h.hexdigest()} is not the index's {digest}",
+                hint="download again; if it persists, the index or a proxy alters the file",
+            )
         staged = Path(tmp) / "converters"
         prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(prefix)
-                       and any(m.name[len(prefix):] == k or (k.endswith("/") and m.name[len(prefix):].startswith(k))
-                               for k in _KEEP) and (m.isfile() or m.isdir())]
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(prefix)
+                and any(
+                    m.name[len(prefix) :] == k or (k.endswith("/") and m.name[len(prefix) :].startswith(k))
+                    for k in _KEEP
+                )
+                and (m.isfile() or m.isdir())
+            ]
             for m in members:
-                m.name = m.name[len(prefix):]
+                m.name = m.name[len(prefix) :]
             tar.extractall(staged, members=members, filter="data")
         if not (staged / "convert_hf_to_gguf.py").is_file():
             raise ConfigError(f"{url} holds no vendor/llama.cpp/convert_hf_to_gguf.py")
@@ -143,13 +159,21 @@ def _run(script: str, args: list[str], *, tokenizer_pre: str | None, metadata: d
     r = subprocess.run([*cmd, "--", *args], capture_output=True, text=True)
     if r.returncode != 0:
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-6:])
-        raise ConversionError(f"llama.cpp's {script} failed:\n{tail}",
-                              hint="a model type llama.cpp cannot convert is listed by `alpacakit export "
-                              "converters --list`")
+        raise ConversionError(
+            f"llama.cpp's {script} failed:\n{tail}",
+            hint="a model type llama.cpp cannot convert is listed by `alpacakit export converters --list`",
+        )
 
 
-def convert_hf(folder: str | Path, out: str | Path, outtype: str = "f16", *, tokenizer_pre: str | None = None,
-               metadata: dict[str, str] | None = None, name: str | None = None) -> None:
+def convert_hf(
+    folder: str | Path,
+    out: str | Path,
+    outtype: str = "f16",
+    *,
+    tokenizer_pre: str | None = None,
+    metadata: dict[str, str] | None = None,
+    name: str | None = None,
+) -> None:
     """A Hugging Face model folder -> GGUF (`outtype`: f32, f16, bf16 or q8_0) with llama.cpp's converter."""
     args = [str(folder), "--outfile", str(out), "--outtype", outtype]
     if name:
@@ -160,22 +184,42 @@ def convert_hf(folder: str | Path, out: str | Path, outtype: str = "f16", *, tok
 def convert_lora(adapter: str | Path, base: str | Path, out: str | Path, outtype: str = "f16") -> None:
     """A PEFT LoRA adapter folder -> GGUF LoRA for llama.cpp (`--lora` in llama.cpp, `lora_path` in
     llama-cpp-python), read against its base model folder."""
-    _run("convert_lora_to_gguf.py", [str(adapter), "--base", str(base), "--outfile", str(out), "--outtype", outtype],
-         tokenizer_pre=None, metadata=None)
+    _run(
+        "convert_lora_to_gguf.py",
+        [str(adapter), "--base", str(base), "--outfile", str(out), "--outtype", outtype],
+        tokenizer_pre=None,
+        metadata=None,
+    )
 
 
 def supported_architectures() -> list[str]:
     """The Hugging Face architectures (e.g. MistralForCausalLM) this llama.cpp version converts."""
     d = converters_dir()
-    r = subprocess.run([sys.executable, "-m", "alpacakit.export.llama_cpp_runner", str(d), "convert_hf_to_gguf.py",
-                        "--", "--print-supported-models", "."], capture_output=True, text=True)
-    names = re.findall(r"^\s*-?\s*([A-Z][A-Za-z0-9_]+(?:ForCausalLM|LMHeadModel|Model|ForConditionalGeneration))\s*$",
-                       r.stdout + r.stderr, flags=re.M)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alpacakit.export.llama_cpp_runner",
+            str(d),
+            "convert_hf_to_gguf.py",
+            "--",
+            "--print-supported-models",
+            ".",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    names = re.findall(
+        r"^\s*-?\s*([A-Z][A-Za-z0-9_]+(?:ForCausalLM|LMHeadModel|Model|ForConditionalGeneration))\s*$",
+        r.stdout + r.stderr,
+        flags=re.M,
+    )
     return sorted(set(names))
 
 
-def write_with_llama_cpp(loaded: Any, target: Path, quant: str, *, name: str, tokenizer_pre: str | None,
-                         say: Any) -> tuple[int, str, list[str]]:
+def write_with_llama_cpp(
+    loaded: Any, target: Path, quant: str, *, name: str, tokenizer_pre: str | None, say: Any
+) -> tuple[int, str, list[str]]:
     """`export_gguf`'s writer for architectures alpacakit's converter does not know: the loaded
     (adapter-merged) model is saved as a plain Hugging Face folder, with the chat template of
     its trained prompt format, then converted by llama.cpp. Returns (tensors, template source, notes)."""
@@ -187,8 +231,9 @@ def write_with_llama_cpp(loaded: Any, target: Path, quant: str, *, name: str, to
     from alpacakit.export.gguf_vocab import _special_behaviour, detect_pre
 
     add_bos, _ = _special_behaviour(loaded.tokenizer)
-    template, source = chat_template_for(loaded.prompt_format, tokenizer_chat_template(loaded.tokenizer),
-                                         add_bos=add_bos)
+    template, source = chat_template_for(
+        loaded.prompt_format, tokenizer_chat_template(loaded.tokenizer), add_bos=add_bos
+    )
     pre = tokenizer_pre
     if pre is None:
         try:

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     folder, script, rest = Path(argv[0]), argv[1], argv[2:]
     sep = rest.index("--")
-    ours, theirs = rest[:sep], rest[sep + 1:]
+    ours, theirs = rest[:sep], rest[sep + 1 :]
     pre: str | None = None
     kv: dict[str, str] = {}
     i = 0

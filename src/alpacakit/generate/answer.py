@@ -31,8 +31,10 @@ def load_prompts(path: str | Path, field: str = "instruction", input_field: str 
     missing = [i for i, r in enumerate(records) if not str(r.get(field) or "").strip()]
     if missing:
         have = ", ".join(sorted(records[missing[0]])) or "none"
-        raise DataError(f"{path}: record {missing[0]} has no {field!r} (fields found: {have})",
-                        hint=f"name the instruction column with --prompt-field (found: {have})")
+        raise DataError(
+            f"{path}: record {missing[0]} has no {field!r} (fields found: {have})",
+            hint=f"name the instruction column with --prompt-field (found: {have})",
+        )
     return [{"instruction": str(r[field]).strip(), "input": str(r.get(input_field) or "").strip()} for r in records]
 
 
@@ -62,11 +64,21 @@ class AnswerPlan:
 
 
 def _templates() -> dict:
-    return yaml.safe_load((resources.files("alpacakit.generate") / "prompts" / "answer.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load(
+        (resources.files("alpacakit.generate") / "prompts" / "answer.yaml").read_text(encoding="utf-8")
+    )
 
 
-def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[int], prompts_path: str | Path,
-               prompt_field: str = "instruction", input_field: str = "input", limit: int | None = None) -> AnswerPlan:
+def build_plan(
+    config: AlpacakitConfig,
+    api: str,
+    teacher_name: str,
+    done: set[int],
+    prompts_path: str | Path,
+    prompt_field: str = "instruction",
+    input_field: str = "input",
+    limit: int | None = None,
+) -> AnswerPlan:
     prompts = load_prompts(prompts_path, prompt_field, input_field)
     if limit:
         prompts = prompts[:limit]
@@ -77,13 +89,23 @@ def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[i
         text = (tpl["with_input"] if p["input"] else tpl["no_input"]).format(**p)
         return Request(index=index, prompt=text, api=api, system=tpl.get("system"))
 
-    sha = sha256_file(prompts_path) if Path(prompts_path).is_file() else hashlib.sha256(str(prompts_path).encode()).hexdigest()
+    sha = (
+        sha256_file(prompts_path)
+        if Path(prompts_path).is_file()
+        else hashlib.sha256(str(prompts_path).encode()).hexdigest()
+    )
     return AnswerPlan(
         processor=AnswerProcessor(prompts, config, teacher_name),
         make_request=make_request,
         indices=(i for i in range(len(prompts)) if i not in done),
-        fingerprint={"mode": "answer", "teacher": config.teacher.model, "api": api, "prompts_sha256": sha,
-                     "prompt_field": prompt_field, "input_field": input_field},
+        fingerprint={
+            "mode": "answer",
+            "teacher": config.teacher.model,
+            "api": api,
+            "prompts_sha256": sha,
+            "prompt_field": prompt_field,
+            "input_field": input_field,
+        },
         inputs={"prompts": {"path": str(prompts_path), "sha256": sha, "count": len(prompts)}},
         total=len(prompts),
     )

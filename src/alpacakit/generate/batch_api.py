@@ -72,7 +72,8 @@ def require_endpoint(cfg: Any, setting: str, teacher: Any = None) -> None:
         raise ConfigError(
             f"{setting}: the Batch API is an endpoint's (OpenAI's files + batches), and {cfg.model!r} is not an "
             "OpenAI-compatible endpoint model",
-            hint="use an openai:MODEL model (e.g. --teacher openai:gpt-4o-mini), or drop --batch-api")
+            hint="use an openai:MODEL model (e.g. --teacher openai:gpt-4o-mini), or drop --batch-api",
+        )
 
 
 @dataclass
@@ -114,8 +115,14 @@ class BatchLog:
             if event == "uploaded":
                 uploads[r["input_file_id"]] = r
             elif event == "created":
-                created[r["batch_id"]] = OpenBatch(r["batch_id"], r["input_file_id"], list(r["indices"]), r["route"],
-                                                   float(r.get("estimate_usd", 0.0)), float(r.get("created_at", 0)))
+                created[r["batch_id"]] = OpenBatch(
+                    r["batch_id"],
+                    r["input_file_id"],
+                    list(r["indices"]),
+                    r["route"],
+                    float(r.get("estimate_usd", 0.0)),
+                    float(r.get("created_at", 0)),
+                )
                 uploads.pop(r["input_file_id"], None)
             elif event == "finished":
                 created.pop(r["batch_id"], None)
@@ -140,7 +147,9 @@ def refuse_open_batches(job: JournaledJob, flag: str = "--batch-api") -> None:
         names = ", ".join([b.batch_id for b in open_batches] + [u["input_file_id"] for u in uploads])
         raise ConfigError(
             f"{job.out_dir} has Batch API work not collected yet ({names}): asking the same requests live would "
-            "pay for them twice", hint=f"rerun with {flag} to collect it (it goes on from batches.jsonl)")
+            "pay for them twice",
+            hint=f"rerun with {flag} to collect it (it goes on from batches.jsonl)",
+        )
 
 
 def request_body(req: Request, model: str, sampling: dict[str, Any], teacher_api: str) -> tuple[str, dict[str, Any]]:
@@ -163,10 +172,20 @@ class BatchRunner:
     is cut so that spent + open batches + the new one stays within `max_cost` at the batch price.
     """
 
-    def __init__(self, job: JournaledJob, cfg: Any, make_request: Callable[[int], Request], *,
-                 sampling: dict[str, Any], settings: Any, estimate: Callable[[Request], float] | None = None,
-                 max_cost: float | None = None, on_result: Callable[[dict, list, list], None] | None = None,
-                 on_poll: Callable[[str], None] | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        job: JournaledJob,
+        cfg: Any,
+        make_request: Callable[[int], Request],
+        *,
+        sampling: dict[str, Any],
+        settings: Any,
+        estimate: Callable[[Request], float] | None = None,
+        max_cost: float | None = None,
+        on_result: Callable[[dict, list, list], None] | None = None,
+        on_poll: Callable[[str], None] | None = None,
+        verbose: bool = True,
+    ):
         from alpacakit.teachers.batch import BatchClient
 
         self.job, self.cfg, self.make_request = job, cfg, make_request
@@ -185,12 +204,19 @@ class BatchRunner:
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: how this run used the Batch API."""
-        return {"price_factor": self.factor, "poll_s": self.settings.poll_s, "max_lines": self.settings.max_lines,
-                "batches_created": self.batches_created, "batches_collected": self.batches_collected,
-                "line_failures_left_for_a_rerun": dict(self.line_failures), "log": BATCHES}
+        return {
+            "price_factor": self.factor,
+            "poll_s": self.settings.poll_s,
+            "max_lines": self.settings.max_lines,
+            "batches_created": self.batches_created,
+            "batches_collected": self.batches_collected,
+            "line_failures_left_for_a_rerun": dict(self.line_failures),
+            "log": BATCHES,
+        }
 
-    async def run(self, planner: Callable[[JobTotals, set[int], int], list[int]],
-                  should_stop: Callable[[JobTotals], bool]) -> str:
+    async def run(
+        self, planner: Callable[[JobTotals, set[int], int], list[int]], should_stop: Callable[[JobTotals], bool]
+    ) -> str:
         """'done' (should_stop), 'exhausted' (the planner has nothing more) or 'budget'."""
         stopped: str | None = None
         self.job.open()
@@ -206,7 +232,7 @@ class BatchRunner:
                     if len(take) < len(want):
                         stopped = "budget"
                     for start in range(0, len(take), self.settings.max_lines):
-                        open_batches.append(await self._submit(take[start:start + self.settings.max_lines]))
+                        open_batches.append(await self._submit(take[start : start + self.settings.max_lines]))
                 if not open_batches:
                     return stopped or "exhausted"
                 for b, state in await self._wait_any(open_batches):
@@ -226,15 +252,31 @@ class BatchRunner:
             if found is None:
                 self.log.append({"event": "abandoned", "input_file_id": up["input_file_id"]})
                 continue
-            b = OpenBatch(found["id"], up["input_file_id"], list(up["indices"]), up["route"],
-                          float(up.get("estimate_usd", 0.0)), float(found["created_at"]))
-            self.log.append({"event": "created", "batch_id": b.batch_id, "input_file_id": b.input_file_id,
-                             "indices": b.indices, "route": b.route, "estimate_usd": b.estimate_usd,
-                             "created_at": b.created_at, "adopted": True})
+            b = OpenBatch(
+                found["id"],
+                up["input_file_id"],
+                list(up["indices"]),
+                up["route"],
+                float(up.get("estimate_usd", 0.0)),
+                float(found["created_at"]),
+            )
+            self.log.append(
+                {
+                    "event": "created",
+                    "batch_id": b.batch_id,
+                    "input_file_id": b.input_file_id,
+                    "indices": b.indices,
+                    "route": b.route,
+                    "estimate_usd": b.estimate_usd,
+                    "created_at": b.created_at,
+                    "adopted": True,
+                }
+            )
             open_batches.append(b)
         if open_batches:
-            self._say(f"resuming {len(open_batches)} batch(es) from {BATCHES}: "
-                      + ", ".join(b.batch_id for b in open_batches))
+            self._say(
+                f"resuming {len(open_batches)} batch(es) from {BATCHES}: " + ", ".join(b.batch_id for b in open_batches)
+            )
         return open_batches
 
     def _within_budget(self, want: list[int], open_batches: list[OpenBatch]) -> list[int]:
@@ -257,8 +299,11 @@ class BatchRunner:
             req = self.make_request(i)
             route, body = request_body(req, self.client.model, self.sampling, self.cfg.api)
             routes.add(route)
-            lines.append(json.dumps({"custom_id": custom_id(i), "method": "POST", "url": _url(route), "body": body},
-                                    ensure_ascii=False))
+            lines.append(
+                json.dumps(
+                    {"custom_id": custom_id(i), "method": "POST", "url": _url(route), "body": body}, ensure_ascii=False
+                )
+            )
             if self.estimate is not None:
                 estimate += self.estimate(req) * self.factor
         assert len(routes) == 1, "one batch, one endpoint"
@@ -270,8 +315,10 @@ class BatchRunner:
         state = await self.client.create(file_id, route, metadata={"alpacakit_job": self.job.out_dir.name[:500]})
         self.log.append({"event": "created", "batch_id": state["id"], **record, "created_at": state["created_at"]})
         self.batches_created += 1
-        self._say(f"batch {state['id']}: {len(indices)} requests sent (input {file_id}); polling every "
-                  f"{self.settings.poll_s:g} s. Safe to stop: rerunning the same command goes on from it")
+        self._say(
+            f"batch {state['id']}: {len(indices)} requests sent (input {file_id}); polling every "
+            f"{self.settings.poll_s:g} s. Safe to stop: rerunning the same command goes on from it"
+        )
         return OpenBatch(state["id"], file_id, indices, route, estimate, float(state["created_at"]))
 
     async def _wait_any(self, open_batches: list[OpenBatch]) -> list[tuple[OpenBatch, dict]]:
@@ -290,8 +337,10 @@ class BatchRunner:
                     self._say(f"batch {b.batch_id} is gone (HTTP 404): its requests will be sent again")
                     state = {"id": b.batch_id, "status": "not_found"}
                 counts = state.get("request_counts") or {}
-                notes.append(f"{b.batch_id} {state['status']} {counts.get('completed', 0) + counts.get('failed', 0)}"
-                             f"/{counts.get('total', len(b.indices))}")
+                notes.append(
+                    f"{b.batch_id} {state['status']} {counts.get('completed', 0) + counts.get('failed', 0)}"
+                    f"/{counts.get('total', len(b.indices))}"
+                )
                 if state["status"] in TERMINAL or state["status"] == "not_found":
                     ended.append((b, state))
             if self.on_poll is not None:
@@ -331,24 +380,38 @@ class BatchRunner:
             if self.on_result is not None:
                 self.on_result(entry, kept, discards)
         self.lost.update(lost)
-        self.log.append({"event": "finished", "batch_id": b.batch_id, "status": status,
-                         "request_counts": state.get("request_counts"), "journaled": len(entries), "not_run": len(lost),
-                         "output_file_id": state.get("output_file_id"), "error_file_id": state.get("error_file_id")})
+        self.log.append(
+            {
+                "event": "finished",
+                "batch_id": b.batch_id,
+                "status": status,
+                "request_counts": state.get("request_counts"),
+                "journaled": len(entries),
+                "not_run": len(lost),
+                "output_file_id": state.get("output_file_id"),
+                "error_file_id": state.get("error_file_id"),
+            }
+        )
         self.batches_collected += 1
         note = f"batch {b.batch_id} {status}: {len(entries)} results journaled" + (
-            f", {len(lost)} not run (sent again)" if lost else "")
+            f", {len(lost)} not run (sent again)" if lost else ""
+        )
         self._say(note)
         if self.on_poll is not None:
             self.on_poll(note)
         self._empty_in_a_row = 0 if entries or already else self._empty_in_a_row + 1
         if status == "failed":
             errors = "; ".join(str(e.get("message")) for e in ((state.get("errors") or {}).get("data") or [])[:3])
-            raise TeacherError(self.client.scrub(f"batch {b.batch_id} failed: {errors or 'no reason given'}"),
-                               hint="nothing was billed for it; rerun the same command to send its requests in a "
-                               "new batch (if the reason is the enqueued-token limit, lower generate.batch.max_lines)")
+            raise TeacherError(
+                self.client.scrub(f"batch {b.batch_id} failed: {errors or 'no reason given'}"),
+                hint="nothing was billed for it; rerun the same command to send its requests in a "
+                "new batch (if the reason is the enqueued-token limit, lower generate.batch.max_lines)",
+            )
         if self._empty_in_a_row >= MAX_EMPTY_BATCHES:
-            raise TeacherError(f"{MAX_EMPTY_BATCHES} batches in a row ended with no result (the last: {status})",
-                               hint="check the endpoint's batch status page; rerun the same command to try again")
+            raise TeacherError(
+                f"{MAX_EMPTY_BATCHES} batches in a row ended with no result (the last: {status})",
+                hint="check the endpoint's batch status page; rerun the same command to try again",
+            )
 
     def _entry(self, index: int, line: dict, b: OpenBatch) -> dict | None:
         """The journal entry of one result line; None for a failure to leave for a later run."""
@@ -365,9 +428,15 @@ class BatchRunner:
             body = resp.get("body") or {}
             err = body.get("error", body) if isinstance(body, dict) else {}
             message = err.get("message") if isinstance(err, dict) else str(body)
-            return {**base, "text": "", "finish_reason": "error",
-                    "failed": {"status": status, "message": self.client.scrub(str(message or ""))[:500]},
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "cost": 0.0, **tail}
+            return {
+                **base,
+                "text": "",
+                "finish_reason": "error",
+                "failed": {"status": status, "message": self.client.scrub(str(message or ""))[:500]},
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+                "cost": 0.0,
+                **tail,
+            }
         c = None
         if status == 200:
             _, params = request_body(req, self.client.model, self.sampling, self.cfg.api)
@@ -378,10 +447,16 @@ class BatchRunner:
             return None
         from alpacakit.teachers.accounting import cost_of
 
-        return {**base, "text": c.text, "finish_reason": c.finish_reason,
-                "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens},
-                "cost": round(cost_of(c.usage, self.cfg.price) * self.factor, 10), "model": c.model,
-                "request_id": c.request_id, **tail}
+        return {
+            **base,
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens},
+            "cost": round(cost_of(c.usage, self.cfg.price) * self.factor, 10),
+            "model": c.model,
+            "request_id": c.request_id,
+            **tail,
+        }
 
     def _say(self, text: str) -> None:
         if self.verbose:

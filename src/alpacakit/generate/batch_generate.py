@@ -29,8 +29,10 @@ class BatchGenerateResult(GenerateResult):
 
     def summary(self) -> str:
         b = self.batch or {}
-        text = super().summary() + (f" [Batch API, {b.get('price_factor', 0.5):g} x the price; "
-                                    f"{b.get('batches_created', 0)} batches sent this run]")
+        text = super().summary() + (
+            f" [Batch API, {b.get('price_factor', 0.5):g} x the price; "
+            f"{b.get('batches_created', 0)} batches sent this run]"
+        )
         failures = b.get("line_failures_left_for_a_rerun") or {}
         if failures:
             what = ", ".join(f"{k} {v}" for k, v in sorted(failures.items()))
@@ -46,7 +48,8 @@ def worst_case(t: Any):
     def estimate(req: Request) -> float:
         if req.api == "chat":
             messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-                {"role": "user", "content": req.prompt}]
+                {"role": "user", "content": req.prompt}
+            ]
             return estimate_cost(t.price, max_tokens=t.max_tokens, messages=messages)
         return estimate_cost(t.price, max_tokens=t.max_tokens, prompt=req.prompt)
 
@@ -84,8 +87,16 @@ def _answer_planner(runner: BatchRunner, job: JournaledJob, total: int):
     return next_batch
 
 
-def generate_in_batches(config: Any, job: JournaledJob, plan: Any, target: int, show_progress: bool,
-                        manifest: dict[str, Any], update_manifest: Any, answer_mode: bool) -> GenerateResult:
+def generate_in_batches(
+    config: Any,
+    job: JournaledJob,
+    plan: Any,
+    target: int,
+    show_progress: bool,
+    manifest: dict[str, Any],
+    update_manifest: Any,
+    answer_mode: bool,
+) -> GenerateResult:
     """The Batch API branch of `runner.generate`, from the replayed job to its result."""
     from alpacakit.generate.progress import GenerationProgress
 
@@ -93,8 +104,9 @@ def generate_in_batches(config: Any, job: JournaledJob, plan: Any, target: int, 
     sampling: dict[str, Any] = {"max_tokens": t.max_tokens, "temperature": t.temperature, "top_p": t.top_p}
     if t.seed is not None:
         sampling["seed"] = t.seed
-    progress = GenerationProgress(target=target, totals=job.totals, enabled=show_progress,
-                                  unit="answered" if answer_mode else "kept")
+    progress = GenerationProgress(
+        target=target, totals=job.totals, enabled=show_progress, unit="answered" if answer_mode else "kept"
+    )
     barren = [0]  # answers in a row that kept nothing (as online: a teacher that only repeats itself)
     last = [0.0]
 
@@ -111,8 +123,18 @@ def generate_in_batches(config: Any, job: JournaledJob, plan: Any, target: int, 
         progress.update(writing=note)
         heartbeat()
 
-    runner = BatchRunner(job, t, plan.make_request, sampling=sampling, settings=g.batch, estimate=worst_case(t),
-                         max_cost=g.max_cost, on_result=on_result, on_poll=on_poll, verbose=show_progress)
+    runner = BatchRunner(
+        job,
+        t,
+        plan.make_request,
+        sampling=sampling,
+        settings=g.batch,
+        estimate=worst_case(t),
+        max_cost=g.max_cost,
+        on_result=on_result,
+        on_poll=on_poll,
+        verbose=show_progress,
+    )
     manifest["price"] = f"{manifest.get('price', '')}; Batch API: {g.batch.price_factor:g} x that price"
     manifest["batch_api"] = runner.describe()
     update_manifest("running")

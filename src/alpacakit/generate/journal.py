@@ -91,8 +91,14 @@ def derive(processor: Processor, entry: dict) -> tuple[list[dict], list[dict]]:
     other answer goes to the processor (in this process or the worker's, see worker.py)."""
     failed = entry.get("failed")
     if failed:  # refused by the endpoint: nothing to process
-        return [], [{"index": entry["index"], "reason": "request_failed", "status": failed.get("status"),
-                     "message": failed.get("message", "")}]
+        return [], [
+            {
+                "index": entry["index"],
+                "reason": "request_failed",
+                "status": failed.get("status"),
+                "message": failed.get("message", ""),
+            }
+        ]
     return processor.process(entry)
 
 
@@ -133,11 +139,16 @@ class JobTotals:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "requests": self.requests, "attempts": self.attempts, "kept": self.kept,
-            "discarded": sum(self.discards.values()), "discards_by_reason": dict(sorted(self.discards.items())),
-            "prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_tokens,
+            "requests": self.requests,
+            "attempts": self.attempts,
+            "kept": self.kept,
+            "discarded": sum(self.discards.values()),
+            "discards_by_reason": dict(sorted(self.discards.items())),
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_tokens,
             "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6), "teacher_seconds": round(self.teacher_seconds, 2),
+            "cost_usd": round(self.cost_usd, 6),
+            "teacher_seconds": round(self.teacher_seconds, 2),
             "asked_again": self.asked_again,
             "maybe_billed_attempts": self.maybe_billed_attempts,
             "maybe_billed_usd": round(self.maybe_billed_usd, 6),
@@ -240,8 +251,9 @@ class JournaledJob:
                         by_request.setdefault(int(m.group(1)), ([], []))[slot].append(line[:-1])
         return by_request
 
-    def _apply_or_restore(self, entry: dict, old: tuple[list[bytes], list[bytes]] | None
-                          ) -> tuple[list[dict], list[dict], bool]:
+    def _apply_or_restore(
+        self, entry: dict, old: tuple[list[bytes], list[bytes]] | None
+    ) -> tuple[list[dict], list[dict], bool]:
         """`_apply`, or the earlier results `old` when the processor takes them (third: True)."""
         restored = None
         if old is not None and entry.get("index") is not None and not entry.get("failed"):
@@ -254,8 +266,9 @@ class JournaledJob:
         kept, discards = self._apply(entry, restored)
         return kept, discards, restored is not None
 
-    def _apply(self, entry: dict, results: tuple[list[dict], list[dict]] | None = None
-               ) -> tuple[list[dict], list[dict]]:
+    def _apply(
+        self, entry: dict, results: tuple[list[dict], list[dict]] | None = None
+    ) -> tuple[list[dict], list[dict]]:
         """Count `entry` and its results (derived now unless given) in the totals."""
         self.done.add(entry["index"])
         self.totals.add_entry(entry)
@@ -282,8 +295,7 @@ class JournaledJob:
         from alpacakit.generate.worker import ProcessingWorker
 
         self._most_kept = most_kept
-        self.worker = ProcessingWorker(self.processor, self.out_dir,
-                                       self._lock._fd if self._lock is not None else None)
+        self.worker = ProcessingWorker(self.processor, self.out_dir, self._lock._fd if self._lock is not None else None)
 
     def stop_worker(self) -> None:
         if self.worker is not None:
@@ -376,8 +388,10 @@ class JournaledJob:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: manifest is not valid JSON: {e.msg}",
-                            hint="delete the manifest; it is rebuilt from responses.jsonl on the next run") from None
+            raise DataError(
+                f"{path}:{e.lineno}: manifest is not valid JSON: {e.msg}",
+                hint="delete the manifest; it is rebuilt from responses.jsonl on the next run",
+            ) from None
 
 
 async def run_requests(
@@ -442,23 +456,43 @@ async def run_requests(
         try:
             if req.api == "chat":
                 messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-                    {"role": "user", "content": req.prompt}]
+                    {"role": "user", "content": req.prompt}
+                ]
                 c = await teacher.chat(messages, **kwargs)
             else:
                 c = await teacher.complete(req.prompt, **kwargs)
         except EndpointError as e:
             if e.status not in PER_REQUEST_FAILURES:
                 raise
-            return {"index": req.index, **req.meta, "api": req.api, "text": "", "finish_reason": "error",
-                    "failed": {"status": e.status, "message": e.message[:500]},
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "cost": 0.0, "attempts": e.attempts or 1,
-                    "latency_s": round(time.monotonic() - t0, 3), "received_at": time.time()}
+            return {
+                "index": req.index,
+                **req.meta,
+                "api": req.api,
+                "text": "",
+                "finish_reason": "error",
+                "failed": {"status": e.status, "message": e.message[:500]},
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+                "cost": 0.0,
+                "attempts": e.attempts or 1,
+                "latency_s": round(time.monotonic() - t0, 3),
+                "received_at": time.time(),
+            }
         entry = {
-            "index": req.index, **req.meta, "api": req.api, "text": c.text, "finish_reason": c.finish_reason,
+            "index": req.index,
+            **req.meta,
+            "api": req.api,
+            "text": c.text,
+            "finish_reason": c.finish_reason,
             **({"stopped_by": c.stopped_by} if c.stopped_by else {}),
-            "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
-                      **({"cached_tokens": c.usage.cached_tokens} if c.usage.cached_tokens else {})},
-            "cost": c.cost, "model": c.model, "request_id": c.request_id, "attempts": c.attempts,
+            "usage": {
+                "prompt_tokens": c.usage.prompt_tokens,
+                "completion_tokens": c.usage.completion_tokens,
+                **({"cached_tokens": c.usage.cached_tokens} if c.usage.cached_tokens else {}),
+            },
+            "cost": c.cost,
+            "model": c.model,
+            "request_id": c.request_id,
+            "attempts": c.attempts,
             "latency_s": round(getattr(c, "latency_s", 0.0) or (time.monotonic() - t0), 3),
             "received_at": time.time(),
         }
@@ -509,8 +543,9 @@ async def run_requests(
         watching = can_cut and any(f is not None for f in (target_in_sight, on_writing, cut_request, hold_back))
         timeout = check_every_s if watching else None
         if not job.totals.pending:
-            return (await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED))[0] if tasks \
-                else set()
+            return (
+                (await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED))[0] if tasks else set()
+            )
         loop = asyncio.get_running_loop()
         reported = loop.create_future()
         loop.add_reader(job.worker.fileno(), lambda: reported.done() or reported.set_result(None))
@@ -526,8 +561,11 @@ async def run_requests(
         while True:
             deliver()
             while stopped != "budget" and len(in_flight) < concurrency and not should_stop(job.totals):
-                if hold_back is not None and (in_flight or job.totals.pending) and hold_back(job.totals,
-                                                                                            in_flight_now()):
+                if (
+                    hold_back is not None
+                    and (in_flight or job.totals.pending)
+                    and hold_back(job.totals, in_flight_now())
+                ):
                     break
                 idx = next(index_iter, None)
                 if idx is None:
@@ -558,8 +596,9 @@ async def run_requests(
                 for r, w in watches.values():
                     if not w.cut.is_set() and cut_request(r, w.text):
                         w.cut.set()
-            if can_cut and (should_stop(job.totals) or (
-                    target_in_sight is not None and target_in_sight(job.totals, writing))):
+            if can_cut and (
+                should_stop(job.totals) or (target_in_sight is not None and target_in_sight(job.totals, writing))
+            ):
                 for _, watch in watches.values():
                     watch.cut.set()
                 done, _ = await asyncio.wait(in_flight)  # (local teachers: no worker)

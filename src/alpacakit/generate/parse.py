@@ -33,8 +33,9 @@ class Discard:
     text: str
 
 
-def parse_tasks(continuation: str, first_number: int, finish_reason: str, *,
-                continues_prompt: bool = True) -> tuple[list[ParsedTask], list[Discard]]:
+def parse_tasks(
+    continuation: str, first_number: int, finish_reason: str, *, continues_prompt: bool = True
+) -> tuple[list[ParsedTask], list[Discard]]:
     """Parse a response that continues a prompt ending with `{first_number}. Instruction:`.
 
     With `continues_prompt=False` (a chat answer, which starts afresh) any preamble before the
@@ -69,12 +70,12 @@ def _parse_chunk(chunk: str) -> tuple[ParsedTask | None, Discard | None]:
     instr_end = fields[in_i if in_i is not None else out_i].start()
     instruction = " ".join(body[:instr_end].split())
     if in_i is not None:
-        inp = body[fields[in_i].end():fields[out_i].start()].strip()
+        inp = body[fields[in_i].end() : fields[out_i].start()].strip()
     else:
         inp = ""
     # Anything after a second Input/Output label belongs to no task: cut it off.
     out_end = fields[out_i + 1].start() if out_i + 1 < len(fields) else len(body)
-    output = _TRAILING.sub("", body[fields[out_i].end():out_end]).strip()
+    output = _TRAILING.sub("", body[fields[out_i].end() : out_end]).strip()
     if _NO_INPUT.match(inp):
         inp = ""
     if not instruction:

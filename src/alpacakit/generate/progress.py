@@ -12,8 +12,9 @@ from alpacakit.generate.journal import JobTotals
 
 
 class GenerationProgress:
-    def __init__(self, target: int, totals: JobTotals, enabled: bool = True, unit: str = "kept",
-                 label: str = "generate"):
+    def __init__(
+        self, target: int, totals: JobTotals, enabled: bool = True, unit: str = "kept", label: str = "generate"
+    ):
         """`label` starts each logged line (without a terminal): the verb whose job this is."""
         self.totals = totals
         self.label = label
@@ -24,8 +25,15 @@ class GenerationProgress:
         self.log = enabled and not self.live
         self.console = console
         self._progress = Progress(
-            TextColumn(f"[bold]{unit}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not self.live,
+            TextColumn(f"[bold]{unit}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.live,
         )
         self._task = self._progress.add_task("generate", total=target, completed=self._done(), stats=self._stats())
 
@@ -37,10 +45,15 @@ class GenerationProgress:
         seen = t.kept + sum(t.discards.values())
         rate = sum(t.discards.values()) / seen if seen else 0.0
         writing = f" | {self.writing}" if self.writing else ""
-        return (f"discarded {rate:.0%} | req {t.requests}{writing} | "
-                f"{t.prompt_tokens + t.completion_tokens:,} tok | ${t.cost_usd:.4f}"
-                + (f" (+ up to ${t.maybe_billed_usd:.4f} for {t.maybe_billed_attempts} failed attempts)"
-                   if t.maybe_billed_attempts else ""))
+        return (
+            f"discarded {rate:.0%} | req {t.requests}{writing} | "
+            f"{t.prompt_tokens + t.completion_tokens:,} tok | ${t.cost_usd:.4f}"
+            + (
+                f" (+ up to ${t.maybe_billed_usd:.4f} for {t.maybe_billed_attempts} failed attempts)"
+                if t.maybe_billed_attempts
+                else ""
+            )
+        )
 
     writing = ""  # what the requests in flight have written so far, when the teacher shows it
     _last_log = float("-inf")
@@ -70,10 +83,13 @@ class GenerationProgress:
             self._start = (now, self._done())
         if self.log and (now - self._last_log >= self.log_every_s or self._done() >= self.target):
             self._last_log = now
-            print(f"[{self.label}] {self.unit} {self._done()}/{self.target} | {self._stats()}{self._rate_eta(now)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{self.label}] {self.unit} {self._done()}/{self.target} | {self._stats()}{self._rate_eta(now)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    def __enter__(self) -> "GenerationProgress":
+    def __enter__(self) -> GenerationProgress:
         self._progress.__enter__()
         return self
 

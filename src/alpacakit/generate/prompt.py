@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def _prompt_file(name: str) -> str:
     return (resources.files("alpacakit.generate") / "prompts" / name).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _default_templates() -> tuple[str, str, tuple[str, ...]]:
     header = _prompt_file("self_instruct.txt")
     example = _prompt_file("self_instruct_example.txt")
@@ -46,9 +46,18 @@ class SelfInstructRequest:
 class PromptBuilder:
     """Turns a request index into a prompt. `header_path` replaces our requirements text."""
 
-    def __init__(self, seeds: list[SeedTask], *, num_examples: int = 3, tasks_per_request: int = 20,
-                 rng_seed: int = 42, header_path: str | Path | None = None, num_task_types: int = 6,
-                 input_requests: float = 0.0, language: str = "English"):
+    def __init__(
+        self,
+        seeds: list[SeedTask],
+        *,
+        num_examples: int = 3,
+        tasks_per_request: int = 20,
+        rng_seed: int = 42,
+        header_path: str | Path | None = None,
+        num_task_types: int = 6,
+        input_requests: float = 0.0,
+        language: str = "English",
+    ):
         header, example, types = _default_templates()
         if header_path:
             header = Path(header_path).read_text(encoding="utf-8")
@@ -97,17 +106,23 @@ class PromptBuilder:
         rng = random.Random(f"{self.rng_seed}:{index}")
         examples = self._pick_seeds(rng)
         types = rng.sample(self.task_types, min(self.num_task_types, len(self.task_types)))
-        parts = [self.header.replace("{last_number}", str(self.tasks_per_request))
-                 .replace("{task_types}", "; ".join(types))]
+        parts = [
+            self.header.replace("{last_number}", str(self.tasks_per_request)).replace("{task_types}", "; ".join(types))
+        ]
         for i, task in enumerate(examples, start=1):
-            parts.append(self.example.replace("{number}", str(i))
-                         .replace("{instruction}", task.instruction)
-                         .replace("{input}", task.input or NO_INPUT)
-                         .replace("{output}", task.output))
+            parts.append(
+                self.example.replace("{number}", str(i))
+                .replace("{instruction}", task.instruction)
+                .replace("{input}", task.input or NO_INPUT)
+                .replace("{output}", task.output)
+            )
         nxt = len(examples) + 1
         prompt = "".join(p if p.endswith("\n") else p + "\n" for p in parts) + f"###\n{nxt}. Instruction:"
         after_last = self.tasks_per_request + 1
         return SelfInstructRequest(
-            index=index, prompt=prompt, seed_ids=tuple(t.id for t in examples), first_new_number=nxt,
+            index=index,
+            prompt=prompt,
+            seed_ids=tuple(t.id for t in examples),
+            first_new_number=nxt,
             stop=(f"\n{after_last}. Instruction", f"\n{after_last}.", f"{after_last}. Instruction"),
         )

@@ -14,7 +14,7 @@ from typing import Any
 from alpacakit import __version__
 from alpacakit.config import AlpacakitConfig
 from alpacakit.errors import DataError
-from alpacakit.generate.journal import EXAMPLES, JournaledJob, JobTotals, Request, run_requests
+from alpacakit.generate.journal import EXAMPLES, JobTotals, JournaledJob, Request, run_requests
 
 
 @dataclass
@@ -30,12 +30,16 @@ class GenerateResult:
     def summary(self) -> str:
         t = self.totals
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(t.discards.items(), key=lambda kv: -kv[1])) or "none"
-        text = (f"{self.status}: kept {t.kept} examples in {self.examples_path} from {t.requests} requests "
-                f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}); discarded: {reasons}")
+        text = (
+            f"{self.status}: kept {t.kept} examples in {self.examples_path} from {t.requests} requests "
+            f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}); discarded: {reasons}"
+        )
         if self.status == "stalled":
-            text += (". The last answers kept nothing new (generate.stall_requests in a row): the teacher repeats "
-                     "itself or every task fails the filters. See discards.jsonl; try a higher temperature or "
-                     "other seeds, then rerun to continue")
+            text += (
+                ". The last answers kept nothing new (generate.stall_requests in a row): the teacher repeats "
+                "itself or every task fails the filters. See discards.jsonl; try a higher temperature or "
+                "other seeds, then rerun to continue"
+            )
         return text
 
 
@@ -76,7 +80,8 @@ def _estimator(config: AlpacakitConfig):
 
     def estimate(req: Request) -> float:
         messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-            {"role": "user", "content": req.prompt}]
+            {"role": "user", "content": req.prompt}
+        ]
         if req.api == "chat":
             return estimate_cost(price, max_tokens=max_tokens, messages=messages)
         return estimate_cost(price, max_tokens=max_tokens, prompt=req.prompt)
@@ -84,9 +89,16 @@ def _estimator(config: AlpacakitConfig):
     return estimate
 
 
-def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str | Path | None = None,
-             prompt_field: str = "instruction", input_field: str = "input", show_progress: bool = True,
-             teacher: Any = None) -> GenerateResult:
+def generate(
+    config: AlpacakitConfig,
+    out_dir: str | Path,
+    *,
+    from_prompts: str | Path | None = None,
+    prompt_field: str = "instruction",
+    input_field: str = "input",
+    show_progress: bool = True,
+    teacher: Any = None,
+) -> GenerateResult:
     """Self-instruct (default) or answer mode (`from_prompts`) into `out_dir`, resumably.
 
     Rerunning with the same settings continues where the last run stopped; raising
@@ -107,8 +119,7 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     if from_prompts:
         from alpacakit.generate.answer import build_plan as build_answer_plan
 
-        plan = build_answer_plan(config, api, teacher_name, done, from_prompts, prompt_field, input_field,
-                                 limit=None)
+        plan = build_answer_plan(config, api, teacher_name, done, from_prompts, prompt_field, input_field, limit=None)
         target = plan.total
     else:
         from alpacakit.generate.self_instruct import build_plan
@@ -127,14 +138,20 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
 
     started = time.time()
     manifest: dict[str, Any] = {
-        "stage": "generate", "status": "running", "alpacakit_version": __version__,
-        "python": platform.python_version(), "fingerprint": plan.fingerprint,
+        "stage": "generate",
+        "status": "running",
+        "alpacakit_version": __version__,
+        "python": platform.python_version(),
+        "fingerprint": plan.fingerprint,
         "price": describe_source(price_source),
-        "config": {"teacher": config.teacher.model_dump(mode="json"),
-                   "generate": config.generate.model_dump(mode="json"),
-                   "curate": config.curate.model_dump(mode="json")},
+        "config": {
+            "teacher": config.teacher.model_dump(mode="json"),
+            "generate": config.generate.model_dump(mode="json"),
+            "curate": config.curate.model_dump(mode="json"),
+        },
         "teacher": describe_teacher(config) if teacher is None else {"name": getattr(teacher, "name", "custom")},
-        "inputs": plan.inputs, "target": target,
+        "inputs": plan.inputs,
+        "target": target,
         "created_at": (previous or {}).get("created_at", started),
     }
 
@@ -154,8 +171,9 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     if config.generate.batch_api:  # batches instead of live requests: generate/batch_generate.py
         from alpacakit.generate.batch_generate import generate_in_batches
 
-        return generate_in_batches(config, job, plan, target, show_progress, manifest, update_manifest,
-                                   bool(from_prompts))
+        return generate_in_batches(
+            config, job, plan, target, show_progress, manifest, update_manifest, bool(from_prompts)
+        )
     from alpacakit.generate.batch_api import refuse_open_batches
 
     refuse_open_batches(job)  # an earlier --batch-api run's batches still out: asking live would pay twice
@@ -165,8 +183,11 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
 
         job.start_worker(most_kept)  # forked here: after the replay, before the event loop and the client (worker.py)
     try:
-        status = asyncio.run(_run(config, job, plan, api, should_stop, target, teacher, show_progress,
-                                  update_manifest, bool(from_prompts)))
+        status = asyncio.run(
+            _run(
+                config, job, plan, api, should_stop, target, teacher, show_progress, update_manifest, bool(from_prompts)
+            )
+        )
     finally:
         job.stop_worker()
     update_manifest(status)
@@ -174,7 +195,9 @@ def generate(config: AlpacakitConfig, out_dir: str | Path, *, from_prompts: str 
     return GenerateResult(out_dir, status, job.totals)
 
 
-async def _run(config, job, plan, api, should_stop, target, teacher, show_progress, update_manifest, answer_mode) -> str:
+async def _run(
+    config, job, plan, api, should_stop, target, teacher, show_progress, update_manifest, answer_mode
+) -> str:
     from alpacakit.generate.progress import GenerationProgress
 
     own_teacher = teacher is None
@@ -186,8 +209,11 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
     sampling = {"max_tokens": t.max_tokens, "temperature": t.temperature, "top_p": t.top_p}
     if t.seed is not None:
         sampling["seed"] = t.seed
-    concurrency = min(config.generate.request_batch or t.max_concurrency, t.max_concurrency,
-                      getattr(teacher, "max_concurrency", t.max_concurrency))
+    concurrency = min(
+        config.generate.request_batch or t.max_concurrency,
+        t.max_concurrency,
+        getattr(teacher, "max_concurrency", t.max_concurrency),
+    )
     in_sight = runaway = hold_back = None
     if not answer_mode:
         from alpacakit.generate.self_instruct import enough_in_flight, runaway_answer, target_in_sight, tasks_written
@@ -198,19 +224,27 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
             runaway = runaway_answer(g.similarity_threshold, g.max_task_chars)
 
     def on_writing(writing: list) -> None:
-        what = f"{tasks_written(writing)} tasks so far" if not answer_mode else \
-            f"~{sum(len(text) for _, text in writing) // 4:,} tok so far"
+        what = (
+            f"{tasks_written(writing)} tasks so far"
+            if not answer_mode
+            else f"~{sum(len(text) for _, text in writing) // 4:,} tok so far"
+        )
         progress.update(writing=f"{len(writing)} writing, {what}")
-    progress = GenerationProgress(target=target, totals=job.totals, enabled=show_progress,
-                                  unit="answered" if answer_mode else "kept")
+
+    progress = GenerationProgress(
+        target=target, totals=job.totals, enabled=show_progress, unit="answered" if answer_mode else "kept"
+    )
     last_manifest = [0.0]
     barren = [0]  # answers in a row that kept nothing
     if not answer_mode:
         reached, enough = should_stop, hold_back
-        should_stop = lambda totals: reached(totals) or barren[0] >= config.generate.stall_requests  # noqa: E731
-        # answers still at the worker may all be barren: wait for them rather than ask past the stall limit
-        hold_back = lambda totals, writing: (barren[0] + totals.pending >= config.generate.stall_requests  # noqa: E731
-                                             or enough(totals, writing))
+
+        def should_stop(totals) -> bool:
+            return reached(totals) or barren[0] >= config.generate.stall_requests
+
+        def hold_back(totals, writing) -> bool:
+            # answers still at the worker may all be barren: wait for them rather than ask past the stall limit
+            return barren[0] + totals.pending >= config.generate.stall_requests or enough(totals, writing)
 
     def on_result(entry: dict, kept, discards) -> None:  # (records, or counts from the worker)
         barren[0] = 0 if kept else barren[0] + 1
@@ -223,10 +257,21 @@ async def _run(config, job, plan, api, should_stop, target, teacher, show_progre
     try:
         with progress:
             stopped = await run_requests(
-                job, teacher, plan.indices, plan.make_request, should_stop=should_stop, concurrency=concurrency,
-                sampling=sampling, estimate_cost=_estimator(config), max_cost=config.generate.max_cost,
-                on_result=on_result, target_in_sight=in_sight, on_writing=on_writing,
-                cut_request=runaway, hold_back=hold_back)
+                job,
+                teacher,
+                plan.indices,
+                plan.make_request,
+                should_stop=should_stop,
+                concurrency=concurrency,
+                sampling=sampling,
+                estimate_cost=_estimator(config),
+                max_cost=config.generate.max_cost,
+                on_result=on_result,
+                target_in_sight=in_sight,
+                on_writing=on_writing,
+                cut_request=runaway,
+                hold_back=hold_back,
+            )
     finally:
         job.close()
         if own_teacher:

@@ -41,8 +41,10 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
         where = f"{path}:{lineno}"
         instruction = obj.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
-            raise DataError(f"{where}: field 'instruction' must be a non-empty string",
-                            hint="each seed line needs id, name, instruction, instances: [{input, output}], is_classification")
+            raise DataError(
+                f"{where}: field 'instruction' must be a non-empty string",
+                hint="each seed line needs id, name, instruction, instances: [{input, output}], is_classification",
+            )
         instances = obj.get("instances")
         if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
             raise DataError(f"{where}: field 'instances' must be a non-empty list of {{input, output}} objects")
@@ -52,14 +54,16 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
         inp = first.get("input", "")
         if not isinstance(inp, str):
             raise DataError(f"{where}: instances[0].input must be a string")
-        tasks.append(SeedTask(
-            id=str(obj.get("id", f"line_{lineno}")),
-            instruction=instruction.strip(),
-            input=inp.strip(),
-            output=first["output"].strip(),
-            is_classification=bool(obj.get("is_classification", False)),
-            category=obj.get("category"),
-        ))
+        tasks.append(
+            SeedTask(
+                id=str(obj.get("id", f"line_{lineno}")),
+                instruction=instruction.strip(),
+                input=inp.strip(),
+                output=first["output"].strip(),
+                is_classification=bool(obj.get("is_classification", False)),
+                category=obj.get("category"),
+            )
+        )
     if not tasks:
         raise DataError(f"{path}: no seed tasks found (empty file?)")
     return tasks

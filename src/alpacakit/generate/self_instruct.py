@@ -41,8 +41,13 @@ class SelfInstructProcessor:
         self.filter = InstructionFilter(filters, count_words)
         # keep_most_similar=0 with mean_similarity=off: decisions only (no search below the threshold)
         stats = g.keep_most_similar > 0 or g.mean_similarity != "off"
-        self.dedup = RougeDeduper(threshold=g.similarity_threshold, keep_most_similar=g.keep_most_similar,
-                                  stats=stats, mean=g.mean_similarity, tokenizer=g.tokenizer)
+        self.dedup = RougeDeduper(
+            threshold=g.similarity_threshold,
+            keep_most_similar=g.keep_most_similar,
+            stats=stats,
+            mean=g.mean_similarity,
+            tokenizer=g.tokenizer,
+        )
         for s in seeds:
             self.dedup.add_seed(s.instruction)
         self.teacher_name = teacher_name
@@ -50,8 +55,9 @@ class SelfInstructProcessor:
     def _candidates(self, entry: dict) -> tuple[list, list[dict]]:
         """(tasks that pass the filters, discards made before dedup), in answer order."""
         finish = "cut" if entry.get("cut") else entry.get("finish_reason", "stop")
-        tasks, parse_discards = parse_tasks(entry.get("text") or "", entry.get("first_number", 4), finish,
-                                            continues_prompt=entry.get("api") != "chat")
+        tasks, parse_discards = parse_tasks(
+            entry.get("text") or "", entry.get("first_number", 4), finish, continues_prompt=entry.get("api") != "chat"
+        )
         req = entry["index"]
         discards = [{"request": req, "reason": d.reason, "text": d.text[:2000]} for d in parse_discards]
         if not tasks and not parse_discards:
@@ -72,17 +78,29 @@ class SelfInstructProcessor:
         for t in tasks:
             result = self.dedup.add_if_novel(t.instruction)
             if not result.kept:
-                discards.append({"request": req, "reason": "near_duplicate", "instruction": t.instruction,
-                                 "max_similarity": result.max_similarity,
-                                 "most_similar": dict(list(result.most_similar.items())[:3])})
+                discards.append(
+                    {
+                        "request": req,
+                        "reason": "near_duplicate",
+                        "instruction": t.instruction,
+                        "max_similarity": result.max_similarity,
+                        "most_similar": dict(list(result.most_similar.items())[:3]),
+                    }
+                )
                 continue
-            kept.append({
-                "instruction": t.instruction, "input": t.input, "output": t.output,
-                "teacher": self.teacher_name, "request": req, "seed_ids": entry.get("seed_ids", []),
-                "max_similarity": result.max_similarity,
-                "avg_similarity": result.mean_similarity,
-                "most_similar_instructions": result.most_similar,
-            })
+            kept.append(
+                {
+                    "instruction": t.instruction,
+                    "input": t.input,
+                    "output": t.output,
+                    "teacher": self.teacher_name,
+                    "request": req,
+                    "seed_ids": entry.get("seed_ids", []),
+                    "max_similarity": result.max_similarity,
+                    "avg_similarity": result.mean_similarity,
+                    "most_similar_instructions": result.most_similar,
+                }
+            )
         return kept, discards
 
     def restore(self, entry: dict, kept: list[dict], discards: list[dict]) -> tuple[list[dict], list[dict]] | None:
@@ -99,7 +117,10 @@ class SelfInstructProcessor:
         ki = di = 0
         for t in tasks:
             if ki < len(kept) and (kept[ki].get("instruction"), kept[ki].get("input"), kept[ki].get("output")) == (
-                    t.instruction, t.input, t.output):
+                t.instruction,
+                t.input,
+                t.output,
+            ):
                 ki += 1
             elif di < len(dropped) and dropped[di].get("instruction") == t.instruction:
                 di += 1
@@ -148,15 +169,19 @@ def runaway_answer(threshold: float, max_task_chars: int) -> Callable[[Request, 
     checked: dict[int, int] = {}  # request index -> tasks already compared
 
     def check(req: Request, text: str) -> bool:
-        tasks, discards = parse_tasks(text, req.meta.get("first_number", 1), "length",
-                                      continues_prompt=req.api != "chat")
+        tasks, discards = parse_tasks(
+            text, req.meta.get("first_number", 1), "length", continues_prompt=req.api != "chat"
+        )
         if discards and len(discards[-1].text) > max_task_chars:
             return True
         instructions = [t.instruction.lower() for t in tasks]
         start = checked.get(req.index, 1)
         checked[req.index] = max(start, len(instructions))
-        return any(rouge_l_f(instructions[i], instructions[j]) > threshold
-                   for i in range(start, len(instructions)) for j in range(i))
+        return any(
+            rouge_l_f(instructions[i], instructions[j]) > threshold
+            for i in range(start, len(instructions))
+            for j in range(i)
+        )
 
     return check
 
@@ -222,29 +247,46 @@ def build_plan(config: AlpacakitConfig, api: str, teacher_name: str, done: set[i
     if g.language.strip().lower() != "english" and g.tokenizer == "rouge_score":
         import sys
 
-        print(f"warning: generate.language is {g.language} but generate.tokenizer is rouge_score, which reads only "
-              "[a-z0-9] words: near-duplicates in other scripts go unnoticed. Set generate.tokenizer=multilingual.",
-              file=sys.stderr)
+        print(
+            f"warning: generate.language is {g.language} but generate.tokenizer is rouge_score, which reads only "
+            "[a-z0-9] words: near-duplicates in other scripts go unnoticed. Set generate.tokenizer=multilingual.",
+            file=sys.stderr,
+        )
     seeds_path = Path(g.seeds) if g.seeds else default_seeds_path()
     seeds = load_seed_tasks(seeds_path)
-    builder = PromptBuilder(seeds, num_examples=g.num_prompt_instructions, tasks_per_request=g.tasks_per_request,
-                            rng_seed=g.rng_seed, header_path=g.prompt, input_requests=g.input_requests,
-                            language=g.language)
+    builder = PromptBuilder(
+        seeds,
+        num_examples=g.num_prompt_instructions,
+        tasks_per_request=g.tasks_per_request,
+        rng_seed=g.rng_seed,
+        header_path=g.prompt,
+        input_requests=g.input_requests,
+        language=g.language,
+    )
     prompt_sha = hashlib.sha256((builder.header + builder.example + "\n".join(builder.task_types)).encode()).hexdigest()
 
     def make_request(index: int) -> Request:
         r = builder.build(index)
-        return Request(index=index, prompt=r.prompt, api=api, stop=r.stop if api == "completions" else (),
-                       meta={"seed_ids": list(r.seed_ids), "first_number": r.first_new_number})
+        return Request(
+            index=index,
+            prompt=r.prompt,
+            api=api,
+            stop=r.stop if api == "completions" else (),
+            meta={"seed_ids": list(r.seed_ids), "first_number": r.first_new_number},
+        )
 
     return SelfInstructPlan(
         processor=SelfInstructProcessor(seeds, config, teacher_name),
         make_request=make_request,
         indices=(i for i in range(g.max_requests or 10 + 2 * g.num) if i not in done),
         fingerprint={
-            "mode": "self-instruct", "teacher": config.teacher.model, "api": api,
-            "seeds_sha256": sha256_file(seeds_path), "prompt_sha256": prompt_sha,
-            "rng_seed": g.rng_seed, "num_prompt_instructions": g.num_prompt_instructions,
+            "mode": "self-instruct",
+            "teacher": config.teacher.model,
+            "api": api,
+            "seeds_sha256": sha256_file(seeds_path),
+            "prompt_sha256": prompt_sha,
+            "rng_seed": g.rng_seed,
+            "num_prompt_instructions": g.num_prompt_instructions,
             "tasks_per_request": g.tasks_per_request,
             # added later: only when set, so runs journaled before it still resume
             **({"input_requests": g.input_requests} if g.input_requests else {}),

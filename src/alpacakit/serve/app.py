@@ -65,8 +65,11 @@ from alpacakit.teachers.base import Completion
 log = logging.getLogger("alpacakit.serve")
 T = TypeVar("T")
 
-STATIC_FILES = {"index.html": "text/html; charset=utf-8", "chat.js": "text/javascript; charset=utf-8",
-                "chat.css": "text/css; charset=utf-8"}
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+}
 # The page loads nothing from anywhere else, and the browser is told to enforce that.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -84,7 +87,7 @@ def host_name(header: str) -> str:
     """The host part of a Host header (`[::1]:8000` -> `::1`, `Example.com:80` -> `example.com`)."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
+        return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
@@ -98,13 +101,16 @@ def read_api_key(env_var: str | None) -> str | None:
         return None
     key = os.environ.get(env_var, "").strip()
     if not key:
-        raise ConfigError(f"--api-key-env {env_var}: the environment variable {env_var} is not set or empty",
-                          hint=f"export {env_var}=<a long random key>  (e.g. from `openssl rand -hex 24`)")
+        raise ConfigError(
+            f"--api-key-env {env_var}: the environment variable {env_var} is not set or empty",
+            hint=f"export {env_var}=<a long random key>  (e.g. from `openssl rand -hex 24`)",
+        )
     return key
 
 
-def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any | None = None,
-               api_key: str | None = None) -> Any:
+def create_app(
+    backend: Any, config: ServeConfig | None = None, *, safety: Any | None = None, api_key: str | None = None
+) -> Any:
     """A FastAPI app serving `backend` (a `ServeBackend`). `api_key` defaults to the value of the
     environment variable `config.api_key_env`; None/empty means no authentication."""
     config = config or ServeConfig()
@@ -122,8 +128,12 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     # ------------------------------------------------------------------ errors in OpenAI's shape
 
@@ -137,9 +147,11 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
-        msg = {404: f"Unknown path {request.url.path}. This server has /v1/models, /v1/chat/completions "
-                    "and /v1/completions.",
-               405: f"Method {request.method} is not allowed on {request.url.path}."}.get(exc.status_code, str(exc.detail))
+        msg = {
+            404: f"Unknown path {request.url.path}. This server has /v1/models, /v1/chat/completions "
+            "and /v1/completions.",
+            405: f"Method {request.method} is not allowed on {request.url.path}.",
+        }.get(exc.status_code, str(exc.detail))
         err = APIError(exc.status_code, msg, code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
         return JSONResponse(err.body(), status_code=exc.status_code)
 
@@ -150,8 +162,13 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
     @app.exception_handler(Exception)
     async def _crash(_request: Request, exc: Exception) -> Any:
         log.exception("request failed")  # the details stay in the server's log
-        err = APIError(500, "The server failed to answer this request (an internal error; its operator can find "
-                       "the details in the server log).", type="server_error", code="internal_error")
+        err = APIError(
+            500,
+            "The server failed to answer this request (an internal error; its operator can find "
+            "the details in the server log).",
+            type="server_error",
+            code="internal_error",
+        )
         return JSONResponse(err.body(), status_code=500)
 
     # ------------------------------------------------------------------ Host check (DNS rebinding)
@@ -170,21 +187,31 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
-            raise unauthorized("You didn't provide an API key. Send it in an Authorization header using Bearer "
-                               "auth (Authorization: Bearer YOUR_KEY); the server's operator has it.")
+            raise unauthorized(
+                "You didn't provide an API key. Send it in an Authorization header using Bearer "
+                "auth (Authorization: Bearer YOUR_KEY); the server's operator has it."
+            )
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise unauthorized("Incorrect API key provided. Send the key the server was started with "
-                               "(Authorization: Bearer YOUR_KEY).")
+            raise unauthorized(
+                "Incorrect API key provided. Send the key the server was started with (Authorization: Bearer YOUR_KEY)."
+            )
 
     async def read_json(request: Request) -> Any:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
-            raise APIError(415, f"The request body must be JSON sent with Content-Type: application/json (got "
-                           f"{ctype or 'no Content-Type'}).", code="unsupported_media_type")
+            raise APIError(
+                415,
+                f"The request body must be JSON sent with Content-Type: application/json (got "
+                f"{ctype or 'no Content-Type'}).",
+                code="unsupported_media_type",
+            )
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise APIError(413, f"The request body is {int(declared)} bytes; this server accepts at most "
-                           f"{config.max_body_bytes}.", code="body_too_large")
+            raise APIError(
+                413,
+                f"The request body is {int(declared)} bytes; this server accepts at most {config.max_body_bytes}.",
+                code="body_too_large",
+            )
         # Counted as it streams in: a chunked body has no Content-Length to refuse up front.
         chunks, size = [], 0
         try:
@@ -192,12 +219,19 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > config.max_body_bytes:
-                        raise APIError(413, f"The request body is over {config.max_body_bytes} bytes, the most "
-                                       "this server accepts.", code="body_too_large")
+                        raise APIError(
+                            413,
+                            f"The request body is over {config.max_body_bytes} bytes, the most this server accepts.",
+                            code="body_too_large",
+                        )
                     chunks.append(chunk)
         except TimeoutError:
-            raise APIError(408, f"The request body did not arrive within {config.body_timeout_s:g} s.",
-                           code="body_timeout", headers={"Connection": "close"}) from None
+            raise APIError(
+                408,
+                f"The request body did not arrive within {config.body_timeout_s:g} s.",
+                code="body_timeout",
+                headers={"Connection": "close"},
+            ) from None
         body = b"".join(chunks)
         if not body.strip():
             raise bad_request("The request body is empty; send a JSON object.")
@@ -207,29 +241,40 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
             raise bad_request("The JSON body of your request is nested too deeply.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
-            raise bad_request(f"We could not parse the JSON body of your request{where}: "
-                              f"{getattr(e, 'msg', e)}. Send valid JSON with Content-Type: application/json.") from None
+            raise bad_request(
+                f"We could not parse the JSON body of your request{where}: "
+                f"{getattr(e, 'msg', e)}. Send valid JSON with Content-Type: application/json."
+            ) from None
 
     def token_limit(req: Any) -> int:
         asked = req.token_limit
         if asked is None:
             return min(config.default_max_tokens, config.max_tokens_cap)
         if asked > config.max_tokens_cap:
-            raise bad_request(f"{req.token_limit_param} is too large: {asked}. This server allows at most "
-                              f"{config.max_tokens_cap} completion tokens per request.",
-                              param=req.token_limit_param, code="max_tokens_exceeded")
+            raise bad_request(
+                f"{req.token_limit_param} is too large: {asked}. This server allows at most "
+                f"{config.max_tokens_cap} completion tokens per request.",
+                param=req.token_limit_param,
+                code="max_tokens_exceeded",
+            )
         return asked
 
     def check_prompt_length(n: int, max_tokens: int, param: str) -> None:
         if n > config.max_prompt_tokens:
-            raise bad_request(f"The prompt is {n} tokens long; this server accepts at most {config.max_prompt_tokens} "
-                              "prompt tokens. Shorten the prompt or the conversation history.",
-                              param=param, code="context_length_exceeded")
+            raise bad_request(
+                f"The prompt is {n} tokens long; this server accepts at most {config.max_prompt_tokens} "
+                "prompt tokens. Shorten the prompt or the conversation history.",
+                param=param,
+                code="context_length_exceeded",
+            )
         window = backend.context_window
         if window and n + max_tokens > window:
-            raise bad_request(f"The prompt ({n} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
-                              f"window of {window} tokens. Shorten the prompt or lower max_tokens.",
-                              param=param, code="context_length_exceeded")
+            raise bad_request(
+                f"The prompt ({n} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
+                f"window of {window} tokens. Shorten the prompt or lower max_tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     async def screen(text: str, param: str) -> None:
         if safety is None:
@@ -237,12 +282,22 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         verdict = await safety.check(text)
         if verdict.blocked:
             log.info("refused a request: %s (%s)", verdict.category, verdict.detail)
-            raise APIError(400, f"This request was refused by the server's safety filter (category: "
-                           f"{verdict.category}; {verdict.detail}).", param=param, code="content_filter")
+            raise APIError(
+                400,
+                f"This request was refused by the server's safety filter (category: "
+                f"{verdict.category}; {verdict.detail}).",
+                param=param,
+                code="content_filter",
+            )
 
     def sampling(req: Any, max_tokens: int) -> dict[str, Any]:
-        return {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-                "stop": req.stop, "seed": req.seed}
+        return {
+            "max_tokens": max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "stop": req.stop,
+            "seed": req.seed,
+        }
 
     async def admitted(request: Request, req_check: Any) -> Ticket:
         """Reserve a queue place, run the safety check, then wait for a slot (given up, and the
@@ -265,15 +320,21 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
         check_auth(request)
-        return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": started,
-                                            "owned_by": "alpacakit"}]}
+        return {
+            "object": "list",
+            "data": [{"id": backend.name, "object": "model", "created": started, "owned_by": "alpacakit"}],
+        }
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request) -> Any:
         check_auth(request)
         if model_id != backend.name:
-            raise APIError(404, f"The model '{model_id}' does not exist; this server serves '{backend.name}'.",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{model_id}' does not exist; this server serves '{backend.name}'.",
+                param="model",
+                code="model_not_found",
+            )
         return {"id": backend.name, "object": "model", "created": started, "owned_by": "alpacakit"}
 
     @app.post("/v1/chat/completions")
@@ -281,9 +342,12 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
         check_auth(request)
         req = parse_request(ChatCompletionRequest, await read_json(request))
         if not backend.supports_chat:
-            raise bad_request(f"The model {backend.name!r} has no chat template (it is a base model), so it cannot "
-                              "answer chat messages. Use /v1/completions with a raw prompt.", param="messages",
-                              code="chat_not_supported")
+            raise bad_request(
+                f"The model {backend.name!r} has no chat template (it is a base model), so it cannot "
+                "answer chat messages. Use /v1/completions with a raw prompt.",
+                param="messages",
+                code="chat_not_supported",
+            )
         max_tokens = token_limit(req)
         messages = req.plain_messages()
         check_prompt_length(backend.count_prompt_tokens(messages=messages), max_tokens, "messages")
@@ -297,10 +361,21 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
             text, final, finish = await while_connected(request, _collect(stream, safety))
         finally:
             ticket.release()
-        return {"id": _id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": backend.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                             "finish_reason": finish}],
-                "usage": _usage(final)}
+        return {
+            "id": _id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": backend.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": _usage(final),
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -318,9 +393,14 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
             text, final, finish = await while_connected(request, _collect(stream, safety))
         finally:
             ticket.release()
-        return {"id": _id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": backend.name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                "usage": _usage(final)}
+        return {
+            "id": _id("cmpl"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": backend.name,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            "usage": _usage(final),
+        }
 
     # ------------------------------------------------------------------ the web page
 
@@ -328,8 +408,9 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
 
     @app.get("/")
     async def page() -> Any:
-        return Response(static.joinpath("index.html").read_bytes(), media_type=STATIC_FILES["index.html"],
-                        headers=PAGE_HEADERS)
+        return Response(
+            static.joinpath("index.html").read_bytes(), media_type=STATIC_FILES["index.html"], headers=PAGE_HEADERS
+        )
 
     @app.get("/static/{name}")
     async def static_file(name: str) -> Any:
@@ -341,6 +422,7 @@ def create_app(backend: Any, config: ServeConfig | None = None, *, safety: Any |
 
 
 # ---------------------------------------------------------------------- generation plumbing
+
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
@@ -381,7 +463,9 @@ async def while_connected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def _pieces(stream: AsyncIterator[Any], safety: Any | None) -> AsyncIterator[tuple[str, Completion | None, str | None]]:
+async def _pieces(
+    stream: AsyncIterator[Any], safety: Any | None
+) -> AsyncIterator[tuple[str, Completion | None, str | None]]:
     """(text piece, final completion, finish reason override) from a backend stream, cut by the
     safety filter. A blocklist scans the folded answer after every piece and cuts at the match;
     a moderation model checks it in blocks of `answer_block_chars`, each held back until passed.
@@ -420,7 +504,7 @@ async def _pieces(stream: AsyncIterator[Any], safety: Any | None) -> AsyncIterat
             hit = safety.scan_output(answer)
             if hit is not None:
                 log.info("cut an answer: %s", hit[0])
-                yield (held + item)[:max(0, hit[1] - before + len(held))], None, "content_filter"
+                yield (held + item)[: max(0, hit[1] - before + len(held))], None, "content_filter"
                 return
             if not block:
                 yield item, None, None
@@ -452,8 +536,9 @@ def _event(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _sse(kind: str, stream: AsyncIterator[Any], model: str, include_usage: bool,
-               safety: Any | None) -> AsyncIterator[bytes]:
+async def _sse(
+    kind: str, stream: AsyncIterator[Any], model: str, include_usage: bool, safety: Any | None
+) -> AsyncIterator[bytes]:
     """OpenAI's streaming format: chunks, a last chunk with finish_reason, optional usage, [DONE]."""
     cid, created = _id("chatcmpl" if kind == "chat" else "cmpl"), int(time.time())
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -484,13 +569,22 @@ async def _sse(kind: str, stream: AsyncIterator[Any], model: str, include_usage:
                 finish = override
         yield _event(chunk(None if kind == "chat" else "", finish or (final.finish_reason if final else "stop")))
         if include_usage:
-            yield _event({"id": cid, "object": obj, "created": created, "model": model, "choices": [],
-                          "usage": _usage(final)})
+            yield _event(
+                {"id": cid, "object": obj, "created": created, "model": model, "choices": [], "usage": _usage(final)}
+            )
     except Exception:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
         log.exception("streamed generation failed")  # the details stay in the server's log
-        yield _event({"error": {"message": "Generation failed (an internal error; the server's operator can find "
-                                "the details in its log).", "type": "server_error", "param": None,
-                                "code": "generation_failed"}})
+        yield _event(
+            {
+                "error": {
+                    "message": "Generation failed (an internal error; the server's operator can find "
+                    "the details in its log).",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "generation_failed",
+                }
+            }
+        )
     yield b"data: [DONE]\n\n"
 
 
@@ -499,8 +593,9 @@ class _GuardedStream(StreamingResponse):
     (finished, client gone, error), even if the body was never started."""
 
     def __init__(self, content: AsyncIterator[bytes], ticket: Ticket):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._ticket = ticket
         self._content = content
 
@@ -527,10 +622,13 @@ class _HostCheck:
             header = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
             name = host_name(header)
             if not (is_loopback(name) or name in self.allowed):
-                err = APIError(403, f"This server does not answer for the host {name or '(none)'!r}: it is bound to "
-                               f"{self.bound} and answers requests addressed to it (a page on another site cannot "
-                               "reach it by renaming itself). Add the name to serve.allowed_hosts to allow it.",
-                               code="host_not_allowed")
+                err = APIError(
+                    403,
+                    f"This server does not answer for the host {name or '(none)'!r}: it is bound to "
+                    f"{self.bound} and answers requests addressed to it (a page on another site cannot "
+                    "reach it by renaming itself). Add the name to serve.allowed_hosts to allow it.",
+                    code="host_not_allowed",
+                )
                 await JSONResponse(err.body(), status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -22,16 +22,32 @@ from alpacakit.teachers.base import Completion
 _MESSAGE_OVERHEAD = 8  # role markers and separators of a chat template, per message
 
 
-def load_teacher(ref: str, *, base_url: str | None = None, api_key_env: str | None = None,
-                 timeout_s: float = 600.0, n_ctx: int = 4096, n_threads: int | None = None,
-                 base: str | None = None, prompt_format: str | None = None, seed: int | None = None,
-                 max_concurrency: int = 1) -> Any:
+def load_teacher(
+    ref: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    timeout_s: float = 600.0,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    base: str | None = None,
+    prompt_format: str | None = None,
+    seed: int | None = None,
+    max_concurrency: int = 1,
+) -> Any:
     """A Teacher for any model reference (see the module doc). Heavy imports happen here."""
     from alpacakit.config import TeacherConfig
 
-    fields: dict[str, Any] = {"model": str(ref), "base_url": base_url, "timeout_s": timeout_s, "max_retries": 0,
-                              "n_ctx": n_ctx, "n_threads": n_threads, "seed": seed,
-                              "max_concurrency": max_concurrency}
+    fields: dict[str, Any] = {
+        "model": str(ref),
+        "base_url": base_url,
+        "timeout_s": timeout_s,
+        "max_retries": 0,
+        "n_ctx": n_ctx,
+        "n_threads": n_threads,
+        "seed": seed,
+        "max_concurrency": max_concurrency,
+    }
     if api_key_env:
         fields["api_key_env"] = api_key_env
     from alpacakit.teachers import make_teacher

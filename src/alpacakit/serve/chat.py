@@ -127,17 +127,30 @@ def choose_prompt_format(backend: Any, name: str | None) -> tuple[Any | None, st
     if name:
         fmt = PromptFormat.load(name)
         if fmt.kind == "chat" and not fmt.chat_template:
-            raise ConfigError(f"prompt format {fmt.name!r} takes the chat template from a tokenizer, and this model "
-                              "is run without one", hint="use --prompt-format alpaca, or a format .json with a chat_template")
+            raise ConfigError(
+                f"prompt format {fmt.name!r} takes the chat template from a tokenizer, and this model "
+                "is run without one",
+                hint="use --prompt-format alpaca, or a format .json with a chat_template",
+            )
         return fmt, None
     if backend.supports_chat:
         return None, None
-    return PromptFormat.load("alpaca"), (f"{backend.name} has no chat template (a base model): using the Alpaca "
-                                         "prompt format (--prompt-format to choose another)")
+    return PromptFormat.load("alpaca"), (
+        f"{backend.name} has no chat template (a base model): using the Alpaca "
+        "prompt format (--prompt-format to choose another)"
+    )
 
 
-def run_chat(backend: Any, options: ChatOptions, *, prompt_format: Any | None = None, stdin: TextIO | None = None,
-             stdout: TextIO | None = None, stderr: TextIO | None = None, stats: bool = True) -> int:
+def run_chat(
+    backend: Any,
+    options: ChatOptions,
+    *,
+    prompt_format: Any | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stats: bool = True,
+) -> int:
     """The terminal loop. Answers go to stdout as they stream; notices and stats to stderr.
 
     Returns the number of answered messages. Ctrl-C during an answer stops that answer;
@@ -212,8 +225,10 @@ def run_chat(backend: Any, options: ChatOptions, *, prompt_format: Any | None = 
             if stats and final is not None:
                 dt = max(time.monotonic() - t0, 1e-6)
                 n = final.usage.completion_tokens
-                note(f"[{n} tokens in {dt:.1f} s, {n / dt:.1f} tok/s; finish: {final.finish_reason}; "
-                     f"history: {len(session.history) // 2} turn(s)]")
+                note(
+                    f"[{n} tokens in {dt:.1f} s, {n / dt:.1f} tok/s; finish: {final.finish_reason}; "
+                    f"history: {len(session.history) // 2} turn(s)]"
+                )
     finally:
         loop.run_until_complete(backend.aclose())
         loop.close()

@@ -30,7 +30,8 @@ class ModerationConfig(_Section):
         description="If the moderation call fails, refuse the request (true) or let it through (false).",
     )
     answer_block_chars: int = Field(
-        400, ge=0,
+        400,
+        ge=0,
         description="The answer is checked too, in blocks of this many characters, each released to the "
         "client only once the moderation model has passed it (0 = check requests only).",
     )
@@ -39,33 +40,56 @@ class ModerationConfig(_Section):
 class ServeConfig(_Section):
     """`alpacakit serve`: an OpenAI-compatible HTTP API and a web chat page for one model."""
 
-    host: str = Field("127.0.0.1", description="Interface to listen on. 127.0.0.1 = this machine only; "
-                      "0.0.0.0 = every interface (set api_key_env as well).")
+    host: str = Field(
+        "127.0.0.1",
+        description="Interface to listen on. 127.0.0.1 = this machine only; "
+        "0.0.0.0 = every interface (set api_key_env as well).",
+    )
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
     api_key_env: str | None = Field(
         None,
         description="Name of an environment variable holding the API key clients must send as "
         "'Authorization: Bearer KEY'. Unset = no authentication.",
     )
-    model_name: str | None = Field(None, description="Model id reported by /v1/models and in responses "
-                                   "(default: the model's own name).")
+    model_name: str | None = Field(
+        None, description="Model id reported by /v1/models and in responses (default: the model's own name)."
+    )
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for (400 above it).")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that sets none.")
     max_prompt_tokens: int = Field(3072, ge=1, description="Longest prompt, in the model's tokens (400 above it).")
-    max_concurrency: int = Field(4, ge=1, le=64, description="Requests generating at once (a local GGUF model "
-                                 "decodes them together in one batch, each with n_ctx tokens of cache).")
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Requests generating at once (a local GGUF model "
+        "decodes them together in one batch, each with n_ctx tokens of cache).",
+    )
     queue_size: int = Field(8, ge=0, description="Requests that may wait for a free slot; one more gets 429.")
     queue_timeout_s: float = Field(300.0, gt=0, description="Longest wait in the queue before a 503.")
-    generation_timeout_s: float = Field(600.0, gt=0, description="Longest one generation may run (a stalled "
-                                        "local model is stopped, and the client gets an error).")
+    generation_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest one generation may run (a stalled local model is stopped, and the client gets an error).",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above it).")
     body_timeout_s: float = Field(30.0, gt=0, description="Longest a request body may take to arrive (408 after).")
-    header_timeout_s: float = Field(10.0, gt=0, description="Longest a request's headers may take to arrive; the "
-                                    "connection is then answered 408 and closed (slow-header attacks).")
-    max_connections: int = Field(512, ge=8, description="Open connections in all (lowered to fit the process's "
-                                 "open-file limit); one more gets 503 and is closed.")
-    max_pending_connections: int = Field(64, ge=1, description="Connections that may wait for their headers at "
-                                         "once; one more evicts the oldest waiting one.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request's headers may take to arrive; the "
+        "connection is then answered 408 and closed (slow-header attacks).",
+    )
+    max_connections: int = Field(
+        512,
+        ge=8,
+        description="Open connections in all (lowered to fit the process's "
+        "open-file limit); one more gets 503 and is closed.",
+    )
+    max_pending_connections: int = Field(
+        64,
+        ge=1,
+        description="Connections that may wait for their headers at once; one more evicts the oldest waiting one.",
+    )
     n_ctx: int = Field(4096, ge=256, description="Context window of a local GGUF model.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads for the model (default: all cores).")
     safety: str | None = Field(
@@ -74,13 +98,22 @@ class ServeConfig(_Section):
         "YAML list) or 'moderation:MODEL' (a model classifies each request). Unset = no filter.",
     )
     moderation: ModerationConfig = Field(default_factory=ModerationConfig)
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from "
-                                    "a browser page served elsewhere (the built-in page needs none).")
-    allowed_hosts: list[str] = Field(default_factory=list, description="Host names requests may be addressed to "
-                                     "besides loopback ones (a server bound to loopback refuses others: DNS "
-                                     "rebinding). Bound to 0.0.0.0 with this empty, any name is accepted.")
-    insecure_no_key: bool = Field(False, description="Allow listening on a non-loopback interface without an API "
-                                  "key (anyone who can reach the port can use the model).")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from "
+        "a browser page served elsewhere (the built-in page needs none).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names requests may be addressed to "
+        "besides loopback ones (a server bound to loopback refuses others: DNS "
+        "rebinding). Bound to 0.0.0.0 with this empty, any name is accepted.",
+    )
+    insecure_no_key: bool = Field(
+        False,
+        description="Allow listening on a non-loopback interface without an API "
+        "key (anyone who can reach the port can use the model).",
+    )
 
     @field_validator("safety", mode="before")
     @classmethod
@@ -96,5 +129,7 @@ class ServeConfig(_Section):
         if kind not in {"blocklist", "moderation"}:
             raise ValueError("expected 'blocklist', 'blocklist:PATH' or 'moderation:MODEL'")
         if kind == "moderation" and not v.partition(":")[2].strip():
-            raise ValueError("'moderation' needs a model: moderation:MODEL (e.g. moderation:qwen2.5-coder-1.5b-instruct)")
+            raise ValueError(
+                "'moderation' needs a model: moderation:MODEL (e.g. moderation:qwen2.5-coder-1.5b-instruct)"
+            )
         return v

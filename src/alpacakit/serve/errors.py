@@ -15,8 +15,16 @@ from typing import Any
 class APIError(Exception):
     """An HTTP error answer. `param` names the offending request field, if any."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -42,11 +50,18 @@ def queue_full(running: int, waiting: int) -> APIError:
         429,
         f"The server is busy: {running} request(s) generating and {waiting} waiting, which is all it accepts. "
         "Retry after a short wait.",
-        type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"},
+        type="rate_limit_error",
+        code="queue_full",
+        headers={"Retry-After": "1"},
     )
 
 
 def queue_timeout(waited_s: float) -> APIError:
-    return APIError(503, f"The request waited {waited_s:.0f} s for a free generation slot and was dropped. "
-                    "Retry later or ask the operator to raise serve.queue_timeout_s.",
-                    type="server_error", code="queue_timeout", headers={"Retry-After": "5"})
+    return APIError(
+        503,
+        f"The request waited {waited_s:.0f} s for a free generation slot and was dropped. "
+        "Retry later or ask the operator to raise serve.queue_timeout_s.",
+        type="server_error",
+        code="queue_timeout",
+        headers={"Retry-After": "5"},
+    )

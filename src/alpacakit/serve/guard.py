@@ -41,11 +41,12 @@ log = logging.getLogger("alpacakit.serve")
 EVICT_AFTER_S = 0.25  # a connection this new keeps its place when only the pending cap is exceeded
 
 
-
 def _plain_reply(status: str, text: str, extra: str = "") -> bytes:
     body = text.encode()
-    return (f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n{extra}"
-            f"content-length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n{extra}"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 _REFUSE_503 = _plain_reply("503 Service Unavailable", "Too many open connections; try again.", "retry-after: 1\r\n")
@@ -59,16 +60,20 @@ class ConnectionGuard:
     max_connections: int = 512
     max_pending: int = 64
     header_timeout_s: float = 10.0
-    pending: "OrderedDict[Any, float]" = field(default_factory=OrderedDict)  # waiting for headers -> since
+    pending: OrderedDict[Any, float] = field(default_factory=OrderedDict)  # waiting for headers -> since
     open: int = 0
     refused: int = 0
     evicted: int = 0
     timed_out: int = 0
 
     def stats(self) -> dict[str, int]:
-        return {"connections": self.open, "connections_waiting_for_headers": len(self.pending),
-                "connections_refused": self.refused, "connections_evicted": self.evicted,
-                "header_timeouts": self.timed_out}
+        return {
+            "connections": self.open,
+            "connections_waiting_for_headers": len(self.pending),
+            "connections_refused": self.refused,
+            "connections_evicted": self.evicted,
+            "header_timeouts": self.timed_out,
+        }
 
 
 def raise_fd_limit(wanted: int) -> int:

@@ -54,8 +54,9 @@ def fold_messages(messages: list[dict[str, Any]]) -> tuple[str, str]:
     layout = fold_layout()
     roles = layout["roles"]
     turns = [
-        layout["turn"].format(role=roles.get(m.get("role"), str(m.get("role")).title()),
-                              content=content_text(m.get("content")).strip())
+        layout["turn"].format(
+            role=roles.get(m.get("role"), str(m.get("role")).title()), content=content_text(m.get("content")).strip()
+        )
         for m in messages[:-1]
         if content_text(m.get("content")).strip()
     ]

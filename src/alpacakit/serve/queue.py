@@ -33,7 +33,7 @@ class Admission:
     def waiting(self) -> int:
         return self.admitted - self.running
 
-    def reserve(self) -> "Ticket":
+    def reserve(self) -> Ticket:
         """A ticket for a new request, or a 429 APIError when the queue is full."""
         if self.admitted >= self.max_concurrency + self.queue_size:
             self.rejected += 1
@@ -42,8 +42,14 @@ class Admission:
         return Ticket(self)
 
     def stats(self) -> dict[str, int]:
-        return {"running": self.running, "waiting": self.waiting, "max_concurrency": self.max_concurrency,
-                "queue_size": self.queue_size, "served": self.served, "rejected": self.rejected}
+        return {
+            "running": self.running,
+            "waiting": self.waiting,
+            "max_concurrency": self.max_concurrency,
+            "queue_size": self.queue_size,
+            "served": self.served,
+            "rejected": self.rejected,
+        }
 
 
 class Ticket:
@@ -57,7 +63,7 @@ class Ticket:
         t0 = time.monotonic()
         try:
             await asyncio.wait_for(self._adm._slots.acquire(), self._adm.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.release()
             raise queue_timeout(time.monotonic() - t0) from None
         except BaseException:
@@ -80,7 +86,7 @@ class Ticket:
             self._adm.served += 1
             self._adm._slots.release()
 
-    async def __aenter__(self) -> "Ticket":
+    async def __aenter__(self) -> Ticket:
         await self.acquire()
         return self
 

@@ -59,7 +59,7 @@ class SafetyFilter(Protocol):
 
     async def check(self, text: str) -> Verdict: ...
 
-    def scan_output(self, answer: "FoldedText") -> tuple[str, int] | None: ...
+    def scan_output(self, answer: FoldedText) -> tuple[str, int] | None: ...
 
     async def check_answer(self, text: str) -> Verdict: ...
 
@@ -110,9 +110,9 @@ class FoldedText:
 
     def append(self, piece: str) -> None:
         self.raw += piece
-        tail, where = fold(self.raw[self._raw_from:])
-        self.folded = self.folded[:self._folded_from] + tail
-        self.where = self.where[:self._folded_from] + [self._raw_from + w for w in where]
+        tail, where = fold(self.raw[self._raw_from :])
+        self.folded = self.folded[: self._folded_from] + tail
+        self.where = self.where[: self._folded_from] + [self._raw_from + w for w in where]
         if self.where:
             last = self.where[-1]
             k = len(self.where) - 1
@@ -137,11 +137,12 @@ class Blocklist:
         self.name = f"blocklist:{source}"
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None) -> "Blocklist":
+    def from_file(cls, path: str | Path | None = None) -> Blocklist:
         path = Path(path).expanduser() if path else default_blocklist_path()
         if not path.is_file():
-            raise ConfigError(f"{path}: blocklist file not found",
-                              hint=f"pass a YAML file shaped like {default_blocklist_path()}")
+            raise ConfigError(
+                f"{path}: blocklist file not found", hint=f"pass a YAML file shaped like {default_blocklist_path()}"
+            )
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -150,8 +151,10 @@ class Blocklist:
             raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         cats = data.get("categories") if isinstance(data, dict) else None
         if not isinstance(cats, dict) or not cats:
-            raise ConfigError(f"{path}: expected a top-level 'categories' mapping of name -> {{phrases, patterns}}",
-                              hint=f"see {default_blocklist_path()} for the format")
+            raise ConfigError(
+                f"{path}: expected a top-level 'categories' mapping of name -> {{phrases, patterns}}",
+                hint=f"see {default_blocklist_path()} for the format",
+            )
         compiled: dict[str, list[re.Pattern[str]]] = {}
         for name, spec in cats.items():
             spec = spec or {}
@@ -167,8 +170,10 @@ class Blocklist:
                 try:
                     pats.append(re.compile(str(pattern), re.IGNORECASE))
                 except re.error as e:
-                    raise ConfigError(f"{path}: category {name!r}, pattern #{i + 1} {pattern!r} is not a valid "
-                                      f"regular expression: {e}") from None
+                    raise ConfigError(
+                        f"{path}: category {name!r}, pattern #{i + 1} {pattern!r} is not a valid "
+                        f"regular expression: {e}"
+                    ) from None
             if pats:
                 compiled[str(name)] = pats
         return cls(compiled, str(path))
@@ -211,9 +216,13 @@ def moderation_messages(kind: str, text: str, boundary: str | None = None) -> li
     boundary, so nothing in it can end the block or pass for the instructions around it."""
     prompt = moderation_prompts()[kind]
     boundary = boundary or secrets.token_hex(8)
-    return [{"role": "system", "content": prompt["system"].strip()},
-            {"role": "user", "content": prompt["user"].strip().format(
-                boundary=boundary, text=json.dumps(text, ensure_ascii=False))}]
+    return [
+        {"role": "system", "content": prompt["system"].strip()},
+        {
+            "role": "user",
+            "content": prompt["user"].strip().format(boundary=boundary, text=json.dumps(text, ensure_ascii=False)),
+        },
+    ]
 
 
 def parse_moderation(answer: str) -> Verdict | None:
@@ -234,8 +243,9 @@ def parse_moderation(answer: str) -> Verdict | None:
 class ModerationFilter:
     """Asks `teacher` (a Teacher) to classify each request, and the answer in blocks."""
 
-    def __init__(self, teacher: Any, *, fail_closed: bool = True, name: str | None = None,
-                 answer_block_chars: int = 400):
+    def __init__(
+        self, teacher: Any, *, fail_closed: bool = True, name: str | None = None, answer_block_chars: int = 400
+    ):
         self.teacher = teacher
         self.fail_closed = fail_closed
         self.name = name or f"moderation:{getattr(teacher, 'name', 'model')}"
@@ -250,16 +260,18 @@ class ModerationFilter:
 
     async def _classify(self, kind: str, text: str) -> Verdict:
         try:
-            out = await self.teacher.chat(moderation_messages(kind, fold(text)[0]), max_tokens=self.max_tokens,
-                                          temperature=0.0)
+            out = await self.teacher.chat(
+                moderation_messages(kind, fold(text)[0]), max_tokens=self.max_tokens, temperature=0.0
+            )
             verdict = parse_moderation(out.text)
             problem = None if verdict else f"unparsable moderation answer {out.text[:40]!r}"
         except Exception as e:  # noqa: BLE001 - any failure of the check is handled by fail_closed
             verdict, problem = None, f"{type(e).__name__}: {getattr(e, 'message', e)}"
         if verdict is not None:
             return verdict
-        log.warning("moderation check of the %s failed (%s); %s", kind, problem,
-                    "refusing" if self.fail_closed else "allowing")
+        log.warning(
+            "moderation check of the %s failed (%s); %s", kind, problem, "refusing" if self.fail_closed else "allowing"
+        )
         if self.fail_closed:
             return Verdict(True, "moderation_unavailable", "the moderation check failed")
         return Verdict(False)
@@ -282,12 +294,20 @@ def make_safety(spec: str | None, config: Any) -> SafetyFilter | None:
         from alpacakit.serve.backend import load_teacher
 
         mod = config.moderation
-        teacher = load_teacher(arg, base_url=mod.base_url, api_key_env=mod.api_key_env, timeout_s=mod.timeout_s,
-                               n_ctx=config.n_ctx, n_threads=config.n_threads)
+        teacher = load_teacher(
+            arg,
+            base_url=mod.base_url,
+            api_key_env=mod.api_key_env,
+            timeout_s=mod.timeout_s,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+        )
         if getattr(teacher, "has_chat_template", True) is False:
-            raise ConfigError(f"moderation model {arg!r} has no chat template (a base model) and cannot classify",
-                              hint="use an instruct model, e.g. --safety moderation:qwen2.5-coder-1.5b-instruct")
-        return ModerationFilter(teacher, fail_closed=mod.fail_closed, name=f"moderation:{arg}",
-                                answer_block_chars=mod.answer_block_chars)
-    raise ConfigError(f"unknown safety filter {spec!r}",
-                      hint="use blocklist, blocklist:PATH or moderation:MODEL")
+            raise ConfigError(
+                f"moderation model {arg!r} has no chat template (a base model) and cannot classify",
+                hint="use an instruct model, e.g. --safety moderation:qwen2.5-coder-1.5b-instruct",
+            )
+        return ModerationFilter(
+            teacher, fail_closed=mod.fail_closed, name=f"moderation:{arg}", answer_block_chars=mod.answer_block_chars
+        )
+    raise ConfigError(f"unknown safety filter {spec!r}", hint="use blocklist, blocklist:PATH or moderation:MODEL")

@@ -84,7 +84,7 @@ class _Sampling(_Strict):
         return stops
 
     @model_validator(mode="after")
-    def _refuse_unsupported(self) -> "_Sampling":
+    def _refuse_unsupported(self) -> _Sampling:
         if self.n not in (None, 1):
             raise _Refuse("n", _unsupported("n > 1", "send separate requests"))
         for name in ("presence_penalty", "frequency_penalty"):
@@ -109,7 +109,7 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
-    def _chat_checks(self) -> "ChatCompletionRequest":
+    def _chat_checks(self) -> ChatCompletionRequest:
         if self.tools or self.tool_choice not in (None, "none"):
             raise _Refuse("tools", _unsupported("tool calling"))
         if self.response_format and self.response_format.get("type") not in (None, "text"):
@@ -139,7 +139,7 @@ class CompletionRequest(_Sampling):
     best_of: int | None = None
 
     @model_validator(mode="after")
-    def _completion_checks(self) -> "CompletionRequest":
+    def _completion_checks(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
             raise _Refuse("prompt", "send one prompt per request (a list of exactly one string is also accepted)")
         if self.echo:

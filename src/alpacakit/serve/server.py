@@ -41,8 +41,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}",
-                          hint="pick another --port (or --port 0 for any free one), or stop the process using it") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror}",
+            hint="pick another --port (or --port 0 for any free one), or stop the process using it",
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -69,21 +71,34 @@ def uvicorn_config(app: Any, *, graceful_s: float) -> Any:
     if guard is not None:
         guard.max_connections = raise_fd_limit(guard.max_connections)
         kwargs["http"] = guarded_protocol(guard)
-    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                          timeout_graceful_shutdown=graceful_s, **kwargs)
+    return uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=graceful_s, **kwargs
+    )
 
 
-def build_app(model: str, config: ServeConfig, *, base: str | None = None, prompt_format: str | None = None,
-              api_key: str | None = None) -> tuple[Any, Any, Any]:
+def build_app(
+    model: str,
+    config: ServeConfig,
+    *,
+    base: str | None = None,
+    prompt_format: str | None = None,
+    api_key: str | None = None,
+) -> tuple[Any, Any, Any]:
     """(app, backend, safety) for a model reference: loads the model and the safety filter."""
     from alpacakit.serve.app import create_app, read_api_key
     from alpacakit.serve.backend import ServeBackend, load_teacher
     from alpacakit.serve.safety import make_safety
 
     key = api_key if api_key is not None else read_api_key(config.api_key_env)  # fail before loading a model
-    teacher = load_teacher(model, timeout_s=config.generation_timeout_s, n_ctx=config.n_ctx,
-                           n_threads=config.n_threads, base=base, prompt_format=prompt_format,
-                           max_concurrency=config.max_concurrency)
+    teacher = load_teacher(
+        model,
+        timeout_s=config.generation_timeout_s,
+        n_ctx=config.n_ctx,
+        n_threads=config.n_threads,
+        base=base,
+        prompt_format=prompt_format,
+        max_concurrency=config.max_concurrency,
+    )
     backend = ServeBackend(teacher, config.model_name)
     try:
         safety = make_safety(config.safety, config)
@@ -102,19 +117,25 @@ def _close_quietly(*things: Any) -> None:
                 pass
 
 
-def serve(model: str, config: ServeConfig, *, base: str | None = None, prompt_format: str | None = None,
-          echo: Any = print) -> None:
+def serve(
+    model: str, config: ServeConfig, *, base: str | None = None, prompt_format: str | None = None, echo: Any = print
+) -> None:
     """Load `model` and serve it until interrupted. Prints where it listens and what is enforced."""
     import uvicorn
 
     if not is_loopback_host(config.host) and not config.api_key_env:
         if not config.insecure_no_key:
-            raise ConfigError(f"refusing to listen on {config.host} without an API key: anyone who can reach this "
-                              "machine could use the model (and, in proxy mode, spend your API key)",
-                              hint="add --api-key-env VAR (clients then send 'Authorization: Bearer $VAR'), or "
-                              "--insecure-no-key if that is really what you want")
-        echo(f"warning: listening on {config.host} without an API key (--insecure-no-key): anyone who can reach "
-             "this machine can use the model.", file=sys.stderr)
+            raise ConfigError(
+                f"refusing to listen on {config.host} without an API key: anyone who can reach this "
+                "machine could use the model (and, in proxy mode, spend your API key)",
+                hint="add --api-key-env VAR (clients then send 'Authorization: Bearer $VAR'), or "
+                "--insecure-no-key if that is really what you want",
+            )
+        echo(
+            f"warning: listening on {config.host} without an API key (--insecure-no-key): anyone who can reach "
+            "this machine can use the model.",
+            file=sys.stderr,
+        )
     sock = bind_socket(config.host, config.port)  # before loading: a taken port fails in a second, not a minute
     try:
         t0 = time.monotonic()
@@ -124,9 +145,11 @@ def serve(model: str, config: ServeConfig, *, base: str | None = None, prompt_fo
         raise
     url = url_of(sock)
     echo(f"model {backend.name} loaded in {time.monotonic() - t0:.1f} s")
-    echo(f"auth: {'Bearer key from $' + config.api_key_env if config.api_key_env else 'none'}; "
-         f"safety: {safety.name if safety else 'none'}; max_tokens <= {config.max_tokens_cap}; "
-         f"prompt <= {config.max_prompt_tokens} tokens; {config.max_concurrency} at a time, {config.queue_size} queued")
+    echo(
+        f"auth: {'Bearer key from $' + config.api_key_env if config.api_key_env else 'none'}; "
+        f"safety: {safety.name if safety else 'none'}; max_tokens <= {config.max_tokens_cap}; "
+        f"prompt <= {config.max_prompt_tokens} tokens; {config.max_concurrency} at a time, {config.queue_size} queued"
+    )
     echo(f"chat page: {url}/   OpenAI base URL: {url}/v1")
     echo(f"listening on {url}", flush=True)
     server = uvicorn.Server(uvicorn_config(app, graceful_s=5))
@@ -140,8 +163,8 @@ def serve(model: str, config: ServeConfig, *, base: str | None = None, prompt_fo
 class BackgroundServer:
     """An app served by uvicorn in a daemon thread on 127.0.0.1 (a free port by default).
 
-        with BackgroundServer(app) as srv:
-            httpx.get(srv.url + "/v1/models")
+    with BackgroundServer(app) as srv:
+        httpx.get(srv.url + "/v1/models")
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
@@ -153,14 +176,15 @@ class BackgroundServer:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
 
-    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
         import uvicorn
 
         self._sock = bind_socket(self.host, self.port)
         self.url = url_of(self._sock)
         self._server = uvicorn.Server(uvicorn_config(self.app, graceful_s=2))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="alpacakit-serve", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="alpacakit-serve", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -178,7 +202,7 @@ class BackgroundServer:
             self._sock.close()
         self._server = self._thread = self._sock = None
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

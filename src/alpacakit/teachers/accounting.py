@@ -52,8 +52,9 @@ def estimate_prompt_tokens(prompt: str | None = None, messages: list[dict[str, s
     return estimate_tokens(prompt or "")
 
 
-def estimate_cost(price: Any | None, *, max_tokens: int, prompt: str | None = None,
-                  messages: list[dict[str, str]] | None = None) -> float:
+def estimate_cost(
+    price: Any | None, *, max_tokens: int, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+) -> float:
     """Upper-bound estimate of one request's cost: the prompt estimate plus all `max_tokens`."""
     return cost_of(Usage(estimate_prompt_tokens(prompt, messages), max_tokens), price)
 

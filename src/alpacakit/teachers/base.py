@@ -18,9 +18,12 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens, found in a local model's cache (not evaluated again)
 
-    def __add__(self, other: "Usage") -> "Usage":
-        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
-                     self.cached_tokens + other.cached_tokens)
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
 
 
 @dataclass
@@ -75,12 +78,26 @@ class Teacher(Protocol):
 
     name: str
 
-    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
-                   temperature: float | None = None, top_p: float | None = None,
-                   stop: list[str] | None = None, seed: int | None = None) -> Completion: ...
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion: ...
 
-    async def complete(self, prompt: str, *, max_tokens: int | None = None,
-                       temperature: float | None = None, top_p: float | None = None,
-                       stop: list[str] | None = None, seed: int | None = None) -> Completion: ...
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion: ...
 
     async def aclose(self) -> None: ...

@@ -48,8 +48,9 @@ class BatchClient:
         if self._client is None:
             import openai
 
-            self._client = openai.AsyncOpenAI(api_key=self._key, base_url=self.base_url,
-                                              max_retries=self.cfg.max_retries, timeout=self.cfg.timeout_s)
+            self._client = openai.AsyncOpenAI(
+                api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries, timeout=self.cfg.timeout_s
+            )
         return self._client
 
     def scrub(self, text: str) -> str:
@@ -68,12 +69,17 @@ class BatchClient:
             body = e.body if isinstance(e.body, dict) else {}
             err = body.get("error", body) if isinstance(body, dict) else {}
             msg = err.get("message") if isinstance(err, dict) else None
-            raise EndpointError(self.scrub(f"{self.base_url}: {what}: HTTP {e.status_code}: {msg or e.message}"),
-                                hint=self._hint(e.status_code), status=e.status_code) from None
+            raise EndpointError(
+                self.scrub(f"{self.base_url}: {what}: HTTP {e.status_code}: {msg or e.message}"),
+                hint=self._hint(e.status_code),
+                status=e.status_code,
+            ) from None
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
-            raise EndpointError(self.scrub(f"{self.base_url}: {what}: {type(e).__name__}: {e}"),
-                                hint="check that the server is up; rerun the same command to go on from the "
-                                "batches recorded in batches.jsonl") from None
+            raise EndpointError(
+                self.scrub(f"{self.base_url}: {what}: {type(e).__name__}: {e}"),
+                hint="check that the server is up; rerun the same command to go on from the "
+                "batches recorded in batches.jsonl",
+            ) from None
 
     def _hint(self, status: int) -> str | None:
         if status in (401, 403):
@@ -84,14 +90,24 @@ class BatchClient:
 
     async def upload(self, data: bytes, name: str) -> str:
         """Upload a batch input file (purpose 'batch'); its id."""
-        f = await self._call("upload the batch input",
-                             lambda c: c.files.create(file=(name, data, "application/jsonl"), purpose="batch"), once=True)
+        f = await self._call(
+            "upload the batch input",
+            lambda c: c.files.create(file=(name, data, "application/jsonl"), purpose="batch"),
+            once=True,
+        )
         return f.id
 
     async def create(self, input_file_id: str, route: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        b = await self._call("create the batch", lambda c: c.batches.create(
-            input_file_id=input_file_id, endpoint=ENDPOINTS[route], completion_window=COMPLETION_WINDOW,
-            metadata=metadata), once=True)
+        b = await self._call(
+            "create the batch",
+            lambda c: c.batches.create(
+                input_file_id=input_file_id,
+                endpoint=ENDPOINTS[route],
+                completion_window=COMPLETION_WINDOW,
+                metadata=metadata,
+            ),
+            once=True,
+        )
         return b.model_dump()
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
@@ -100,6 +116,7 @@ class BatchClient:
     async def find_batch(self, input_file_id: str, since: float) -> dict[str, Any] | None:
         """The batch made from `input_file_id`, looking back to batches created at `since`
         (the list comes newest first); None when there is none."""
+
         async def search(c: Any) -> dict[str, Any] | None:
             async for b in c.batches.list(limit=100):
                 if b.input_file_id == input_file_id:

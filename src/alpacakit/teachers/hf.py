@@ -69,7 +69,8 @@ def is_hf_folder(path: str | Path) -> bool:
     if not p.is_dir():
         return False
     return any((p / f).is_file() for f in ("config.json", "adapter_config.json", "prompt_format.json")) or any(
-        (p / sub / f).is_file() for sub in ("merged", "adapter") for f in ("config.json", "adapter_config.json"))
+        (p / sub / f).is_file() for sub in ("merged", "adapter") for f in ("config.json", "adapter_config.json")
+    )
 
 
 def find_layout(path: str | Path, base: str | None = None) -> HFLayout:
@@ -102,8 +103,10 @@ def find_layout(path: str | Path, base: str | None = None) -> HFLayout:
             raise TeacherError(f"{cfg_path}:{e.lineno}: not valid JSON: {e.msg}") from None
         layout.base = base or adapter_cfg.get("base_model_name_or_path")
         if not layout.base:
-            raise TeacherError(f"{cfg_path}: the adapter does not say which base model it was trained on",
-                               hint="pass the base model folder explicitly (base=...)")
+            raise TeacherError(
+                f"{cfg_path}: the adapter does not say which base model it was trained on",
+                hint="pass the base model folder explicitly (base=...)",
+            )
         _check_base(layout.base, cfg_path)
     for d in (root, layout.weights, layout.adapter, layout.adapter.parent if layout.adapter else None):
         if d is not None and (d / "prompt_format.json").is_file():
@@ -146,7 +149,9 @@ def _load_weights(ref: str | Path, dtype: Any, device_map: str | None = None) ->
     return AutoModelForCausalLM.from_pretrained(str(Path(ref_s).expanduser()), dtype=dtype, **extra)
 
 
-def folder_prompt_format(layout: HFLayout, tokenizer: Any, override: Any | None = None, saved: Any | None = None) -> Any:
+def folder_prompt_format(
+    layout: HFLayout, tokenizer: Any, override: Any | None = None, saved: Any | None = None
+) -> Any:
     """The prompt format a model folder is asked in, bound to its tokenizer: `override` (a
     PromptFormat, a built-in name or a JSON path), else the one training saved, else the folder's
     prompt_format.json, else the tokenizer's chat template, else Alpaca's (a base model)."""
@@ -200,14 +205,23 @@ class HFTeacher:
     # requests still queued when a run stops need not finish (see run_requests)
     finish_in_flight = False
 
-    def __init__(self, path: str | Path, config: Any | None = None, *, base: str | None = None,
-                 prompt_format: Any | None = None, device: str = "auto"):
+    def __init__(
+        self,
+        path: str | Path,
+        config: Any | None = None,
+        *,
+        base: str | None = None,
+        prompt_format: Any | None = None,
+        device: str = "auto",
+    ):
         try:
             import torch
             import transformers  # noqa: F401
         except ImportError:
-            raise TeacherError("running a Hugging Face model folder needs torch and transformers",
-                               hint='pip install "alpacakit[train]", or export the model to GGUF and run that') from None
+            raise TeacherError(
+                "running a Hugging Face model folder needs torch and transformers",
+                hint='pip install "alpacakit[train]", or export the model to GGUF and run that',
+            ) from None
         from alpacakit.config import TeacherConfig
 
         self.config = config or TeacherConfig(model=str(path))
@@ -220,7 +234,9 @@ class HFTeacher:
         t0 = time.monotonic()
         device = pick_device(device)
         # a GPU computes in bf16 (fp16 where bf16 is missing); a CPU in fp32, which it runs fastest
-        dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        dtype = (
+            torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        )
         saved_fmt = None
         # several GPUs: the layers spread over all of them (a 7B+ model in bf16 may not fit one)
         spread = "auto" if device == "cuda" and torch.cuda.device_count() > 1 else None
@@ -242,8 +258,10 @@ class HFTeacher:
                     model = _load_weights(self.layout.base, dtype, spread)  # type: ignore[arg-type]
                     model = PeftModel.from_pretrained(model, str(self.layout.adapter)).merge_and_unload()
         except (OSError, ValueError, KeyError) as e:
-            raise TeacherError(f"transformers could not load the model in {self.path}: {e}",
-                               hint="check that the folder is complete (config.json, weights, tokenizer)") from None
+            raise TeacherError(
+                f"transformers could not load the model in {self.path}: {e}",
+                hint="check that the folder is complete (config.json, weights, tokenizer)",
+            ) from None
         if getattr(model, "hf_device_map", None):  # placed by device_map: inputs go to the first layer's device
             self.model = model.eval()
             self.device = str(next(model.parameters()).device)
@@ -275,8 +293,10 @@ class HFTeacher:
             from alpacakit.train.base_model import resolve_base
 
             return AutoTokenizer.from_pretrained(resolve_base(base).path)
-        raise TeacherError(f"{self.path}: no tokenizer found (looked for {', '.join(_TOKENIZER_FILES)})",
-                           hint="save the tokenizer next to the model (tokenizer.save_pretrained(folder))")
+        raise TeacherError(
+            f"{self.path}: no tokenizer found (looked for {', '.join(_TOKENIZER_FILES)})",
+            hint="save the tokenizer next to the model (tokenizer.save_pretrained(folder))",
+        )
 
     def _stop_token_ids(self) -> list[int]:
         """EOS ids from the generation config, plus stop strings that are single special tokens."""
@@ -295,9 +315,15 @@ class HFTeacher:
 
     def describe(self) -> dict[str, Any]:
         """For manifests: which folder, how it was loaded, and the prompt format used."""
-        return {"name": self.name, "source": "folder", "path": str(self.path), "backend": "transformers",
-                "adapter": str(self.layout.adapter) if self.layout.adapter else None, "base": self.layout.base,
-                "prompt_format": self.prompt_format.name}
+        return {
+            "name": self.name,
+            "source": "folder",
+            "path": str(self.path),
+            "backend": "transformers",
+            "adapter": str(self.layout.adapter) if self.layout.adapter else None,
+            "base": self.layout.base,
+            "prompt_format": self.prompt_format.name,
+        }
 
     # ------------------------------------------------------------------ prompts and tokens
 
@@ -322,17 +348,37 @@ class HFTeacher:
 
     # ------------------------------------------------------------------ Teacher protocol
 
-    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
-                   temperature: float | None = None, top_p: float | None = None,
-                   stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return await _last(self.stream_chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                            top_p=top_p, stop=stop, seed=seed))
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        return await _last(
+            self.stream_chat(
+                messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed
+            )
+        )
 
-    async def complete(self, prompt: str, *, max_tokens: int | None = None,
-                       temperature: float | None = None, top_p: float | None = None,
-                       stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return await _last(self.stream_complete(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                top_p=top_p, stop=stop, seed=seed))
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        return await _last(
+            self.stream_complete(
+                prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed
+            )
+        )
 
     async def stream_chat(self, messages: list[dict[str, str]], **kw: Any) -> AsyncIterator[str | Completion]:
         """Text pieces as they are generated, then the Completion. Stops at the format's stop strings too."""
@@ -360,9 +406,16 @@ class HFTeacher:
 
     # ------------------------------------------------------------------ generation
 
-    def _stream(self, ids: list[int], stops: list[str], *, max_tokens: int | None = None,
-                temperature: float | None = None, top_p: float | None = None,
-                seed: int | None = None) -> AsyncIterator[str | Completion]:
+    def _stream(
+        self,
+        ids: list[int],
+        stops: list[str],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[str | Completion]:
         cfg = self.config
         max_new = max_tokens if max_tokens is not None else cfg.max_tokens
         temp = temperature if temperature is not None else cfg.temperature
@@ -374,8 +427,17 @@ class HFTeacher:
 
         return stream_thread(produce, name=f"hf-{self.name}")
 
-    def _generate(self, ids: list[int], stops: list[str], max_new: int, temp: float, top_p: float,
-                  seed: int | None, emit: Callable[[str], None], cancelled: threading.Event) -> Completion:
+    def _generate(
+        self,
+        ids: list[int],
+        stops: list[str],
+        max_new: int,
+        temp: float,
+        top_p: float,
+        seed: int | None,
+        emit: Callable[[str], None],
+        cancelled: threading.Event,
+    ) -> Completion:
         """Runs in a worker thread. Greedy requests that are waiting at the same time are decoded
         together, up to `config.max_concurrency` per `generate()` call (left-padded, one forward
         pass per step for all of them: a CPU reads the weights once per step instead of once per
@@ -406,7 +468,7 @@ class HFTeacher:
         assert req.result is not None
         return req.result
 
-    def _run_batch(self, batch: list["_Request"]) -> None:
+    def _run_batch(self, batch: list[_Request]) -> None:
         """Generate every request of `batch` in one `generate()` call (the model lock is held)."""
         try:
             self._decode(batch)
@@ -418,7 +480,7 @@ class HFTeacher:
             for r in batch:
                 r.done.set()
 
-    def _decode(self, batch: list["_Request"]) -> None:
+    def _decode(self, batch: list[_Request]) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
@@ -452,13 +514,13 @@ class HFTeacher:
                     text = tok.decode(r.generated, skip_special_tokens=True)
                     if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
                         continue
-                    new, r.shown = text[r.shown:], len(text)
+                    new, r.shown = text[r.shown :], len(text)
                     r.emit(r.scanner.feed(new))
 
             def end(self) -> None:
                 for r in batch:
                     text = tok.decode(r.generated, skip_special_tokens=True)
-                    r.emit(r.scanner.feed(text[r.shown:]))  # whatever was held back, even a broken character
+                    r.emit(r.scanner.feed(text[r.shown :]))  # whatever was held back, even a broken character
                     r.emit(r.scanner.flush())
 
         class Halt(StoppingCriteria):
@@ -489,23 +551,32 @@ class HFTeacher:
         if head.seed is not None:
             torch.manual_seed(head.seed)
         width = max(len(r.ids) for r in batch)  # left padding: every prompt ends where generation starts
-        input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], dtype=torch.long,
-                                 device=self.device)
-        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], dtype=torch.long,
-                            device=self.device)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(r.ids)) + r.ids for r in batch], dtype=torch.long, device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], dtype=torch.long, device=self.device
+        )
         deadline[0] = time.monotonic() + float(self.config.timeout_s)
         with torch.inference_mode():
             self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
         if timed_out.is_set():
-            raise TeacherError(f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
-                               hint="raise the timeout, lower max_tokens, or use a smaller model")
+            raise TeacherError(
+                f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
+                hint="raise the timeout, lower max_tokens, or use a smaller model",
+            )
         for r in batch:
             stopped_by = "stop_string" if r.scanner.stopped else ("eos" if r.ended else None)
             finish = "stop" if stopped_by is not None or len(r.generated) < r.max_new else "length"
-            r.result = Completion(text=r.scanner.text, finish_reason=finish,
-                                  usage=Usage(len(r.ids), len(r.generated)), model=self.name,
-                                  request_id=f"hf-{uuid.uuid4().hex[:12]}", latency_s=time.monotonic() - t0,
-                                  stopped_by=stopped_by)
+            r.result = Completion(
+                text=r.scanner.text,
+                finish_reason=finish,
+                usage=Usage(len(r.ids), len(r.generated)),
+                model=self.name,
+                request_id=f"hf-{uuid.uuid4().hex[:12]}",
+                latency_s=time.monotonic() - t0,
+                stopped_by=stopped_by,
+            )
 
 
 @dataclass

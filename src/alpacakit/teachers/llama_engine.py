@@ -137,9 +137,20 @@ class BatchEngine:
     which must outlive the engine: `close()` the engine first.
     """
 
-    def __init__(self, model: Any, *, n_slots: int, n_ctx_per_slot: int, n_threads: int, n_batch: int = 512,
-                 prefill_chunk: int = 128, name: str = "model", prefix_reuse: bool = True,
-                 flash_attn: bool = False, kv_unified: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        n_slots: int,
+        n_ctx_per_slot: int,
+        n_threads: int,
+        n_batch: int = 512,
+        prefill_chunk: int = 128,
+        name: str = "model",
+        prefix_reuse: bool = True,
+        flash_attn: bool = False,
+        kv_unified: bool = False,
+    ):
         import llama_cpp
 
         self._lib = llama_cpp
@@ -158,18 +169,23 @@ class BatchEngine:
         params.kv_unified = kv_unified
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if not flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if not flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        )
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
-            raise TeacherError(f"{name}: llama.cpp could not create a context for {n_slots} sequences of "
-                               f"{n_ctx_per_slot} tokens", hint="lower teacher.max_concurrency or teacher.n_ctx")
+            raise TeacherError(
+                f"{name}: llama.cpp could not create a context for {n_slots} sequences of {n_ctx_per_slot} tokens",
+                hint="lower teacher.max_concurrency or teacher.n_ctx",
+            )
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         # Sliding-window and recurrent caches drop or fold old positions: no cutting them at a prefix.
-        self.prefix_reuse = (prefix_reuse and llama_cpp.llama_model_n_swa(model) == 0
-                             and not llama_cpp.llama_model_is_recurrent(model))
+        self.prefix_reuse = (
+            prefix_reuse and llama_cpp.llama_model_n_swa(model) == 0 and not llama_cpp.llama_model_is_recurrent(model)
+        )
         self.stats = EngineStats()
         self._slots = [_Slot(i) for i in range(n_slots)]
         self._pending: deque[Job] = deque()
@@ -185,8 +201,10 @@ class BatchEngine:
         """Queue `job`; its future resolves to a JobResult. Raises TeacherError at once for a
         prompt that cannot fit, or after close()."""
         if len(job.tokens) >= self.n_ctx_per_slot:
-            raise TeacherError(f"{self.name}: Requested tokens ({len(job.tokens)}) exceed context window of "
-                               f"{self.n_ctx_per_slot}", hint="raise teacher.n_ctx or shorten the prompt / max_tokens")
+            raise TeacherError(
+                f"{self.name}: Requested tokens ({len(job.tokens)}) exceed context window of {self.n_ctx_per_slot}",
+                hint="raise teacher.n_ctx or shorten the prompt / max_tokens",
+            )
         if not job.tokens:
             raise TeacherError(f"{self.name}: empty prompt", hint="send at least one token of prompt")
         with self._cv:
@@ -335,8 +353,13 @@ class BatchEngine:
             for s, _ in fed:
                 self._lib.llama_memory_seq_rm(self._mem, s.seq, -1, -1)
                 s.cached.clear()
-                self._fail(s, TeacherError(f"{self.name}: llama_decode failed (code {rc})",
-                                           hint="lower teacher.max_concurrency or teacher.n_ctx; see llama.cpp's log"))
+                self._fail(
+                    s,
+                    TeacherError(
+                        f"{self.name}: llama_decode failed (code {rc})",
+                        hint="lower teacher.max_concurrency or teacher.n_ctx; see llama.cpp's log",
+                    ),
+                )
             return
         for s, toks in fed:
             s.cached.extend(toks)
@@ -381,7 +404,7 @@ class BatchEngine:
         if n < 0:  # a piece longer than the buffer: grow it to the size llama.cpp asked for
             self._piece = ctypes.create_string_buffer(-n)
             n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
-        return self._piece.raw[:max(n, 0)]
+        return self._piece.raw[: max(n, 0)]
 
     def _finish(self, s: _Slot, reason: str) -> None:
         job = s.job

@@ -161,11 +161,18 @@ class LlamaCppTeacher:
             # context, so its context stays small.
             self._llm = open_llama(self.path, n_ctx=min(config.n_ctx, 256), n_threads=self.n_threads)
         except (ValueError, RuntimeError) as e:
-            raise TeacherError(f"llama.cpp could not load {self.path}: {e}",
-                               hint="check that the file is a complete GGUF model that this llama-cpp-python supports") from None
+            raise TeacherError(
+                f"llama.cpp could not load {self.path}: {e}",
+                hint="check that the file is a complete GGUF model that this llama-cpp-python supports",
+            ) from None
         try:
-            self._engine = BatchEngine(self._llm._model.model, n_slots=config.max_concurrency, n_ctx_per_slot=config.n_ctx,
-                                       n_threads=self.n_threads, name=self.name)
+            self._engine = BatchEngine(
+                self._llm._model.model,
+                n_slots=config.max_concurrency,
+                n_ctx_per_slot=config.n_ctx,
+                n_threads=self.n_threads,
+                name=self.name,
+            )
         except BaseException:
             _close_llama(self._llm)
             raise
@@ -188,25 +195,55 @@ class LlamaCppTeacher:
         from alpacakit.models import describe, is_embedded
 
         info = describe(self.config.model if is_embedded(self.config.model) else self.path)
-        info.update({"backend": "llama.cpp", "n_ctx": self.config.n_ctx, "max_concurrency": self._engine.n_slots,
-                     "chat_template": self.has_chat_template})
+        info.update(
+            {
+                "backend": "llama.cpp",
+                "n_ctx": self.config.n_ctx,
+                "max_concurrency": self._engine.n_slots,
+                "chat_template": self.has_chat_template,
+            }
+        )
         return info
 
     # ------------------------------------------------------------------ public API
 
-    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
-                   temperature: float | None = None, top_p: float | None = None,
-                   stop: list[str] | None = None, seed: int | None = None, watch: Watch | None = None) -> Completion:
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        watch: Watch | None = None,
+    ) -> Completion:
         self._check_chat()
-        return await self._call(self._chat_tokens(messages), max_tokens, temperature, top_p, self._chat_stop(stop),
-                                seed, watch)
+        return await self._call(
+            self._chat_tokens(messages), max_tokens, temperature, top_p, self._chat_stop(stop), seed, watch
+        )
 
-    async def complete(self, prompt: str, *, max_tokens: int | None = None,
-                       temperature: float | None = None, top_p: float | None = None,
-                       stop: list[str] | None = None, seed: int | None = None, watch: Watch | None = None) -> Completion:
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        watch: Watch | None = None,
+    ) -> Completion:
         if self.api == "chat":
-            return await self.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                   temperature=temperature, top_p=top_p, stop=stop, seed=seed, watch=watch)
+            return await self.chat(
+                [{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                seed=seed,
+                watch=watch,
+            )
         return await self._call(self._raw_tokens(prompt), max_tokens, temperature, top_p, stop, seed, watch)
 
     def close(self) -> None:
@@ -216,7 +253,7 @@ class LlamaCppTeacher:
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
-    async def __aenter__(self) -> "LlamaCppTeacher":
+    async def __aenter__(self) -> LlamaCppTeacher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -226,8 +263,10 @@ class LlamaCppTeacher:
 
     def _check_chat(self) -> None:
         if self.api == "completions":
-            raise TeacherError(f"{self.name} is configured with api=completions (raw text), so it cannot chat",
-                               hint="set teacher.api=auto or chat, or send a raw prompt with complete()")
+            raise TeacherError(
+                f"{self.name} is configured with api=completions (raw text), so it cannot chat",
+                hint="set teacher.api=auto or chat, or send a raw prompt with complete()",
+            )
         if not self.has_chat_template:
             raise TeacherError(
                 f"{self.name} has no chat template (a base model), so it cannot answer chat messages",
@@ -255,23 +294,47 @@ class LlamaCppTeacher:
         result = self._chat_format()(messages=messages)
         return self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
-    def _job(self, tokens: list[int], max_tokens: int | None, temperature: float | None, top_p: float | None,
-             stop: list[str] | None, seed: int | None, on_text: Any = None,
-             cancelled: threading.Event | None = None) -> Job:
+    def _job(
+        self,
+        tokens: list[int],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop: list[str] | None,
+        seed: int | None,
+        on_text: Any = None,
+        cancelled: threading.Event | None = None,
+    ) -> Job:
         cfg = self.config
         if seed is None:
             seed = next(self._seeds) if self._seeds is not None else RANDOM_SEED
-        sampling = Sampling(temperature=temperature if temperature is not None else cfg.temperature,
-                            top_p=top_p if top_p is not None else cfg.top_p, seed=seed)
-        job = Job(tokens=tokens, max_tokens=max_tokens if max_tokens is not None else cfg.max_tokens,
-                  sampling=sampling, stop=list(stop or []), stall_timeout_s=cfg.timeout_s, on_text=on_text)
+        sampling = Sampling(
+            temperature=temperature if temperature is not None else cfg.temperature,
+            top_p=top_p if top_p is not None else cfg.top_p,
+            seed=seed,
+        )
+        job = Job(
+            tokens=tokens,
+            max_tokens=max_tokens if max_tokens is not None else cfg.max_tokens,
+            sampling=sampling,
+            stop=list(stop or []),
+            stall_timeout_s=cfg.timeout_s,
+            on_text=on_text,
+        )
         if cancelled is not None:
             job.cancelled = cancelled
         return job
 
-    async def _call(self, tokens: list[int], max_tokens: int | None, temperature: float | None,
-                    top_p: float | None, stop: list[str] | None, seed: int | None,
-                    watch: Watch | None = None) -> Completion:
+    async def _call(
+        self,
+        tokens: list[int],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop: list[str] | None,
+        seed: int | None,
+        watch: Watch | None = None,
+    ) -> Completion:
         cfg = self.config
         t0 = time.monotonic()
         attempts = 0
@@ -305,8 +368,15 @@ class LlamaCppTeacher:
 
     def _completion(self, result: JobResult, attempts: int, latency_s: float) -> Completion:
         usage = Usage(result.prompt_tokens, result.completion_tokens, result.reused_tokens)
-        completion = Completion(text=result.text, finish_reason=result.finish_reason, usage=usage, model=self.name,
-                                attempts=attempts, latency_s=latency_s, stopped_by=result.stopped_by)
+        completion = Completion(
+            text=result.text,
+            finish_reason=result.finish_reason,
+            usage=usage,
+            model=self.name,
+            attempts=attempts,
+            latency_s=latency_s,
+            stopped_by=result.stopped_by,
+        )
         if self.tracker is not None:
             completion.cost = self.tracker.charge(usage, price=self.config.price, attempts=attempts)
         else:
@@ -338,7 +408,9 @@ class LlamaCppTeacher:
             text = self._llm._model.token_get_text
             self._chat_formatter = Jinja2ChatFormatter(
                 template=self._llm.metadata["tokenizer.chat_template"],
-                eos_token=text(eos) if eos != -1 else "", bos_token=text(bos) if bos != -1 else "")
+                eos_token=text(eos) if eos != -1 else "",
+                bos_token=text(bos) if bos != -1 else "",
+            )
         return self._chat_formatter
 
     def count_chat_tokens(self, messages: list[dict[str, str]]) -> int:
@@ -348,9 +420,16 @@ class LlamaCppTeacher:
             return sum(self.count_tokens(m.get("content") or "") for m in messages)
         return len(self._chat_tokens(messages))
 
-    async def stream_chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
-                          temperature: float | None = None, top_p: float | None = None,
-                          stop: list[str] | None = None, seed: int | None = None) -> AsyncIterator[str | Completion]:
+    async def stream_chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[str | Completion]:
         """chat(), streamed. Closing the iterator early stops generation within one step."""
         self._check_chat()
         inner = self._stream(self._chat_tokens(messages), max_tokens, temperature, top_p, self._chat_stop(stop), seed)
@@ -358,21 +437,41 @@ class LlamaCppTeacher:
             async for item in inner:
                 yield item
 
-    async def stream_complete(self, prompt: str, *, max_tokens: int | None = None,
-                              temperature: float | None = None, top_p: float | None = None,
-                              stop: list[str] | None = None, seed: int | None = None) -> AsyncIterator[str | Completion]:
+    async def stream_complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[str | Completion]:
         """complete(), streamed (a raw continuation; with api=chat, one user message)."""
         if self.api == "chat":
-            inner = self.stream_chat([{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                     temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+            inner = self.stream_chat(
+                [{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                seed=seed,
+            )
         else:
             inner = self._stream(self._raw_tokens(prompt), max_tokens, temperature, top_p, stop, seed)
         async with contextlib.aclosing(inner):  # closing us closes it now, not at GC
             async for item in inner:
                 yield item
 
-    async def _stream(self, tokens: list[int], max_tokens: int | None, temperature: float | None,
-                      top_p: float | None, stop: list[str] | None, seed: int | None) -> AsyncIterator[str | Completion]:
+    async def _stream(
+        self,
+        tokens: list[int],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop: list[str] | None,
+        seed: int | None,
+    ) -> AsyncIterator[str | Completion]:
         from alpacakit.teachers.streaming import stream_thread
 
         t0 = time.monotonic()
@@ -382,8 +481,10 @@ class LlamaCppTeacher:
             try:
                 result = self._engine.submit(job).result()
             except GenerationTimeout:
-                raise TeacherError(f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
-                                   hint="raise the timeout, lower max_tokens, or use a smaller model") from None
+                raise TeacherError(
+                    f"{self.name}: generation timed out after {self.config.timeout_s:g} s",
+                    hint="raise the timeout, lower max_tokens, or use a smaller model",
+                ) from None
             return self._completion(result, 1, time.monotonic() - t0)
 
         stream = stream_thread(produce, name=f"llama-{self.name}")

@@ -33,7 +33,7 @@ import os
 import random
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +47,13 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_PLACEHOLDER_KEY = "no-key-needed-for-local-servers"
 MAX_RETRY_AFTER_S = 600.0
 RETRY_STATUS = frozenset({408, 409, 429})
-_FINISH_ALIASES = {"eos": "stop", "eos_token": "stop", "stop_sequence": "stop", "end_turn": "stop", "max_tokens": "length"}
+_FINISH_ALIASES = {
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "end_turn": "stop",
+    "max_tokens": "length",
+}
 
 
 class EndpointError(TeacherError):
@@ -62,8 +68,9 @@ class EndpointError(TeacherError):
 class _Retryable(Exception):
     """Internal: one attempt failed in a way worth retrying."""
 
-    def __init__(self, summary: str, retry_after: float | None = None, status: int | None = None,
-                 maybe_billed: bool = False):
+    def __init__(
+        self, summary: str, retry_after: float | None = None, status: int | None = None, maybe_billed: bool = False
+    ):
         super().__init__(summary)
         self.summary = summary
         self.retry_after = retry_after
@@ -87,9 +94,11 @@ def read_api_key(env_var: str, base_url: str) -> str:
     """The key from `env_var`; a placeholder for loopback URLs; else a TeacherError naming the variable."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_var or "") or env_var.startswith("sk-"):
         # never echo it: this is where people paste the key itself
-        raise ConfigError("teacher.api_key_env must be the name of an environment variable (e.g. OPENAI_API_KEY), "
-                          "and the value given is not a variable name",
-                          hint="put the key in an environment variable and give its name; keys never go in config files")
+        raise ConfigError(
+            "teacher.api_key_env must be the name of an environment variable (e.g. OPENAI_API_KEY), "
+            "and the value given is not a variable name",
+            hint="put the key in an environment variable and give its name; keys never go in config files",
+        )
     key = os.environ.get(env_var, "").strip()
     if key:
         return key
@@ -123,8 +132,8 @@ def parse_retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def backoff_delay(retry: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
@@ -132,7 +141,7 @@ def backoff_delay(retry: int, base: float, cap: float, retry_after: float | None
     if retry_after is not None:
         wait = min(retry_after, MAX_RETRY_AFTER_S)
         return wait + rng.uniform(0, 0.1 * wait)
-    return rng.uniform(0, min(cap, base * (2 ** retry)))
+    return rng.uniform(0, min(cap, base * (2**retry)))
 
 
 def _error_message(body: Any, fallback: str) -> str:
@@ -158,7 +167,7 @@ class OpenAICompatTeacher:
     def __init__(self, config: Any, tracker: CostTracker | None = None):
         self.config = config
         ref = config.model.strip()
-        self.model = ref[len("openai:"):] if ref.startswith("openai:") else ref
+        self.model = ref[len("openai:") :] if ref.startswith("openai:") else ref
         if not self.model:
             raise ConfigError("teacher.model is 'openai:' with no model name", hint="e.g. openai:gpt-4o-mini")
         self.name = f"openai:{self.model}"
@@ -169,7 +178,9 @@ class OpenAICompatTeacher:
         self.base_urls = [self.base_url]
         for extra in getattr(config, "base_urls", None) or []:
             if not extra.startswith(("http://", "https://")):
-                raise ConfigError(f"teacher.base_urls: {extra!r} is not an http(s) URL", hint="e.g. http://10.0.0.2:8000/v1")
+                raise ConfigError(
+                    f"teacher.base_urls: {extra!r} is not an http(s) URL", hint="e.g. http://10.0.0.2:8000/v1"
+                )
             if extra.rstrip("/") not in self.base_urls:
                 self.base_urls.append(extra.rstrip("/"))
         # per endpoint: requests in flight, and until when it is skipped after a failure
@@ -201,8 +212,10 @@ class OpenAICompatTeacher:
 
             self._loop = loop
             self._sem = asyncio.Semaphore(self.config.max_concurrency)
-            self._clients = {u: openai.AsyncOpenAI(api_key=self._key, base_url=u, max_retries=0,
-                                                   timeout=self.config.timeout_s) for u in self.base_urls}
+            self._clients = {
+                u: openai.AsyncOpenAI(api_key=self._key, base_url=u, max_retries=0, timeout=self.config.timeout_s)
+                for u in self.base_urls
+            }
             self._client = self._clients[self.base_url]
         assert self._sem is not None
         return self._client, self._sem
@@ -223,24 +236,46 @@ class OpenAICompatTeacher:
 
     def describe(self) -> dict[str, Any]:
         """For manifests: which endpoint and model answered (never the key)."""
-        return {"name": self.model, "source": "openai-compatible endpoint", "base_url": self.base_url,
-                **({"base_urls": self.base_urls} if len(self.base_urls) > 1 else {}),
-                "api": "chat" if self._no_completions_route and self.api == "auto" else self.api,
-                "path": None, "sha256": None, "licence": None}
+        return {
+            "name": self.model,
+            "source": "openai-compatible endpoint",
+            "base_url": self.base_url,
+            **({"base_urls": self.base_urls} if len(self.base_urls) > 1 else {}),
+            "api": "chat" if self._no_completions_route and self.api == "auto" else self.api,
+            "path": None,
+            "sha256": None,
+            "licence": None,
+        }
 
     # ------------------------------------------------------------------ public API
 
-    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
-                   temperature: float | None = None, top_p: float | None = None,
-                   stop: list[str] | None = None, seed: int | None = None) -> Completion:
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         if self.api == "completions":
-            raise TeacherError(f"{self.name} is configured with api=completions (raw text), so it cannot chat",
-                               hint="set teacher.api=auto or chat, or send a raw prompt with complete()")
+            raise TeacherError(
+                f"{self.name} is configured with api=completions (raw text), so it cannot chat",
+                hint="set teacher.api=auto or chat, or send a raw prompt with complete()",
+            )
         return await self._call("chat", {"messages": messages}, max_tokens, temperature, top_p, stop, seed)
 
-    async def complete(self, prompt: str, *, max_tokens: int | None = None,
-                       temperature: float | None = None, top_p: float | None = None,
-                       stop: list[str] | None = None, seed: int | None = None) -> Completion:
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         as_chat = {"messages": [{"role": "user", "content": prompt}]}
         if self.api == "chat" or self._no_completions_route:
             return await self._call("chat", as_chat, max_tokens, temperature, top_p, stop, seed)
@@ -262,7 +297,9 @@ class OpenAICompatTeacher:
             async with asyncio.timeout(self.config.timeout_s):
                 page = await client.models.list()
         except openai.APIStatusError as e:
-            raise EndpointError(self._scrub(f"{self.base_url}/models: HTTP {e.status_code}"), status=e.status_code) from None
+            raise EndpointError(
+                self._scrub(f"{self.base_url}/models: HTTP {e.status_code}"), status=e.status_code
+            ) from None
         except (openai.APIConnectionError, TimeoutError) as e:
             raise EndpointError(self._scrub(f"{self.base_url}/models: {type(e).__name__}: {e}")) from None
         return [m.id for m in page.data]
@@ -275,7 +312,7 @@ class OpenAICompatTeacher:
             except RuntimeError:  # its loop is gone: nothing left to close
                 pass
 
-    async def __aenter__(self) -> "OpenAICompatTeacher":
+    async def __aenter__(self) -> OpenAICompatTeacher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -283,8 +320,16 @@ class OpenAICompatTeacher:
 
     # ------------------------------------------------------------------ one call, with retries
 
-    async def _call(self, route: str, payload: dict[str, Any], max_tokens: int | None, temperature: float | None,
-                    top_p: float | None, stop: list[str] | None, seed: int | None) -> Completion:
+    async def _call(
+        self,
+        route: str,
+        payload: dict[str, Any],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop: list[str] | None,
+        seed: int | None,
+    ) -> Completion:
         cfg = self.config
         params: dict[str, Any] = {
             "model": self.model,
@@ -318,10 +363,16 @@ class OpenAICompatTeacher:
                     maybe_billed += e.maybe_billed
                     if len(self.base_urls) > 1 and e.status != 429:  # no answer, timeout, 5xx: skip it a while
                         self._down_until[base] = time.monotonic() + self.config.endpoint_cooldown_s
-                        log.warning("%s failed (%s); skipping it for %g s", base, self._scrub(e.summary),
-                                    self.config.endpoint_cooldown_s)
-                        if any(self._down_until[u] <= time.monotonic() for u in self.base_urls) \
-                                and attempts <= cfg.max_retries:
+                        log.warning(
+                            "%s failed (%s); skipping it for %g s",
+                            base,
+                            self._scrub(e.summary),
+                            self.config.endpoint_cooldown_s,
+                        )
+                        if (
+                            any(self._down_until[u] <= time.monotonic() for u in self.base_urls)
+                            and attempts <= cfg.max_retries
+                        ):
                             continue  # another endpoint is up: ask it now, no backoff
                 except EndpointError as e:
                     e.attempts = attempts
@@ -334,13 +385,19 @@ class OpenAICompatTeacher:
                     if self.tracker is not None:
                         self.tracker.record_failure(attempts)
                     raise EndpointError(
-                        self._scrub(f"{url}: gave up after {attempts} attempt{'s' if attempts > 1 else ''}; "
-                                    f"last error: {last.summary}"),
+                        self._scrub(
+                            f"{url}: gave up after {attempts} attempt{'s' if attempts > 1 else ''}; "
+                            f"last error: {last.summary}"
+                        ),
                         hint="check that the server is up and the base URL is right; raise teacher.max_retries "
                         "or teacher.timeout_s for a slow or busy server",
-                        status=last.status, attempts=attempts)
+                        status=last.status,
+                        attempts=attempts,
+                    )
                 delay = backoff_delay(attempts - 1, cfg.backoff_base_s, cfg.backoff_max_s, last.retry_after, self._rng)
-                log.info("%s: attempt %d failed (%s); retrying in %.2f s", url, attempts, self._scrub(last.summary), delay)
+                log.info(
+                    "%s: attempt %d failed (%s); retrying in %.2f s", url, attempts, self._scrub(last.summary), delay
+                )
                 await asyncio.sleep(delay)
 
         completion.attempts = attempts
@@ -349,8 +406,8 @@ class OpenAICompatTeacher:
             # Worst case for each: its prompt and all of max_tokens, at the teacher's price.
             completion.maybe_billed_attempts = maybe_billed
             completion.maybe_billed_usd = maybe_billed * estimate_cost(
-                cfg.price, max_tokens=params["max_tokens"], prompt=params.get("prompt"),
-                messages=params.get("messages"))
+                cfg.price, max_tokens=params["max_tokens"], prompt=params.get("prompt"), messages=params.get("messages")
+            )
         if self.tracker is not None:
             completion.cost = self.tracker.charge(completion.usage, price=cfg.price, attempts=attempts)
         else:
@@ -414,5 +471,10 @@ class OpenAICompatTeacher:
             usage = Usage(int(usage_d.get("prompt_tokens") or 0), int(usage_d.get("completion_tokens") or 0))
         else:  # the endpoint reports no usage: estimate, erring high, so budgets stay safe
             usage = Usage(estimate_prompt_tokens(params.get("prompt"), params.get("messages")), estimate_tokens(text))
-        return Completion(text=text, finish_reason=finish, usage=usage, model=str(data.get("model") or self.model),
-                          request_id=data.get("id") or request_id)
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            usage=usage,
+            model=str(data.get("model") or self.model),
+            request_id=data.get("id") or request_id,
+        )

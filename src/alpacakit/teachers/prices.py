@@ -84,7 +84,8 @@ def require_known_price(cfg: Any, max_cost: float | None, role: str) -> str:
         raise ConfigError(
             f"--max-cost {max_cost:g}: alpacakit does not know what {cfg.model} costs, so it could not keep to a budget",
             hint=f"set the {role} price (--set {role}.price.input_per_1m=... --set {role}.price.output_per_1m=..., "
-            f"dollars per 1M tokens; 0 for a free server), or use a model in the price table ({listed})")
+            f"dollars per 1M tokens; 0 for a free server), or use a model in the price table ({listed})",
+        )
     return source
 
 
@@ -92,5 +93,9 @@ def describe_source(source: str) -> str:
     if source.startswith("table"):
         stale = " (over its stale_after_days: check your provider's page)" if table_is_stale() else ""
         return f"price from alpacakit's table as of {source.split()[1]}{stale}"
-    return {"config": "price from the config", "local": "local model: free", "loopback": "server on this machine: free",
-            "unknown": "price unknown: counted as $0"}.get(source, source)
+    return {
+        "config": "price from the config",
+        "local": "local model: free",
+        "loopback": "server on this machine: free",
+        "unknown": "price unknown: counted as $0",
+    }.get(source, source)

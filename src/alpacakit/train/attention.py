@@ -25,18 +25,33 @@ NAME = "alpacakit_packed"
 _registered = False
 
 
-def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                 scaling: float | None = None, position_ids: Any = None, sliding_window: int | None = None,
-                 **kwargs: Any) -> tuple[Any, None]:
+def _packed_sdpa(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_ids: Any = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     t = query.shape[2]
-    plain = (position_ids is None or query.shape[0] != 1 or key.shape[2] != t or position_ids.shape[-1] != t
-             or attention_mask is not None)
+    plain = (
+        position_ids is None
+        or query.shape[0] != 1
+        or key.shape[2] != t
+        or position_ids.shape[-1] != t
+        or attention_mask is not None
+    )
     if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
     if not starts or starts[0] != 0:
         starts = [0, *starts]
@@ -48,8 +63,9 @@ def _packed_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
         if sliding_window is not None and n > sliding_window:
             i = torch.arange(n, device=query.device)
             mask = ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window))[None, None]
-        out, _ = sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], mask,
-                                        dropout=dropout, scaling=scaling, **kwargs)
+        out, _ = sdpa_attention_forward(
+            module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], mask, dropout=dropout, scaling=scaling, **kwargs
+        )
         outs.append(out)  # (1, n, heads, head_dim)
     return torch.cat(outs, dim=1), None
 

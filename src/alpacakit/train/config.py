@@ -75,8 +75,20 @@ class LoraSettings(Section):
 
 # Hyperparameters a stage may override (everything else is shared by all stages).
 STAGE_KEYS = (
-    "data", "val_data", "val_size", "max_examples", "epochs", "max_steps", "lr", "scheduler", "warmup_ratio",
-    "weight_decay", "batch_size", "grad_accum", "effective_batch", "max_length",
+    "data",
+    "val_data",
+    "val_size",
+    "max_examples",
+    "epochs",
+    "max_steps",
+    "lr",
+    "scheduler",
+    "warmup_ratio",
+    "weight_decay",
+    "batch_size",
+    "grad_accum",
+    "effective_batch",
+    "max_length",
 )
 
 
@@ -103,23 +115,33 @@ class StageConfig(Section):
 class TrainConfig(Section):
     """Fine-tuning: a base model learns to follow instructions from the generated data."""
 
-    preset: str | None = Field(None, description="Start from a preset (alpacakit train --list-presets); keys set here win.")
+    preset: str | None = Field(
+        None, description="Start from a preset (alpacakit train --list-presets); keys set here win."
+    )
     base: str = Field(
         "gemma-3-270m",
         description="Base model: an embedded name (gemma-3-270m), a .gguf file (dequantised), a local HF model folder, "
         "or a Hugging Face model id (needs hub access).",
     )
-    data: str | None = Field(None, description="Training data: generate output (JSONL), Alpaca JSON, an HF datasets "
-                             "folder, or ShareGPT-style conversations.")
+    data: str | None = Field(
+        None,
+        description="Training data: generate output (JSONL), Alpaca JSON, an HF datasets "
+        "folder, or ShareGPT-style conversations.",
+    )
     val_data: str | None = Field(None, description="Validation data file (same formats). Default: split off val_size.")
     val_size: float = Field(0.0, ge=0, description="Validation split taken from the data: a fraction (< 1) or a count.")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
-    prompt_format: str = Field("alpaca", description="Prompt format: alpaca, chat (the base model's chat template), "
-                               "alpaca-stanford (Stanford's train.py, byte for byte), alpaca-lora (Alpaca-LoRA's "
-                               "template), or a path to a prompt format JSON. Saved into the model folder.")
+    prompt_format: str = Field(
+        "alpaca",
+        description="Prompt format: alpaca, chat (the base model's chat template), "
+        "alpaca-stanford (Stanford's train.py, byte for byte), alpaca-lora (Alpaca-LoRA's "
+        "template), or a path to a prompt format JSON. Saved into the model folder.",
+    )
     method: Literal["lora", "full", "qlora", "lora-8bit"] = Field(
-        "lora", description="full fine-tune, LoRA (PEFT), QLoRA (4-bit NF4 base, CUDA) or LoRA on an 8-bit base "
-        "(bitsandbytes int8, CUDA).")
+        "lora",
+        description="full fine-tune, LoRA (PEFT), QLoRA (4-bit NF4 base, CUDA) or LoRA on an 8-bit base "
+        "(bitsandbytes int8, CUDA).",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
     epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
@@ -130,13 +152,24 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
-    grad_accum: int | None = Field(None, ge=1, description="Micro-batches per optimizer step (default: from effective_batch).")
-    effective_batch: int | None = Field(None, ge=1, description="Examples per optimizer step across all devices "
-                                        "(batch_size x grad_accum x processes). Stanford: 128.")
-    max_length: int = Field(512, ge=8, description="Truncate each example (prompt + response + EOS) to this many tokens.")
+    grad_accum: int | None = Field(
+        None, ge=1, description="Micro-batches per optimizer step (default: from effective_batch)."
+    )
+    effective_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Examples per optimizer step across all devices "
+        "(batch_size x grad_accum x processes). Stanford: 128.",
+    )
+    max_length: int = Field(
+        512, ge=8, description="Truncate each example (prompt + response + EOS) to this many tokens."
+    )
 
-    packing: bool = Field(True, description="Padding-free packing: a micro-batch is one row; examples never attend to "
-                          "each other (position ids restart per example).")
+    packing: bool = Field(
+        True,
+        description="Padding-free packing: a micro-batch is one row; examples never attend to "
+        "each other (position ids restart per example).",
+    )
     loss: Literal["chunked", "supervised", "full"] = Field(
         "chunked",
         description="chunked: logits only at response positions, in chunks (fast, low memory); supervised: logits only "
@@ -152,22 +185,33 @@ class TrainConfig(Section):
     group_by_length: bool = Field(False, description="Without packing: batch examples of similar length.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
     precision: Literal["auto", "fp32", "bf16", "fp16", "bf16-mixed"] = Field(
-        "auto", description="auto: bf16 on a GPU that has it, else fp32. bf16-mixed: fp32 weights and optimizer, bf16 "
-        "compute (autocast; under FSDP its mixed precision), as Stanford's --bf16 True.")
-    optim: str | None = Field(None, description="Optimizer by its transformers name (default adamw_torch); e.g. "
-                              "paged_adamw_32bit (QLoRA; bitsandbytes, CUDA).")
-    accelerate_config: str | None = Field(None, description="accelerate config used by --launcher accelerate when "
-                                          "--accelerate-config is not given: ddp, fsdp, deepspeed-zero3 or a path.")
+        "auto",
+        description="auto: bf16 on a GPU that has it, else fp32. bf16-mixed: fp32 weights and optimizer, bf16 "
+        "compute (autocast; under FSDP its mixed precision), as Stanford's --bf16 True.",
+    )
+    optim: str | None = Field(
+        None,
+        description="Optimizer by its transformers name (default adamw_torch); e.g. "
+        "paged_adamw_32bit (QLoRA; bitsandbytes, CUDA).",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="accelerate config used by --launcher accelerate when "
+        "--accelerate-config is not given: ddp, fsdp, deepspeed-zero3 or a path.",
+    )
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
 
     save_steps: int = Field(50, ge=1, description="Save a resumable checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept per stage.")
     keep_checkpoints: bool = Field(False, description="Keep checkpoints/ in the finished model folder.")
-    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end of each epoch).")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps (default: at the end of each epoch)."
+    )
     logging_steps: int = Field(1, ge=1, description="Log loss, LR and tokens/s every N steps.")
     output_dir: str = Field("model", description="The model folder to write (atomically, via OUTPUT_DIR.partial/).")
-    stages: list[StageConfig] = Field(default_factory=list, description="Multi-stage training: run in order, each from "
-                                      "the previous stage's weights.")
+    stages: list[StageConfig] = Field(
+        default_factory=list, description="Multi-stage training: run in order, each from the previous stage's weights."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -177,13 +221,13 @@ class TrainConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, found {names}")
         return self
 
-    def stage_list(self) -> list["ResolvedStage"]:
+    def stage_list(self) -> list[ResolvedStage]:
         """The stages to run, each with every hyperparameter resolved (one stage if none are listed)."""
         base = {k: getattr(self, k) for k in STAGE_KEYS}
         if not self.stages:
@@ -236,8 +280,9 @@ class ResolvedStage(Section):
         return self.effective_batch // per_step
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
-                      extra: dict[str, Any] | None = None) -> Any:
+def load_train_config(
+    path: str | Path | None, overrides: list[str] | None = None, extra: dict[str, Any] | None = None
+) -> Any:
     """The whole config for `alpacakit train`: defaults <- YAML <- --set <- named flags.
 
     The YAML may be a full `alpacakit.yaml` (a `train:` section among others) or just the

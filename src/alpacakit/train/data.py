@@ -66,6 +66,7 @@ class DataStats:
 
 # ---------------------------------------------------------------------------- reading
 
+
 def data_fingerprint(path: str | Path) -> dict[str, Any]:
     """{path, sha256} of a data file; for a folder, a hash over its files' names and hashes."""
     from alpacakit.io import sha256_file
@@ -101,8 +102,10 @@ def record_to_sample(obj: dict[str, Any], where: str) -> Sample | None:
             role = msg.get("from", msg.get("role"))
             value = msg.get("value", msg.get("content"))
             if role is None or value is None:
-                raise DataError(f"{where}: {key}[{j}] needs 'from'/'value' (ShareGPT) or 'role'/'content' "
-                                f"(found keys: {', '.join(sorted(msg)) or 'none'})")
+                raise DataError(
+                    f"{where}: {key}[{j}] needs 'from'/'value' (ShareGPT) or 'role'/'content' "
+                    f"(found keys: {', '.join(sorted(msg)) or 'none'})"
+                )
             role = str(role).lower()
             if role in _SYSTEM:
                 system = _text(value)
@@ -113,19 +116,24 @@ def record_to_sample(obj: dict[str, Any], where: str) -> Sample | None:
                     pending = _text(value)
             elif role in _ASSISTANT:
                 if pending is None:
-                    raise DataError(f"{where}: {key}[{j}] is an assistant turn with no user turn before it",
-                                    hint="a conversation must start with the user (after an optional system turn)")
+                    raise DataError(
+                        f"{where}: {key}[{j}] is an assistant turn with no user turn before it",
+                        hint="a conversation must start with the user (after an optional system turn)",
+                    )
                 turns.append(Turn(pending, "", _text(value)))
                 pending = None
             else:
-                raise DataError(f"{where}: {key}[{j}] has an unknown role {role!r}",
-                                hint="roles: human/user, gpt/assistant, system")
+                raise DataError(
+                    f"{where}: {key}[{j}] has an unknown role {role!r}", hint="roles: human/user, gpt/assistant, system"
+                )
         return Sample(turns, where, system) if turns else None
     if "instruction" in obj:
         out = obj.get("output", obj.get("response"))
         if out is None:
-            raise DataError(f"{where}: record has 'instruction' but no 'output' (found fields: {', '.join(sorted(obj))})",
-                            hint="every Alpaca record needs 'instruction' and 'output' ('input' is optional)")
+            raise DataError(
+                f"{where}: record has 'instruction' but no 'output' (found fields: {', '.join(sorted(obj))})",
+                hint="every Alpaca record needs 'instruction' and 'output' ('input' is optional)",
+            )
         inp = obj.get("input", obj.get("context"))
         return Sample([Turn(_text(obj["instruction"]), _text(inp), _text(out))], where)
     raise DataError(
@@ -141,8 +149,10 @@ def load_samples(path: str | Path, stats: DataStats | None = None, max_examples:
 
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: training data not found",
-                        hint="set train.data (or --data) to a JSONL/JSON/CSV file or an HF datasets folder")
+        raise DataError(
+            f"{path}: training data not found",
+            hint="set train.data (or --data) to a JSONL/JSON/CSV file or an HF datasets folder",
+        )
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records in the file")
@@ -170,8 +180,10 @@ def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple
     n = int(round(val_size * len(samples))) if val_size < 1 else int(val_size)
     n = max(1, n)
     if n >= len(samples):
-        raise DataError(f"val_size {val_size} would hold out {n} of {len(samples)} examples, leaving none to train on",
-                        hint="lower val_size or add data")
+        raise DataError(
+            f"val_size {val_size} would hold out {n} of {len(samples)} examples, leaving none to train on",
+            hint="lower val_size or add data",
+        )
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
     held = set(order[:n])
@@ -180,8 +192,10 @@ def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple
 
 # ---------------------------------------------------------------------------- tokenizing
 
-def stanford_labels(tokenizer: Any, prompt: str, response: str, max_length: int,
-                    add_special_tokens: bool = True) -> tuple[list[int], list[int], bool]:
+
+def stanford_labels(
+    tokenizer: Any, prompt: str, response: str, max_length: int, add_special_tokens: bool = True
+) -> tuple[list[int], list[int], bool]:
     """Stanford's rule for one example: (input_ids, labels, truncated).
 
     ids = tokens(prompt + response) + [EOS]; labels = ids with the first len(tokens(prompt))
@@ -202,8 +216,9 @@ def _finish(ids: list[int], n_prompt: int, eos: int, max_length: int) -> tuple[l
     return ids, labels, truncated
 
 
-def chat_labels(tokenizer: Any, fmt: PromptFormat, messages: list[dict[str, str]],
-                max_length: int) -> tuple[list[int], list[int], bool]:
+def chat_labels(
+    tokenizer: Any, fmt: PromptFormat, messages: list[dict[str, str]], max_length: int
+) -> tuple[list[int], list[int], bool]:
     """Stanford's rule applied turn by turn: every assistant turn (and the final EOS) is
     supervised, everything the template writes around it (roles, user turns) is not."""
     n = len(messages)
@@ -213,8 +228,10 @@ def chat_labels(tokenizer: Any, fmt: PromptFormat, messages: list[dict[str, str]
     for k in range(n):
         if messages[k]["role"] != "assistant":
             continue
-        start = len(tokenizer(fmt.render(messages[:k], add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-        end = len(tokenizer(fmt.render(messages[:k + 1]), add_special_tokens=False)["input_ids"])
+        start = len(
+            tokenizer(fmt.render(messages[:k], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        )
+        end = len(tokenizer(fmt.render(messages[: k + 1]), add_special_tokens=False)["input_ids"])
         for t in range(start, min(end, len(ids))):
             labels[t] = ids[t]
     eos = tokenizer.eos_token_id
@@ -240,8 +257,9 @@ def sample_examples(sample: Sample, fmt: PromptFormat) -> list[tuple[str, str] |
     return [msgs]
 
 
-def tokenize_samples(samples: list[Sample], fmt: PromptFormat, tokenizer: Any, max_length: int,
-                     stats: DataStats | None = None) -> list[dict[str, list[int]]]:
+def tokenize_samples(
+    samples: list[Sample], fmt: PromptFormat, tokenizer: Any, max_length: int, stats: DataStats | None = None
+) -> list[dict[str, list[int]]]:
     """Token ids and labels for every sample; examples whose response was cut away entirely are dropped."""
     out: list[dict[str, list[int]]] = []
     for s in samples:
@@ -250,7 +268,9 @@ def tokenize_samples(samples: list[Sample], fmt: PromptFormat, tokenizer: Any, m
             stats.split_multiturn += 1
         for part in parts:
             if isinstance(part, tuple):
-                ids, labels, truncated = stanford_labels(tokenizer, part[0], part[1], max_length, fmt.add_special_tokens)
+                ids, labels, truncated = stanford_labels(
+                    tokenizer, part[0], part[1], max_length, fmt.add_special_tokens
+                )
             else:
                 ids, labels, truncated = chat_labels(tokenizer, fmt, part, max_length)
             n_sup = sum(1 for x in labels if x != IGNORE)

@@ -70,8 +70,10 @@ def enable_fsdp_on_cpu(accelerator: Any) -> bool:
     if plugin.fsdp_version != 1:
         from alpacakit.errors import ConfigError
 
-        raise ConfigError("FSDP on CPU is supported with fsdp_version: 1 only",
-                          hint="set fsdp_config.fsdp_version: 1 in the accelerate config (alpacakit's fsdp.yaml does)")
+        raise ConfigError(
+            "FSDP on CPU is supported with fsdp_version: 1 only",
+            hint="set fsdp_config.fsdp_version: 1 in the accelerate config (alpacakit's fsdp.yaml does)",
+        )
     _cpu_state_dict_configs(plugin)
     import torch
 
@@ -201,8 +203,11 @@ def _save_gathered(model: Any, sd: dict[str, Any], folder: Path) -> None:
     adapters = list(getattr(model, "peft_config", {}) or ["default"])
     for f in folder.rglob("*.safetensors"):
         tensors = load_file(f)
-        save_file({_adapter_key(_clean(k), adapters): v.contiguous() for k, v in tensors.items()}, f,
-                  metadata={"format": "pt"})
+        save_file(
+            {_adapter_key(_clean(k), adapters): v.contiguous() for k, v in tensors.items()},
+            f,
+            metadata={"format": "pt"},
+        )
 
 
 def _adapter_key(key: str, adapters: list[str]) -> str:

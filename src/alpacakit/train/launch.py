@@ -43,7 +43,9 @@ def accelerate_config_path(name: str) -> Path:
         return Path(str(resources.files("alpacakit.train").joinpath("accelerate", f"{name}.yaml")))
     p = Path(name)
     if not p.is_file():
-        raise ConfigError(f"accelerate config {name!r} not found", hint=f"use one of {', '.join(SHIPPED)} or a path to a YAML file")
+        raise ConfigError(
+            f"accelerate config {name!r} not found", hint=f"use one of {', '.join(SHIPPED)} or a path to a YAML file"
+        )
     return p
 
 
@@ -59,8 +61,10 @@ def _check_deepspeed(src: Path) -> None:
     try:
         import deepspeed  # noqa: F401
     except ImportError as e:
-        raise ConfigError(f"{src.name}: DeepSpeed is not installed ({e})",
-                          hint='pip install "alpacakit[deepspeed]", or use --accelerate-config fsdp') from None
+        raise ConfigError(
+            f"{src.name}: DeepSpeed is not installed ({e})",
+            hint='pip install "alpacakit[deepspeed]", or use --accelerate-config fsdp',
+        ) from None
 
 
 def _cpu_variant(src: Path, folder: Path) -> Path:
@@ -105,8 +109,10 @@ class Machines:
             )
         if self.num_machines > 1:
             if not self.main_ip:
-                raise ConfigError(f"--num-machines {self.num_machines} needs --main-process-ip",
-                                  hint="the address of the machine with --machine-rank 0, reachable from every machine")
+                raise ConfigError(
+                    f"--num-machines {self.num_machines} needs --main-process-ip",
+                    hint="the address of the machine with --machine-rank 0, reachable from every machine",
+                )
             if num_processes % self.num_machines:
                 raise ConfigError(
                     f"--num-processes {num_processes} is not a multiple of --num-machines {self.num_machines}",
@@ -118,21 +124,47 @@ class Machines:
             raise ConfigError(f"--main-process-port must be a TCP port (1-65535), found {self.main_port}")
 
 
-def accelerate_command(acfg: Path, cfg_file: Path, out: Path, *, num_processes: int, machines: Machines,
-                       resume: bool = False, overwrite: bool = False) -> list[str]:
+def accelerate_command(
+    acfg: Path,
+    cfg_file: Path,
+    out: Path,
+    *,
+    num_processes: int,
+    machines: Machines,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> list[str]:
     """The `accelerate launch` command line (everything passed through to accelerate itself)."""
     machines.check(num_processes)
     if machines.num_machines == 1:
         port = machines.main_port or _free_port()
     else:
         port = machines.main_port or DEFAULT_PORT  # must be the same on every machine: no free-port guess
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(acfg),
-           "--num_processes", str(num_processes), "--num_machines", str(machines.num_machines),
-           "--machine_rank", str(machines.machine_rank)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(acfg),
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        str(machines.num_machines),
+        "--machine_rank",
+        str(machines.machine_rank),
+    ]
     if machines.main_ip:
         cmd += ["--main_process_ip", str(machines.main_ip)]
-    cmd += ["--main_process_port", str(port),
-            "-m", "alpacakit.train.launch", "--config-json", str(cfg_file), "--out", str(out)]
+    cmd += [
+        "--main_process_port",
+        str(port),
+        "-m",
+        "alpacakit.train.launch",
+        "--config-json",
+        str(cfg_file),
+        "--out",
+        str(out),
+    ]
     if resume:
         cmd.append("--resume")
     if overwrite:
@@ -140,9 +172,17 @@ def accelerate_command(acfg: Path, cfg_file: Path, out: Path, *, num_processes: 
     return cmd
 
 
-def launch_accelerate(cfg_json: dict, *, out: Path, resume: bool, overwrite: bool, num_processes: int,
-                      accelerate_config: str = "ddp", machines: Machines | None = None,
-                      print_command: bool = False) -> int:
+def launch_accelerate(
+    cfg_json: dict,
+    *,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    num_processes: int,
+    accelerate_config: str = "ddp",
+    machines: Machines | None = None,
+    print_command: bool = False,
+) -> int:
     """Run the training under `accelerate launch`; returns the exit code.
 
     `print_command` prints the accelerate command instead of running it (and writes nothing).
@@ -153,15 +193,24 @@ def launch_accelerate(cfg_json: dict, *, out: Path, resume: bool, overwrite: boo
         import accelerate  # noqa: F401
         import torch
     except ImportError:
-        raise ConfigError("--launcher accelerate needs accelerate and torch", hint='pip install "alpacakit[train]"') from None
+        raise ConfigError(
+            "--launcher accelerate needs accelerate and torch", hint='pip install "alpacakit[train]"'
+        ) from None
     src = accelerate_config_path(accelerate_config)
     _check_deepspeed(src)
     cuda = torch.cuda.is_available()
     if print_command:
         folder = Path(tempfile.gettempdir())
         acfg = src if cuda else folder / f"cpu-{src.name}"
-        cmd = accelerate_command(acfg, folder / "train.json", out, num_processes=num_processes, machines=machines,
-                                 resume=resume, overwrite=overwrite)
+        cmd = accelerate_command(
+            acfg,
+            folder / "train.json",
+            out,
+            num_processes=num_processes,
+            machines=machines,
+            resume=resume,
+            overwrite=overwrite,
+        )
         print(" ".join(cmd))
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +219,9 @@ def launch_accelerate(cfg_json: dict, *, out: Path, resume: bool, overwrite: boo
         acfg = src if cuda else _cpu_variant(src, folder)
         cfg_file = folder / "train.json"
         cfg_file.write_text(json.dumps(cfg_json), encoding="utf-8")
-        cmd = accelerate_command(acfg, cfg_file, out, num_processes=num_processes, machines=machines,
-                                 resume=resume, overwrite=overwrite)
+        cmd = accelerate_command(
+            acfg, cfg_file, out, num_processes=num_processes, machines=machines, resume=resume, overwrite=overwrite
+        )
         env = dict(os.environ)
         if "OMP_NUM_THREADS" not in env and not cuda:
             per_machine = max(1, num_processes // machines.num_machines)

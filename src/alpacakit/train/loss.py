@@ -27,8 +27,9 @@ def _function() -> Any:
 
     class ChunkedLinearCrossEntropy(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, hidden: Any, weight: Any, bias: Any, targets: Any, chunk: int,
-                    softcap: float | None) -> Any:
+        def forward(
+            ctx: Any, hidden: Any, weight: Any, bias: Any, targets: Any, chunk: int, softcap: float | None
+        ) -> Any:
             need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             if weight.dtype != hidden.dtype:  # e.g. a bf16 head with fp32 hidden states
                 hidden = hidden.to(weight.dtype)
@@ -38,8 +39,8 @@ def _function() -> Any:
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
             for start in range(0, hidden.shape[0], chunk):
-                h = hidden[start:start + chunk]
-                t = targets[start:start + chunk]
+                h = hidden[start : start + chunk]
+                t = targets[start : start + chunk]
                 logits = torch.nn.functional.linear(h, weight, bias).float()
                 if softcap:
                     th = torch.tanh(logits / softcap)
@@ -54,7 +55,7 @@ def _function() -> Any:
                         g.mul_(1.0 - th * th)
                     g = g.to(hidden.dtype)
                     if need_h:
-                        grad_h[start:start + chunk] = g @ weight
+                        grad_h[start : start + chunk] = g @ weight
                     if need_w:
                         grad_w += (g.t() @ h).float()
                     if need_b:
@@ -82,8 +83,9 @@ def _function() -> Any:
 _FN: Any = None
 
 
-def chunked_cross_entropy(hidden: Any, weight: Any, bias: Any, targets: Any, chunk: int = 256,
-                          softcap: float | None = None) -> Any:
+def chunked_cross_entropy(
+    hidden: Any, weight: Any, bias: Any, targets: Any, chunk: int = 256, softcap: float | None = None
+) -> Any:
     """Sum over rows of CE(softcap(hidden @ weight.T + bias), targets), one chunk of rows at a time."""
     global _FN
     if _FN is None:

@@ -26,8 +26,10 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
     partial = partial_dir(d)
     if not d.exists():
         if partial.exists():
-            raise ConfigError(f"{d} does not exist, but {partial} does: that training run did not finish",
-                              hint="resume it with `alpacakit train ... --resume`")
+            raise ConfigError(
+                f"{d} does not exist, but {partial} does: that training run did not finish",
+                hint="resume it with `alpacakit train ... --resume`",
+            )
         raise ConfigError(f"{d}: no such model folder")
     m = d / "manifest.json"
     if not m.exists():
@@ -47,7 +49,9 @@ def _base_path(manifest: dict[str, Any]) -> str:
     return resolve_base(base["ref"]).path  # e.g. the GGUF cache was cleared: convert again
 
 
-def load_trained(model_dir: str | Path, *, merged: bool | None = None, dtype: Any = None) -> tuple[Any, Any, PromptFormat]:
+def load_trained(
+    model_dir: str | Path, *, merged: bool | None = None, dtype: Any = None
+) -> tuple[Any, Any, PromptFormat]:
     """(model, tokenizer, prompt format) of a trained model folder, ready for generation.
 
     Uses merged/ when present (or when `merged=True`), else base + adapter/.

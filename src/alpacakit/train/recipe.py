@@ -111,28 +111,40 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 # ---------------------------------------------------------------------------- checks
 
+
 def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> list[ResolvedStage]:
     """Every check that needs no model: fail in a second, not after loading weights."""
     partial = partial_dir(out)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists (a finished model folder)",
-                          hint="pass --overwrite to replace it, or choose another --out")
+        raise ConfigError(
+            f"{out} already exists (a finished model folder)",
+            hint="pass --overwrite to replace it, or choose another --out",
+        )
     if partial.exists() and not resume:
-        raise ConfigError(f"{partial} holds an interrupted training run",
-                          hint="rerun with --resume to continue it, or delete that folder to start over")
+        raise ConfigError(
+            f"{partial} holds an interrupted training run",
+            hint="rerun with --resume to continue it, or delete that folder to start over",
+        )
     if resume and (partial / RUN_CONFIG).exists():
         saved = json.loads((partial / RUN_CONFIG).read_text(encoding="utf-8"))
         now = _config_dict(cfg)
         saved_hashes, now_hashes = saved.pop("data_sha256", None), now.pop("data_sha256")
         # The data of a stage that has started training must be the same bytes (a stage that
         # failed before its first step, e.g. on a broken line, may have had its file fixed).
-        started = {str(p) for st in cfg.stage_list() if _stage_started(partial / "stages" / st.dirname)
-                   for p in (st.data, st.val_data) if p}
+        started = {
+            str(p)
+            for st in cfg.stage_list()
+            if _stage_started(partial / "stages" / st.dirname)
+            for p in (st.data, st.val_data)
+            if p
+        }
         for path, sha in (saved_hashes or {}).items():  # runs saved before hashes were kept: not checked
             if path in started and now_hashes.get(path) not in (None, sha):
-                raise ConfigError(f"--resume: the training data {path} changed since the interrupted run "
-                                  f"(sha256 {sha[:12]}... then, {now_hashes[path][:12]}... now)",
-                                  hint="resume with the data it started on, or delete the .partial folder to start over")
+                raise ConfigError(
+                    f"--resume: the training data {path} changed since the interrupted run "
+                    f"(sha256 {sha[:12]}... then, {now_hashes[path][:12]}... now)",
+                    hint="resume with the data it started on, or delete the .partial folder to start over",
+                )
         changed = _diff(saved, now)
         if changed:
             raise ConfigError(
@@ -143,8 +155,10 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
     stages = cfg.stage_list()
     for st in stages:
         if not st.data:
-            raise ConfigError(f"stage {st.name!r}: no training data" if cfg.stages else "train.data is not set",
-                              hint="set train.data (or --data) to a JSONL / Alpaca JSON / ShareGPT file or an HF datasets folder")
+            raise ConfigError(
+                f"stage {st.name!r}: no training data" if cfg.stages else "train.data is not set",
+                hint="set train.data (or --data) to a JSONL / Alpaca JSON / ShareGPT file or an HF datasets folder",
+            )
         for p in (st.data, st.val_data):
             if p and not Path(p).exists():
                 raise DataError(f"{p}: training data not found (stage {st.name!r})")
@@ -174,12 +188,15 @@ def load_prompt_format(ref: str) -> PromptFormat:
 
 # ---------------------------------------------------------------------------- model
 
+
 def _lora_targets_error(model: Any, targets: list[str], err: Exception) -> ConfigError:
     import torch
 
     names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-    return ConfigError(f"lora.target_modules {targets} do not match this model's layers ({err})",
-                       hint=f"linear layers in this model: {', '.join(names)} (or use ['all-linear'])")
+    return ConfigError(
+        f"lora.target_modules {targets} do not match this model's layers ({err})",
+        hint=f"linear layers in this model: {', '.join(names)} (or use ['all-linear'])",
+    )
 
 
 def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
@@ -190,8 +207,14 @@ def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     targets = cfg.lora.target_modules
-    lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
-                    task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets)
+    lc = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)  # peft probing deprecated transformers names
@@ -216,6 +239,7 @@ def _load_stage_weights(model: Any, cfg: TrainConfig, weights: Path, base_path: 
 
 
 # ---------------------------------------------------------------------------- data
+
 
 class _ListDataset:
     """A list of tokenized examples as a map-style dataset (no pyarrow round trip)."""
@@ -256,6 +280,7 @@ def _stage_data(st: ResolvedStage, cfg: TrainConfig, fmt: PromptFormat, tok: Any
 
 
 # ---------------------------------------------------------------------------- one stage
+
 
 def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bool, world: int) -> Any:
     import torch
@@ -313,7 +338,9 @@ def _is_oom(e: BaseException) -> bool:
 
     if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         return True
-    return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()
+    )
 
 
 def _oom_error(cfg: TrainConfig, st: ResolvedStage, e: BaseException) -> AlpacakitError:
@@ -325,8 +352,16 @@ def _oom_error(cfg: TrainConfig, st: ResolvedStage, e: BaseException) -> Alpacak
     )
 
 
-def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: ResolvedStage, partial: Path,
-               resume: bool, dist: _Dist) -> tuple[Any, dict[str, Any]]:
+def _run_stage(
+    model: Any,
+    tok: Any,
+    fmt: PromptFormat,
+    cfg: TrainConfig,
+    st: ResolvedStage,
+    partial: Path,
+    resume: bool,
+    dist: _Dist,
+) -> tuple[Any, dict[str, Any]]:
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
@@ -346,15 +381,26 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
     t0 = time.perf_counter()
     rows, vrows, data_info = _stage_data(st, cfg, fmt, tok)
     t_data = time.perf_counter() - t0
-    _log(f"stage {st.name}: {len(rows)} training examples ({data_info['train']['supervised_tokens']} response "
-         f"tokens), {len(vrows)} validation", dist)
+    _log(
+        f"stage {st.name}: {len(rows)} training examples ({data_info['train']['supervised_tokens']} response "
+        f"tokens), {len(vrows)} validation",
+        dist,
+    )
     meter = Meter()
-    collator = PackedCollator() if cfg.packing else PaddedCollator(tok.pad_token_id if tok.pad_token_id is not None
-                                                                   else tok.eos_token_id)
+    collator = (
+        PackedCollator()
+        if cfg.packing
+        else PaddedCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    )
     args = _training_args(cfg, st, sdir / "checkpoints", bool(vrows), dist.world)
     progress = ProgressBar(f"train {st.name}")
-    callbacks = [CheckpointMarker(), ResumeCounters(meter), StepDelay(), progress,
-                 RankReport(partial / "logs" / "ranks", st.dirname, meter)]
+    callbacks = [
+        CheckpointMarker(),
+        ResumeCounters(meter),
+        StepDelay(),
+        progress,
+        RankReport(partial / "logs" / "ranks", st.dirname, meter),
+    ]
     if dist.main:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(partial / "logs" / st.dirname))))
     from alpacakit.train.distributed import sharding
@@ -363,8 +409,15 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
     if loss_mode == "chunked" and sharding():
         loss_mode = "supervised"  # sharded weights: the LM head must run inside the wrapped forward
     trainer = AlpacaTrainer(
-        model=model, args=args, train_dataset=_ListDataset(rows), eval_dataset=_ListDataset(vrows) if vrows else None,
-        data_collator=collator, callbacks=callbacks, loss_mode=loss_mode, loss_chunk=cfg.loss_chunk, meter=meter,
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(rows),
+        eval_dataset=_ListDataset(vrows) if vrows else None,
+        data_collator=collator,
+        callbacks=callbacks,
+        loss_mode=loss_mode,
+        loss_chunk=cfg.loss_chunk,
+        meter=meter,
         loss_average=cfg.loss_average,
     )
     from transformers import PrinterCallback
@@ -394,12 +447,18 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
 
     save_weights(trainer, weights, dist.main)  # every rank: under FSDP / ZeRO-3 the weights are gathered
     info = {
-        "name": st.name, "index": st.index, "settings": st.model_dump(mode="json"),
-        "accumulation": st.accumulation(dist.world), "world_size": dist.world,
-        "data": data_info, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "name": st.name,
+        "index": st.index,
+        "settings": st.model_dump(mode="json"),
+        "accumulation": st.accumulation(dist.world),
+        "world_size": dist.world,
+        "data": data_info,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
         "resumed_from": ckpt.name if ckpt else None,
         "final_train_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
-        "eval": metrics, "log_history": trainer.state.log_history,
+        "eval": metrics,
+        "log_history": trainer.state.log_history,
         "durations_s": {"data": round(t_data, 2), "train": round(t_train, 2)},
     }
     if dist.main:
@@ -412,8 +471,10 @@ def _run_stage(model: Any, tok: Any, fmt: PromptFormat, cfg: TrainConfig, st: Re
 
 # ---------------------------------------------------------------------------- the run
 
-def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False) -> TrainResult:
+
+def train(
+    cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False
+) -> TrainResult:
     """Fine-tune `cfg.base` on `cfg`'s data; returns the finished model folder and its manifest."""
     from alpacakit.train.base_model import load_model, load_tokenizer, resolve_base
 
@@ -448,8 +509,13 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
             atomic_write_json(partial / RUN_CONFIG, _config_dict(cfg))
     _barrier(dist)
     set_seed(cfg.seed)
-    model = load_model(base, precision=cfg.precision, quantize_4bit=cfg.method == "qlora", method=cfg.method,
-                       quantize_8bit=cfg.method == "lora-8bit")
+    model = load_model(
+        base,
+        precision=cfg.precision,
+        quantize_4bit=cfg.method == "qlora",
+        method=cfg.method,
+        quantize_8bit=cfg.method == "lora-8bit",
+    )
     if cfg.method != "full":
         model = _wrap_lora(model, cfg)
     t_load = time.perf_counter() - t0
@@ -457,8 +523,11 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        print(f"base {cfg.base} ({base.source}); method {cfg.method}: {n_train:,} trainable of {n_all:,} parameters; "
-              f"base weights {dtype} (precision {cfg.precision})", flush=True)
+        print(
+            f"base {cfg.base} ({base.source}); method {cfg.method}: {n_train:,} trainable of {n_all:,} parameters; "
+            f"base weights {dtype} (precision {cfg.precision})",
+            flush=True,
+        )
 
     results: list[dict[str, Any]] = []
     for st in stages:
@@ -485,8 +554,19 @@ def train(cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: boo
     return TrainResult(out, manifest, results)
 
 
-def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt: PromptFormat,
-            results: list[dict[str, Any]], started: float, t_load: float, overwrite: bool, dist: _Dist) -> dict:
+def _finish(
+    cfg: TrainConfig,
+    out: Path,
+    partial: Path,
+    base: Any,
+    tok: Any,
+    fmt: PromptFormat,
+    results: list[dict[str, Any]],
+    started: float,
+    t_load: float,
+    overwrite: bool,
+    dist: _Dist,
+) -> dict:
     from alpacakit.io import atomic_write_json
     from alpacakit.train.base_model import torch_dtype
     from alpacakit.train.outputs import loss_series, plot_losses, publish, versions
@@ -519,8 +599,11 @@ def _finish(cfg: TrainConfig, out: Path, partial: Path, base: Any, tok: Any, fmt
         "eval_losses": [{"step": s, "eval_loss": v} for s, v in series["eval"]],
         "final_train_loss": results[-1].get("final_train_loss"),
         "world_size": dist.world,
-        "durations_s": {"load": round(t_load, 2), "total": round(time.time() - started, 2),
-                        "stages": {r["name"]: r["durations_s"] for r in results}},
+        "durations_s": {
+            "load": round(t_load, 2),
+            "total": round(time.time() - started, 2),
+            "stages": {r["name"]: r["durations_s"] for r in results},
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),

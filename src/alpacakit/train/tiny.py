@@ -25,7 +25,9 @@ def corpus_lines() -> list[str]:
 
 
 def tiny_chat_template() -> str:
-    return resources.files("alpacakit.train").joinpath("resources", _TINY_CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    return (
+        resources.files("alpacakit.train").joinpath("resources", _TINY_CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    )
 
 
 def make_tiny_tokenizer(vocab_size: int = 384, chat_template: bool = False) -> Any:
@@ -57,16 +59,22 @@ def make_tiny_tokenizer(vocab_size: int = 384, chat_template: bool = False) -> A
 TinyArch = Literal["llama", "gemma3", "mistral", "qwen2", "qwen3", "phi3"]
 
 
-def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0,
-                    hidden: int = 32, layers: int = 2) -> Any:
+def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0, hidden: int = 32, layers: int = 2) -> Any:
     """A randomly initialised causal LM sized for the tokenizer (deterministic for a seed)."""
     import torch
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -75,8 +83,12 @@ def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0,
     if arch == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=4,
-                               layer_types=["sliding_attention", "full_attention"][:layers] + ["full_attention"] * max(0, layers - 2))
+        cfg = Gemma3TextConfig(
+            **common,
+            head_dim=16,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"][:layers] + ["full_attention"] * max(0, layers - 2),
+        )
         return Gemma3ForCausalLM(cfg)
     if arch == "mistral":
         from transformers import MistralConfig, MistralForCausalLM
@@ -99,8 +111,7 @@ def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0,
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
-def make_tiny_base(path: str | Path, arch: TinyArch = "llama", chat_template: bool = False,
-                   seed: int = 0) -> Path:
+def make_tiny_base(path: str | Path, arch: TinyArch = "llama", chat_template: bool = False, seed: int = 0) -> Path:
     """Write a tiny base model folder (config, safetensors, tokenizer) to `path` and return it."""
     path = Path(path)
     tok = make_tiny_tokenizer(chat_template=chat_template)

@@ -61,8 +61,15 @@ class Meter:
 class AlpacaTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, loss_mode: str = "chunked", loss_chunk: int = 256, meter: Meter | None = None,
-                 loss_average: str = "tokens", **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        loss_mode: str = "chunked",
+        loss_chunk: int = 256,
+        meter: Meter | None = None,
+        loss_average: str = "tokens",
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_mode = loss_mode
         self.loss_average = loss_average
@@ -87,8 +94,9 @@ class AlpacaTrainer(Trainer):
             init_optimizer_state(self.optimizer)  # else accelerate loads nothing into it (see there)
         super()._load_optimizer_and_scheduler(checkpoint)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         import torch
 
         inputs = dict(inputs)
@@ -233,8 +241,14 @@ class ProgressBar(TrainerCallback):
         if state.is_world_process_zero:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
-                            dynamic_ncols=True, mininterval=0.5)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc=self.desc,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:
@@ -244,8 +258,7 @@ class ProgressBar(TrainerCallback):
         if self.bar is None or not logs:
             return
         if "loss" in logs:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{logs.get('tokens_per_s', 0):.0f}",
-                                 refresh=False)
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{logs.get('tokens_per_s', 0):.0f}", refresh=False)
         if "eval_loss" in logs:
             self.bar.write(f"{self.desc}: step {state.global_step} eval_loss {logs['eval_loss']:.4f}")
 
@@ -284,8 +297,13 @@ class RankReport(TrainerCallback):
         rank = int(os.environ.get("RANK", "0"))
         self.folder.mkdir(parents=True, exist_ok=True)
         report = {
-            "rank": rank, "world_size": args.world_size, "stage": self.stage, "steps": state.global_step,
-            "examples": self.meter.examples, "tokens": self.meter.tokens, "supervised_tokens": self.meter.supervised,
+            "rank": rank,
+            "world_size": args.world_size,
+            "stage": self.stage,
+            "steps": state.global_step,
+            "examples": self.meter.examples,
+            "tokens": self.meter.tokens,
+            "supervised_tokens": self.meter.supervised,
             "initial_digest": self.initial_digest,
             "trainable_digest": trainable_digest(model) if model is not None else None,
         }

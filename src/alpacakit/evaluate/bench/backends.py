@@ -81,7 +81,9 @@ class Backend:
             raise DataError(f"the continuation {continuation!r} encodes to no tokens")
         return ctx + cont, len(cont)
 
-    def loglikelihood(self, context: str, continuations: list[str], *, add_special: bool = True) -> list[tuple[float, int]]:
+    def loglikelihood(
+        self, context: str, continuations: list[str], *, add_special: bool = True
+    ) -> list[tuple[float, int]]:
         out = []
         for cont in continuations:
             ids, n = self.split(context, cont, add_special)
@@ -91,8 +93,12 @@ class Backend:
 
     def _check_fits(self, n_tokens: int) -> None:
         if self.n_ctx is not None and n_tokens > self.n_ctx:
-            raise ContextTooLong(f"a benchmark prompt needs {n_tokens} tokens, more than the context window "
-                                 f"({self.n_ctx})", hint="raise --n-ctx", tokens=n_tokens, n_ctx=self.n_ctx)
+            raise ContextTooLong(
+                f"a benchmark prompt needs {n_tokens} tokens, more than the context window ({self.n_ctx})",
+                hint="raise --n-ctx",
+                tokens=n_tokens,
+                n_ctx=self.n_ctx,
+            )
 
 
 class ContextTooLong(DataError):
@@ -114,6 +120,7 @@ def _cut(text: str, stops: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- transformers
+
 
 class HFBackend(Backend):
     """A Hugging Face model folder (or an alpacakit model folder / LoRA adapter), on the device
@@ -150,7 +157,7 @@ class HFBackend(Backend):
             eos = self.tokenizer.eos_token_id
         ids += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
         fmt = self.native_format
-        for s in (fmt.stop if fmt else []):
+        for s in fmt.stop if fmt else []:
             tid = self.tokenizer.convert_tokens_to_ids(s) if s in self.tokenizer.get_vocab() else None
             if isinstance(tid, int) and tid not in ids:
                 ids.append(tid)
@@ -159,8 +166,11 @@ class HFBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = self.teacher.describe()
         info.pop("prompt_format", None)  # the teacher's chat fallback; ours is native_format
-        info.update(backend="transformers", n_ctx=self.n_ctx,
-                    native_format=self.native_format.name if self.native_format else None)
+        info.update(
+            backend="transformers",
+            n_ctx=self.n_ctx,
+            native_format=self.native_format.name if self.native_format else None,
+        )
         return info
 
     def _encode(self, text: str, add_special: bool) -> list[int]:
@@ -178,7 +188,7 @@ class HFBackend(Backend):
                 logits = self.model(input_ids=input_ids, logits_to_keep=n_cont + 1).logits
             except TypeError:
                 logits = self.model(input_ids=input_ids).logits
-            logits = logits[0, -(n_cont + 1):-1].float()
+            logits = logits[0, -(n_cont + 1) : -1].float()
             logprobs = torch.log_softmax(logits, dim=-1)
             target = torch.tensor(ids[-n_cont:], dtype=torch.long, device=logprobs.device)
             return float(logprobs.gather(1, target[:, None]).sum())
@@ -191,7 +201,11 @@ class HFBackend(Backend):
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.teacher.device)
         tok = self.tokenizer
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max_tokens, "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+            "max_new_tokens": max_tokens,
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
             "eos_token_id": self._eos or None,
             "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else (self._eos or [0])[0],
         }
@@ -200,7 +214,7 @@ class HFBackend(Backend):
             kwargs.update(stop_strings=stops, tokenizer=tok)
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        text = tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
+        text = tok.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
         return _cut(text, stops)
 
     def close(self) -> None:
@@ -209,6 +223,7 @@ class HFBackend(Backend):
 
 
 # --------------------------------------------------------------------------- llama.cpp
+
 
 class LlamaCppBackend(Backend):
     """A GGUF file or embedded model, in process, with `logits_all=True` so that one evaluation
@@ -224,17 +239,27 @@ class LlamaCppBackend(Backend):
         try:
             import llama_cpp
         except ImportError:
-            raise ConfigError(f"running {self.ref!r} needs llama-cpp-python, which is not installed",
-                              hint='pip install "alpacakit[llama]"  (builds llama.cpp from source: several minutes)') from None
+            raise ConfigError(
+                f"running {self.ref!r} needs llama-cpp-python, which is not installed",
+                hint='pip install "alpacakit[llama]"  (builds llama.cpp from source: several minutes)',
+            ) from None
         t0 = time.monotonic()
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
         try:
-            self._llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(512, n_ctx),
-                                        n_threads=self.n_threads, logits_all=True, seed=0, verbose=False)
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=n_ctx,
+                n_batch=min(512, n_ctx),
+                n_threads=self.n_threads,
+                logits_all=True,
+                seed=0,
+                verbose=False,
+            )
         except (ValueError, RuntimeError) as e:
-            raise ConfigError(f"llama.cpp could not load {self.path}: {e}",
-                              hint="check that the file is a complete GGUF model") from None
+            raise ConfigError(
+                f"llama.cpp could not load {self.path}: {e}", hint="check that the file is a complete GGUF model"
+            ) from None
         self.load_s = time.monotonic() - t0
         self.native_format = self._find_format()
 
@@ -253,16 +278,22 @@ class LlamaCppBackend(Backend):
         tmpl = self._llm.metadata.get("tokenizer.chat_template")
         if not tmpl:
             return None
-        return PromptFormat(name="chat", kind="chat", description="the chat template in the GGUF metadata",
-                            chat_template=tmpl, bos_token=self._token_text(self._llm.token_bos()),
-                            eos_token=self._token_text(self._llm.token_eos()))
+        return PromptFormat(
+            name="chat",
+            kind="chat",
+            description="the chat template in the GGUF metadata",
+            chat_template=tmpl,
+            bos_token=self._token_text(self._llm.token_bos()),
+            eos_token=self._token_text(self._llm.token_eos()),
+        )
 
     def describe(self) -> dict[str, Any]:
         from alpacakit.models import describe, is_embedded
 
         info = describe(self.ref if is_embedded(self.ref) else self.path)
-        info.update(backend="llama.cpp", n_ctx=self.n_ctx,
-                    native_format=self.native_format.name if self.native_format else None)
+        info.update(
+            backend="llama.cpp", n_ctx=self.n_ctx, native_format=self.native_format.name if self.native_format else None
+        )
         return info
 
     def _encode(self, text: str, add_special: bool) -> list[int]:
@@ -273,7 +304,9 @@ class LlamaCppBackend(Backend):
 
     reuse_prefix = True
 
-    def loglikelihood(self, context: str, continuations: list[str], *, add_special: bool = True) -> list[tuple[float, int]]:
+    def loglikelihood(
+        self, context: str, continuations: list[str], *, add_special: bool = True
+    ) -> list[tuple[float, int]]:
         """Like the base class, but the prompt is evaluated once per item and each choice on top
         of it (llama.cpp keeps the prompt's KV cache), instead of the whole prompt once per
         choice: several times faster for multiple choice. The prompt is evaluated without its
@@ -336,7 +369,7 @@ class LlamaCppBackend(Backend):
         start = len(ids) - n_cont - 1
         if llm.n_tokens != len(ids):  # the rows read must be those of this very evaluation
             raise RuntimeError(f"internal: {llm.n_tokens} tokens evaluated, {len(ids)} expected")
-        logits = np.asarray(llm.scores[start: len(ids) - 1], dtype=np.float64)
+        logits = np.asarray(llm.scores[start : len(ids) - 1], dtype=np.float64)
         top = logits.max(axis=1, keepdims=True)
         logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
         target = np.asarray(ids[-n_cont:])
@@ -360,8 +393,9 @@ class LlamaCppBackend(Backend):
         saved = llm._logits_all
         llm._logits_all = self._gen_logits_all
         try:
-            out = llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
-                                        stop=[s for s in stop if s] or None)
+            out = llm.create_completion(
+                ids, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, stop=[s for s in stop if s] or None
+            )
         finally:
             llm._logits_all = saved
         return _cut(out["choices"][0]["text"], stop)
@@ -385,16 +419,22 @@ class EndpointBackend(Backend):
     can_score = False
     chat_only = True
 
-    def __init__(self, ref: str, *, base_url: str | None = None, api_key_env: str | None = None,
-                 timeout_s: float = 120.0):
+    def __init__(
+        self, ref: str, *, base_url: str | None = None, api_key_env: str | None = None, timeout_s: float = 120.0
+    ):
         import asyncio
 
         from alpacakit.config import TeacherConfig
         from alpacakit.teachers import make_teacher
 
         t0 = time.monotonic()
-        fields: dict[str, Any] = {"model": ref, "base_url": base_url, "temperature": 0.0, "timeout_s": timeout_s,
-                                  "api": "chat"}
+        fields: dict[str, Any] = {
+            "model": ref,
+            "base_url": base_url,
+            "temperature": 0.0,
+            "timeout_s": timeout_s,
+            "api": "chat",
+        }
         if api_key_env:
             fields["api_key_env"] = api_key_env
         self.teacher = make_teacher(TeacherConfig(**fields))
@@ -403,15 +443,20 @@ class EndpointBackend(Backend):
         self._loop = asyncio.new_event_loop()
         self.load_s = time.monotonic() - t0
 
-    def loglikelihood(self, context: str, continuations: list[str], *, add_special: bool = True) -> list[tuple[float, int]]:
-        raise ConfigError(f"openai:{self.name}: multiple-choice tasks need log-likelihoods of the choices, which an "
-                          "endpoint does not give",
-                          hint="run short-answer tasks on the endpoint (--tasks facts_qa,arithmetic_qa,reading_qa), "
-                          "and multiple choice on local weights")
+    def loglikelihood(
+        self, context: str, continuations: list[str], *, add_special: bool = True
+    ) -> list[tuple[float, int]]:
+        raise ConfigError(
+            f"openai:{self.name}: multiple-choice tasks need log-likelihoods of the choices, which an "
+            "endpoint does not give",
+            hint="run short-answer tasks on the endpoint (--tasks facts_qa,arithmetic_qa,reading_qa), "
+            "and multiple choice on local weights",
+        )
 
     def generate(self, context: str, *, max_tokens: int, stop: list[str], add_special: bool) -> str:
-        c = self._loop.run_until_complete(self.teacher.chat([{"role": "user", "content": context}],
-                                                            max_tokens=max_tokens, temperature=0.0))
+        c = self._loop.run_until_complete(
+            self.teacher.chat([{"role": "user", "content": context}], max_tokens=max_tokens, temperature=0.0)
+        )
         return _cut(c.text, stop).strip()
 
     def describe(self) -> dict[str, Any]:
@@ -428,8 +473,16 @@ class EndpointBackend(Backend):
 
 # --------------------------------------------------------------------------- resolving
 
-def open_backend(model: str, *, base: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 base_url: str | None = None, api_key_env: str | None = None) -> Backend:
+
+def open_backend(
+    model: str,
+    *,
+    base: str | None = None,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+) -> Backend:
     """The backend for a model reference: an HF / alpacakit model folder, a .gguf file, a folder
     holding one .gguf, an embedded model name, or `openai:MODEL` (an endpoint at `base_url`)."""
     from alpacakit.models.registry import classify
@@ -437,12 +490,14 @@ def open_backend(model: str, *, base: str | None = None, n_ctx: int = 2048, n_th
     ref = model.strip()
     kind = classify(ref, base_url=base_url).kind
     if kind == "endpoint":
-        return EndpointBackend(ref if ref.startswith("openai:") else f"openai:{ref}", base_url=base_url,
-                               api_key_env=api_key_env)
+        return EndpointBackend(
+            ref if ref.startswith("openai:") else f"openai:{ref}", base_url=base_url, api_key_env=api_key_env
+        )
     if kind == "vllm":
-        raise ConfigError(f"{ref}: benchmarks run the model folder itself (transformers scores and answers)",
-                          hint=f"pass {ref.removeprefix('vllm:')} without the vllm: prefix")
+        raise ConfigError(
+            f"{ref}: benchmarks run the model folder itself (transformers scores and answers)",
+            hint=f"pass {ref.removeprefix('vllm:')} without the vllm: prefix",
+        )
     if kind == "hf":
         return HFBackend(Path(ref).expanduser(), base=base, n_threads=n_threads)
     return LlamaCppBackend(ref, n_ctx=n_ctx, n_threads=n_threads)
-

@@ -54,14 +54,21 @@ def convert_results(raw: dict[str, Any], tasks: list[str]) -> dict[str, dict[str
     samples = raw.get("n-samples") or {}
     for task, metrics in results.items():
         # metrics look like {"alias": "mmlu", "acc,none": 0.25, "acc_stderr,none": 0.01, ...}
-        flat = {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat = {
+            k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         head = next(((src, name) for src, name in _HEADLINE if src in flat), None)
         if head is None:
             continue
         n = (samples.get(task) or {}).get("effective")
-        entry: dict[str, Any] = {"accuracy": float(flat[head[0]]), "n": int(n) if n is not None else 0,
-                                 "metric": head[1], "source": "lm-evaluation-harness",
-                                 "lm_eval_metric": head[0], "lm_eval_metrics": flat}
+        entry: dict[str, Any] = {
+            "accuracy": float(flat[head[0]]),
+            "n": int(n) if n is not None else 0,
+            "metric": head[1],
+            "source": "lm-evaluation-harness",
+            "lm_eval_metric": head[0],
+            "lm_eval_metrics": flat,
+        }
         if head[1] in ("em", "f1"):
             entry.setdefault("em", flat.get("exact_match", flat.get("em")))
             entry.setdefault("f1", flat.get("f1"))
@@ -72,9 +79,16 @@ def convert_results(raw: dict[str, Any], tasks: list[str]) -> dict[str, dict[str
     return out
 
 
-def run_lm_eval(model: str, tasks: list[str], *, limit: int | None = None, base: str | None = None,
-                device: str = "cpu", batch_size: int = 1,
-                include_path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+def run_lm_eval(
+    model: str,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    base: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 1,
+    include_path: str | Path | None = None,
+) -> dict[str, dict[str, Any]]:
     """Run `tasks` (lm-eval task names, e.g. mmlu, nq_open, or tasks defined by the YAML files
     in `include_path`) zero-shot on `model`."""
     tasks = [t.strip() for t in tasks if t.strip()]
@@ -83,20 +97,32 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: int | None = None, base:
     try:
         import lm_eval
     except ImportError:
-        raise ConfigError("--lm-eval-tasks needs EleutherAI's lm-evaluation-harness, which is not installed",
-                          hint="pip install lm-eval   (its tasks download their data from the Hugging Face hub)") from None
+        raise ConfigError(
+            "--lm-eval-tasks needs EleutherAI's lm-evaluation-harness, which is not installed",
+            hint="pip install lm-eval   (its tasks download their data from the Hugging Face hub)",
+        ) from None
     extra: dict[str, Any] = {}
     if include_path is not None:
         folder = Path(include_path).expanduser()
         if not folder.is_dir():
-            raise ConfigError(f"--lm-eval-include {folder}: not a folder",
-                              hint="pass the folder that holds your lm-eval task YAML files")
+            raise ConfigError(
+                f"--lm-eval-include {folder}: not a folder",
+                hint="pass the folder that holds your lm-eval task YAML files",
+            )
         from lm_eval.tasks import TaskManager
 
         extra["task_manager"] = TaskManager(include_path=str(folder))
     args = _model_args(model, base)
-    raw = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=tasks, num_fewshot=0, limit=limit,
-                                  batch_size=batch_size, device=device, **extra)
+    raw = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=args,
+        tasks=tasks,
+        num_fewshot=0,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        **extra,
+    )
     if not isinstance(raw, dict):
         raise ConfigError("lm-evaluation-harness returned no results (was this process not its rank 0?)")
     return convert_results(raw, tasks)

@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -101,8 +101,12 @@ class PromptPlan:
         return self.fmt.build(t["instruction"].format(question=q))
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "format": self.fmt.name if self.fmt else None, "zero_shot": True,
-                "add_special_tokens": self.add_special}
+        return {
+            "mode": self.mode,
+            "format": self.fmt.name if self.fmt else None,
+            "zero_shot": True,
+            "add_special_tokens": self.add_special,
+        }
 
     def fingerprint(self) -> str:
         data = {"mode": self.mode, "fmt": self.fmt.to_dict() if self.fmt else None, "texts": self.texts}
@@ -114,8 +118,10 @@ def plan_prompts(backend: Any, prompt: str = "auto") -> PromptPlan:
     An endpoint always gets `message`: it applies its own chat template."""
     if getattr(backend, "chat_only", False):
         if prompt not in ("auto", "chat"):
-            raise ConfigError(f"--prompt {prompt}: an endpoint is sent chat messages and applies its own template",
-                              hint="leave --prompt at auto for openai:MODEL")
+            raise ConfigError(
+                f"--prompt {prompt}: an endpoint is sent chat messages and applies its own template",
+                hint="leave --prompt at auto for openai:MODEL",
+            )
         return PromptPlan("message")
     if prompt == "plain":
         return PromptPlan("plain")
@@ -128,13 +134,16 @@ def plan_prompts(backend: Any, prompt: str = "auto") -> PromptPlan:
     elif fmt.kind == "chat" and not fmt.chat_template:
         native = backend.native_format
         if native is not None and native.kind == "chat":
-            fmt = replace(fmt, chat_template=native.chat_template, bos_token=native.bos_token, eos_token=native.eos_token)
+            fmt = replace(
+                fmt, chat_template=native.chat_template, bos_token=native.bos_token, eos_token=native.eos_token
+            )
         else:
             fmt = replace(fmt, chat_template=fmt.fallback_chat_template, stop=[*fmt.stop, *fmt.fallback_stop])
     return PromptPlan("format", fmt)
 
 
 # --------------------------------------------------------------------------- scoring one item
+
 
 def score_mc(backend: Any, plan: PromptPlan, item: dict[str, Any]) -> dict[str, Any]:
     context = plan.context(item)
@@ -144,18 +153,36 @@ def score_mc(backend: Any, plan: PromptPlan, item: dict[str, Any]) -> dict[str, 
     norm = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(ll, item["choices"])]
     pred_raw = max(range(len(ll)), key=lambda i: (ll[i], -i))
     pred_norm = max(range(len(norm)), key=lambda i: (norm[i], -i))
-    return {"kind": "mc", "question": item["question"], "choices": item["choices"], "answer": item["answer"],
-            "pred_raw": pred_raw, "pred_norm": pred_norm,
-            "correct_raw": pred_raw == item["answer"], "correct_norm": pred_norm == item["answer"],
-            "loglik": ll, "n_tokens": [n for _, n in scores]}
+    return {
+        "kind": "mc",
+        "question": item["question"],
+        "choices": item["choices"],
+        "answer": item["answer"],
+        "pred_raw": pred_raw,
+        "pred_norm": pred_norm,
+        "correct_raw": pred_raw == item["answer"],
+        "correct_norm": pred_norm == item["answer"],
+        "loglik": ll,
+        "n_tokens": [n for _, n in scores],
+    }
 
 
 def score_qa(backend: Any, plan: PromptPlan, item: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
-    text = backend.generate(plan.context(item), max_tokens=max_new_tokens, stop=plan.stops, add_special=plan.add_special)
+    text = backend.generate(
+        plan.context(item), max_tokens=max_new_tokens, stop=plan.stops, add_special=plan.add_special
+    )
     pred = extract_answer(text)
     answers = item["answers"]
-    return {"kind": "qa", "question": item["question"], "answers": answers, "output": text, "prediction": pred,
-            "em": exact_match(pred, answers), "f1": token_f1(pred, answers), "contains": contains_answer(pred, answers)}
+    return {
+        "kind": "qa",
+        "question": item["question"],
+        "answers": answers,
+        "output": text,
+        "prediction": pred,
+        "em": exact_match(pred, answers),
+        "f1": token_f1(pred, answers),
+        "contains": contains_answer(pred, answers),
+    }
 
 
 def summarize(kind: str, results: list[dict[str, Any]], mc_score: str = "norm") -> dict[str, Any]:
@@ -171,19 +198,26 @@ def summarize(kind: str, results: list[dict[str, Any]], mc_score: str = "norm") 
         by_subject[r.get("subject") or ""].append(r)
     out: dict[str, Any] = {"accuracy": mean(head), "n": n}
     if kind == "mc":
-        out.update(metric="acc", scoring="loglik per byte" if mc_score == "norm" else "loglik sum",
-                   acc_norm=mean("correct_norm"), acc_raw=mean("correct_raw"))
+        out.update(
+            metric="acc",
+            scoring="loglik per byte" if mc_score == "norm" else "loglik sum",
+            acc_norm=mean("correct_norm"),
+            acc_raw=mean("correct_raw"),
+        )
     else:
         out.update(metric="contains", em=mean("em"), f1=mean("f1"), contains=mean("contains"))
-    out["by_subject"] = {s: {"n": len(rows), "accuracy": mean(head, rows)} for s, rows in sorted(by_subject.items()) if s}
+    out["by_subject"] = {
+        s: {"n": len(rows), "accuracy": mean(head, rows)} for s, rows in sorted(by_subject.items()) if s
+    }
     return out
 
 
 # --------------------------------------------------------------------------- the run
 
+
 def _default_system(model: str, out: Path | None, backend_name: str) -> str:
     if out is not None and out.stem.startswith("bench-") and len(out.stem) > len("bench-"):
-        return out.stem[len("bench-"):]
+        return out.stem[len("bench-") :]
     return backend_name
 
 
@@ -215,12 +249,27 @@ def _load_journal(path: Path, fp: str) -> dict[tuple[str, str], dict[str, Any]]:
     return done
 
 
-def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | None = None, out: str | Path | None = None,
-              system: str | None = None, prompt: str = "auto", mc_score: str = "norm", max_new_tokens: int = 32,
-              n_ctx: int = 2048, n_threads: int | None = None, base: str | None = None, seed: int = 0,
-              lm_eval_tasks: Sequence[str] | None = None, lm_eval_include: str | Path | None = None,
-              backend: Any = None, base_url: str | None = None, api_key_env: str | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def run_bench(
+    model: str,
+    *,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    system: str | None = None,
+    prompt: str = "auto",
+    mc_score: str = "norm",
+    max_new_tokens: int = 32,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    base: str | None = None,
+    seed: int = 0,
+    lm_eval_tasks: Sequence[str] | None = None,
+    lm_eval_include: str | Path | None = None,
+    backend: Any = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Run benchmark `tasks` (default: every built-in task) on `model`; write `out` if given.
 
     `backend` may be passed in (an already loaded Backend) to run several task sets on one
@@ -241,10 +290,12 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
     if endpoint and any(t.kind == "mc" for t in loaded):
         mc = [t.name for t in loaded if t.kind == "mc"]
         if chosen is not None:
-            raise ConfigError(f"{model}: {', '.join(mc)} {'is' if len(mc) == 1 else 'are'} multiple choice, scored by "
-                              "log-likelihood, which an endpoint does not give",
-                              hint="run short-answer tasks on the endpoint (e.g. --tasks facts_qa,arithmetic_qa,"
-                              "reading_qa), and multiple choice on local weights")
+            raise ConfigError(
+                f"{model}: {', '.join(mc)} {'is' if len(mc) == 1 else 'are'} multiple choice, scored by "
+                "log-likelihood, which an endpoint does not give",
+                hint="run short-answer tasks on the endpoint (e.g. --tasks facts_qa,arithmetic_qa,"
+                "reading_qa), and multiple choice on local weights",
+            )
         skipped = {name: "multiple choice needs log-likelihoods; an endpoint gives none" for name in mc}
         loaded = [t for t in loaded if t.kind != "mc"]
     names = [t.name for t in loaded]
@@ -258,16 +309,27 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
     if own_backend:
         from alpacakit.evaluate.bench.backends import open_backend
 
-        backend = open_backend(model, base=base, n_ctx=n_ctx, n_threads=n_threads, base_url=base_url,
-                               api_key_env=api_key_env)
+        backend = open_backend(
+            model, base=base, n_ctx=n_ctx, n_threads=n_threads, base_url=base_url, api_key_env=api_key_env
+        )
     try:
         if loaded:
             plan = plan_prompts(backend, prompt)
             result["system"] = system or _default_system(model, out_path, backend.name)
             result["model_info"] = backend.describe()
             result["prompt"] = plan.describe()
-            _run_tasks(backend, plan, loaded, result, limit=limit, seed=seed, mc_score=mc_score,
-                       max_new_tokens=max_new_tokens, out_path=out_path, progress=progress)
+            _run_tasks(
+                backend,
+                plan,
+                loaded,
+                result,
+                limit=limit,
+                seed=seed,
+                mc_score=mc_score,
+                max_new_tokens=max_new_tokens,
+                out_path=out_path,
+                progress=progress,
+            )
             result["timing"] = {"load_s": round(backend.load_s, 2)}
     finally:
         if own_backend:
@@ -276,20 +338,39 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
         from alpacakit.evaluate.bench.lm_eval_bridge import run_lm_eval
 
         result.setdefault("system", system or _default_system(model, out_path, Path(model).name or model))
-        for name, entry in run_lm_eval(model, list(lm_eval_tasks), limit=limit, base=base,
-                                       include_path=lm_eval_include).items():
+        for name, entry in run_lm_eval(
+            model, list(lm_eval_tasks), limit=limit, base=base, include_path=lm_eval_include
+        ).items():
             result["tasks"][name] = entry
     accs = [t["accuracy"] for t in result["tasks"].values()]
-    result["overall"] = {"accuracy": sum(accs) / len(accs) if accs else None, "n_tasks": len(accs),
-                         "n": sum(t["n"] for t in result["tasks"].values()), "average": "macro over tasks"}
+    result["overall"] = {
+        "accuracy": sum(accs) / len(accs) if accs else None,
+        "n_tasks": len(accs),
+        "n": sum(t["n"] for t in result["tasks"].values()),
+        "average": "macro over tasks",
+    }
     result["settings"] = {"limit": limit, "seed": seed, "mc_score": mc_score, "max_new_tokens": max_new_tokens}
     if skipped:
         result["skipped_tasks"] = skipped
     result.setdefault("timing", {})["total_s"] = round(time.monotonic() - t_start, 2)
-    result["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["versions"] = _versions()
-    order = ["format", "system", "model", "model_info", "prompt", "settings", "skipped_tasks", "tasks", "overall", "timing",
-             "resumed_items", "created_at", "versions", "items"]
+    order = [
+        "format",
+        "system",
+        "model",
+        "model_info",
+        "prompt",
+        "settings",
+        "skipped_tasks",
+        "tasks",
+        "overall",
+        "timing",
+        "resumed_items",
+        "created_at",
+        "versions",
+        "items",
+    ]
     result = {k: result[k] for k in order if k in result}
     if out_path is not None:
         from alpacakit.io import atomic_write_json
@@ -300,13 +381,33 @@ def run_bench(model: str, *, tasks: Sequence[str] | None = None, limit: int | No
     return result
 
 
-def _run_tasks(backend: Any, plan: PromptPlan, loaded: list[Task], result: dict[str, Any], *, limit: int | None,
-               seed: int, mc_score: str, max_new_tokens: int, out_path: Path | None,
-               progress: Callable[[str, int, int], None] | None) -> None:
+def _run_tasks(
+    backend: Any,
+    plan: PromptPlan,
+    loaded: list[Task],
+    result: dict[str, Any],
+    *,
+    limit: int | None,
+    seed: int,
+    mc_score: str,
+    max_new_tokens: int,
+    out_path: Path | None,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
     from alpacakit.io import JsonlAppender
 
-    fp = hashlib.sha256(json.dumps({"v": _JOURNAL_VERSION, "model": result["model_info"], "prompt": plan.fingerprint(),
-                                    "max_new_tokens": max_new_tokens}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fp = hashlib.sha256(
+        json.dumps(
+            {
+                "v": _JOURNAL_VERSION,
+                "model": result["model_info"],
+                "prompt": plan.fingerprint(),
+                "max_new_tokens": max_new_tokens,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     journal = None
     done: dict[tuple[str, str], dict[str, Any]] = {}
     if out_path is not None:
@@ -324,8 +425,11 @@ def _run_tasks(backend: Any, plan: PromptPlan, loaded: list[Task], result: dict[
                 if rec is not None:
                     resumed += 1
                 else:
-                    scored = (score_mc(backend, plan, item) if task.kind == "mc"
-                              else score_qa(backend, plan, item, max_new_tokens))
+                    scored = (
+                        score_mc(backend, plan, item)
+                        if task.kind == "mc"
+                        else score_qa(backend, plan, item, max_new_tokens)
+                    )
                     rec = {"fp": fp, "task": task.name, "id": item["id"], "subject": item.get("subject", ""), **scored}
                     if journal is not None:
                         journal.write(rec)
@@ -334,8 +438,13 @@ def _run_tasks(backend: Any, plan: PromptPlan, loaded: list[Task], result: dict[
                 if progress is not None:
                     progress(task.name, i + 1, len(items))
             entry = summarize(task.kind, rows, mc_score)
-            entry.update(kind=task.kind, source=task.source, n_available=len(task.items),
-                         seconds=round(time.monotonic() - t0, 2), example_prompt=plan.context(items[0]) if items else None)
+            entry.update(
+                kind=task.kind,
+                source=task.source,
+                n_available=len(task.items),
+                seconds=round(time.monotonic() - t0, 2),
+                example_prompt=plan.context(items[0]) if items else None,
+            )
             result["tasks"][task.name] = entry
             for r in rows:
                 if r["kind"] == "mc":

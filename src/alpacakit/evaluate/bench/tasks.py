@@ -105,8 +105,10 @@ def _load_records(path: Path, name: str, source: str) -> Task:
         kinds.add(item["kind"])
         items.append(item)
     if len(kinds) > 1:
-        raise DataError(f"{path}: mixes multiple-choice items (with 'choices') and short-answer items (with 'answers')",
-                        hint="put each kind in its own file")
+        raise DataError(
+            f"{path}: mixes multiple-choice items (with 'choices') and short-answer items (with 'answers')",
+            hint="put each kind in its own file",
+        )
     kind = kinds.pop()
     for it in items:
         del it["kind"]
@@ -116,20 +118,31 @@ def _load_records(path: Path, name: str, source: str) -> Task:
 def _check_item(rec: dict[str, Any], where: str, default_id: str) -> dict[str, Any]:
     q = rec.get("question")
     if not isinstance(q, str) or not q.strip():
-        raise DataError(f"{where}: missing or empty 'question'",
-                        hint="an item needs 'question' and either 'choices' + 'answer' or 'answers'")
-    item: dict[str, Any] = {"id": str(rec.get("id", default_id)), "question": q.strip(),
-                            "subject": str(rec.get("subject") or "")}
+        raise DataError(
+            f"{where}: missing or empty 'question'",
+            hint="an item needs 'question' and either 'choices' + 'answer' or 'answers'",
+        )
+    item: dict[str, Any] = {
+        "id": str(rec.get("id", default_id)),
+        "question": q.strip(),
+        "subject": str(rec.get("subject") or ""),
+    }
     if "choices" in rec:
         choices = rec["choices"]
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c.strip() for c in choices)
+        ):
             raise DataError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
         ans = rec.get("answer")
         if isinstance(ans, str) and len(ans.strip()) == 1 and ans.strip().upper() in LETTERS[: len(choices)]:
             ans = LETTERS.index(ans.strip().upper())
         if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(choices):
-            raise DataError(f"{where}: 'answer' must be the index of the right choice (0..{len(choices) - 1}) "
-                            f"or its letter, found {rec.get('answer')!r}")
+            raise DataError(
+                f"{where}: 'answer' must be the index of the right choice (0..{len(choices) - 1}) "
+                f"or its letter, found {rec.get('answer')!r}"
+            )
         item.update(kind="mc", choices=[c.strip() for c in choices], answer=ans)
     elif "answers" in rec:
         answers = rec["answers"]
@@ -166,14 +179,22 @@ def load_mc_csv(path: str | Path) -> list[dict[str, Any]]:
             continue  # a header row
         where = f"{path}:{lineno}"
         if len(row) < 4:
-            raise DataError(f"{where}: expected question, at least 2 choices and an answer letter; found {len(row)} columns",
-                            hint="MMLU-style rows are: question,A,B,C,D,answer")
+            raise DataError(
+                f"{where}: expected question, at least 2 choices and an answer letter; found {len(row)} columns",
+                hint="MMLU-style rows are: question,A,B,C,D,answer",
+            )
         question, choices, letter = row[0], row[1:-1], row[-1].strip().upper()
         if len(choices) > len(LETTERS):
             raise DataError(f"{where}: too many choices ({len(choices)})")
         if letter not in LETTERS[: len(choices)]:
             raise DataError(f"{where}: the answer must be a letter among {LETTERS[: len(choices)]}, found {row[-1]!r}")
-        rec = {"id": f"{subject}_{lineno}", "question": question, "choices": choices, "answer": letter, "subject": subject}
+        rec = {
+            "id": f"{subject}_{lineno}",
+            "question": question,
+            "choices": choices,
+            "answer": letter,
+            "subject": subject,
+        }
         item = _check_item(rec, where, default_id=rec["id"])
         del item["kind"]
         items.append(item)

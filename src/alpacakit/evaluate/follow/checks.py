@@ -69,7 +69,7 @@ def _json_object(answer: str) -> Any:
     text = answer.strip()
     candidates = [text, *(m.group(1) for m in _FENCE.finditer(text))]
     if "{" in text and "}" in text:
-        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
     for candidate in candidates:
         try:
             return json.loads(candidate)
@@ -142,8 +142,7 @@ def title(answer: str) -> bool:
 
 def quoted(answer: str) -> bool:
     text = answer.strip()
-    return (len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]
-            and bool(text[1:-1].strip()))
+    return len(text) >= 2 and _QUOTES.get(text[0]) == text[-1] and bool(text[1:-1].strip())
 
 
 def placeholders(answer: str, n: int) -> bool:
@@ -164,13 +163,24 @@ def paragraphs_check(answer: str, n: int) -> bool:
 
 
 CHECKS: dict[str, Callable[..., bool]] = {
-    "lowercase": lowercase, "uppercase": uppercase,
-    "max_words": max_words, "min_words": min_words, "sentences": sentences_check,
-    "bullets": bullets, "numbered": numbered,
-    "include_words": include_words, "exclude_words": exclude_words,
-    "starts_with": starts_with, "ends_with": ends_with,
-    "json_keys": json_keys, "no_commas": no_commas, "title": title, "quoted": quoted,
-    "placeholders": placeholders, "one_word": one_word, "keyword_count": keyword_count,
+    "lowercase": lowercase,
+    "uppercase": uppercase,
+    "max_words": max_words,
+    "min_words": min_words,
+    "sentences": sentences_check,
+    "bullets": bullets,
+    "numbered": numbered,
+    "include_words": include_words,
+    "exclude_words": exclude_words,
+    "starts_with": starts_with,
+    "ends_with": ends_with,
+    "json_keys": json_keys,
+    "no_commas": no_commas,
+    "title": title,
+    "quoted": quoted,
+    "placeholders": placeholders,
+    "one_word": one_word,
+    "keyword_count": keyword_count,
     "paragraphs": paragraphs_check,
 }
 
@@ -185,30 +195,62 @@ def check(kind: str, answer: str, **args: Any) -> bool:
 
 # The arguments each kind takes, by name -> type tag.
 ARGS: dict[str, dict[str, str]] = {
-    "lowercase": {}, "uppercase": {}, "no_commas": {}, "title": {}, "quoted": {}, "one_word": {},
-    "max_words": {"n": "int"}, "min_words": {"n": "int"}, "bullets": {"n": "int"},
-    "numbered": {"n": "int"}, "placeholders": {"n": "int"}, "paragraphs": {"n": "int"},
+    "lowercase": {},
+    "uppercase": {},
+    "no_commas": {},
+    "title": {},
+    "quoted": {},
+    "one_word": {},
+    "max_words": {"n": "int"},
+    "min_words": {"n": "int"},
+    "bullets": {"n": "int"},
+    "numbered": {"n": "int"},
+    "placeholders": {"n": "int"},
+    "paragraphs": {"n": "int"},
     "sentences": {"n": "int", "relation": "relation"},
-    "include_words": {"words": "strs"}, "exclude_words": {"words": "strs"},
+    "include_words": {"words": "strs"},
+    "exclude_words": {"words": "strs"},
     "json_keys": {"keys": "strs"},
-    "starts_with": {"text": "str"}, "ends_with": {"text": "str"},
+    "starts_with": {"text": "str"},
+    "ends_with": {"text": "str"},
     "keyword_count": {"word": "str", "n": "int"},
 }
 
 # An answer has one overall shape; two shapes in one item contradict each other.
 _SHAPES = {"bullets", "numbered", "paragraphs", "json_keys", "one_word", "quoted"}
 # Other pairs no sensible answer satisfies together (or that make one check meaningless).
-_CLASHES = {frozenset(p) for p in [
-    ("lowercase", "uppercase"),
-    *(("one_word", k) for k in ("sentences", "min_words", "max_words", "title", "placeholders",
-                                "keyword_count", "include_words", "starts_with", "ends_with",
-                                "no_commas")),
-    *(("json_keys", k) for k in ("sentences", "title", "starts_with", "ends_with", "no_commas",
-                                 "uppercase", "placeholders")),
-    *(("quoted", k) for k in ("starts_with", "ends_with", "title")),
-    ("bullets", "sentences"), ("numbered", "sentences"), ("paragraphs", "sentences"),
-    ("bullets", "starts_with"), ("numbered", "starts_with"), ("title", "starts_with"),
-]}
+_CLASHES = {
+    frozenset(p)
+    for p in [
+        ("lowercase", "uppercase"),
+        *(
+            ("one_word", k)
+            for k in (
+                "sentences",
+                "min_words",
+                "max_words",
+                "title",
+                "placeholders",
+                "keyword_count",
+                "include_words",
+                "starts_with",
+                "ends_with",
+                "no_commas",
+            )
+        ),
+        *(
+            ("json_keys", k)
+            for k in ("sentences", "title", "starts_with", "ends_with", "no_commas", "uppercase", "placeholders")
+        ),
+        *(("quoted", k) for k in ("starts_with", "ends_with", "title")),
+        ("bullets", "sentences"),
+        ("numbered", "sentences"),
+        ("paragraphs", "sentences"),
+        ("bullets", "starts_with"),
+        ("numbered", "starts_with"),
+        ("title", "starts_with"),
+    ]
+}
 
 
 def _arg_error(kind: str, args: dict[str, Any]) -> str | None:
@@ -221,14 +263,20 @@ def _arg_error(kind: str, args: dict[str, Any]) -> str | None:
             "int": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
             "relation": value in RELATIONS,
             "str": isinstance(value, str) and bool(value.strip()),
-            "strs": (isinstance(value, list) and bool(value)
-                     and all(isinstance(v, str) and v.strip() for v in value)
-                     and len(set(value)) == len(value)),
+            "strs": (
+                isinstance(value, list)
+                and bool(value)
+                and all(isinstance(v, str) and v.strip() for v in value)
+                and len(set(value)) == len(value)
+            ),
         }[tag]
         if not ok:
-            want = {"int": "a positive integer", "relation": f"one of {RELATIONS}",
-                    "str": "a non-empty string",
-                    "strs": "a non-empty list of distinct non-empty strings"}[tag]
+            want = {
+                "int": "a positive integer",
+                "relation": f"one of {RELATIONS}",
+                "str": "a non-empty string",
+                "strs": "a non-empty list of distinct non-empty strings",
+            }[tag]
             return f"check {kind!r}: {name} must be {want}, got {value!r}"
     return None
 
@@ -256,8 +304,7 @@ def _conflict(checks: dict[str, dict[str, Any]]) -> str | None:
         return "lowercase, but ends_with needs a capital letter"
     if "uppercase" in kinds and any(c.islower() for c in end):
         return "uppercase, but ends_with needs a lowercase letter"
-    if "min_words" in kinds and "max_words" in kinds and (
-            checks["min_words"]["n"] > checks["max_words"]["n"]):
+    if "min_words" in kinds and "max_words" in kinds and (checks["min_words"]["n"] > checks["max_words"]["n"]):
         return "min_words is above max_words"
     return None
 
@@ -269,8 +316,11 @@ def _unstated(instruction: str, kind: str, args: dict[str, Any]) -> str | None:
     """The instruction must state each constraint: its numbers and literal texts appear."""
     text = instruction.lower()
     n = args.get("n")
-    if n is not None and not re.search(rf"(?<!\d){n}(?!\d)", text) and not (
-            n < len(_NUMBER_WORDS) and re.search(rf"\b{_NUMBER_WORDS[n]}\b", text)):
+    if (
+        n is not None
+        and not re.search(rf"(?<!\d){n}(?!\d)", text)
+        and not (n < len(_NUMBER_WORDS) and re.search(rf"\b{_NUMBER_WORDS[n]}\b", text))
+    ):
         return f"check {kind!r}: the instruction never states the number {args['n']}"
     literals = [args[k] for k in ("text", "word") if k in args]
     literals += [*args.get("words", []), *args.get("keys", [])]

@@ -32,8 +32,16 @@ def ending(record: dict[str, Any]) -> str:
     return record.get("stopped_by") or "stop"  # 'stop': an endpoint that does not say why
 
 
-def run_follow(model: str, out: str | Path, *, system: str | None = None, limit: int | None = None,
-               max_tokens: int = 96, config: Any = None, show_progress: bool = True) -> dict[str, Any]:
+def run_follow(
+    model: str,
+    out: str | Path,
+    *,
+    system: str | None = None,
+    limit: int | None = None,
+    max_tokens: int = 96,
+    config: Any = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Answer (resumably) and score the built-in verifiable instruction set with `model`."""
     from alpacakit.config import load_config
     from alpacakit.errors import ConfigError
@@ -42,14 +50,24 @@ def run_follow(model: str, out: str | Path, *, system: str | None = None, limit:
 
     out = Path(out)
     label = system or out.stem.removeprefix("follow-")
-    cfg = config or load_config(None, None, {"eval": {"eval_set": "follow", "limit": limit, "system": {
-        "model": model, "max_tokens": max_tokens, "temperature": 0.0}}})
+    cfg = config or load_config(
+        None,
+        None,
+        {
+            "eval": {
+                "eval_set": "follow",
+                "limit": limit,
+                "system": {"model": model, "max_tokens": max_tokens, "temperature": 0.0},
+            }
+        },
+    )
     answers_file = outputs_path(out)
     answers_file.parent.mkdir(parents=True, exist_ok=True)
     res = generate_outputs(cfg, answers_file, name=label, show_progress=show_progress)
     if res.status != "complete":
-        raise ConfigError(f"answering the verifiable instructions stopped: {res.status}",
-                          hint="rerun the same command to continue")
+        raise ConfigError(
+            f"answering the verifiable instructions stopped: {res.status}", hint="rerun the same command to continue"
+        )
     result = score_file(answers_file, label=label, model=model)
     atomic_write_json(out, result)
     return result
@@ -72,5 +90,12 @@ def score_file(answers_file: str | Path, *, label: str, model: str | None = None
     for e in endings.values():
         counts[e] = counts.get(e, 0) + 1
     n = len(endings) or 1
-    return {"format": FORMAT, "system": label, "model": model, "answers": str(answers_file), **scored,
-            "endings": counts, "clean_stop_rate": counts.get("eos", 0) / n}
+    return {
+        "format": FORMAT,
+        "system": label,
+        "model": model,
+        "answers": str(answers_file),
+        **scored,
+        "endings": counts,
+        "clean_stop_rate": counts.get("eos", 0) / n,
+    }

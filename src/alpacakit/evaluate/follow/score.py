@@ -32,8 +32,9 @@ def load_follow_set(path: str | Path | None = None) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})",
-                        hint="pass the path of a follow-set JSONL file") from e
+        raise DataError(
+            f"{path}: cannot read ({e.strerror or e})", hint="pass the path of a follow-set JSONL file"
+        ) from e
     items: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):
@@ -43,16 +44,15 @@ def load_follow_set(path: str | Path | None = None) -> list[dict[str, Any]]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})",
-                            hint="each line must be one JSON object") from e
+            raise DataError(f"{where}: not valid JSON ({e.msg})", hint="each line must be one JSON object") from e
         try:
             validate_item(item)
         except ValueError as e:
-            raise DataError(f"{where}: {e}",
-                            hint="fix the item (see alpacakit/evaluate/follow/checks.py)") from e
+            raise DataError(f"{where}: {e}", hint="fix the item (see alpacakit/evaluate/follow/checks.py)") from e
         if item["id"] in seen:
-            raise DataError(f"{where}: id {item['id']!r} already used on line {seen[item['id']]}",
-                            hint="give every item its own id")
+            raise DataError(
+                f"{where}: id {item['id']!r} already used on line {seen[item['id']]}", hint="give every item its own id"
+            )
         seen[item["id"]] = lineno
         items.append(item)
     return items
@@ -83,12 +83,14 @@ def score_answers(items: list[dict[str, Any]], answers: dict[str, str]) -> dict[
             tally = by_kind.setdefault(entry["kind"], {"n": 0, "passed": 0})
             tally["n"] += 1
             tally["passed"] += ok
-        results.append({
-            "id": item["id"],
-            "pass": all(v["pass"] for v in verdicts),
-            "checks": verdicts,
-            "constraint_fraction": sum(v["pass"] for v in verdicts) / len(verdicts),
-        })
+        results.append(
+            {
+                "id": item["id"],
+                "pass": all(v["pass"] for v in verdicts),
+                "checks": verdicts,
+                "constraint_fraction": sum(v["pass"] for v in verdicts) / len(verdicts),
+            }
+        )
     for tally in by_kind.values():
         tally["accuracy"] = _share(tally["passed"], tally["n"])
     n_checks = sum(t["n"] for t in by_kind.values())
@@ -117,5 +119,4 @@ def paired_difference(a_pass: list[float], b_pass: list[float]) -> dict[str, Any
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     se = sd / math.sqrt(n)
-    return {"n": n, "mean_diff": mean, "se": se,
-            "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se}
+    return {"n": n, "mean_diff": mean, "se": se, "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se}

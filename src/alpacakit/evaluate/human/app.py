@@ -37,15 +37,25 @@ def page_html() -> str:
 
 def _item_view(store: HumanEvalStore, rater: str, item: Item) -> dict[str, Any]:
     left = store.left_slot(rater, item.item_id)
-    return {"item_id": item.item_id, "instruction": item.instruction, "input": item.input,
-            "A": item.output(left), "B": item.output(3 - left)}
+    return {
+        "item_id": item.item_id,
+        "instruction": item.instruction,
+        "input": item.input,
+        "A": item.output(left),
+        "B": item.output(3 - left),
+    }
 
 
 def _state(store: HumanEvalStore, rater: str, **extra: Any) -> dict[str, Any]:
     display = rater
     item = store.next_item(display)
-    return {"rater": display, "item": _item_view(store, display, item) if item else None,
-            "finished": item is None, "progress": store.progress(display), **extra}
+    return {
+        "rater": display,
+        "item": _item_view(store, display, item) if item else None,
+        "finished": item is None,
+        "progress": store.progress(display),
+        **extra,
+    }
 
 
 def create_app(store: HumanEvalStore, *, title: str = "Which answer is better?") -> Any:
@@ -114,9 +124,19 @@ def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def serve_study(db: str | Path, file_1: str | Path | None, file_2: str | Path | None, *, host: str = "127.0.0.1",
-                port: int = 8765, seed: int | None = None, title: str = "Which answer is better?",
-                raters: list[str] | None = None, max_raters: int = 50, echo: Any = print) -> None:
+def serve_study(
+    db: str | Path,
+    file_1: str | Path | None,
+    file_2: str | Path | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    seed: int | None = None,
+    title: str = "Which answer is better?",
+    raters: list[str] | None = None,
+    max_raters: int = 50,
+    echo: Any = print,
+) -> None:
     """Open (or create) the study, invite `raters` (plus everyone invited before) and serve the
     page until Ctrl-C. Prints each rater's personal link, then one `listening on URL` line that
     scripts can wait for."""
@@ -131,11 +151,15 @@ def serve_study(db: str | Path, file_1: str | Path | None, file_2: str | Path | 
     if not invited:
         from alpacakit.errors import ConfigError
 
-        raise ConfigError("no raters: a study is rated by invitation", hint="name them: --rater Ana --rater Ben "
-                          "(or --raters 3); each gets a personal link")
+        raise ConfigError(
+            "no raters: a study is rated by invitation",
+            hint="name them: --rater Ana --rater Ben (or --raters 3); each gets a personal link",
+        )
     if not is_loopback_host(host):
-        echo(f"note: listening on {host}: only the links below can rate (each carries its rater's token)",
-             file=sys.stderr)
+        echo(
+            f"note: listening on {host}: only the links below can rate (each carries its rater's token)",
+            file=sys.stderr,
+        )
     sock = bind_socket(host, port)
     url = url_of(sock)
     for name in invited:
@@ -144,8 +168,10 @@ def serve_study(db: str | Path, file_1: str | Path | None, file_2: str | Path | 
     done = sum(r["done"] for r in store.raters())
     echo(f"study: {store.n_items()} items, {names[0]} vs {names[1]} (hidden from raters); {done} judgments so far")
     echo(f"database: {store.path}  (export: alpacakit eval human-export {store.path} -o results.json)")
-    echo("send each rater their own link (it is their sign-in); keys: A or 1 = left, B or 2 = right, T or 3 = tie, "
-         "U = undo")
+    echo(
+        "send each rater their own link (it is their sign-in); keys: A or 1 = left, B or 2 = right, T or 3 = tie, "
+        "U = undo"
+    )
     echo(f"listening on {url}", flush=True)
     server = uvicorn.Server(uvicorn_config(create_app(store, title=title), graceful_s=2))
     try:

@@ -61,12 +61,14 @@ def pairwise_agreement(labels: dict[str, dict[int, Hashable]]) -> list[dict[str,
         common = sorted(set(labels[r1]) & set(labels[r2]))
         a = [labels[r1][i] for i in common]
         b = [labels[r2][i] for i in common]
-        out.append({
-            "raters": [r1, r2],
-            "n": len(common),
-            "kappa": cohen_kappa(a, b) if common else None,
-            "percent_agreement": (100.0 * sum(x == y for x, y in zip(a, b)) / len(common)) if common else None,
-        })
+        out.append(
+            {
+                "raters": [r1, r2],
+                "n": len(common),
+                "kappa": cohen_kappa(a, b) if common else None,
+                "percent_agreement": (100.0 * sum(x == y for x, y in zip(a, b)) / len(common)) if common else None,
+            }
+        )
     return out
 
 
@@ -131,8 +133,10 @@ def export_results(db: str | Path) -> dict[str, Any]:
         """One system's view of the headline: its wins, losses, ties and win rate."""
         second = wr.get("win_rate")
         return {
-            "slot": slot, "name": names[slot],
-            "file": systems[slot - 1].file, "sha256": systems[slot - 1].sha256,
+            "slot": slot,
+            "name": names[slot],
+            "file": systems[slot - 1].file,
+            "sha256": systems[slot - 1].sha256,
             "win_rate": (second if slot == 2 else 100.0 - second) if second is not None else None,
             "wins": wr.get("n_wins" if slot == 2 else "n_wins_base", 0),
             "losses": wr.get("n_wins_base" if slot == 2 else "n_wins", 0),
@@ -145,7 +149,8 @@ def export_results(db: str | Path) -> dict[str, Any]:
         secs = [r["seconds"] for r in rows if r["rater"] == key and r["seconds"] is not None]
         wr = _winrate(prefs)
         per_rater[display[key]] = {
-            "n": len(labs), "win_rate_second": wr.get("win_rate"),
+            "n": len(labs),
+            "win_rate_second": wr.get("win_rate"),
             "median_seconds": sorted(secs)[len(secs) // 2] if secs else None,
         }
     pairs = pairwise_agreement(labels)
@@ -158,39 +163,63 @@ def export_results(db: str | Path) -> dict[str, Any]:
     judgments = []
     for r in rows:
         it = items[r["item_id"]]
-        judgments.append({
-            "rater": r["display"], "item_id": r["item_id"], "instruction": it.instruction, "input": it.input,
-            "dataset": it.dataset, "left": names[r["left_slot"]], "right": names[3 - r["left_slot"]],
-            "pressed": r["pressed"], "winner": names[r["winner"]] if r["winner"] else "tie",
-            "preference": _PREFERENCE[r["winner"]], "seconds": r["seconds"], "created_at": r["created_at"],
-        })
-    return _clean({
-        "format": "alpacakit-human-ab/1",
-        "db": str(db),
-        "seed": int(meta.get("seed", 0)),
-        "systems": [side(1, headline), side(2, headline)],
-        "n_items": len(items),
-        "n_items_judged": len(by_item),
-        "n_judgments": len(rows),
-        "n_raters": len(labels),
-        "win_rate": {"system": names[2], "baseline": names[1], "unit": "item (raters averaged)", **headline},
-        "pooled": {"system": names[2], "baseline": names[1], "unit": "judgment", **pooled},
-        "per_rater": per_rater,
-        "agreement": {"outcomes": sorted(OUTCOMES.values()), "pairs": pairs,
-                      "mean_kappa": sum(kappas) / len(kappas) if kappas else None},
-        "position": {"left": pressed["A"], "right": pressed["B"], "tie": pressed["tie"],
-                     "left_share_of_decisive": pressed["A"] / decisive if decisive else None},
-        "unmatched": {"only_in_first": int(meta.get("only_in_1", 0)), "only_in_second": int(meta.get("only_in_2", 0)),
-                      "duplicates": int(meta.get("duplicates", 0))},
-        "judgments": judgments,
-    })
+        judgments.append(
+            {
+                "rater": r["display"],
+                "item_id": r["item_id"],
+                "instruction": it.instruction,
+                "input": it.input,
+                "dataset": it.dataset,
+                "left": names[r["left_slot"]],
+                "right": names[3 - r["left_slot"]],
+                "pressed": r["pressed"],
+                "winner": names[r["winner"]] if r["winner"] else "tie",
+                "preference": _PREFERENCE[r["winner"]],
+                "seconds": r["seconds"],
+                "created_at": r["created_at"],
+            }
+        )
+    return _clean(
+        {
+            "format": "alpacakit-human-ab/1",
+            "db": str(db),
+            "seed": int(meta.get("seed", 0)),
+            "systems": [side(1, headline), side(2, headline)],
+            "n_items": len(items),
+            "n_items_judged": len(by_item),
+            "n_judgments": len(rows),
+            "n_raters": len(labels),
+            "win_rate": {"system": names[2], "baseline": names[1], "unit": "item (raters averaged)", **headline},
+            "pooled": {"system": names[2], "baseline": names[1], "unit": "judgment", **pooled},
+            "per_rater": per_rater,
+            "agreement": {
+                "outcomes": sorted(OUTCOMES.values()),
+                "pairs": pairs,
+                "mean_kappa": sum(kappas) / len(kappas) if kappas else None,
+            },
+            "position": {
+                "left": pressed["A"],
+                "right": pressed["B"],
+                "tie": pressed["tie"],
+                "left_share_of_decisive": pressed["A"] / decisive if decisive else None,
+            },
+            "unmatched": {
+                "only_in_first": int(meta.get("only_in_1", 0)),
+                "only_in_second": int(meta.get("only_in_2", 0)),
+                "duplicates": int(meta.get("duplicates", 0)),
+            },
+            "judgments": judgments,
+        }
+    )
 
 
 def summary_lines(res: dict[str, Any]) -> list[str]:
     """A few human-readable lines for the terminal."""
     s1, s2 = res["systems"]
-    lines = [f"{res['n_judgments']} judgments by {res['n_raters']} rater(s) on {res['n_items_judged']} of "
-             f"{res['n_items']} items"]
+    lines = [
+        f"{res['n_judgments']} judgments by {res['n_raters']} rater(s) on {res['n_items_judged']} of "
+        f"{res['n_items']} items"
+    ]
     for s in (s1, s2):
         wr = "n/a" if s["win_rate"] is None else f"{s['win_rate']:.1f}%"
         lines.append(f"  {s['name']}: win rate {wr} (wins {s['wins']}, losses {s['losses']}, ties {s['ties']})")

@@ -34,7 +34,7 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ class Pairing:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def rater_key(name: str) -> str:
@@ -165,8 +165,10 @@ def pair_outputs(path_1: str | Path, path_2: str | Path) -> Pairing:
             if not str(r.get("instruction") or "").strip():
                 raise DataError(f"{p}: item {i}: empty instruction")
             if not isinstance(r.get("output"), str):
-                raise DataError(f"{p}: item {i}: 'output' must be a string, found {type(r.get('output')).__name__}",
-                                hint="each record needs the system's answer as text in 'output'")
+                raise DataError(
+                    f"{p}: item {i}: 'output' must be a string, found {type(r.get('output')).__name__}",
+                    hint="each record needs the system's answer as text in 'output'",
+                )
         recs.append(rs)
     names = (_generator_name(recs[0], p1), _generator_name(recs[1], p2))
     if names[0] == names[1]:
@@ -191,13 +193,22 @@ def pair_outputs(path_1: str | Path, path_2: str | Path) -> Pairing:
         seen.add(k)
         if k not in second:
             continue
-        items.append({"instruction": k[0], "input": k[1], "output_1": r["output"], "output_2": second[k]["output"],
-                      "dataset": r.get("dataset") or second[k].get("dataset")})
+        items.append(
+            {
+                "instruction": k[0],
+                "input": k[1],
+                "output_1": r["output"],
+                "output_2": second[k]["output"],
+                "dataset": r.get("dataset") or second[k].get("dataset"),
+            }
+        )
     only_1 = len(seen - set(second))
     only_2 = len(set(second) - seen)
     if not items:
-        raise DataError(f"{p1} and {p2} share no instruction, so there is nothing to compare",
-                        hint="pass two output files written for the same eval set (alpacakit eval generate --eval-set ...)")
+        raise DataError(
+            f"{p1} and {p2} share no instruction, so there is nothing to compare",
+            hint="pass two output files written for the same eval set (alpacakit eval generate --eval-set ...)",
+        )
     return Pairing(items=items, names=names, only_in_1=only_1, only_in_2=only_2, duplicates=duplicates)
 
 
@@ -227,8 +238,14 @@ class HumanEvalStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, db: str | Path, file_1: str | Path | None = None, file_2: str | Path | None = None, *,
-             seed: int | None = None) -> "HumanEvalStore":
+    def open(
+        cls,
+        db: str | Path,
+        file_1: str | Path | None = None,
+        file_2: str | Path | None = None,
+        *,
+        seed: int | None = None,
+    ) -> HumanEvalStore:
         """Open (or create) the study in `db`. A new database needs both files; an existing one
         is resumed, and files given again must be the very files it was made from. `seed` (of
         the per-rater order and sides) is random when not given: a known seed would let a rater
@@ -247,8 +264,10 @@ class HumanEvalStore:
                 store._check_same_files(Path(file_1), Path(file_2))  # type: ignore[arg-type]
             return store
         if file_1 is None or file_2 is None:
-            raise ConfigError(f"{db} holds no study yet, so two answer files are needed",
-                              hint="alpacakit eval human A.json B.json --db " + str(db))
+            raise ConfigError(
+                f"{db} holds no study yet, so two answer files are needed",
+                hint="alpacakit eval human A.json B.json --db " + str(db),
+            )
         if seed is None:
             import secrets
 
@@ -267,14 +286,24 @@ class HumanEvalStore:
                 self._check_same_files(file_1, file_2)
                 return
             for slot, (path, name) in enumerate(zip((file_1, file_2), pairing.names), start=1):
-                c.execute("INSERT INTO systems(slot, name, file, sha256) VALUES (?, ?, ?, ?)",
-                          (slot, name, str(path.resolve()), sha256_file(path)))
+                c.execute(
+                    "INSERT INTO systems(slot, name, file, sha256) VALUES (?, ?, ?, ?)",
+                    (slot, name, str(path.resolve()), sha256_file(path)),
+                )
             c.executemany(
                 "INSERT INTO items(item_id, instruction, input, output_1, output_2, dataset) VALUES (?, ?, ?, ?, ?, ?)",
-                [(i, it["instruction"], it["input"], it["output_1"], it["output_2"], it["dataset"])
-                 for i, it in enumerate(pairing.items, start=1)])
-            for k, v in {"seed": str(seed), "created_at": _now(), "only_in_1": str(pairing.only_in_1),
-                         "only_in_2": str(pairing.only_in_2), "duplicates": str(pairing.duplicates)}.items():
+                [
+                    (i, it["instruction"], it["input"], it["output_1"], it["output_2"], it["dataset"])
+                    for i, it in enumerate(pairing.items, start=1)
+                ],
+            )
+            for k, v in {
+                "seed": str(seed),
+                "created_at": _now(),
+                "only_in_1": str(pairing.only_in_1),
+                "only_in_2": str(pairing.only_in_2),
+                "duplicates": str(pairing.duplicates),
+            }.items():
                 c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, v))
             c.execute("COMMIT")
 
@@ -326,14 +355,19 @@ class HumanEvalStore:
 
     def item(self, item_id: int) -> Item | None:
         with self._conn() as c:
-            row = c.execute("SELECT item_id, instruction, input, output_1, output_2, dataset FROM items WHERE item_id=?",
-                            (item_id,)).fetchone()
+            row = c.execute(
+                "SELECT item_id, instruction, input, output_1, output_2, dataset FROM items WHERE item_id=?", (item_id,)
+            ).fetchone()
         return Item(*row) if row else None
 
     def items(self) -> list[Item]:
         with self._conn() as c:
-            return [Item(*r) for r in c.execute(
-                "SELECT item_id, instruction, input, output_1, output_2, dataset FROM items ORDER BY item_id")]
+            return [
+                Item(*r)
+                for r in c.execute(
+                    "SELECT item_id, instruction, input, output_1, output_2, dataset FROM items ORDER BY item_id"
+                )
+            ]
 
     def judgments(self) -> list[dict[str, Any]]:
         """Every judgment, oldest first, with the rater's display name."""
@@ -341,7 +375,8 @@ class HumanEvalStore:
             c.row_factory = sqlite3.Row
             rows = c.execute(
                 "SELECT j.id, j.rater, r.display, j.item_id, j.left_slot, j.pressed, j.winner, j.seconds, j.created_at "
-                "FROM judgments j JOIN raters r ON r.rater = j.rater ORDER BY j.id").fetchall()
+                "FROM judgments j JOIN raters r ON r.rater = j.rater ORDER BY j.id"
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def raters(self) -> list[dict[str, Any]]:
@@ -349,7 +384,8 @@ class HumanEvalStore:
         with self._conn() as c:
             rows = c.execute(
                 "SELECT r.rater, r.display, (SELECT COUNT(*) FROM judgments j WHERE j.rater = r.rater) "
-                "FROM raters r ORDER BY r.first_seen, r.rater").fetchall()
+                "FROM raters r ORDER BY r.first_seen, r.rater"
+            ).fetchall()
         return [{"rater": k, "display": d, "done": n} for k, d, n in rows]
 
     # ------------------------------------------------------------------ the seeded layout
@@ -391,8 +427,10 @@ class HumanEvalStore:
         key = rater_key(shown)
         known = {r["rater"] for r in self.raters()}
         if key not in known and len(known) >= max_raters:
-            raise ConfigError(f"{self.path} already has {len(known)} raters, the most allowed",
-                              hint="raise --max-raters, or reuse an existing rater's link")
+            raise ConfigError(
+                f"{self.path} already has {len(known)} raters, the most allowed",
+                hint="raise --max-raters, or reuse an existing rater's link",
+            )
         self.sign_in(shown)
         encoded = base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
         return f"{encoded}.{self._signature(key)}"
@@ -465,7 +503,8 @@ class HumanEvalStore:
             cur = c.execute(
                 "INSERT INTO judgments(rater, item_id, left_slot, pressed, winner, seconds, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(rater, item_id) DO NOTHING",
-                (key, item_id, left, pressed, winner, seconds, _now()))
+                (key, item_id, left, pressed, winner, seconds, _now()),
+            )
             return cur.rowcount == 1
 
     def undo(self, rater: str) -> int | None:
@@ -473,7 +512,9 @@ class HumanEvalStore:
         key = rater_key(rater)
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
-            row = c.execute("SELECT id, item_id FROM judgments WHERE rater=? ORDER BY id DESC LIMIT 1", (key,)).fetchone()
+            row = c.execute(
+                "SELECT id, item_id FROM judgments WHERE rater=? ORDER BY id DESC LIMIT 1", (key,)
+            ).fetchone()
             if row is None:
                 c.execute("ROLLBACK")
                 return None
@@ -486,6 +527,7 @@ def _check_sqlite(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(16)
     if head and head != b"SQLite format 3\x00":
-        raise ConfigError(f"{path} exists and is not a SQLite database",
-                          hint="pass a new file name with --db (e.g. eval/human.sqlite)")
-
+        raise ConfigError(
+            f"{path} exists and is not a SQLite database",
+            hint="pass a new file name with --db (e.g. eval/human.sqlite)",
+        )

@@ -69,10 +69,19 @@ class Judge:
     @property
     def fingerprint(self) -> str:
         """Changes whenever anything that shapes a judgment changes (prompt, decoding, parser)."""
-        blob = json.dumps({"prompt": self.prompt, "system": self.system, "api": self.api,
-                           "decoding": self.decoding, "max_output_chars": self.max_output_chars,
-                           "patterns": [p.pattern for p in self.patterns], "last": self.last,
-                           "labels": self.labels}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "prompt": self.prompt,
+                "system": self.system,
+                "api": self.api,
+                "decoding": self.decoding,
+                "max_output_chars": self.max_output_chars,
+                "patterns": [p.pattern for p in self.patterns],
+                "last": self.last,
+                "labels": self.labels,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _cut(self, text: str) -> str:
@@ -113,9 +122,11 @@ def load_judge(ref: str | Path) -> Judge:
         folder = Path(ref_s).expanduser()
     cfg_path = folder / "config.yaml"
     if not cfg_path.is_file():
-        raise ConfigError(f"unknown judge {ref_s!r}: not a built-in judge and not a folder with config.yaml",
-                          hint=f"built-in judges: {', '.join(list_judges())}; or copy one of their folders "
-                          f"from {judges_dir()} and pass its path")
+        raise ConfigError(
+            f"unknown judge {ref_s!r}: not a built-in judge and not a folder with config.yaml",
+            hint=f"built-in judges: {', '.join(list_judges())}; or copy one of their folders "
+            f"from {judges_dir()} and pass its path",
+        )
     try:
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -124,16 +135,19 @@ def load_judge(ref: str | Path) -> Judge:
         raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{cfg_path}: expected a mapping")
-    unknown = sorted(set(cfg) - {"description", "model", "api", "decoding", "prompt", "system",
-                                 "max_output_chars", "parser"})
+    unknown = sorted(
+        set(cfg) - {"description", "model", "api", "decoding", "prompt", "system", "max_output_chars", "parser"}
+    )
     if unknown:
         raise ConfigError(f"{cfg_path}: unknown keys {unknown}")
     prompt = _read_text(folder, str(cfg.get("prompt", "prompt.txt")), "prompt")
     missing = [p for p in PLACEHOLDERS if "{" + p + "}" not in prompt]
     if missing:
-        raise ConfigError(f"{folder / cfg.get('prompt', 'prompt.txt')}: the prompt lacks the placeholders "
-                          f"{', '.join('{' + m + '}' for m in missing)}",
-                          hint="a judge prompt shows {instruction}, {output_a} (shown first) and {output_b}")
+        raise ConfigError(
+            f"{folder / cfg.get('prompt', 'prompt.txt')}: the prompt lacks the placeholders "
+            f"{', '.join('{' + m + '}' for m in missing)}",
+            hint="a judge prompt shows {instruction}, {output_a} (shown first) and {output_b}",
+        )
     system = _read_text(folder, str(cfg["system"]), "system") if cfg.get("system") else None
     api = str(cfg.get("api", "chat"))
     if api not in ("chat", "completions"):
@@ -145,7 +159,9 @@ def load_judge(ref: str | Path) -> Judge:
     parser = cfg.get("parser") or {}
     raw_patterns = parser.get("patterns") or []
     if not raw_patterns:
-        raise ConfigError(f"{cfg_path}: parser.patterns is empty", hint="give at least one regex with a group for the label")
+        raise ConfigError(
+            f"{cfg_path}: parser.patterns is empty", hint="give at least one regex with a group for the label"
+        )
     patterns = []
     for i, p in enumerate(raw_patterns):
         try:
@@ -158,12 +174,23 @@ def load_judge(ref: str | Path) -> Judge:
     labels = {str(k).strip().lower(): str(v) for k, v in (parser.get("labels") or {}).items()}
     wrong = sorted(v for v in labels.values() if v not in POSITIONS)
     if not labels or wrong:
-        raise ConfigError(f"{cfg_path}: parser.labels must map labels to first / second / tie"
-                          + (f" (found {wrong})" if wrong else ""))
+        raise ConfigError(
+            f"{cfg_path}: parser.labels must map labels to first / second / tie"
+            + (f" (found {wrong})" if wrong else "")
+        )
     max_chars = cfg.get("max_output_chars")
     return Judge(
-        name=folder.name, path=folder.resolve(), description=" ".join(str(cfg.get("description", "")).split()),
-        model=str(cfg.get("model") or "qwen2.5-coder-1.5b-instruct"), api=api, prompt=prompt, system=system,
-        decoding=decoding, max_output_chars=int(max_chars) if max_chars else None, patterns=patterns,
-        last=bool(parser.get("last", True)), labels=labels, raw_config=cfg,
+        name=folder.name,
+        path=folder.resolve(),
+        description=" ".join(str(cfg.get("description", "")).split()),
+        model=str(cfg.get("model") or "qwen2.5-coder-1.5b-instruct"),
+        api=api,
+        prompt=prompt,
+        system=system,
+        decoding=decoding,
+        max_output_chars=int(max_chars) if max_chars else None,
+        patterns=patterns,
+        last=bool(parser.get("last", True)),
+        labels=labels,
+        raw_config=cfg,
     )
