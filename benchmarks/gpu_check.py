@@ -8,6 +8,10 @@
 3. Log-likelihood scoring on the GPU vs the CPU (`eval bench`'s multiple choice, 20 items):
    the same predictions expected, the largest difference in summed log-probability printed.
 4. llama.cpp with every layer offloaded vs none (when the build can offload): tokens/s.
+5. Training (benchmarks/gpu_train_check.py, in its own process): full fine-tuning under FSDP on
+   every GPU, LoRA and QLoRA through `alpacakit train`, saved, reloaded and generating; tokens/s
+   and peak GPU memory per method against TRL's best GPU path. `--train-args "..."` passes flags
+   to it (e.g. "--steps 4 --methods lora"), `--skip-train` leaves it out.
 
 Exit status 0 when every part that could run ran; 2 when there is no GPU (unless --allow-cpu,
 which runs the same code on the CPU twice, as a smoke test of the script itself).
@@ -32,6 +36,8 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--allow-cpu", action="store_true")
+    ap.add_argument("--skip-train", action="store_true", help="leave out part 5 (training)")
+    ap.add_argument("--train-args", default="", help="flags for benchmarks/gpu_train_check.py (one string)")
     args = ap.parse_args()
 
     import torch
@@ -126,7 +132,17 @@ def main() -> int:
         )
     else:
         print("GGUF offload: skipped (this llama.cpp build cannot offload; see the Makefile's LLAMA_CMAKE_ARGS)")
-    return 0
+    if args.skip_train:
+        return 0
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    train = [sys.executable, str(Path(__file__).with_name("gpu_train_check.py")), *shlex.split(args.train_args)]
+    if not cuda:
+        train.append("--cpu-smoke")
+    print("training check: " + " ".join(train[1:]), flush=True)
+    return subprocess.call(train)
 
 
 if __name__ == "__main__":

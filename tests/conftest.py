@@ -79,3 +79,15 @@ def smollm2_gguf() -> Path:
     from alpacakit.models import resolve_gguf
 
     return resolve_gguf("smollm2-135m-instruct")
+
+
+# `pytest -m "not slow"` is the inner loop (`make test-fast`, under 3 minutes). Every test that
+# loads a real model is slow: those using these fixtures (directly or through another fixture)
+# are marked here; others carry `@pytest.mark.slow` themselves.
+REAL_MODEL_FIXTURES = {"smollm2_gguf", "finished_run"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

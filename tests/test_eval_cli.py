@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fake_openai import FAKE_KEY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -20,6 +21,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_generate_then_pairwise_from_the_command_line(fake_openai, fake_teacher_config, tmp_path):
     fake_teacher_config()  # puts the API key in the environment
     evals = tmp_path / "set.jsonl"

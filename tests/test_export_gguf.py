@@ -411,6 +411,7 @@ def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(
     assert cut == full[:cut_at]
 
 
+@pytest.mark.slow
 @needs_llama
 def test_cli_exports_and_prints_the_agreement(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"

@@ -91,6 +91,7 @@ def trained(
     os.environ.pop("ALPACAKIT_CACHE", None)
 
 
+@pytest.mark.slow
 def test_the_default_export_copies_the_base_and_keeps_the_trained_answers(trained):
     from llama_cpp import Llama
 

@@ -50,6 +50,7 @@ def _kv(path: Path, key: str) -> str | None:
     return None if field is None else bytes(field.parts[field.data[0]]).decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mistral", "qwen3"])
 def test_architectures_only_llama_cpp_converts_export_and_agree(tiny, tmp_path: Path, arch: str) -> None:
     out = tmp_path / f"{arch}.gguf"
@@ -64,6 +65,7 @@ def test_architectures_only_llama_cpp_converts_export_and_agree(tiny, tmp_path: 
     )  # llama.cpp runs Mistral as llama
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_llama_cpp_converter_matches_ours_where_both_work(tiny, tmp_path: Path, arch: str) -> None:
     ours = export_gguf(tiny(arch), tmp_path / "ours.gguf", "f16", verify=True, prompts=PROMPTS, converter="alpacakit")
@@ -83,6 +85,7 @@ def test_auto_keeps_alpacakits_converter_for_gemma3(tiny, tmp_path: Path) -> Non
     assert res.verification["top1_agreement"] >= 0.99
 
 
+@pytest.mark.slow
 def test_a_lora_adapter_leaves_as_a_gguf_lora_that_llama_cpp_applies(tiny, tmp_path: Path) -> None:
     import llama_cpp
     from peft import LoraConfig, get_peft_model
@@ -141,6 +144,7 @@ def test_a_lora_adapter_leaves_as_a_gguf_lora_that_llama_cpp_applies(tiny, tmp_p
     assert want != plain.argmax(-1).tolist()  # the adapter changes the answers; llama.cpp applied it
 
 
+@pytest.mark.slow
 def test_the_converters_list_names_what_llama_cpp_converts() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "alpacakit.cli.main", "export", "converters", "--list"],
@@ -153,6 +157,7 @@ def test_the_converters_list_names_what_llama_cpp_converts() -> None:
         assert f"  {name}\n" in r.stdout
 
 
+@pytest.mark.slow
 def test_an_architecture_llama_cpp_cannot_convert_names_the_failure(tmp_path: Path) -> None:
     from alpacakit.export.llama_cpp_convert import ConversionError, convert_hf
 

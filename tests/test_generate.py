@@ -209,6 +209,7 @@ def run_cli(*args, env=None, **kw):
     )
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint_fails_clearly_and_leaves_data_intact(tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     import socket
@@ -337,6 +338,7 @@ def _processes_writing(out: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     answer = responder(2)
@@ -424,6 +426,7 @@ def test_answer_mode_curates_refusals_duplicates_and_truncation(server, tmp_path
     assert len(server.requests) == n  # every prompt was answered already
 
 
+@pytest.mark.slow
 def test_export_alpaca_and_hf(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.responder = responder(3)
@@ -603,6 +606,7 @@ def test_a_resume_takes_earlier_results_as_they_were_and_rebuilds_only_what_diff
     assert (out / "discards.jsonl").read_bytes() == discards
 
 
+@pytest.mark.slow
 def test_a_teacher_that_only_repeats_itself_stalls_the_job_instead_of_being_asked_forever(server, tmp_path):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     same = tasks_text(4, 3)  # the same three tasks in every answer: kept once, then near-duplicates
@@ -766,7 +770,7 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
 
 def test_a_failure_in_the_worker_surfaces_after_the_answers_are_journaled(server, tmp_path, monkeypatch):
     from alpacakit.generate.self_instruct import SelfInstructProcessor
-    from alpacakit.generate.worker import WorkerError
+    from alpacakit.jobs.worker import WorkerError
 
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.responder = responder(3)

@@ -10,9 +10,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from alpacakit.io import iter_jsonl
 
 
+@pytest.mark.slow
 def test_generate_with_real_llamacpp_teacher(smollm2_gguf, tmp_path):
     out = tmp_path / "data"
     r = subprocess.run(
@@ -56,6 +59,7 @@ def test_generate_with_real_llamacpp_teacher(smollm2_gguf, tmp_path):
         assert k["instruction"] and k["output"] and k["teacher"] == "smollm2-135m-instruct"
 
 
+@pytest.mark.slow
 def test_a_local_teacher_cuts_answers_short_and_journals_what_they_wrote(smollm2_gguf, tmp_path):
     """Answers in flight are cut (a repeating teacher, or the target in sight) instead of being
     written to max_tokens or thrown away: each cut answer is journaled with what it had written

@@ -80,6 +80,7 @@ def test_kappa_refuses_unpaired_labels() -> None:
         cohen_kappa([], [])
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("FST"), st.sampled_from("FST")), min_size=1, max_size=40))
 def test_kappa_equals_scikit_learn(pairs: list[tuple[str, str]]) -> None:
@@ -378,6 +379,7 @@ def test_finished_raters_get_no_item(server, store: HumanEvalStore) -> None:
 # --------------------------------------------------------------------------- hostile raters
 
 
+@pytest.mark.slow
 def test_nobody_rates_or_undoes_as_somebody_else(server, store: HumanEvalStore) -> None:
     import httpx
 

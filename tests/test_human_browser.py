@@ -157,6 +157,7 @@ def _rows(db: Path) -> list[tuple]:
         ).fetchall()
 
 
+@pytest.mark.slow
 def test_raters_judge_in_a_real_browser_and_resume(browser: object, tmp_path: Path) -> None:
     a = _write(tmp_path / "outputs-base.json", "base", ANSWERS_1)
     b = _write(tmp_path / "outputs-tuned.json", "tuned", ANSWERS_2)

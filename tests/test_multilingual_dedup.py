@@ -62,6 +62,7 @@ def test_bulk_and_streaming_and_direct_lcs_agree_on_mixed_scripts() -> None:
     assert bulk == direct and 0 < sum(bulk) < len(texts)
 
 
+@pytest.mark.slow
 def test_the_cli_takes_the_tokenizer(tmp_path: Path) -> None:
     src = tmp_path / "zh.jsonl"
     src.write_text(

@@ -1,5 +1,6 @@
 """The self-instruct parser accepts what small teachers really write and never crashes."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,6 +78,7 @@ def test_empty_output_is_a_discard():
     st.sampled_from(["stop", "length"]),
     st.booleans(),
 )
+@pytest.mark.slow
 def test_parser_never_raises_and_accounts_for_every_chunk(text, finish, continues):
     tasks, discards = parse_tasks(text, 4, finish, continues_prompt=continues)
     for t in tasks:

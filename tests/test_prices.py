@@ -103,6 +103,7 @@ def test_a_budget_on_an_unknown_price_is_refused_before_any_request(fake_openai,
     assert not (tmp_path / "out" / "responses.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_table_model_is_charged_even_at_a_local_proxy(fake_openai, tmp_path: Path) -> None:
     """`openai:gpt-4o-mini` at a server on 127.0.0.1 (as behind LiteLLM's proxy): the table's price
     is charged, the manifest says where it came from, and --max-cost stops the run."""
@@ -132,15 +133,19 @@ def test_a_table_model_is_charged_even_at_a_local_proxy(fake_openai, tmp_path: P
 
 def test_the_quickstart_asks_an_api_teacher_at_its_own_endpoint(fake_openai, tmp_path: Path, monkeypatch) -> None:
     """Follow and bench stages send an `openai:` teacher to the base URL it generated with."""
-    from alpacakit.quickstart.pipeline import QuickstartProfile, Run, stage_follow
+    from alpacakit.quickstart.pipeline import Run, load_profile, stage_follow
 
     monkeypatch.setenv("ALPACAKIT_TEST_API_KEY", "sk-test")
     fake_openai.responder = lambda body: "Here is my answer."
-    monkeypatch.setattr(Run, "systems", lambda self: {"teacher": self.profile.teacher})  # the teacher's row only
-    profile = QuickstartProfile(
-        teacher="openai:fake-model",
-        follow_teacher_limit=2,
-        generate_set={"teacher.base_url": fake_openai.url, "teacher.api_key_env": "ALPACAKIT_TEST_API_KEY"},
+    monkeypatch.setattr(Run, "systems", lambda self: {"teacher": self.settings.teacher})  # the teacher's row only
+    profile = load_profile(
+        "default",
+        [
+            "teacher.model=openai:fake-model",
+            f"teacher.base_url={fake_openai.url}",
+            "teacher.api_key_env=ALPACAKIT_TEST_API_KEY",
+            "quickstart.follow_teacher_limit=2",
+        ],
     )
     run = Run(tmp_path / "qs", profile, say=lambda m: None, progress=False)
     (tmp_path / "qs" / "eval").mkdir(parents=True)

@@ -26,17 +26,18 @@ def _lines(path: Path) -> int:
 def test_profiles_are_data_and_take_overrides():
     default, tiny = load_profile(), load_profile("tiny")
     assert default.teacher == "qwen2.5-coder-1.5b-instruct" and default.student_base == "gemma-3-270m"
-    assert default.num == 100 and default.quant == "auto" and default.judge == "alpacakit_brief"
-    assert default.judge_order == "both" and default.heldout > 0 and default.follow_limit >= 150
-    assert tiny.teacher == "smollm2-135m-instruct" and tiny.num < default.num
-    p = load_profile("tiny", ["num=3", "train_set.max_steps=2"])
-    assert p.num == 3 and p.train_set["max_steps"] == 2 and p.train_set["epochs"] == 1  # tiny's own kept
+    assert default.config.generate.num == 100 and default.quickstart.quant == "auto"
+    assert default.config.eval.judge.name == "alpacakit_brief" and default.config.eval.judge.order == "both"
+    assert default.quickstart.heldout > 0 and default.quickstart.follow_limit >= 150
+    assert tiny.teacher == "smollm2-135m-instruct" and tiny.config.generate.num < default.config.generate.num
+    p = load_profile("tiny", ["generate.num=3", "train.max_steps=2"])
+    assert p.config.generate.num == 3 and p.config.train.max_steps == 2 and p.config.train.epochs == 1  # tiny's kept
     with pytest.raises(ConfigError, match="no quickstart profile 'huge'"):
         load_profile("huge")
     with pytest.raises(ConfigError, match="num"):
-        load_profile("default", ["num=0"])
+        load_profile("default", ["generate.num=0"])
     with pytest.raises(ConfigError, match="nope"):
-        load_profile("default", ["nope=1"])
+        load_profile("default", ["quickstart.nope=1"])
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +49,20 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
     profile = load_profile(
         "tiny",
         [
-            f"student_base={base}",
-            "num=4",
-            "eval_limit=2",
-            "eval_max_tokens=24",
-            "bench_limit=1",
-            "quant=f16",
-            "before_after=2",
-            "train_set.max_steps=2",
-            "train_set.max_length=512",
-            "follow_limit=6",
-            "follow_teacher_limit=2",
-            "follow_max_tokens=24",
-            "heldout=1",
-            "judge_follow=2",
+            f"train.base={base}",
+            "generate.num=4",
+            "eval.limit=2",
+            "eval.system.max_tokens=24",
+            "quickstart.bench_limit=1",
+            "quickstart.quant=f16",
+            "quickstart.before_after=2",
+            "train.max_steps=2",
+            "train.max_length=512",
+            "quickstart.follow_limit=6",
+            "quickstart.follow_teacher_limit=2",
+            "quickstart.follow_max_tokens=24",
+            "quickstart.heldout=1",
+            "quickstart.judge_follow=2",
         ],
     )
     said: list[str] = []
@@ -122,20 +123,20 @@ def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
     profile = load_profile(
         "tiny",
         [
-            f"student_base={run.parent / 'tiny-base'}",
-            "num=4",
-            "eval_limit=2",
-            "eval_max_tokens=24",
-            "bench_limit=1",
-            "quant=f16",
-            "before_after=2",
-            "train_set.max_steps=2",
-            "train_set.max_length=128",
-            "follow_limit=6",
-            "follow_teacher_limit=2",
-            "follow_max_tokens=24",
-            "heldout=1",
-            "judge_follow=2",
+            f"train.base={run.parent / 'tiny-base'}",
+            "generate.num=4",
+            "eval.limit=2",
+            "eval.system.max_tokens=24",
+            "quickstart.bench_limit=1",
+            "quickstart.quant=f16",
+            "quickstart.before_after=2",
+            "train.max_steps=2",
+            "train.max_length=128",
+            "quickstart.follow_limit=6",
+            "quickstart.follow_teacher_limit=2",
+            "quickstart.follow_max_tokens=24",
+            "quickstart.heldout=1",
+            "quickstart.judge_follow=2",
         ],
     )
     log = run_quickstart(
@@ -170,14 +171,14 @@ def test_an_auto_export_that_misses_the_agreement_bar_is_written_f16(finished_ru
     bar = f"min_agreement={(q8 + f16) / 2}"
     shutil.copytree(run / "model", tmp_path / "r" / "model")
     said: list[str] = []
-    r = Run(tmp_path / "r", load_profile("tiny", ["quant=auto", bar]), said.append, progress=True)
+    r = Run(tmp_path / "r", load_profile("tiny", ["quickstart.quant=auto", f"quickstart.{bar}"]), said.append)
     summary = stage_export(r)
     side = json.loads(r.gguf.with_name("model.gguf.json").read_text())
     assert r.gguf.name == "model.gguf" and side["quant"] == "f16" and side["verification"]["top1_agreement"] == f16
     assert "written f16 instead" in summary and any("does not reproduce" in m for m in said)
     # a quantization named in the profile is not swapped: the run stops with the figures
-    r2 = Run(tmp_path / "r2", load_profile("tiny", ["quant=q8_0", bar]), said.append, progress=False)
-    shutil.copytree(run / "model", r2.model)
+    r2 = Run(tmp_path / "r2", load_profile("tiny", ["quickstart.quant=q8_0", f"quickstart.{bar}"]), said.append, False)
+    shutil.copytree(run / "model", r2.dir.model)
     with pytest.raises(AlpacakitError, match="does not reproduce the trained model"):
         stage_export(r2)
 
@@ -190,7 +191,7 @@ def test_before_after_pairs_base_and_student_answers(finished_run):
 
 def test_cli_shows_the_profile_and_rejects_unknown_stages(tmp_path):
     cmd = [sys.executable, "-m", "alpacakit.cli.main", "quickstart"]
-    shown = subprocess.run([*cmd, "--tiny", "--show", "--set", "num=7"], capture_output=True, text=True)
+    shown = subprocess.run([*cmd, "--tiny", "--show", "--set", "generate.num=7"], capture_output=True, text=True)
     assert shown.returncode == 0 and "num: 7" in shown.stdout and "smollm2-135m-instruct" in shown.stdout
     bad = subprocess.run(
         [*cmd, "--stages", "generate,dance", "-o", str(tmp_path / "r")], capture_output=True, text=True

@@ -136,6 +136,7 @@ def full_run(tmp_path, fake_openai, judge_cfg) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_a_student_that_gained_style_but_not_knowledge_is_called_out(full_run):
     _bench(full_run, "student", 3)  # exactly the base model's answers
     res = build_report(full_run)
@@ -156,6 +157,7 @@ def test_a_student_that_gained_style_but_not_knowledge_is_called_out(full_run):
     assert data["knowledge"]["gap_closed"] == 0.0
 
 
+@pytest.mark.slow
 def test_the_cost_table_names_the_base_and_counts_judging_in_wall_time(full_run):
     _bench(full_run, "student", 3)
     data = json.loads(build_report(full_run).data.read_text())
@@ -166,6 +168,7 @@ def test_the_cost_table_names_the_base_and_counts_judging_in_wall_time(full_run)
     assert judging["seconds"] == pairwise["cost"]["wall_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_a_student_that_gained_knowledge_too_gets_both(full_run):
     _bench(full_run, "student", 2)  # now as accurate as the teacher
     res = build_report(full_run)
@@ -175,6 +178,7 @@ def test_a_student_that_gained_knowledge_too_gets_both(full_run):
     assert data["knowledge"]["gap_closed"] == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 def test_thresholds_come_from_the_config(full_run):
     _bench(full_run, "student", 3)
     cfg = AlpacakitConfig()
@@ -207,6 +211,7 @@ def test_a_comparison_made_the_other_way_round_is_read_as_its_complement(tmp_pat
     assert data["style"]["student"]["win_rate"] == pytest.approx(100 * 3 / N)
 
 
+@pytest.mark.slow
 def test_the_report_verb_runs_as_a_command(full_run):
     _bench(full_run, "student", 3)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}

@@ -504,6 +504,7 @@ def test_top_k_and_exact_mean_match_rouge_score_for_texts_over_one_machine_word(
         assert list(r.most_similar.items()) == list(expected.items())[:4]
 
 
+@pytest.mark.slow
 def test_the_sampled_mean_is_exact_on_a_small_pool_and_a_fixed_sample_beyond():
     rng = random.Random(9)
     texts = [v for b in BASES for v in near_duplicates(rng, b, 120)]

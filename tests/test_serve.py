@@ -254,6 +254,7 @@ def test_prompt_longer_than_the_limit_is_400(start):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_bodies_are_400_naming_the_problem(start, body, param, words):
     teacher = ScriptedTeacher()
     url = start(teacher)
@@ -547,6 +548,7 @@ def _serve_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_serve_command_refuses_an_unset_key_variable_before_loading_anything():
     r = _serve_cmd("smollm2-135m-instruct", "--port", "0", "--api-key-env", "ALPACAKIT_UNSET_KEY_VAR")
     assert r.returncode == 2

@@ -35,6 +35,7 @@ WORDS = [
 ]
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_trains_on_both_ranks_and_saves_once(tmp_path):
     base = make_tiny_base(tmp_path / "base")
     data = tmp_path / "data.jsonl"

@@ -24,6 +24,9 @@ from alpacakit.train.launch import _cpu_variant, accelerate_config_path  # noqa:
 from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 from alpacakit.train.trainer import CHECKPOINT_MARKER  # noqa: E402
 
+# Two training processes each: minutes on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 WORDS = [
     "red",
     "blue",
@@ -227,3 +230,78 @@ def test_fsdp_config_runs_on_cpu_without_module_state_sync(tmp_path):
     f = cpu["fsdp_config"]
     assert f["fsdp_sharding_strategy"] == "FULL_SHARD" and f["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     assert f["fsdp_sync_module_states"] is False and f["fsdp_cpu_ram_efficient_loading"] is False
+
+
+DOMAIN = [("hot", "cold"), ("up", "down"), ("big", "small"), ("wet", "dry"), ("old", "new"), ("day", "night")]
+DOMAIN += [("fast", "slow"), ("open", "shut")]
+# ChatDoctor-style: general instructions first, then the domain, each stage from the previous one's weights
+STAGES = (
+    "method: full\nprecision: fp32\nloss: supervised\nbatch_size: 2\nlr: 1.0e-2\nsave_steps: 2\n"
+    "keep_checkpoints: true\nlogging_steps: 1\n"
+    "stages:\n  - {{name: general, data: {general}, epochs: 1}}\n  - {{name: domain, data: {domain}, epochs: 1, lr: 5.0e-3}}\n"
+)
+
+
+def _two_stage_config(setup) -> Path:
+    d = setup["dir"]
+    domain = d / "domain.jsonl"
+    domain.write_text(
+        "".join(
+            json.dumps({"instruction": f"Give the opposite of {a}.", "input": "", "output": b}) + "\n"
+            for a, b in DOMAIN
+        )
+    )
+    cfg = d / "stages.yaml"
+    cfg.write_text(f"base: {setup['base']}\n" + STAGES.format(general=setup["data"], domain=domain))
+    return cfg
+
+
+def test_fsdp_two_stage_training_continues_from_stage_one_and_equals_ddp(setup):
+    """Stage 2 (domain) must train the weights stage 1 (general) left, still sharded by FSDP, and the
+    run must leave what docs/training.md promises: merged/, a manifest listing both stages, per-stage
+    logs and per-rank reports, and each stage's checkpoints and weights under stages/."""
+    cfg = _two_stage_config(setup)
+    fsdp, ddp = setup["dir"] / "fsdp-stages", setup["dir"] / "ddp-stages"
+    _run(cfg, fsdp, "fsdp")
+    _run(cfg, ddp, "ddp")
+    from safetensors.torch import load_file
+
+    for name, steps in (("01-general", 4), ("02-domain", 2)):
+        sdir = fsdp / "stages" / name
+        done = json.loads((sdir / "done.json").read_text())
+        assert done["steps"] == steps and done["world_size"] == 2, name
+        ck = sdir / "checkpoints" / f"checkpoint-{steps}"
+        assert (ck / CHECKPOINT_MARKER).exists() and (ck / "pytorch_model_fsdp_0").is_dir(), name
+        assert (sdir / "weights" / "model.safetensors").exists(), name
+        assert any((fsdp / "logs" / name).iterdir()), name  # TensorBoard events
+        reports = [json.loads((fsdp / "logs" / "ranks" / f"{name}-rank{i}.json").read_text()) for i in (0, 1)]
+        assert [r["steps"] for r in reports] == [steps, steps] and reports[0]["trainable_digest"] != reports[1][
+            "trainable_digest"
+        ]  # sharded in both stages
+    # stage 2 began where stage 1 ended (on each rank, the same shard of the same weights), not at the base
+    for i in (0, 1):
+        general = json.loads((fsdp / "logs" / "ranks" / f"01-general-rank{i}.json").read_text())
+        domain = json.loads((fsdp / "logs" / "ranks" / f"02-domain-rank{i}.json").read_text())
+        assert domain["initial_digest"] == general["trainable_digest"] != general["initial_digest"], i
+
+    m = json.loads((fsdp / "manifest.json").read_text())
+    assert m["complete"] and m["world_size"] == 2 and m["steps"] == 6
+    assert [s["name"] for s in m["stages"]] == ["general", "domain"]
+    assert [s["steps"] for s in m["stages"]] == [4, 2]
+    assert [e["step"] for e in m["losses"]] == list(range(1, 7))
+    assert (fsdp / "merged" / "model.safetensors").exists() and (fsdp / "loss.png").exists()
+    dm = json.loads((ddp / "manifest.json").read_text())
+    for a, b in zip(m["losses"], dm["losses"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), a["step"]
+
+    # each stage's weights equal DDP's: stage 1's, then the final (stage 2) model
+    for rel in ("stages/01-general/weights", "merged"):
+        a, b = load_file(fsdp / rel / "model.safetensors"), load_file(ddp / rel / "model.safetensors")
+        assert a.keys() == b.keys(), rel
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{rel}: {k}")
+    # and stage 2 moved the weights on from stage 1's
+    s1 = load_file(fsdp / "stages" / "01-general" / "weights" / "model.safetensors")
+    final = load_file(fsdp / "merged" / "model.safetensors")
+    assert max(float((final[k] - s1[k]).abs().max()) for k in s1) > 1e-4
+    torch.testing.assert_close(_logits(fsdp), _logits(ddp), rtol=1e-4, atol=1e-4)

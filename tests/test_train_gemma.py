@@ -33,6 +33,7 @@ def gemma():
     return base, load_tokenizer(base)
 
 
+@pytest.mark.slow
 def test_gemma_labels_equal_stanfords_rule(gemma):
     _, tok = gemma
     fmt = PromptFormat.load("alpaca").bind(tok)
@@ -48,6 +49,7 @@ def test_gemma_labels_equal_stanfords_rule(gemma):
         assert ex[0] == tok.bos_token_id and ex[-1] == tok.eos_token_id
 
 
+@pytest.mark.slow
 def test_gemma_chunked_loss_equals_the_full_logits_loss(gemma):
     from transformers import AutoModelForCausalLM
 
@@ -81,6 +83,7 @@ def test_gemma_chunked_loss_equals_the_full_logits_loss(gemma):
     assert 0.5 < losses["full"] < 15  # a real model's loss, not a random one's (ln 262144 = 12.5)
 
 
+@pytest.mark.slow
 def test_gemma_lora_trains_and_saves_a_usable_adapter(gemma, tmp_path):
     from alpacakit.train.config import TrainConfig
     from alpacakit.train.merge import load_trained

@@ -54,6 +54,7 @@ def _adapter(out: Path) -> dict:
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_weights_and_losses(tmp_path):
     cfg, _ = _setup(tmp_path)
     whole = tmp_path / "whole"

@@ -292,6 +292,7 @@ def test_cli_lists_presets():
     assert "alpaca-lora" in r.stdout and "cpu-quick" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_a_broken_data_file_with_its_line_and_exits_2(base, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_records()[0]) + "\n" + '{"instruction": "x", "output": \n')
@@ -330,6 +331,7 @@ def test_running_out_of_memory_is_reported_with_what_to_lower(base, data, tmp_pa
     assert "gradient_checkpointing" in e.value.hint and not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_a_failed_second_stage_reuses_the_finished_first_stage(base, data, tmp_path, capsys):
     from safetensors.torch import load_file
 

@@ -112,6 +112,7 @@ def ask(page: Any, text: str) -> Any:
     return bubble
 
 
+@pytest.mark.slow
 def test_typed_message_gets_a_streamed_answer(browser_page, server):
     teacher = ScriptedTeacher(pieces=PIECES, name="page-model", piece_delay_s=0.15)
     url = server(teacher)

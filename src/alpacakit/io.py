@@ -77,6 +77,10 @@ def iter_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterato
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
+    fast = _parse_all_lines(lines)
+    if fast is not None:
+        yield from fast
+        return
     torn = not data.endswith(b"\n")
     for i, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -96,6 +100,22 @@ def iter_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterato
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, found {type(obj).__name__}")
         yield i, obj
+
+
+def _parse_all_lines(lines: list[bytes]) -> list[tuple[int, dict]] | None:
+    """Every line parsed by one `json.loads` of `[line, line, ...]`: a million short lines read
+    ~2x faster than one call per line. None when anything is off (bad JSON, bad UTF-8, a line
+    holding two values, a non-object, a BOM): the line-by-line path then names the line."""
+    numbered = [(i, raw) for i, raw in enumerate(lines, start=1) if raw.strip()]
+    if not numbered or numbered[0][1].startswith(b"\xef\xbb\xbf"):
+        return None
+    try:
+        items = json.loads(b"[" + b",".join(raw for _, raw in numbered) + b"]")
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    if len(items) != len(numbered) or not all(type(obj) is dict for obj in items):
+        return None
+    return [(i, obj) for (i, _), obj in zip(numbered, items)]
 
 
 def read_records(path: str | Path, *, required: Iterable[str] = ()) -> list[dict]:
@@ -259,9 +279,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write a whole JSONL file atomically; returns the record count."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    encode = _UNICODE_JSON.encode  # json.dumps(r, ensure_ascii=False) builds an encoder per call
+    lines = [encode(r) for r in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+_UNICODE_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 _HELD: dict[str, FolderLock] = {}

@@ -6,20 +6,27 @@ from pathlib import Path
 
 import typer
 
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
 
+
+@config_options(
+    "chat.system",
+    "chat.max_tokens",
+    "chat.temperature",
+    "chat.top_p",
+    "chat.seed",
+    "chat.stats",
+    "serve.n_ctx",
+    ("serve.n_threads", "--threads"),
+)
 def chat(
+    cfg: AlpacakitConfig,
     model: str = typer.Argument(
         ...,
         help="Model: a model folder (from `alpacakit train`, or any Hugging Face "
         "model folder), a .gguf file, or an embedded name such as smollm2-135m-instruct.",
     ),
-    system: str | None = typer.Option(None, "--system", help="System message sent before the conversation."),
-    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature (0 = greedy)."),
-    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed, for repeatable answers."),
-    n_ctx: int = typer.Option(4096, "--n-ctx", min=256, help="Context window; the oldest turns are dropped beyond it."),
-    n_threads: int | None = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
     prompt_format: str | None = typer.Option(
         None,
         "--prompt-format",
@@ -30,9 +37,6 @@ def chat(
         None,
         "--base",
         help="Base model folder of a LoRA adapter, when the adapter was trained on a path that is not on this machine.",
-    ),
-    stats: bool = typer.Option(
-        True, "--stats/--no-stats", help="After each answer, print tokens, speed and history size (stderr)."
     ),
 ) -> None:
     """Chat with a model in the terminal. Tokens appear as they are generated.
@@ -55,13 +59,20 @@ def chat(
     from alpacakit.serve.backend import ServeBackend, load_teacher
     from alpacakit.serve.chat import ChatOptions, choose_prompt_format, run_chat
 
+    sc, cc = cfg.serve, cfg.chat  # the model is loaded as `alpacakit serve` loads it
+    n_ctx = sc.n_ctx
     typer.echo(f"loading {model} ...", err=True)
-    teacher = load_teacher(model, n_ctx=n_ctx, n_threads=n_threads, base=str(base) if base else None, seed=seed)
+    teacher = load_teacher(model, n_ctx=n_ctx, n_threads=sc.n_threads, base=str(base) if base else None, seed=cc.seed)
     backend = ServeBackend(teacher)
     fmt, notice = choose_prompt_format(backend, prompt_format)
     if notice:
         typer.echo(notice, err=True)
     options = ChatOptions(
-        system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, context_tokens=n_ctx
+        system=cc.system,
+        max_tokens=cc.max_tokens,
+        temperature=cc.temperature,
+        top_p=cc.top_p,
+        seed=cc.seed,
+        context_tokens=n_ctx,
     )
-    run_chat(backend, options, prompt_format=fmt, stats=stats)
+    run_chat(backend, options, prompt_format=fmt, stats=cc.stats)

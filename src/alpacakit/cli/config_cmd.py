@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
 
 app = typer.Typer(help="Show the resolved configuration (defaults <- YAML <- --set).", no_args_is_help=True)
 
 
 @app.command("show")
+@config_options()
 def show(
-    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml to load."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override a field: section.field=value (YAML value)."),
+    cfg: AlpacakitConfig,
     explain: bool = typer.Option(False, "--explain", help="Also print each field's description."),
 ) -> None:
     """Print the resolved config as YAML."""
     import yaml
 
-    from alpacakit.config import AlpacakitConfig, load_config
-
-    cfg = load_config(config, set_)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
     if explain:
         typer.echo("\n# fields")

@@ -6,31 +6,24 @@ from pathlib import Path
 
 import typer
 
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
+
 app = typer.Typer(
     help="Curate instruction data: exact ROUGE-L dedup, refusal/boilerplate cleaning.", no_args_is_help=True
 )
 
 
 @app.command("dedup")
+@config_options("curate.threshold", "curate.tokenizer")
 def dedup(
+    cfg: AlpacakitConfig,
     input: Path = typer.Argument(
         ..., help="JSON list or JSONL of records with an 'instruction' field (other fields are kept)."
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
     seeds: Path | None = typer.Option(
         None, "--seeds", help="Self-instruct seed JSONL (or records file): these start the pool and are never written."
-    ),
-    threshold: float = typer.Option(
-        0.7,
-        "--threshold",
-        help="Drop a record whose ROUGE-L F-measure with any earlier kept instruction is above this.",
-    ),
-    tokenizer: str = typer.Option(
-        "rouge_score",
-        "--tokenizer",
-        help="rouge_score (its default tokenizer: [a-z0-9] "
-        "words only, as Stanford ran it) or multilingual (CJK characters one token each, "
-        "other scripts' Unicode words; for non-English data).",
     ),
 ) -> None:
     """Keep an instruction only if its ROUGE-L F with every earlier kept one is <= threshold.
@@ -40,26 +33,25 @@ def dedup(
     """
     from alpacakit.curate.dedup import dedup_file
 
-    stats = dedup_file(input, output, seeds=seeds, threshold=threshold, tokenizer=tokenizer)
+    stats = dedup_file(input, output, seeds=seeds, threshold=cfg.curate.threshold, tokenizer=cfg.curate.tokenizer)
     typer.echo(stats.summary())
 
 
 @app.command("clean")
+@config_options(
+    ("curate.refusals.patterns", "--patterns"),
+    ("curate.refusals.drop_truncated", "--drop-truncated/--keep-truncated"),
+)
 def clean(
+    cfg: AlpacakitConfig,
     input: Path = typer.Argument(..., help="Records with 'instruction' and 'output' (JSON, JSONL, CSV, HF folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Kept records, JSONL, in input order."),
     discards: Path | None = typer.Option(None, "--discards", help="Also write the dropped records with their reason."),
-    patterns: Path | None = typer.Option(None, "--patterns", help="YAML with 'refusal' and 'boilerplate' regex lists."),
-    keep_truncated: bool = typer.Option(
-        False, "--keep-truncated", help="Keep answers whose finish_reason is 'length'."
-    ),
 ) -> None:
     """Drop empty, truncated, refusing ("As an AI language model..."), boilerplate and duplicate answers."""
-    from alpacakit.config import RefusalConfig
     from alpacakit.curate.clean import clean_file
 
-    cfg = RefusalConfig(patterns=str(patterns) if patterns else None, drop_truncated=not keep_truncated)
-    counts = clean_file(input, output, cfg, discards)
+    counts = clean_file(input, output, cfg.curate.refusals, discards)
     typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import typer
 
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
+
 app = typer.Typer(
     help="Evaluate: answers to judge, LLM pairwise judging, human A/B judging, capability benchmarks, contamination.",
     no_args_is_help=True,
@@ -92,65 +95,33 @@ def human_export(
     typer.echo(f"wrote {output}")
 
 
-def _split(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 @app.command("bench")
+@config_options(
+    ("eval.system.model", "--model", "-m"),
+    "eval.system.base_url",
+    "eval.system.api_key_env",
+    "eval.bench.tasks",
+    ("eval.bench.limit", "--limit", "-n"),
+    "eval.bench.prompt",
+    "eval.bench.mc_score",
+    "eval.bench.max_new_tokens",
+    "eval.bench.n_ctx",
+    ("eval.system.n_threads", "--threads"),
+    "eval.bench.lm_eval_tasks",
+    "eval.bench.lm_eval_include",
+)
 def bench(
-    model: str = typer.Option(
-        ...,
-        "--model",
-        "-m",
-        help="Model: an alpacakit/HF model folder, a .gguf file, an embedded name (gemma-3-270m, ...), "
-        "or openai:MODEL (short-answer tasks only).",
+    cfg: AlpacakitConfig,
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Result JSON [default: runs/default/eval/bench-SYSTEM.json]."
     ),
-    base_url: str | None = typer.Option(None, "--base-url", help="Base URL of the endpoint of an openai:MODEL."),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."
-    ),
-    tasks: str | None = typer.Option(
-        None,
-        "--tasks",
-        help="Comma-separated: built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), "
-        ".jsonl files, MMLU-style .csv files or folders [default: all built-in].",
-    ),
-    limit: int | None = typer.Option(
-        None, "--limit", "-n", help="At most N items per task (the same seeded pick for every model)."
-    ),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Result JSON [default: eval/bench-SYSTEM.json]."),
     system: str | None = typer.Option(
         None,
         "--system",
         help="Name of the system in the results [default: from -o bench-SYSTEM.json, else the model's name].",
     ),
-    prompt: str = typer.Option(
-        "auto",
-        "--prompt",
-        help="auto (the model's own prompt format if it has one, else plain), plain, "
-        "or a prompt format (alpaca, chat, a .json file).",
-    ),
-    mc_score: str = typer.Option(
-        "norm", "--mc-score", help="Multiple choice: norm (log-likelihood per byte, the headline) or raw (sum)."
-    ),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest short answer generated."),
-    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context window for GGUF models."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads [default: all cores]."),
     base: str | None = typer.Option(
         None, "--base", help="Base model of a LoRA adapter folder, when not where the adapter says."
-    ),
-    lm_eval_tasks: str | None = typer.Option(
-        None,
-        "--lm-eval-tasks",
-        help="Also run these lm-evaluation-harness tasks (e.g. mmlu,nq_open); "
-        "needs `pip install lm-eval` and hub access.",
-    ),
-    lm_eval_include: Path | None = typer.Option(
-        None,
-        "--lm-eval-include",
-        help="Folder of your own lm-eval task YAMLs (e.g. over a local JSONL: no hub needed).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
@@ -178,10 +149,12 @@ def bench(
 
     from alpacakit.evaluate.bench.runner import run_bench
 
-    task_list = _split(tasks)
+    sys_cfg, bc = cfg.eval.system, cfg.eval.bench
+    model = sys_cfg.model
     if output is None:
-        name = system or (Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name or model)
-        output = Path("eval") / f"bench-{name}.json"
+        from alpacakit.rundir import RunDir, model_label
+
+        output = RunDir.default().bench(system or model_label(model))
     shown: dict[str, int] = {}
 
     def report(task: str, done: int, total: int) -> None:
@@ -192,20 +165,20 @@ def bench(
 
     res = run_bench(
         model,
-        tasks=task_list,
-        limit=limit,
+        tasks=bc.tasks or None,
+        limit=bc.limit,
         out=output,
         system=system,
-        prompt=prompt,
-        mc_score=mc_score,
-        max_new_tokens=max_new_tokens,
-        n_ctx=n_ctx,
-        n_threads=threads,
+        prompt=bc.prompt,
+        mc_score=bc.mc_score,
+        max_new_tokens=bc.max_new_tokens,
+        n_ctx=bc.n_ctx,
+        n_threads=sys_cfg.n_threads,
         base=base,
-        lm_eval_tasks=_split(lm_eval_tasks),
-        lm_eval_include=lm_eval_include,
-        base_url=base_url,
-        api_key_env=api_key_env,
+        lm_eval_tasks=bc.lm_eval_tasks or None,
+        lm_eval_include=Path(bc.lm_eval_include) if bc.lm_eval_include else None,
+        base_url=sys_cfg.base_url,
+        api_key_env=sys_cfg.api_key_env,
         progress=report if progress else None,
     )
     typer.echo(f"{res['system']} ({res.get('prompt', {}).get('mode', 'lm-eval')} prompt):")
@@ -220,10 +193,9 @@ def bench(
 
 
 @app.command("follow")
+@config_options(("eval.system.model", "--model", "-m"), ("eval.limit", "--limit", "-n"), "eval.system.base_url")
 def follow(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="Model: a .gguf file, an embedded name, a model folder or openai:MODEL."
-    ),
+    cfg: AlpacakitConfig,
     output: Path = typer.Option(
         ...,
         "-o",
@@ -234,9 +206,7 @@ def follow(
     system: str | None = typer.Option(
         None, "--system", help="Name of the system [default: from -o follow-SYSTEM.json]."
     ),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the first N instructions [default: all]."),
     max_tokens: int = typer.Option(96, "--max-tokens", help="Longest answer (every item is answerable in ~60 words)."),
-    base_url: str | None = typer.Option(None, "--base-url", help="Endpoint of an openai:MODEL."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
     """Verifiable instruction following: 200+ instructions whose constraints a program checks.
@@ -252,14 +222,13 @@ def follow(
 
       alpacakit eval follow --model runs/demo/export/model.gguf -o runs/demo/eval/follow-student.json
     """
-    from alpacakit.config import load_config
     from alpacakit.evaluate.follow.run import run_follow
 
-    system_cfg = {"model": model, "max_tokens": max_tokens, "temperature": 0.0}
-    if base_url:
-        system_cfg["base_url"] = base_url
-    cfg = load_config(None, None, {"eval": {"eval_set": "follow", "limit": limit, "system": system_cfg}})
-    res = run_follow(model, output, system=system, config=cfg, show_progress=progress)
+    # the set, the answer length and greedy answers are what the checks were written for
+    cfg.eval.eval_set = "follow"
+    cfg.eval.system.max_tokens = max_tokens
+    cfg.eval.system.temperature = 0.0
+    res = run_follow(cfg.eval.system.model, output, system=system, config=cfg, show_progress=progress)
     typer.echo(
         f"{res['system']}: {res['accuracy']:.1%} of {res['n']} instructions followed "
         f"({res['constraint_accuracy']:.1%} of constraints); ended by itself {res['clean_stop_rate']:.0%} "
@@ -271,8 +240,9 @@ def follow(
 
 
 @app.command("likelihood")
+@config_options(("eval.system.model", "--model", "-m"), ("eval.limit", "--limit", "-n"))
 def likelihood(
-    model: str = typer.Option(..., "--model", "-m", help="Model: a .gguf file, an embedded name or a model folder."),
+    cfg: AlpacakitConfig,
     answers: Path = typer.Option(
         ...,
         "--answers",
@@ -285,7 +255,6 @@ def likelihood(
     system: str | None = typer.Option(
         None, "--system", help="Name of the system [default: from -o likelihood-SYSTEM.json]."
     ),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the first N answers."),
 ) -> None:
     """How likely a model finds the teacher's own answers: mean NLL per token, per answer.
 
@@ -300,7 +269,11 @@ def likelihood(
     from alpacakit.evaluate.likelihood import score_likelihood
 
     res = score_likelihood(
-        model, answers, output, system=system or output.stem.removeprefix("likelihood-"), limit=limit
+        cfg.eval.system.model,
+        answers,
+        output,
+        system=system or output.stem.removeprefix("likelihood-"),
+        limit=cfg.eval.limit,
     )
     typer.echo(
         f"{res['system']}: {res['mean_nll']:.4f} nats per token (perplexity {res['perplexity']:.2f}) "
@@ -317,48 +290,31 @@ def likelihood(
 
 
 @app.command("generate")
+@config_options(
+    ("eval.system.model", "--model", "-m"),
+    ("eval.eval_set", "--eval-set", "-s"),
+    "eval.system.base_url",
+    "eval.system.api_key_env",
+    "eval.prompt_format",
+    ("eval.limit", "--limit", "-n"),
+    "eval.instances",
+    "eval.system.max_tokens",
+    "eval.system.temperature",
+    ("eval.system.max_concurrency", "--concurrency"),
+)
 def generate(
-    model: str = typer.Option(
-        ...,
-        "--model",
-        "-m",
-        help="System to evaluate: a model folder, a .gguf file, an embedded name, or openai:MODEL.",
-    ),
+    cfg: AlpacakitConfig,
     output: Path = typer.Option(
         ...,
         "-o",
         "--output",
         help="AlpacaEval-style JSON to write, e.g. runs/NAME/eval/outputs-student.json (its journal goes beside it, in .work/).",
     ),
-    eval_set: str | None = typer.Option(
-        None,
-        "--eval-set",
-        "-s",
-        help="alpacakit (our held-out set), or a self-instruct user-oriented JSONL, AlpacaEval JSON, or instruction/input file [default: alpacakit].",
-    ),
     name: str | None = typer.Option(
         None,
         "--name",
         help="Generator name written into the file (the report looks for base, student, teacher) [default: from -o outputs-NAME.json, else the model].",
     ),
-    base_url: str | None = typer.Option(
-        None, "--base-url", help="Base URL of an OpenAI-compatible endpoint (with --model openai:MODEL)."
-    ),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="Environment variable holding the endpoint's API key [default: OPENAI_API_KEY]."
-    ),
-    prompt_format: str | None = typer.Option(
-        None,
-        "--prompt-format",
-        help="Ask a local model through this format (alpaca, chat, a .json) instead of its own.",
-    ),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the first N eval items (smoke runs)."),
-    instances: str | None = typer.Option(
-        None, "--instances", help="Self-instruct files: first | all instances per instruction [default: first]."
-    ),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest answer in tokens [default: 512]."),
-    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature [default: 0.7]."),
-    concurrency: int | None = typer.Option(None, "--concurrency", help="Requests in flight at once (endpoints)."),
     max_cost: float | None = typer.Option(
         None, "--max-cost", help="Stop cleanly before spending more than this many dollars."
     ),
@@ -368,8 +324,6 @@ def generate(
         help="Ask an openai:MODEL system through the OpenAI Batch API: "
         "half the price, answers within 24 h; rerun the same command to collect them after a stop.",
     ),
-    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override any field, e.g. --set eval.system.top_p=0.95."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Answer an eval set with any system, written as [{instruction, output, generator, dataset}].
@@ -385,26 +339,8 @@ def generate(
       alpacakit eval generate --model openai:gpt-4o-mini --name teacher -o eval/outputs-teacher.json \\
           --eval-set user_oriented_instructions.jsonl
     """
-    from alpacakit.config import load_config
     from alpacakit.evaluate.outputs import generate_outputs
 
-    extra = {
-        "eval": {
-            "eval_set": eval_set,
-            "limit": limit,
-            "instances": instances,
-            "prompt_format": prompt_format,
-            "system": {
-                "model": model,
-                "base_url": base_url,
-                "api_key_env": api_key_env,
-                "max_tokens": max_tokens,
-                "temperature": temperature,
-                "max_concurrency": concurrency,
-            },
-        }
-    }
-    cfg = load_config(config, set_, extra)
     res = generate_outputs(cfg, output, name=name, show_progress=progress, max_cost=max_cost, batch_api=batch_api)
     typer.echo(res.summary())
     if res.status != "complete":
@@ -412,53 +348,29 @@ def generate(
 
 
 @app.command("pairwise")
+@config_options(
+    ("eval.judge.name", "--judge", "-j"),
+    ("eval.judge.model", "--judge-model"),
+    "eval.judge.base_url",
+    "eval.judge.api_key_env",
+    "eval.judge.order",
+    "eval.judge.seed",
+    ("eval.judge.max_concurrency", "--concurrency"),
+    "eval.judge.max_cost",
+    "eval.judge.batch_api",
+)
 def pairwise(
+    cfg: AlpacakitConfig,
     model_outputs: Path = typer.Argument(
         ..., help="Answers of the system being rated (AlpacaEval JSON): its win rate is reported."
     ),
     baseline_outputs: Path = typer.Argument(
         ..., help="Answers of the baseline it is compared with (e.g. the teacher's)."
     ),
-    judge: str | None = typer.Option(
-        None,
-        "--judge",
-        "-j",
-        help="Judge folder: alpacakit_verdict, alpacakit_reasoned, or a path to your own [default: alpacakit_verdict].",
-    ),
-    judge_model: str | None = typer.Option(
-        None,
-        "--judge-model",
-        help="Model that judges: embedded name, .gguf, or openai:MODEL [default: the judge folder's].",
-    ),
-    base_url: str | None = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible judge endpoint."),
-    api_key_env: str | None = typer.Option(
-        None, "--api-key-env", help="Environment variable holding the judge's API key."
-    ),
-    order: str | None = typer.Option(
-        None,
-        "--order",
-        help="both (each pair in both orders, averaged) | random (one seeded order per pair) [default: both].",
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the random order."),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="Result JSON [default: pairwise-MODEL-vs-BASELINE.json beside MODEL_OUTPUTS]."
     ),
     limit: int | None = typer.Option(None, "--limit", "-n", help="Judge only the first N shared instructions."),
-    concurrency: int | None = typer.Option(None, "--concurrency", help="Judge requests in flight (endpoints)."),
-    max_cost: float | None = typer.Option(
-        None, "--max-cost", help="Stop judging cleanly before spending more than this many dollars."
-    ),
-    batch_api: bool | None = typer.Option(
-        None,
-        "--batch-api/--no-batch-api",
-        help="Judge through the OpenAI Batch API "
-        "(openai: judges): half the price, verdicts within 24 h; rerun the same "
-        "command to collect them after a stop [default: off].",
-    ),
-    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval.judge section)."),
-    set_: list[str] | None = typer.Option(
-        None, "--set", help="Override any field, e.g. --set eval.judge.price.input_per_1m=0.15."
-    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """An LLM judge compares two systems' answers; win rate (AlpacaEval's definition) with SE and length control.
@@ -474,25 +386,8 @@ def pairwise(
 
       alpacakit eval pairwise a.json b.json --judge-model openai:gpt-4o-mini --batch-api    # half price, hours
     """
-    from alpacakit.config import load_config
     from alpacakit.evaluate.pairwise import judge_pairwise
 
-    extra = {
-        "eval": {
-            "judge": {
-                "name": judge,
-                "model": judge_model,
-                "base_url": base_url,
-                "api_key_env": api_key_env,
-                "order": order,
-                "seed": seed,
-                "max_concurrency": concurrency,
-                "max_cost": max_cost,
-                "batch_api": batch_api,
-            }
-        }
-    }
-    cfg = load_config(config, set_, extra)
     res = judge_pairwise(model_outputs, baseline_outputs, cfg, out=output, show_progress=progress, limit=limit)
     typer.echo(res.summary())
     if res.status != "complete":
@@ -510,20 +405,16 @@ def judges() -> None:
 
 
 @app.command("contamination")
+@config_options(("eval.eval_set", "--eval-set", "-s"), ("eval.contamination_threshold", "--threshold"))
 def contamination(
+    cfg: AlpacakitConfig,
     train: Path = typer.Argument(
         ..., help="Training data with an 'instruction' field (JSONL, JSON, CSV or an HF datasets folder)."
-    ),
-    eval_set: str | None = typer.Option(None, "--eval-set", "-s", help="Eval set to protect [default: alpacakit]."),
-    threshold: float | None = typer.Option(
-        None, "--threshold", help="ROUGE-L F above which an example is a copy [default: 0.7]."
     ),
     write_clean: Path | None = typer.Option(
         None, "--write-clean", help="Also write the training data without the copies here (.jsonl or .json)."
     ),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the full report (every pair) as JSON here."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval section)."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override any field."),
 ) -> None:
     """Find training examples whose instruction copies an eval instruction (ROUGE-L F > 0.7).
 
@@ -533,11 +424,9 @@ def contamination(
 
       alpacakit eval contamination runs/demo/data/examples.jsonl --write-clean runs/demo/data/clean.jsonl
     """
-    from alpacakit.config import load_config
     from alpacakit.evaluate.contamination import check_contamination
     from alpacakit.io import atomic_write_json
 
-    cfg = load_config(config, set_, {"eval": {"eval_set": eval_set, "contamination_threshold": threshold}})
     ev = cfg.eval
     rep = check_contamination(
         train, ev.eval_set, threshold=ev.contamination_threshold, instances=ev.instances, write_clean=write_clean

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import typer
 
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
+
 app = typer.Typer(help="Export data (Alpaca JSON, HF datasets) and models (GGUF).", no_args_is_help=True)
 
 
 @app.command("alpaca")
+@config_options()
 def alpaca(
+    cfg: AlpacakitConfig,
     examples: Path = typer.Argument(..., help="examples.jsonl from `alpacakit generate` (or any instruction records)."),
     output: Path = typer.Option(..., "-o", "--output", help="Alpaca JSON file: [{instruction, input, output}]."),
 ) -> None:
@@ -22,33 +27,31 @@ def alpaca(
 
 
 @app.command("hf")
+@config_options("export.val_fraction")
 def hf(
+    cfg: AlpacakitConfig,
     examples: Path = typer.Argument(..., help="examples.jsonl from `alpacakit generate` (or any instruction records)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for `datasets.load_from_disk`."),
-    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Also write a validation split of this fraction."),
 ) -> None:
     """Write a Hugging Face `datasets` folder (save_to_disk), optionally with a validation split."""
     from alpacakit.export.dataset import to_hf_dataset
 
-    n = to_hf_dataset(examples, output, val_fraction=val_fraction)
+    n = to_hf_dataset(examples, output, val_fraction=cfg.export.val_fraction)
     typer.echo(f"wrote {n} examples to {output} (data card: {output}/README.md)")
 
 
 @app.command("gguf")
+@config_options(
+    ("export.quant", "--quant", "-q"),
+    "export.verify",
+    "export.converter",
+    "export.tokenizer_pre",
+    ("export.n_threads", "--threads"),
+)
 def gguf(
+    cfg: AlpacakitConfig,
     model_dir: Path = typer.Argument(
         ..., help="Trained model folder (HF weights + tokenizer, or a LoRA adapter folder)."
-    ),
-    quant: str = typer.Option(
-        "auto",
-        "--quant",
-        "-q",
-        help="auto, delta-f16, delta-q8_0, q8_0, q4_k_m, f16 or f32. "
-        "auto: the most compact file that answers like the trained model: delta-f16 for a model "
-        "fine-tuned from a GGUF on this machine (the base's own tensors where training left "
-        "them unchanged, f16 where it changed them), else q8_0; f16 when that misses 95% "
-        "agreement. q4_k_m re-quantises everything and "
-        "can round a small fine-tuning delta away (check the agreement it prints).",
     ),
     output: Path = typer.Option(None, "-o", "--output", help="GGUF file to write (default: ./MODEL-QUANT.gguf)."),
     base: str = typer.Option(
@@ -57,29 +60,8 @@ def gguf(
         help="Base model of an adapter folder, if its adapter_config.json "
         "names one that is not on this machine (folder, .gguf or embedded name).",
     ),
-    verify: bool = typer.Option(
-        True,
-        "--verify/--no-verify",
-        help="Compare greedy next tokens with the Hugging "
-        "Face model in llama.cpp and print the agreement; every quantization but q4_k_m "
-        "must reach 95% top-1 and next-token agreement, or the export fails.",
-    ),
     prompts: Path = typer.Option(
         None, "--prompts", help="Verification prompts, one per line (default: alpacakit's 20 fixed prompts)."
-    ),
-    tokenizer_pre: str = typer.Option(
-        None,
-        "--tokenizer-pre",
-        help="llama.cpp pre-tokenizer name, for a "
-        "tokenizer alpacakit does not recognise (e.g. gpt-2, llama-bpe, qwen2).",
-    ),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for quantizing and verifying."),
-    converter: str = typer.Option(
-        "auto",
-        "--converter",
-        help="auto (alpacakit's for llama, qwen2 and gemma3, "
-        "else llama.cpp's), alpacakit, or llama.cpp (convert_hf_to_gguf.py of the "
-        "llama.cpp version alpacakit runs: Mistral, Llama 3.x, Qwen3, Phi and ~250 more).",
     ),
 ) -> None:
     """Convert a trained model folder to a GGUF file for llama.cpp (LoRA adapters are merged first).
@@ -105,12 +87,13 @@ def gguf(
     if ref is not None:
         require(ref, "export", "export gguf")  # a .gguf or an endpoint: say so before loading anything
 
-    requested = quant.lower()
+    ec = cfg.export
+    requested = ec.quant.lower()
     quant = resolve_quant(requested, model_dir, base)
     if output is None:
-        name = model_dir.resolve().name
-        if name in ("model", "merged", "adapter"):
-            name = model_dir.resolve().parent.name
+        from alpacakit.rundir import model_label
+
+        name = model_label(model_dir.resolve())
         output = Path(f"{name}.gguf" if requested == "auto" else f"{name}-{quant}.gguf")
     prompt_list = None
     if prompts is not None:
@@ -124,12 +107,12 @@ def gguf(
         output,
         requested,
         base=base,
-        tokenizer_pre=tokenizer_pre,
-        verify=verify,
+        tokenizer_pre=ec.tokenizer_pre,
+        verify=ec.verify,
         prompts=prompt_list,
-        threads=threads,
+        threads=ec.n_threads,
         progress=lambda m: typer.echo(m, err=True),
-        converter=converter,
+        converter=ec.converter,
     )
     typer.echo(
         f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.quant}, {result.arch}, "

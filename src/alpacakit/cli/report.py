@@ -6,32 +6,24 @@ from pathlib import Path
 
 import typer
 
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
 
+
+@config_options(
+    ("eval.report.style_gain_points", "--style-gain"),
+    ("eval.report.knowledge_gain_points", "--knowledge-gain"),
+    ("eval.report.base", "--base"),
+    ("eval.report.student", "--student"),
+    ("eval.report.teacher", "--teacher"),
+)
 def report(
+    cfg: AlpacakitConfig,
     run_dir: Path = typer.Argument(
         ..., help="Run folder: runs/NAME with data/, model/ and eval/ (any of them may be missing)."
     ),
     out_dir: Path | None = typer.Option(
         None, "--out-dir", "-o", help="Where to write the report [default: RUN_DIR/report]."
-    ),
-    style_gain: float | None = typer.Option(
-        None,
-        "--style-gain",
-        help="Win-rate points (student minus base, vs the teacher) that count as a style gain [default: 10].",
-    ),
-    knowledge_gain: float | None = typer.Option(
-        None,
-        "--knowledge-gain",
-        help="Accuracy points (student minus base) that count as a knowledge gain [default: 3].",
-    ),
-    base: str | None = typer.Option(
-        None, "--base", help="System label of the base model in eval/ file names [default: base]."
-    ),
-    student: str | None = typer.Option(None, "--student", help="System label of the student [default: student]."),
-    teacher: str | None = typer.Option(None, "--teacher", help="System label of the teacher [default: teacher]."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="alpacakit.yaml (the eval.report section)."),
-    set_: list[str] | None = typer.Option(
-        None, "--set", help="Override any field, e.g. --set eval.report.style_gain_points=5."
     ),
 ) -> None:
     """Write report.md, report.html, report.json and plots: did the student gain style, knowledge, both?
@@ -45,21 +37,8 @@ def report(
 
       alpacakit report runs/demo
     """
-    from alpacakit.config import load_config
     from alpacakit.evaluate.report import build_report
 
-    extra = {
-        "eval": {
-            "report": {
-                "style_gain_points": style_gain,
-                "knowledge_gain_points": knowledge_gain,
-                "base": base,
-                "student": student,
-                "teacher": teacher,
-            }
-        }
-    }
-    cfg = load_config(config, set_, extra)
     res = build_report(run_dir, cfg, out_dir)
     typer.echo(res.verdict["text"])
     if res.missing:

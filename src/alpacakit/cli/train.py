@@ -6,29 +6,26 @@ from pathlib import Path
 
 import typer
 
+from alpacakit.cli.options import config_options
+from alpacakit.config import AlpacakitConfig
 
+
+@config_options(
+    ("train.preset", "--preset", "-p"),
+    ("train.data", "--data", "-d"),
+    ("train.base", "--base", "-b"),
+    ("train.output_dir", "--out", "-o"),
+    "train.method",
+    "train.max_examples",
+    "train.max_steps",
+    "train.prompt_format",
+    "train.accelerate_config",
+    loader="train",
+    config_argument=True,
+)
 def train(
-    config: Path | None = typer.Argument(
-        None, help="YAML config: an alpacakit.yaml with a train: section, or just train keys."
-    ),
-    set_: list[str] | None = typer.Option(
-        None, "--set", help="Override any field, e.g. --set lr=1e-4 or --set train.lora.r=16."
-    ),
-    preset: str | None = typer.Option(None, "--preset", "-p", help="Start from a preset (see --list-presets)."),
+    cfg: AlpacakitConfig,
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
-    data: str | None = typer.Option(
-        None, "--data", "-d", help="Training data (JSONL, Alpaca JSON, ShareGPT, HF datasets folder)."
-    ),
-    base: str | None = typer.Option(
-        None, "--base", "-b", help="Base model: embedded name, .gguf file, HF folder or hub id [default: gemma-3-270m]."
-    ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Model folder to write [default: train.output_dir]."),
-    method: str | None = typer.Option(None, "--method", help="lora | full | qlora."),
-    max_examples: int | None = typer.Option(None, "--max-examples", help="Train on the first N examples only."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimizer steps."),
-    prompt_format: str | None = typer.Option(
-        None, "--prompt-format", help="alpaca | chat | path to a prompt format JSON."
-    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run from its last complete checkpoint."
     ),
@@ -36,11 +33,6 @@ def train(
     launcher: str = typer.Option("none", "--launcher", help="none (this process) | accelerate (several processes)."),
     num_processes: int = typer.Option(
         2, "--num-processes", help="Processes for --launcher accelerate, on all machines together."
-    ),
-    accelerate_config: str | None = typer.Option(
-        None,
-        "--accelerate-config",
-        help="ddp | fsdp | deepspeed-zero3 | path to an accelerate YAML [default: train.accelerate_config, else ddp].",
     ),
     num_machines: int = typer.Option(
         1, "--num-machines", help="Machines taking part (--launcher accelerate; run the same command on each)."
@@ -80,21 +72,8 @@ def train(
         for name, desc in presets().items():
             typer.echo(f"{name:14s} {desc}")
         return
-    from alpacakit.train.config import load_train_config
-
-    extra = {
-        "train": {
-            "preset": preset,
-            "data": data,
-            "base": base,
-            "method": method,
-            "max_examples": max_examples,
-            "max_steps": max_steps,
-            "prompt_format": prompt_format,
-        }
-    }
-    cfg = load_train_config(config, set_, extra).train
-    out_dir = Path(out or cfg.output_dir)
+    cfg = cfg.train
+    out_dir = Path(cfg.output_dir)
     from alpacakit.errors import ConfigError
 
     if launcher == "accelerate":
@@ -109,7 +88,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             num_processes=num_processes,
-            accelerate_config=accelerate_config or cfg.accelerate_config or "ddp",
+            accelerate_config=cfg.accelerate_config or "ddp",
             machines=machines,
             print_command=print_command,
         )
@@ -122,9 +101,9 @@ def train(
             "are for --launcher accelerate",
             hint="add --launcher accelerate",
         )
-    if accelerate_config or cfg.accelerate_config:
+    if cfg.accelerate_config:
         typer.echo(
-            f"note: accelerate_config {accelerate_config or cfg.accelerate_config!r} applies with --launcher "
+            f"note: accelerate_config {cfg.accelerate_config!r} applies with --launcher "
             "accelerate; training in this one process",
             err=True,
         )

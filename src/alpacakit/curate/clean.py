@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from alpacakit.config import RefusalConfig
+from alpacakit.curate.config import RefusalConfig
 from alpacakit.errors import ConfigError
 from alpacakit.io import read_records, write_jsonl
 

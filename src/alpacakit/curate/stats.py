@@ -16,7 +16,7 @@ from typing import Any
 
 
 def _kinds(path: str | Path | None = None) -> list[tuple[str, re.Pattern[str], re.Pattern[str] | None]]:
-    from alpacakit.config import load_yaml
+    from alpacakit.settings import load_yaml
 
     raw = load_yaml(Path(path) if path else Path(__file__).with_name("data") / "task_kinds.yaml")
     out = []

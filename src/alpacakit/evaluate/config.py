@@ -3,17 +3,18 @@
 Judging *method* (prompt, decoding, parser) lives in judge folders (`evaluate/judges/<name>/`);
 this section says which judge folder, which model runs it and where, and what it may cost.
 
-Imported by `alpacakit.config` while it builds `AlpacakitConfig` (see evaluate/__init__.py for
-why that import order is safe). No heavy imports here.
+Builds on the teacher section (`alpacakit.teachers.config`); imported by `alpacakit.config` to
+assemble `AlpacakitConfig`, and by `alpacakit --help`, so no heavy imports here.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from alpacakit.config import BatchApiConfig, Price, Section, TeacherConfig
+from alpacakit.settings import Section
+from alpacakit.teachers.config import BatchApiConfig, Price, TeacherConfig
 
 
 def _system_default() -> TeacherConfig:
@@ -73,6 +74,47 @@ class ReportConfig(Section):
     teacher: str = Field("teacher", description="System label of the teacher.")
 
 
+def _comma_list(v: object) -> object:
+    # `--tasks a,b` and `--tasks a --tasks b` and a YAML list all mean the same
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list):
+        return v
+    return [p.strip() for item in items for p in (item.split(",") if isinstance(item, str) else [item]) if p != ""]
+
+
+class BenchConfig(Section):
+    """`alpacakit eval bench`: which capability tasks, how many items, how they are asked and scored."""
+
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Built-in tasks (facts_mc, facts_qa, arithmetic_qa, reading_qa), .jsonl files, MMLU-style "
+        ".csv files or folders; comma-separated on the command line. Empty: every built-in task.",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="At most N items per task (the same seeded pick for every model)."
+    )
+    prompt: str = Field(
+        "auto",
+        description="auto (the model's own prompt format if it has one, else plain), plain, "
+        "or a prompt format (alpaca, chat, a .json file).",
+    )
+    mc_score: Literal["norm", "raw"] = Field(
+        "norm", description="Multiple choice: norm (log-likelihood per byte, the headline) or raw (sum)."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Longest short answer generated.")
+    n_ctx: int = Field(2048, ge=256, description="Context window for GGUF models.")
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="Also run these lm-evaluation-harness tasks (e.g. mmlu,nq_open); "
+        "needs `pip install lm-eval` and hub access.",
+    )
+    lm_eval_include: str | None = Field(
+        None, description="Folder of your own lm-eval task YAMLs (e.g. over a local JSONL: no hub needed)."
+    )
+
+    _split = field_validator("tasks", "lm_eval_tasks", mode="before")(_comma_list)
+
+
 class EvalConfig(Section):
     """Evaluation: answers to judge (eval generate), pairwise judging, contamination, the report."""
 
@@ -107,3 +149,4 @@ class EvalConfig(Section):
         0.7, ge=0, le=1, description="ROUGE-L F above which a training instruction counts as a copy of an eval one."
     )
     report: ReportConfig = Field(default_factory=ReportConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)

@@ -174,7 +174,9 @@ def load_outputs(path: str | Path) -> list[dict[str, Any]]:
     records = _read_located(path)
     if not records:
         raise DataError(f"{path}: no outputs in the file")
-    default_gen = path.stem.removeprefix("outputs-")
+    from alpacakit.rundir import outputs_label
+
+    default_gen = outputs_label(path) or path.stem
     out = []
     for where, obj in records:
         if not isinstance(obj, dict):

@@ -13,7 +13,7 @@ Each is asked the way it expects to be asked:
 An answer written through a template is cut where the model starts a new template section
 (`eval.template_stop`): a base model happily invents the next "### Instruction:".
 
-Resumable, with the journal of the generate stage (`generate/journal.py`): each answer is
+Resumable, with the engine generation uses (`alpacakit.jobs`): each answer is
 appended to `<OUT>.work/responses.jsonl` when it arrives; a rerun replays it and asks only for
 the items still missing. Items are keyed by content (id and prompt), so a grown or reordered
 eval set reuses every answer already paid for. The settings that shape an answer (model,
@@ -31,12 +31,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpacakit import __version__
 from alpacakit.errors import DataError
-from alpacakit.generate.journal import JobTotals, JournaledJob, Request, run_requests
 from alpacakit.generate.progress import GenerationProgress
+from alpacakit.jobs import JobOptions, JobTotals, JournaledJob, Request, run_job
+from alpacakit.jobs.batch import BatchRunner, BatchStage
+from alpacakit.manifest import validated
+from alpacakit.rundir import model_label, outputs_label
+
+if TYPE_CHECKING:
+    from alpacakit.config import AlpacakitConfig
+    from alpacakit.teachers.config import TeacherConfig
 
 # --------------------------------------------------------------------------- shared journal helpers
 
@@ -58,52 +65,68 @@ class _Progress(GenerationProgress):
         return min(self.totals.requests, self.target)
 
 
+class PendingStage(BatchStage):
+    """Eval generate or judging: each pending request once, in the eval set's order (live or in
+    batches); the progress bar counts answers, those found journaled at the start included."""
+
+    def __init__(
+        self, job: JournaledJob, pending: dict[int, Request], estimate, progress, progress_totals, heartbeat, live=True
+    ):
+        self.job, self.pending, self.progress, self.progress_totals = job, pending, progress, progress_totals
+        self.estimate_cost = estimate or (lambda req: 0.0)
+        self.heartbeat = heartbeat
+        self.order = sorted(pending, key=lambda i: pending[i].meta["order"])
+        self._indices = iter(self.order)
+        self._last = time.monotonic()
+        self.live = live  # in batches the bar is redrawn once per poll, not per answer
+
+    def next_index(self) -> int | None:
+        return next(self._indices, None)
+
+    def make_request(self, index: int) -> Request:
+        return self.pending[index]
+
+    def on_result(self, entry: dict, kept: list, discards: list) -> None:
+        self.progress_totals.add_entry(entry)
+        self.progress_totals.add_results(kept, discards)
+        if self.live:
+            self.progress.update()
+            self._beat()
+
+    def on_poll(self, note: str) -> None:
+        self.progress.update(writing=note)
+        self._beat()
+
+    def plan_batch(self, runner: BatchRunner, busy: set[int], open_count: int) -> list[int]:
+        return [i for i in self.order if i not in self.job.done and i not in busy and i not in runner.held]
+
+    def _beat(self) -> None:
+        if self.heartbeat and time.monotonic() - self._last > 5:
+            self.heartbeat()
+            self._last = time.monotonic()
+
+
 async def run_pending(
     job: JournaledJob,
     teacher: Any,
     pending: dict[int, Request],
+    options: JobOptions,
     *,
-    sampling: dict[str, Any],
-    concurrency: int,
     estimate: Callable[[Request], float] | None,
-    max_cost: float | None,
     progress_totals: JobTotals,
     target: int,
     unit: str,
     show_progress: bool,
     label: str,
-    on_entry: Callable[[dict], None] | None = None,
     heartbeat: Callable[[], None] | None = None,
 ) -> str:
-    """Ask `teacher` for the pending requests, journaling each answer. Returns run_requests' reason."""
+    """Ask `teacher` for the pending requests, journaling each answer. Returns run_job's reason."""
     progress = _Progress(target=target, totals=progress_totals, enabled=show_progress, unit=unit, label=label)
-    last = [time.monotonic()]
-
-    def on_result(entry: dict, kept: list, discards: list) -> None:
-        progress_totals.add_entry(entry)
-        progress_totals.add_results(kept, discards)
-        if on_entry:
-            on_entry(entry)
-        progress.update()
-        if heartbeat and time.monotonic() - last[0] > 5:
-            heartbeat()
-            last[0] = time.monotonic()
-
+    stage = PendingStage(job, pending, estimate, progress, progress_totals, heartbeat)
     job.open()
     try:
         with progress:
-            return await run_requests(
-                job,
-                teacher,
-                iter(sorted(pending, key=lambda i: pending[i].meta["order"])),
-                pending.__getitem__,
-                should_stop=lambda totals: False,
-                concurrency=concurrency,
-                sampling=sampling,
-                estimate_cost=estimate,
-                max_cost=max_cost,
-                on_result=on_result,
-            )
+            return await run_job(job, teacher, stage, options)
     finally:
         job.close()
 
@@ -112,10 +135,9 @@ async def run_pending_batches(
     job: JournaledJob,
     cfg: Any,
     pending: dict[int, Request],
+    options: JobOptions,
     *,
     settings: Any,
-    sampling: dict[str, Any],
-    max_cost: float | None,
     progress_totals: JobTotals,
     target: int,
     unit: str,
@@ -123,44 +145,16 @@ async def run_pending_batches(
     label: str,
     heartbeat: Callable[[], None] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """`run_pending` through the OpenAI Batch API (`generate/batch_api.py`): every pending request
+    """`run_pending` through the OpenAI Batch API (`jobs/batch.py`): every pending request
     goes out at once (split at `settings.max_lines`), is polled and journaled; resumable from the
     job's batches.jsonl. Returns the reason ('exhausted', 'budget', or 'incomplete' when lines
     failed and were left for a rerun) and how the Batch API was used, for the manifest."""
-    from alpacakit.generate.batch_api import BatchRunner
-
     progress = _Progress(target=target, totals=progress_totals, enabled=show_progress, unit=unit, label=label)
-    last = [time.monotonic()]
-
-    def on_result(entry: dict, kept: list, discards: list) -> None:
-        progress_totals.add_entry(entry)
-        progress_totals.add_results(kept, discards)
-
-    def on_poll(note: str) -> None:
-        progress.update(writing=note)
-        if heartbeat and time.monotonic() - last[0] > 5:
-            heartbeat()
-            last[0] = time.monotonic()
-
-    runner = BatchRunner(
-        job,
-        cfg,
-        pending.__getitem__,
-        sampling=sampling,
-        settings=settings,
-        estimate=estimator(cfg.price, cfg.max_tokens),
-        max_cost=max_cost,
-        on_result=on_result,
-        on_poll=on_poll,
-        verbose=show_progress,
-    )
-    order = sorted(pending, key=lambda i: pending[i].meta["order"])
-
-    def planner(totals: JobTotals, busy: set[int], open_count: int) -> list[int]:
-        return [i for i in order if i not in job.done and i not in busy and i not in runner.held]
-
+    estimate = estimator(cfg.price, cfg.max_tokens)
+    stage = PendingStage(job, pending, estimate, progress, progress_totals, heartbeat, live=False)
+    runner = BatchRunner(job, cfg, stage, options, settings=settings, verbose=show_progress)
     with progress:
-        reason = await runner.run(planner, should_stop=lambda totals: False)
+        reason = await runner.run()
     if reason == "exhausted" and runner.held:
         reason = "incomplete"
     return reason, runner.describe()
@@ -282,20 +276,10 @@ def choose_prompting(system: Any, prompt_format: str | None, template_stop: list
 
 def system_name(ref: str) -> str:
     """A readable generator name for a model reference."""
-    ref = ref.strip().rstrip("/")
-    if ref.startswith("openai:"):
-        return ref[len("openai:") :]
-    p = Path(ref)
-    if p.suffix == ".gguf":
-        return p.stem
-    if p.name in ("merged", "adapter") and p.parent.name:
-        return p.parent.name if p.parent.name != "model" else p.parent.parent.name or p.parent.name
-    if p.name == "model" and p.parent.name:
-        return p.parent.name
-    return p.name or ref
+    return model_label(ref)  # the one rule, in alpacakit/rundir.py
 
 
-def load_system(config: Any, prompt_format: str | None = None) -> Any:
+def load_system(config: TeacherConfig, prompt_format: str | None = None) -> Any:
     """The system under evaluation as a Teacher (any model reference; see models/registry.py)."""
     from alpacakit.teachers import make_teacher
 
@@ -351,7 +335,7 @@ def item_key(item: Any) -> str:
 
 
 def generate_outputs(
-    config: Any,
+    config: AlpacakitConfig,
     out: str | Path,
     *,
     name: str | None = None,
@@ -382,11 +366,11 @@ def generate_outputs(
 
     price_source = require_known_price(scfg, max_cost, "eval.system")
     if batch_api:
-        from alpacakit.generate.batch_api import require_endpoint
+        from alpacakit.jobs.batch import require_endpoint
 
         require_endpoint(scfg, "eval generate --batch-api", system)
     # Like `eval bench`: -o outputs-<system>.json names the system unless --name does.
-    from_file = out.stem[len("outputs-") :] if out.stem.startswith("outputs-") else ""
+    from_file = outputs_label(out) or ""
     generator = name or from_file or system_name(scfg.model)
     work = work_dir_for(out)
 
@@ -436,7 +420,7 @@ def generate_outputs(
 
         def write_manifest(status: str) -> None:
             manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
-            job.write_manifest(manifest)
+            job.write_manifest(validated(manifest))
 
         before = job.totals.as_dict()
         reason = "exhausted"
@@ -456,9 +440,8 @@ def generate_outputs(
                         job,
                         scfg,
                         pending,
+                        JobOptions(sampling=sampling, max_cost=max_cost),
                         settings=ev.batch,
-                        sampling=sampling,
-                        max_cost=max_cost,
                         progress_totals=JobTotals(requests=cached, kept=cached),
                         target=len(keys),
                         unit="answered",
@@ -469,17 +452,15 @@ def generate_outputs(
                     return why
                 if not pending:
                     return "exhausted"
-                from alpacakit.generate.batch_api import refuse_open_batches
+                from alpacakit.jobs.batch import refuse_open_batches
 
                 refuse_open_batches(job)  # an earlier --batch-api run's batches still out: live would pay twice
                 return await run_pending(
                     job,
                     system,
                     pending,
-                    sampling=sampling,
-                    concurrency=concurrency,
+                    JobOptions(concurrency=concurrency, sampling=sampling, max_cost=max_cost),
                     estimate=estimator(scfg.price, scfg.max_tokens),
-                    max_cost=max_cost,
                     progress_totals=JobTotals(requests=cached, kept=cached),
                     target=len(keys),
                     unit="answered",

@@ -34,7 +34,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpacakit import __version__
 from alpacakit.errors import DataError
@@ -46,7 +46,11 @@ from alpacakit.evaluate.outputs import (
     stable_index,
     work_dir_for,
 )
-from alpacakit.generate.journal import JobTotals, JournaledJob, Request
+from alpacakit.jobs import JobOptions, JobTotals, JournaledJob, Request
+from alpacakit.manifest import validated
+
+if TYPE_CHECKING:
+    from alpacakit.config import AlpacakitConfig
 
 MODEL_FIRST, BASELINE_FIRST = "model_first", "baseline_first"
 # Preference (model's side) for a position verdict, by which system was shown first.
@@ -58,7 +62,7 @@ _PREFERENCE = {
 
 def judge_teacher_config(judge: Judge, jc: Any) -> Any:
     """The TeacherConfig that runs `judge`: model and place from config, decoding from the folder."""
-    from alpacakit.config import TeacherConfig
+    from alpacakit.teachers.config import TeacherConfig
 
     d = judge.decoding
     return TeacherConfig(
@@ -179,7 +183,7 @@ def default_out(model_path: Path, model_gen: str, baseline_gen: str) -> Path:
 def judge_pairwise(
     model_path: str | Path,
     baseline_path: str | Path,
-    config: Any,
+    config: AlpacakitConfig,
     *,
     out: str | Path | None = None,
     show_progress: bool = True,
@@ -202,7 +206,7 @@ def judge_pairwise(
 
     require_known_price(tcfg, jc.max_cost, "eval.judge")
     if jc.batch_api:  # the Batch API is an endpoint's: refuse a local judge before any work
-        from alpacakit.generate.batch_api import require_endpoint
+        from alpacakit.jobs.batch import require_endpoint
 
         require_endpoint(tcfg, "eval.judge.batch_api (--batch-api)", teacher)
     model_path, baseline_path = Path(model_path), Path(baseline_path)
@@ -273,7 +277,7 @@ def judge_pairwise(
 
     def write_manifest(status: str) -> None:
         manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
-        job.write_manifest(manifest)
+        job.write_manifest(validated(manifest))
 
     write_manifest("running")
     reason = "exhausted"
@@ -288,9 +292,8 @@ def judge_pairwise(
                     job,
                     tcfg,
                     pending,
+                    JobOptions(sampling=sampling, max_cost=jc.max_cost),
                     settings=config.eval.batch,
-                    sampling=sampling,
-                    max_cost=jc.max_cost,
                     progress_totals=JobTotals(requests=cached, kept=cached),
                     target=len(requests),
                     unit="judged",
@@ -301,7 +304,7 @@ def judge_pairwise(
             )
         pending = {}
     elif pending:
-        from alpacakit.generate.batch_api import refuse_open_batches
+        from alpacakit.jobs.batch import refuse_open_batches
 
         refuse_open_batches(job)  # an earlier --batch-api run's batches still out: judging live would pay twice
     if pending:
@@ -319,10 +322,12 @@ def judge_pairwise(
                     job,
                     t,
                     pending,
-                    sampling=sampling,
-                    concurrency=min(tcfg.max_concurrency, getattr(t, "max_concurrency", tcfg.max_concurrency)),
+                    JobOptions(
+                        concurrency=min(tcfg.max_concurrency, getattr(t, "max_concurrency", tcfg.max_concurrency)),
+                        sampling=sampling,
+                        max_cost=jc.max_cost,
+                    ),
                     estimate=estimator(tcfg.price, tcfg.max_tokens),
-                    max_cost=jc.max_cost,
                     progress_totals=shown,
                     target=len(requests),
                     unit="judged",

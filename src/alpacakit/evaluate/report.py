@@ -26,12 +26,25 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from alpacakit import __version__
 from alpacakit.errors import DataError
+
+if TYPE_CHECKING:
+    from alpacakit.config import AlpacakitConfig
+from alpacakit.manifest import (
+    BenchManifest,
+    EvalOutputsManifest,
+    GenerateManifest,
+    Manifest,
+    PairwiseManifest,
+    TrainManifest,
+    parse_manifest,
+)
+from alpacakit.rundir import RunDir
 
 
 def _data_dir() -> Path:
@@ -60,33 +73,46 @@ class Labels:
     teacher: str
 
 
-def collect(run_dir: Path) -> dict[str, Any]:
-    """Everything the report reads, as found (None / empty where absent)."""
-    ev = run_dir / "eval"
+def collect(run_dir: Path | RunDir) -> dict[str, Any]:
+    """Everything the report reads, as found (None / empty where absent). Files are found where
+    `RunDir` puts them and read as the manifests of the stages that wrote them."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     problems: list[str] = []
     found: dict[str, Any] = {"problems": problems, "outputs": {}, "pairwise": [], "bench": {}, "eval_work": []}
-    for name, key in (("data", "data_manifest"), ("model", "train_manifest")):
-        path = run_dir / name / "manifest.json"
-        found[key] = _read_json(path, problems) if path.is_file() else None
-    if ev.is_dir():
-        for path in sorted(ev.glob("outputs-*.json")):
-            recs = _read_json(path, problems)
-            if isinstance(recs, list):
-                found["outputs"][path.stem.removeprefix("outputs-")] = recs
-        for path in sorted(ev.glob("pairwise-*.json")):
-            data = _read_json(path, problems)
-            if isinstance(data, dict) and "metrics" in data:
-                data["_file"] = path.name
-                found["pairwise"].append(data)
-        for path in sorted(ev.glob("bench-*.json")):
-            data = _read_json(path, problems)
-            if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
-                found["bench"][str(data.get("system") or path.stem.removeprefix("bench-"))] = data
-        for path in sorted(ev.glob("*.work/manifest.json")):
-            data = _read_json(path, problems)
-            if isinstance(data, dict) and data.get("stage") == "eval-generate":
-                found["eval_work"].append(data)
+    for stage, key in (("generate", "data_manifest"), ("train", "train_manifest")):
+        path = rd.manifest(stage)
+        found[key] = _read_manifest(path, problems) if path.is_file() else None
+    for label in rd.labels():
+        recs = _read_json(rd.outputs(label), problems)
+        if isinstance(recs, list):
+            found["outputs"][label] = recs
+    for path in rd.pairwise_files():
+        m = _read_manifest(path, problems, quiet=True)
+        if isinstance(m, PairwiseManifest):
+            found["pairwise"].append({**m.model_dump(), "_file": path.name})
+    for path in rd.bench_files():
+        m = _read_manifest(path, problems, quiet=True)
+        if isinstance(m, BenchManifest):
+            found["bench"][str(m.system or path.stem.removeprefix("bench-"))] = m.model_dump()
+    for path in rd.work_manifests():
+        m = _read_manifest(path, problems, quiet=True)
+        if isinstance(m, EvalOutputsManifest):
+            found["eval_work"].append(m)
     return found
+
+
+def _read_manifest(path: Path, problems: list[str], *, quiet: bool = False) -> Manifest | None:
+    """The manifest at `path`; an unreadable file is a problem to list, one that is not the
+    expected kind of manifest is left out (listed unless `quiet`)."""
+    data = _read_json(path, problems)
+    if data is None:
+        return None
+    try:
+        return parse_manifest(data, path)
+    except DataError as e:
+        if not quiet:
+            problems.append(f"{e}; left out")
+        return None
 
 
 # --------------------------------------------------------------------------- style
@@ -258,44 +284,43 @@ def lengths(found: dict[str, Any], order: list[str]) -> list[dict[str, Any]]:
 
 def costs(found: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    dm = found.get("data_manifest")
+    dm: GenerateManifest | None = found.get("data_manifest")
     if dm:
-        c = dm.get("counts") or {}
-        teacher = (dm.get("teacher") or {}).get("name") or (dm.get("config", {}).get("teacher") or {}).get("model", "?")
+        c = dm.counts
+        teacher = dm.teacher.get("name") or (dm.config.get("teacher") or {}).get("model", "?")
         rows.append(
             {
                 "stage": "data",
-                "what": f"{c.get('kept', '?')} examples from {teacher}",
-                "requests": c.get("requests"),
-                "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                "cost_usd": _f(c.get("cost_usd")) or 0.0,
-                "seconds": _wall(dm, c.get("teacher_seconds")),
+                "what": f"{c.kept} examples from {teacher}",
+                "requests": c.requests,
+                "tokens": c.prompt_tokens + c.completion_tokens,
+                "cost_usd": _f(c.cost_usd) or 0.0,
+                "seconds": _wall(dm.model_dump(), c.teacher_seconds),
             }
         )
-    tm = found.get("train_manifest")
+    tm: TrainManifest | None = found.get("train_manifest")
     if tm:
-        trained_on = tm.get("base") or {}
-        base = trained_on.get("name") or trained_on.get("ref") or "?"
+        base = tm.base.get("name") or tm.base.get("ref") or "?"
         rows.append(
             {
                 "stage": "training",
-                "what": f"{tm.get('method', '?')} on {base}, {tm.get('steps', '?')} steps",
+                "what": f"{tm.method or '?'} on {base}, {'?' if tm.steps is None else tm.steps} steps",
                 "requests": None,
                 "tokens": None,
-                "cost_usd": _f(tm.get("cost_usd")) or 0.0,
-                "seconds": _f((tm.get("durations_s") or {}).get("total")),
+                "cost_usd": _f(tm.cost_usd) or 0.0,
+                "seconds": _f(tm.durations_s.get("total")),
             }
         )
     for w in found["eval_work"]:
-        c = w.get("counts") or {}
+        c = w.counts
         rows.append(
             {
                 "stage": "answers",
-                "what": f"{w.get('generator', '?')} on {c.get('requests', 0)} eval items",
-                "requests": c.get("requests"),
-                "tokens": (c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0),
-                "cost_usd": _f(c.get("cost_usd")) or 0.0,
-                "seconds": _wall(w, c.get("teacher_seconds")),
+                "what": f"{w.generator or '?'} on {c.requests} eval items",
+                "requests": c.requests,
+                "tokens": c.prompt_tokens + c.completion_tokens,
+                "cost_usd": _f(c.cost_usd) or 0.0,
+                "seconds": _wall(w.model_dump(), c.teacher_seconds),
             }
         )
     for p in found["pairwise"]:
@@ -670,12 +695,15 @@ class ReportResult:
     plots: dict[str, str]
 
 
-def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | None = None) -> ReportResult:
+def build_report(
+    run_dir: str | Path, config: AlpacakitConfig | None = None, out_dir: str | Path | None = None
+) -> ReportResult:
     """Write report.md, report.html, report.json and plots for RUN_DIR (see the module doc)."""
     from alpacakit.config import AlpacakitConfig
     from alpacakit.io import atomic_write_json, atomic_write_text
 
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    run_dir = rd.root
     if not run_dir.is_dir():
         raise DataError(
             f"{run_dir}: no such run folder",
@@ -685,7 +713,7 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
     labels = Labels(rcfg.base, rcfg.student, rcfg.teacher)
     order = [labels.base, labels.student, labels.teacher]
     texts = yaml.safe_load((_data_dir() / "verdicts.yaml").read_text(encoding="utf-8"))
-    found = collect(run_dir)
+    found = collect(rd)
 
     pairwise = _pairwise_rows(found)
     style = {
@@ -694,7 +722,7 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
     }
     knowledge = knowledge_stats(found, labels)
     ctx: dict[str, Any] = {
-        "run_name": run_dir.resolve().name,
+        "run_name": rd.name,
         "run_dir": str(run_dir),
         "version": __version__,
         "created": time.strftime("%Y-%m-%d %H:%M"),
@@ -734,7 +762,7 @@ def build_report(run_dir: str | Path, config: Any = None, out_dir: str | Path | 
         if label not in found["bench"]:
             missing.append(hints["bench"].format(run=run, label=label))
 
-    out = Path(out_dir) if out_dir else run_dir / "report"
+    out = Path(out_dir) if out_dir else rd.report
     out.mkdir(parents=True, exist_ok=True)
     try:
         plots = make_plots(ctx, out, labels)

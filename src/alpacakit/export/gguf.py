@@ -640,8 +640,9 @@ def _model_name(src: ModelSource) -> str:
                 return data["name"]
         except (OSError, json.JSONDecodeError):
             pass
-    folder = src.given.resolve()
-    return folder.parent.name if folder.name in ("model", "merged", "adapter") else folder.name
+    from alpacakit.rundir import model_label
+
+    return model_label(src.given.resolve())
 
 
 def sidecar_path(gguf_path: str | Path) -> Path:
@@ -664,6 +665,7 @@ def _versions() -> dict[str, str | None]:
 
 def _write_sidecar(result: ExportResult, loaded: LoadedModel) -> dict[str, Any]:
     from alpacakit.io import atomic_write_json, sha256_file
+    from alpacakit.manifest import validated
 
     source = loaded.source.describe()
     if loaded.source.manifest_path is not None:
@@ -685,7 +687,7 @@ def _write_sidecar(result: ExportResult, loaded: LoadedModel) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
     }
-    atomic_write_json(result.sidecar, sidecar)
+    atomic_write_json(result.sidecar, validated(sidecar))
     return sidecar
 
 

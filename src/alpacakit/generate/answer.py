@@ -19,8 +19,8 @@ import yaml
 from alpacakit.config import AlpacakitConfig
 from alpacakit.curate.clean import AnswerCleaner
 from alpacakit.errors import DataError
-from alpacakit.generate.journal import Request
 from alpacakit.io import read_records, sha256_file
+from alpacakit.jobs import Request
 
 
 def load_prompts(path: str | Path, field: str = "instruction", input_field: str = "input") -> list[dict]:

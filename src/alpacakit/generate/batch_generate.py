@@ -16,11 +16,14 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alpacakit.generate.batch_api import BatchRunner
-from alpacakit.generate.journal import JobTotals, JournaledJob, Request
 from alpacakit.generate.runner import GenerateResult
+from alpacakit.jobs import JobOptions, JobTotals, JournaledJob, Request
+from alpacakit.jobs.batch import BatchRunner, BatchStage
+
+if TYPE_CHECKING:
+    from alpacakit.config import AlpacakitConfig
 
 
 @dataclass
@@ -56,13 +59,43 @@ def worst_case(t: Any):
     return estimate
 
 
-def _self_instruct_planner(runner: BatchRunner, job: JournaledJob, plan: Any, target: int, g: Any):
-    fresh = plan.indices  # ascending, skipping answered ones (the plan's generator)
+class BatchGenerateStage(BatchStage):
+    """Self-instruct (batches sized from the kept-per-request rate, see the module doc) or answer
+    mode (every missing prompt) through the Batch API."""
 
-    def next_batch(totals: JobTotals, busy: set[int], open_count: int) -> list[int]:
+    def __init__(
+        self, config: AlpacakitConfig, job: JournaledJob, plan: Any, target: int, answer_mode: bool, progress, heartbeat
+    ):
+        self.job, self.plan, self.target, self.answer_mode = job, plan, target, answer_mode
+        self.g = config.generate
+        self.estimate_cost = worst_case(config.teacher)
+        self.progress, self.heartbeat = progress, heartbeat
+        self.barren = 0  # answers in a row that kept nothing (as online: a teacher that only repeats itself)
+        self._fresh = plan.indices  # ascending, skipping answered ones (the plan's generator)
+
+    def make_request(self, index: int) -> Request:
+        return self.plan.make_request(index)
+
+    def should_stop(self, totals: JobTotals) -> bool:
+        if self.answer_mode:
+            return False  # stop when every prompt is answered
+        return totals.kept >= self.target or self.barren >= self.g.stall_requests
+
+    def on_result(self, entry: dict, kept: list, discards: list) -> None:
+        self.barren = 0 if kept else self.barren + 1  # (the progress line is redrawn once per batch: on_poll)
+
+    def on_poll(self, note: str) -> None:
+        self.progress.update(writing=note)
+        self.heartbeat()
+
+    def plan_batch(self, runner: BatchRunner, busy: set[int], open_count: int) -> list[int]:
+        job, g = self.job, self.g
+        if self.answer_mode:
+            return [i for i in range(self.target) if i not in job.done and i not in busy and i not in runner.held]
         if open_count:  # the next size depends on this batch's answers
             return []
-        remaining = target - totals.kept
+        totals = job.totals
+        remaining = self.target - totals.kept
         if remaining <= 0:
             return []
         per_request = totals.kept / totals.requests if totals.kept else g.tasks_per_request
@@ -70,25 +103,16 @@ def _self_instruct_planner(runner: BatchRunner, job: JournaledJob, plan: Any, ta
         out = sorted(i for i in runner.lost if i not in job.done)[:n]  # the last batch ended before running them
         runner.lost.difference_update(out)
         while len(out) < n:
-            i = next(fresh, None)
+            i = next(self._fresh, None)
             if i is None:
                 break  # the request limit
             if i not in busy and i not in job.done and i not in out:
                 out.append(i)
         return out
 
-    return next_batch
-
-
-def _answer_planner(runner: BatchRunner, job: JournaledJob, total: int):
-    def next_batch(totals: JobTotals, busy: set[int], open_count: int) -> list[int]:
-        return [i for i in range(total) if i not in job.done and i not in busy and i not in runner.held]
-
-    return next_batch
-
 
 def generate_in_batches(
-    config: Any,
+    config: AlpacakitConfig,
     job: JournaledJob,
     plan: Any,
     target: int,
@@ -107,7 +131,6 @@ def generate_in_batches(
     progress = GenerationProgress(
         target=target, totals=job.totals, enabled=show_progress, unit="answered" if answer_mode else "kept"
     )
-    barren = [0]  # answers in a row that kept nothing (as online: a teacher that only repeats itself)
     last = [0.0]
 
     def heartbeat() -> None:
@@ -116,36 +139,14 @@ def generate_in_batches(
             update_manifest("running")
             last[0] = time.monotonic()
 
-    def on_result(entry: dict, kept: list, discards: list) -> None:
-        barren[0] = 0 if kept else barren[0] + 1  # (the progress line is redrawn once per batch: on_poll)
-
-    def on_poll(note: str) -> None:
-        progress.update(writing=note)
-        heartbeat()
-
-    runner = BatchRunner(
-        job,
-        t,
-        plan.make_request,
-        sampling=sampling,
-        settings=g.batch,
-        estimate=worst_case(t),
-        max_cost=g.max_cost,
-        on_result=on_result,
-        on_poll=on_poll,
-        verbose=show_progress,
-    )
+    stage = BatchGenerateStage(config, job, plan, target, answer_mode, progress, heartbeat)
+    options = JobOptions(sampling=sampling, max_cost=g.max_cost)
+    runner = BatchRunner(job, t, stage, options, settings=g.batch, verbose=show_progress)
     manifest["price"] = f"{manifest.get('price', '')}; Batch API: {g.batch.price_factor:g} x that price"
     manifest["batch_api"] = runner.describe()
     update_manifest("running")
-    if answer_mode:
-        planner = _answer_planner(runner, job, target)
-        should_stop = lambda totals: False  # noqa: E731 - stop when every prompt is answered
-    else:
-        planner = _self_instruct_planner(runner, job, plan, target, g)
-        should_stop = lambda totals: totals.kept >= target or barren[0] >= g.stall_requests  # noqa: E731
     with progress:
-        reason = asyncio.run(runner.run(planner, should_stop))
+        reason = asyncio.run(runner.run())
     if reason == "budget":
         status = "stopped_at_budget"
     elif answer_mode:
@@ -153,7 +154,7 @@ def generate_in_batches(
     elif job.totals.kept >= target:
         status = "complete"
     else:
-        status = "stalled" if barren[0] >= g.stall_requests else "request_limit"
+        status = "stalled" if stage.barren >= g.stall_requests else "request_limit"
     manifest["batch_api"] = runner.describe()
     update_manifest(status)
     job.release()

@@ -11,7 +11,7 @@ import string
 from collections.abc import Callable
 from functools import cached_property
 
-from alpacakit.config import FilterConfig
+from alpacakit.generate.config import FilterConfig
 
 
 class InstructionFilter:

@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from alpacakit.generate.journal import JobTotals
+from alpacakit.jobs import JobTotals
 
 
 class GenerationProgress:

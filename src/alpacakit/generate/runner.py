@@ -14,7 +14,8 @@ from typing import Any
 from alpacakit import __version__
 from alpacakit.config import AlpacakitConfig
 from alpacakit.errors import DataError
-from alpacakit.generate.journal import EXAMPLES, JobTotals, JournaledJob, Request, run_requests
+from alpacakit.jobs import EXAMPLES, JobOptions, JobStage, JobTotals, JournaledJob, Request, run_job
+from alpacakit.manifest import validated
 
 
 @dataclass
@@ -108,7 +109,7 @@ def generate(
 
     out_dir = Path(out_dir)
     if config.generate.batch_api:  # an endpoint's Batch API: refuse anything else before any work
-        from alpacakit.generate.batch_api import require_endpoint
+        from alpacakit.jobs.batch import require_endpoint
 
         require_endpoint(config.teacher, "generate.batch_api (--batch-api)", teacher)
     # before any request: a budget needs a price (the table's, the config's, or free)
@@ -157,7 +158,7 @@ def generate(
 
     def update_manifest(status: str) -> None:
         manifest.update(status=status, counts=job.totals.as_dict(), updated_at=time.time())
-        job.write_manifest(manifest)
+        job.write_manifest(validated(manifest))
 
     if from_prompts:
         should_stop = lambda totals: False  # noqa: E731 - stop when the prompts run out
@@ -174,7 +175,7 @@ def generate(
         return generate_in_batches(
             config, job, plan, target, show_progress, manifest, update_manifest, bool(from_prompts)
         )
-    from alpacakit.generate.batch_api import refuse_open_batches
+    from alpacakit.jobs.batch import refuse_open_batches
 
     refuse_open_batches(job)  # an earlier --batch-api run's batches still out: asking live would pay twice
     update_manifest("running")
@@ -214,64 +215,15 @@ async def _run(
         t.max_concurrency,
         getattr(teacher, "max_concurrency", t.max_concurrency),
     )
-    in_sight = runaway = hold_back = None
-    if not answer_mode:
-        from alpacakit.generate.self_instruct import enough_in_flight, runaway_answer, target_in_sight, tasks_written
-
-        in_sight, hold_back = target_in_sight(target), enough_in_flight(target)
-        g = config.generate
-        if g.cut_runaway_answers:
-            runaway = runaway_answer(g.similarity_threshold, g.max_task_chars)
-
-    def on_writing(writing: list) -> None:
-        what = (
-            f"{tasks_written(writing)} tasks so far"
-            if not answer_mode
-            else f"~{sum(len(text) for _, text in writing) // 4:,} tok so far"
-        )
-        progress.update(writing=f"{len(writing)} writing, {what}")
-
     progress = GenerationProgress(
         target=target, totals=job.totals, enabled=show_progress, unit="answered" if answer_mode else "kept"
     )
-    last_manifest = [0.0]
-    barren = [0]  # answers in a row that kept nothing
-    if not answer_mode:
-        reached, enough = should_stop, hold_back
-
-        def should_stop(totals) -> bool:
-            return reached(totals) or barren[0] >= config.generate.stall_requests
-
-        def hold_back(totals, writing) -> bool:
-            # answers still at the worker may all be barren: wait for them rather than ask past the stall limit
-            return barren[0] + totals.pending >= config.generate.stall_requests or enough(totals, writing)
-
-    def on_result(entry: dict, kept, discards) -> None:  # (records, or counts from the worker)
-        barren[0] = 0 if kept else barren[0] + 1
-        progress.update()
-        if time.monotonic() - last_manifest[0] > 5:
-            update_manifest("running")
-            last_manifest[0] = time.monotonic()
-
+    stage = LiveStage(config, plan, target, should_stop, answer_mode, progress, update_manifest)
+    options = JobOptions(concurrency=concurrency, sampling=sampling, max_cost=config.generate.max_cost)
     job.open()
     try:
         with progress:
-            stopped = await run_requests(
-                job,
-                teacher,
-                plan.indices,
-                plan.make_request,
-                should_stop=should_stop,
-                concurrency=concurrency,
-                sampling=sampling,
-                estimate_cost=_estimator(config),
-                max_cost=config.generate.max_cost,
-                on_result=on_result,
-                target_in_sight=in_sight,
-                on_writing=on_writing,
-                cut_request=runaway,
-                hold_back=hold_back,
-            )
+            stopped = await run_job(job, teacher, stage, options)
     finally:
         job.close()
         if own_teacher:
@@ -280,6 +232,69 @@ async def _run(
         return "stopped_at_budget"
     if answer_mode:
         return "complete" if stopped == "exhausted" else stopped
-    if stopped == "done" and barren[0] >= config.generate.stall_requests and job.totals.kept < target:
+    if stopped == "done" and stage.barren >= config.generate.stall_requests and job.totals.kept < target:
         return "stalled"
     return "complete" if stopped == "done" else "request_limit"
+
+
+class LiveStage(JobStage):
+    """Self-instruct or answer mode asked live: the plan's requests, until the target (self-instruct)
+    or the last prompt (answer mode), a stall or the budget."""
+
+    watches_writing = True  # a local teacher's answers are shown as they grow, and cut
+
+    def __init__(self, config, plan, target: int, reached, answer_mode: bool, progress, update_manifest):
+        self.plan, self.target, self.reached, self.answer_mode = plan, target, reached, answer_mode
+        self.progress, self.update_manifest = progress, update_manifest
+        self.stall_requests = config.generate.stall_requests
+        self.estimate_cost = _estimator(config)
+        self.barren = 0  # answers in a row that kept nothing
+        self._indices = iter(plan.indices)
+        self._last_manifest = 0.0
+        self._in_sight = self._runaway = self._enough = None
+        if not answer_mode:
+            from alpacakit.generate.self_instruct import enough_in_flight, runaway_answer, target_in_sight
+
+            self._in_sight, self._enough = target_in_sight(target), enough_in_flight(target)
+            g = config.generate
+            if g.cut_runaway_answers:
+                self._runaway = runaway_answer(g.similarity_threshold, g.max_task_chars)
+
+    def next_index(self) -> int | None:
+        return next(self._indices, None)
+
+    def make_request(self, index: int) -> Request:
+        return self.plan.make_request(index)
+
+    def should_stop(self, totals: JobTotals) -> bool:
+        if self.answer_mode:
+            return self.reached(totals)
+        return self.reached(totals) or self.barren >= self.stall_requests
+
+    def hold_back(self, totals: JobTotals, in_flight: list) -> bool:
+        if self.answer_mode:
+            return False
+        # answers still at the worker may all be barren: wait for them rather than ask past the stall limit
+        return self.barren + totals.pending >= self.stall_requests or self._enough(totals, in_flight)
+
+    def on_result(self, entry: dict, kept, discards) -> None:  # (records, or counts from the worker)
+        self.barren = 0 if kept else self.barren + 1
+        self.progress.update()
+        if time.monotonic() - self._last_manifest > 5:
+            self.update_manifest("running")
+            self._last_manifest = time.monotonic()
+
+    def on_writing(self, writing: list) -> None:
+        if self.answer_mode:
+            what = f"~{sum(len(text) for _, text in writing) // 4:,} tok so far"
+        else:
+            from alpacakit.generate.self_instruct import tasks_written
+
+            what = f"{tasks_written(writing)} tasks so far"
+        self.progress.update(writing=f"{len(writing)} writing, {what}")
+
+    def cut_one(self, request: Request, text: str) -> bool:
+        return self._runaway is not None and self._runaway(request, text)
+
+    def finish_in_sight(self, totals: JobTotals, writing: list) -> bool:
+        return self._in_sight is not None and self._in_sight(totals, writing)

@@ -16,11 +16,11 @@ from typing import Any
 
 from alpacakit.config import AlpacakitConfig
 from alpacakit.generate.filters import InstructionFilter
-from alpacakit.generate.journal import JobTotals, Request
 from alpacakit.generate.parse import parse_tasks
 from alpacakit.generate.prompt import PromptBuilder
 from alpacakit.generate.seeds import SeedTask, default_seeds_path, load_seed_tasks
 from alpacakit.io import sha256_file
+from alpacakit.jobs import JobTotals, Request
 
 
 class SelfInstructProcessor:
@@ -154,7 +154,7 @@ def tasks_written(writing: list[tuple[Request, str]]) -> int:
 
 
 def runaway_answer(threshold: float, max_task_chars: int) -> Callable[[Request, str], bool]:
-    """For `run_requests`: True when an answer being written has stopped producing new tasks.
+    """For the job engine (`alpacakit.jobs`): True when an answer being written has stopped producing new tasks.
 
     Small teachers degenerate in two ways (seen with Qwen2.5-Coder 1.5B): they start repeating
     their own earlier instructions word for word, and from the first repeat on write almost
@@ -187,7 +187,7 @@ def runaway_answer(threshold: float, max_task_chars: int) -> Callable[[Request, 
 
 
 def target_in_sight(target: int) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
-    """For `run_requests`: True when the tasks already complete in the answers being written,
+    """For the job engine (`alpacakit.jobs`): True when the tasks already complete in the answers being written,
     kept at the rate seen so far, would reach `target`. Those answers are then cut there
     instead of being written to their end (a local teacher writes ~4 tokens/s per answer when
     6 share the CPU: the last answer's tail was minutes of waiting for examples past the target).
@@ -203,7 +203,7 @@ def target_in_sight(target: int) -> Callable[[JobTotals, list[tuple[Request, str
 
 
 def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
-    """For `run_requests`: True when the answers in flight will probably reach `target` by
+    """For the job engine (`alpacakit.jobs`): True when the answers in flight will probably reach `target` by
     themselves (each expected to keep at least as many tasks as a finished answer kept on
     average), so a new request would only pay for its prompt and then be cut.
 

@@ -11,11 +11,18 @@ Each stage calls the same library function as its CLI verb and writes the same f
 quickstart run folder is an ordinary run folder (`alpacakit report RUN` works on it). Every
 stage is resumable on its own (journals, checkpoints); a stage whose output is complete is
 skipped, so rerunning the command after a crash or Ctrl-C continues where it stopped.
-What each profile runs is data: `profiles.yaml` beside this file.
+What each profile runs is data: `profiles.yaml` beside this file, a partial alpacakit.yaml
+(plus a `quickstart:` section) that `--config` and `--set` are layered on.
 """
 
 from __future__ import annotations
 
-from alpacakit.quickstart.pipeline import QuickstartProfile, load_profile, run_quickstart
+from alpacakit.quickstart.pipeline import (
+    QuickstartOptions,
+    QuickstartProfile,
+    QuickstartSettings,
+    load_profile,
+    run_quickstart,
+)
 
-__all__ = ["QuickstartProfile", "load_profile", "run_quickstart"]
+__all__ = ["QuickstartOptions", "QuickstartProfile", "QuickstartSettings", "load_profile", "run_quickstart"]

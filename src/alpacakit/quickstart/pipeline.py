@@ -9,7 +9,6 @@ learn the teacher's style, did it learn anything, and how do I talk to it.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,39 +17,25 @@ from typing import Any
 
 from pydantic import Field
 
-from alpacakit.config import Section, build, deep_merge, load_yaml, parse_overrides
+from alpacakit.config import AlpacakitConfig, Section, build, deep_merge, load_yaml, parse_overrides
 from alpacakit.errors import ConfigError
+from alpacakit.rundir import RunDir
 
 PROFILES = Path(__file__).with_name("profiles.yaml")
 STAGES = ("generate", "clean", "train", "export", "answers", "follow", "likelihood", "judge", "bench", "report")
 
 
-class QuickstartProfile(Section):
-    """What the quickstart runs (see profiles.yaml)."""
+class QuickstartOptions(Section):
+    """The `quickstart:` section of a profile: what only the quickstart has (the rest of a
+    profile is alpacakit.yaml's own sections)."""
 
     description: str = ""
-    teacher: str = Field(
-        "qwen2.5-coder-1.5b-instruct", description="Teacher that writes the data (and answers as 'teacher')."
-    )
-    num: int = Field(100, ge=1, description="Examples to keep after curation.")
-    student_base: str = Field("gemma-3-270m", description="Base model to fine-tune.")
-    train_preset: str = Field("cpu-quick", description="`alpacakit train --preset`.")
-    train_set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset (train keys).")
-    generate_set: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Overrides of the generation settings (dotted alpacakit.yaml keys, e.g. teacher.max_tokens).",
-    )
-    judge: str = Field("alpacakit_verdict", description="Judge folder (`alpacakit eval judges`).")
-    judge_model: str = Field("qwen2.5-coder-1.5b-instruct", description="Model that judges answers pairwise.")
-    judge_order: str = Field("both", description="both | random (see `alpacakit eval pairwise --help`).")
     judge_follow: int = Field(
         8,
         ge=0,
         description="Verifiable instructions where exactly one of student and base "
         "passed, also judged: how often the judge agrees with the program's checks.",
     )
-    eval_limit: int = Field(24, ge=1, description="Held-out instructions answered and judged.")
-    eval_max_tokens: int = Field(256, ge=16, description="Longest answer per instruction.")
     heldout: int = Field(
         16,
         ge=0,
@@ -81,50 +66,78 @@ class QuickstartProfile(Section):
     before_after: int = Field(5, ge=0, description="Before/after answers shown at the end.")
 
 
-def load_profile(name: str = "default", overrides: list[str] | None = None) -> QuickstartProfile:
+@dataclass(frozen=True)
+class QuickstartSettings:
+    """A profile resolved: the whole `AlpacakitConfig` every stage reads its section from, the
+    quickstart's own options, and `layers`, the partial alpacakit.yaml they were built from."""
+
+    name: str
+    config: AlpacakitConfig
+    quickstart: QuickstartOptions
+    layers: dict[str, Any]
+
+    @property
+    def teacher(self) -> str:
+        return self.config.teacher.model
+
+    @property
+    def student_base(self) -> str:
+        return self.config.train.base
+
+    def dump(self) -> dict[str, Any]:
+        """What `--show` prints and the run log records: the layers, with every quickstart option."""
+        return {**self.layers, "quickstart": self.quickstart.model_dump(mode="json")}
+
+
+def load_profile(
+    name: str = "default", overrides: list[str] | None = None, config: str | Path | None = None
+) -> QuickstartSettings:
+    """Defaults <- profile `name` <- the YAML file `config` <- `--set` overrides (dotted
+    alpacakit.yaml keys, `quickstart.KEY` for the quickstart's own)."""
     profiles = load_yaml(PROFILES)
     if name not in profiles:
         raise ConfigError(f"no quickstart profile {name!r}", hint=f"use one of {', '.join(profiles)}")
-    data = deep_merge(profiles[name], parse_overrides(overrides))
-    return build(QuickstartProfile, data, f"quickstart profile {name}")
+    data = deep_merge(profiles[name], load_yaml(config) if config else {})
+    data = deep_merge(data, parse_overrides(overrides))
+    where = f"quickstart profile {name}" + (f" + {config}" if config else "")
+    options = build(QuickstartOptions, dict(data.get("quickstart") or {}), where)
+    cfg = build(AlpacakitConfig, {k: v for k, v in data.items() if k != "quickstart"}, where)
+    return QuickstartSettings(name, cfg, options, data)
+
+
+# The old name: a profile is now the settings it resolves to.
+QuickstartProfile = QuickstartSettings
 
 
 @dataclass
 class Run:
-    """Paths of a run folder, the same layout every verb uses (runs/NAME/{data,model,eval,export,report})."""
+    """One quickstart run: its folder (`RunDir`), its settings and how it talks."""
 
-    root: Path
-    profile: QuickstartProfile
+    dir: RunDir
+    settings: QuickstartSettings
     say: Callable[[str], None]
     progress: bool = True
     log: dict[str, Any] = field(default_factory=dict)
 
-    data = property(lambda self: self.root / "data")
-    model = property(lambda self: self.root / "model")
-    eval = property(lambda self: self.root / "eval")
-    export_dir = property(lambda self: self.root / "export")
+    def __post_init__(self) -> None:
+        if not isinstance(self.dir, RunDir):
+            self.dir = RunDir(self.dir)
 
     @property
-    def train_file(self) -> Path:
-        return self.data / "train.jsonl"
+    def q(self) -> QuickstartOptions:
+        return self.settings.quickstart
 
     @property
-    def heldout_file(self) -> Path:
-        return self.data / "heldout.jsonl"
+    def config(self) -> AlpacakitConfig:
+        return self.settings.config
 
     @property
     def gguf(self) -> Path:
-        """The exported student: `model.gguf` for `auto` (whatever it chose: its sidecar says),
-        `model-QUANT.gguf` for a quantization named in the profile."""
-        q = self.profile.quant
-        return self.export_dir / ("model.gguf" if q == "auto" else f"model-{q}.gguf")
-
-    def outputs(self, label: str) -> Path:
-        return self.eval / f"outputs-{label}.json"
+        return self.dir.gguf(self.q.quant)
 
     def systems(self) -> dict[str, str]:
         """The three systems compared: the base as shipped, our exported student, the teacher."""
-        return {"base": self.profile.student_base, "student": str(self.gguf), "teacher": self.profile.teacher}
+        return {"base": self.settings.student_base, "student": str(self.gguf), "teacher": self.settings.teacher}
 
     def pair(self) -> dict[str, str]:
         """Student and base: the comparison every headline figure is about."""
@@ -135,117 +148,51 @@ class Run:
 
 
 def stage_generate(run: Run) -> str:
-    from alpacakit.config import load_config
-    from alpacakit.generate.runner import generate
+    from alpacakit.generate import stage
 
-    sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.generate_set.items()]
-    cfg = load_config(None, sets, {"teacher": {"model": run.profile.teacher}, "generate": {"num": run.profile.num}})
-    return _finished(generate(cfg, run.data, show_progress=run.progress), "generation")
+    return _finished(stage.run(run.config, run.dir, show_progress=run.progress), "generation")
 
 
 def stage_clean(run: Run) -> str:
     """The held-out eval instructions must not be in the training data (ROUGE-L F > 0.7)."""
-    from alpacakit.evaluate.contamination import check_contamination
-    from alpacakit.io import atomic_write_json
+    from alpacakit.curate import stage
 
-    rep = check_contamination(run.data / "examples.jsonl", "alpacakit", write_clean=run.train_file)
-    run.eval.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.eval / "contamination.json", rep)
-    held = hold_out(run.train_file, run.heldout_file, run.profile.heldout)
-    return (
-        f"{rep['n_contaminated_train']} of {rep['n_train']} examples copied an eval instruction and were "
-        f"dropped; {held} held out for the likelihood check ({run.heldout_file}); training on "
-        f"{rep['clean']['kept'] - held} ({run.train_file})"
-    )
+    return stage.run(run.config, run.dir, heldout=run.q.heldout).summary
 
 
 def hold_out(train_file: Path, heldout_file: Path, n: int, seed: int = 0) -> int:
-    """Move a seeded pick of `n` examples from `train_file` to `heldout_file` (both JSONL); the
-    same input gives the same split, so a rerun of the stage changes nothing."""
-    import random
+    """See `alpacakit.curate.stage.hold_out` (kept here for callers of the old place)."""
+    from alpacakit.curate.stage import hold_out as split
 
-    from alpacakit.io import atomic_write_text, iter_jsonl
-
-    records = [r for _, r in iter_jsonl(train_file)]
-    n = min(n, len(records) // 4)  # never more than a quarter of the data
-    picked = set(random.Random(seed).sample(range(len(records)), n)) if n else set()
-
-    def dump(rows: list[dict]) -> str:
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-    atomic_write_text(heldout_file, dump([r for i, r in enumerate(records) if i in picked]))
-    atomic_write_text(train_file, dump([r for i, r in enumerate(records) if i not in picked]))
-    return n
+    return split(train_file, heldout_file, n, seed)
 
 
 def stage_train(run: Run) -> str | None:
-    from alpacakit.train.config import load_train_config
-    from alpacakit.train.outputs import partial_dir
-    from alpacakit.train.recipe import train
+    from alpacakit.train import stage
 
-    if _complete_model(run.model):
-        return None
-    sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.train_set.items()]
-    cfg = load_train_config(
-        None,
-        sets,
-        {"train": {"preset": run.profile.train_preset, "data": str(run.train_file), "base": run.profile.student_base}},
-    ).train
-    resume = partial_dir(run.model).exists()
-    res = train(cfg, output_dir=run.model, resume=resume)
-    m = res.manifest
-    return f"{m.get('steps')} steps, final loss {m.get('final_train_loss')}, {m['durations_s']['total']:.0f} s"
+    res = stage.run(run.config, run.dir)
+    return None if res.status == "skipped" else res.summary
 
 
 def stage_export(run: Run) -> str | None:
-    from alpacakit.export.gguf import export_gguf
+    from alpacakit.export import stage
 
-    if run.gguf.is_file() and run.gguf.with_name(run.gguf.name + ".json").is_file():
-        return None
-    # Verified against the trained model: what is evaluated, served and handed over must answer
-    # like the student that was trained. `auto` writes the most compact file that does (f16 when
-    # the compact one misses the bar); a quantization named in the profile that misses it stops
-    # the run with the figures.
-    res = export_gguf(
-        run.model,
-        run.gguf,
-        run.profile.quant,
-        verify=True,
-        min_agreement=run.profile.min_agreement,
+    res = stage.run(
+        run.dir,
+        quant=run.q.quant,
+        min_agreement=run.q.min_agreement,
         progress=run.say if run.progress else None,
     )
-    fell_back = next((f" ({n})" for n in res.notes if n.startswith("auto: ")), "")
-    v = res.verification or {}
-    # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.
-    shutil.copyfile(run.model / "prompt_format.json", run.export_dir / "prompt_format.json")
-    return (
-        f"{res.path} ({res.size_bytes / 1e6:.0f} MB, {res.quant}{fell_back}); agrees with the trained model on "
-        f"{v.get('top1_agreement', 0):.1%} of next-token predictions ({v.get('next_token_agreement', 0):.1%} "
-        f"at the answer's first token); model card {res.model_card}"
-    )
+    return None if res.status == "skipped" else res.summary
 
 
 def stage_answers(run: Run) -> str:
-    from alpacakit.config import load_config
-    from alpacakit.evaluate.outputs import generate_outputs
+    from alpacakit.evaluate import stage
 
     lines = []
     for label, model in run.pair().items():
-        out = run.outputs(label)
-        cfg = load_config(
-            None,
-            None,
-            {
-                "eval": {
-                    "limit": run.profile.eval_limit,
-                    "system": {"model": model, "max_tokens": run.profile.eval_max_tokens},
-                }
-            },
-        )
-        lines.append(
-            f"{label}: "
-            + _finished(generate_outputs(cfg, out, name=label, show_progress=run.progress), f"answers of {label}")
-        )
+        res = stage.answers(run.config, run.dir, label, model, show_progress=run.progress)
+        lines.append(f"{label}: " + _finished(res, f"answers of {label}"))
     return "; ".join(lines)
 
 
@@ -255,36 +202,24 @@ def stage_follow(run: Run) -> str:
 
     lines = []
     for label, model in run.systems().items():
-        limit = run.profile.follow_teacher_limit if label == "teacher" else run.profile.follow_limit
+        limit = run.q.follow_teacher_limit if label == "teacher" else run.q.follow_limit
         if limit == 0:
             continue
         config = None
         where = _endpoint_of(run, model)
         if where:  # an API teacher answers at the endpoint it generated with
-            from alpacakit.config import load_config
-
-            config = load_config(
-                None,
-                None,
-                {
-                    "eval": {
-                        "eval_set": "follow",
-                        "limit": limit,
-                        "system": {
-                            "model": model,
-                            "max_tokens": run.profile.follow_max_tokens,
-                            "temperature": 0.0,
-                            **where,
-                        },
-                    }
-                },
+            config = run.config.model_copy(deep=True)
+            config.eval.eval_set = "follow"
+            config.eval.limit = limit
+            config.eval.system = config.eval.system.model_copy(
+                update={"model": model, "max_tokens": run.q.follow_max_tokens, "temperature": 0.0, **where}
             )
         res = run_follow(
             model,
-            run.eval / f"follow-{label}.json",
+            run.dir.follow(label),
             system=label,
             limit=limit,
-            max_tokens=run.profile.follow_max_tokens,
+            max_tokens=run.q.follow_max_tokens,
             show_progress=run.progress,
             config=config,
         )
@@ -296,11 +231,12 @@ def stage_likelihood(run: Run) -> str:
     """Mean per-token NLL of the held-out teacher answers under base and student."""
     from alpacakit.evaluate.likelihood import score_likelihood
 
-    if not run.heldout_file.is_file() or run.heldout_file.stat().st_size == 0:
+    held = run.dir.heldout_file
+    if not held.is_file() or held.stat().st_size == 0:
         return "no held-out teacher examples (heldout: 0): skipped"
     lines = []
     for label, model in run.pair().items():
-        res = score_likelihood(model, run.heldout_file, run.eval / f"likelihood-{label}.json", system=label)
+        res = score_likelihood(model, held, run.dir.likelihood(label), system=label)
         lines.append(f"{label} {res['mean_nll']:.3f}")
     return "NLL per token of held-out teacher answers: " + ", ".join(lines)
 
@@ -308,35 +244,22 @@ def stage_likelihood(run: Run) -> str:
 def stage_judge(run: Run) -> str:
     """Student against base, directly, in both orders; then a few verifiable instructions where
     the program's checks tell them apart, to see how far the judge agrees with the checks."""
-    from alpacakit.config import load_config
-    from alpacakit.evaluate.pairwise import judge_pairwise
+    from alpacakit.evaluate import stage
 
-    cfg = load_config(
-        None,
-        None,
-        {
-            "eval": {
-                "judge": {"name": run.profile.judge, "model": run.profile.judge_model, "order": run.profile.judge_order}
-            }
-        },
-    )
-    res = judge_pairwise(
-        run.outputs("student"),
-        run.outputs("base"),
-        cfg,
-        show_progress=run.progress,
-        limit=run.profile.eval_limit,
-        out=run.eval / "pairwise-student-vs-base.json",
+    res = stage.pairwise(
+        run.config, run.dir, "student", "base", limit=run.config.eval.limit, show_progress=run.progress
     )
     lines = ["open instructions: " + _finished(res, "judging student vs base")]
-    pair = follow_discordant(run, run.profile.judge_follow)
+    pair = follow_discordant(run, run.q.judge_follow)
     if pair is not None:
-        res = judge_pairwise(
-            pair["student"],
-            pair["base"],
-            cfg,
+        res = stage.pairwise(
+            run.config,
+            run.dir,
+            "student",
+            "base",
+            files=(pair["student"], pair["base"]),
+            name="follow-student-vs-base",
             show_progress=run.progress,
-            out=run.eval / "pairwise-follow-student-vs-base.json",
         )
         lines.append("verifiable instructions: " + _finished(res, "judging verifiable instructions"))
     return "; ".join(lines)
@@ -352,7 +275,7 @@ def follow_discordant(run: Run, n: int) -> dict[str, Path] | None:
         return None
     passed, answers = {}, {}
     for label in ("student", "base"):
-        path = run.eval / f"follow-{label}.json"
+        path = run.dir.follow(label)
         if not path.is_file():
             return None
         passed[label] = {i["id"]: i["pass"] for i in json.loads(path.read_text(encoding="utf-8"))["items"]}
@@ -360,24 +283,20 @@ def follow_discordant(run: Run, n: int) -> dict[str, Path] | None:
     ids = [i for i in passed["student"] if i in passed["base"] and passed["student"][i] != passed["base"][i]][:n]
     if not ids:
         return None
-    folder = run.eval / "follow" / "judge"
-    folder.mkdir(parents=True, exist_ok=True)
+    judged = RunDir(run.dir.eval / "follow" / "judge")  # a run folder's eval/ layout, one level down
     out = {}
     for label in ("student", "base"):
         by_id = {r["id"]: r for r in answers[label]}
-        out[label] = folder / f"outputs-{label}.json"
+        out[label] = judged.root / judged.outputs(label).name
         atomic_write_json(out[label], [by_id[i] for i in ids])
     return out
 
 
 def _endpoint_of(run: Run, model: str) -> dict[str, Any]:
-    """An `openai:` teacher's base URL and key variable, from the generation config (else {})."""
+    """An `openai:` teacher's base URL and key variable, from the teacher section (else {})."""
     if not model.startswith("openai:"):
         return {}
-    from alpacakit.config import load_config
-
-    sets = [f"{k}={json.dumps(v)}" for k, v in run.profile.generate_set.items()]
-    teacher = load_config(None, sets, {"teacher": {"model": model}}).teacher
+    teacher = run.config.teacher
     return {"base_url": teacher.base_url, "api_key_env": teacher.api_key_env}
 
 
@@ -387,9 +306,7 @@ def stage_bench(run: Run) -> str:
     lines = []
     for label, model in run.systems().items():
         where = _endpoint_of(run, model)  # an API teacher: short-answer tasks, at the endpoint it generated with
-        res = run_bench(
-            model, limit=run.profile.bench_limit, out=run.eval / f"bench-{label}.json", system=label, **where
-        )
+        res = run_bench(model, limit=run.q.bench_limit, out=run.dir.bench(label), system=label, **where)
         acc = res["overall"]["accuracy"]
         lines.append(f"{label} {acc:.1%}" if acc is not None else f"{label} n/a")
     return "accuracy (macro over tasks): " + ", ".join(lines)
@@ -398,7 +315,7 @@ def stage_bench(run: Run) -> str:
 def stage_report(run: Run) -> str:
     from alpacakit.evaluate.report import build_report
 
-    res = build_report(run.root)
+    res = build_report(run.dir.root, run.config)
     run.log["verdict"] = res.verdict
     return f"{res.markdown} and {res.html}"
 
@@ -421,22 +338,15 @@ def _finished(result: Any, what: str) -> str:
     """The summary of a resumable job that ran to the end; an error (rerun to continue) otherwise."""
     if result.status != "complete":
         raise ConfigError(f"{what} stopped: {result.status}", hint="rerun the same command to continue")
-    return result.summary()
-
-
-def _complete_model(folder: Path) -> bool:
-    try:
-        return bool(json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("complete"))
-    except (OSError, ValueError):
-        return False
+    return result.summary if isinstance(result.summary, str) else result.summary()
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def run_quickstart(
-    root: str | Path,
-    profile: QuickstartProfile,
+    root: str | Path | RunDir,
+    settings: QuickstartSettings,
     *,
     say: Callable[[str], None] = print,
     stages: list[str] | None = None,
@@ -450,18 +360,18 @@ def run_quickstart(
     unknown = [s for s in chosen if s not in STAGE_FUNCS]
     if unknown:
         raise ConfigError(f"unknown quickstart stage(s): {', '.join(unknown)}", hint=f"stages: {', '.join(STAGES)}")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    log_path = root / "quickstart.json"
+    rd = root if isinstance(root, RunDir) else RunDir(root)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    log_path = rd.quickstart_log
     previous: dict[str, Any] = {}
     if log_path.is_file():
         try:
             previous = json.loads(log_path.read_text(encoding="utf-8"))
         except ValueError:
             previous = {}
-    run = Run(root, profile, say, progress)
+    run = Run(rd, settings, say, progress)
     run.log = {
-        "profile": profile.model_dump(mode="json"),
+        "profile": settings.dump(),
         "stages": dict(previous.get("stages") or {}),
         "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -488,12 +398,12 @@ def run_quickstart(
     return run.log
 
 
-def before_after(root: str | Path, n: int) -> list[dict[str, str]]:
+def before_after(root: str | Path | RunDir, n: int) -> list[dict[str, str]]:
     """The first `n` held-out instructions with the base model's and the student's answers."""
-    root = Path(root)
+    rd = root if isinstance(root, RunDir) else RunDir(root)
     try:
-        base = json.loads((root / "eval" / "outputs-base.json").read_text(encoding="utf-8"))
-        student = json.loads((root / "eval" / "outputs-student.json").read_text(encoding="utf-8"))
+        base = json.loads(rd.outputs("base").read_text(encoding="utf-8"))
+        student = json.loads(rd.outputs("student").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     by_instruction = {r["instruction"]: r["output"] for r in student}
@@ -505,7 +415,7 @@ def before_after(root: str | Path, n: int) -> list[dict[str, str]]:
     return rows[:n]
 
 
-def write_before_after(root: str | Path, rows: list[dict[str, str]]) -> Path:
+def write_before_after(root: str | Path | RunDir, rows: list[dict[str, str]]) -> Path:
     """RUN/report/before_after.md: the same instructions, answered before and after training."""
     from alpacakit.io import atomic_write_text
 
@@ -529,7 +439,7 @@ def write_before_after(root: str | Path, rows: list[dict[str, str]]) -> Path:
             _quote(r["after"]),
             "",
         ]
-    path = Path(root) / "report" / "before_after.md"
+    path = (root if isinstance(root, RunDir) else RunDir(root)).report / "before_after.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(parts))
     return path

@@ -36,7 +36,7 @@ def load_teacher(
     max_concurrency: int = 1,
 ) -> Any:
     """A Teacher for any model reference (see the module doc). Heavy imports happen here."""
-    from alpacakit.config import TeacherConfig
+    from alpacakit.teachers.config import TeacherConfig
 
     fields: dict[str, Any] = {
         "model": str(ref),

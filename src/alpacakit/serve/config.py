@@ -5,21 +5,18 @@ The defaults are for one person on one machine: loopback only, one generation at
 local model on a CPU gains nothing from running two at once; it only makes both slower) and a
 short queue, so a burst of clients gets a quick 429 instead of a minute-long hang.
 
-This module imports only pydantic: `alpacakit.config` imports it to build `AlpacakitConfig`,
-and `alpacakit --help` must stay instant.
+This module imports only pydantic and `alpacakit.settings`: `alpacakit.config` imports it to
+build `AlpacakitConfig`, and `alpacakit --help` must stay instant.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from alpacakit.settings import Section
 
 
-class _Section(BaseModel):
-    # Same rules as alpacakit.config.Section (which cannot be imported here without a cycle).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModerationConfig(_Section):
+class ModerationConfig(Section):
     """The model asked to classify requests when `safety` is `moderation:MODEL`."""
 
     base_url: str | None = Field(None, description="Endpoint base URL when the moderation model is openai:MODEL.")
@@ -37,7 +34,7 @@ class ModerationConfig(_Section):
     )
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
     """`alpacakit serve`: an OpenAI-compatible HTTP API and a web chat page for one model."""
 
     host: str = Field(
@@ -133,3 +130,15 @@ class ServeConfig(_Section):
                 "'moderation' needs a model: moderation:MODEL (e.g. moderation:qwen2.5-coder-1.5b-instruct)"
             )
         return v
+
+
+class ChatConfig(Section):
+    """`alpacakit chat`: how each answer is sampled. The model's own settings (n_ctx, n_threads)
+    are the serve section's: chat and serve load a model the same way."""
+
+    system: str | None = Field(None, description="System message sent before the conversation.")
+    max_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling (unset: the model's default).")
+    seed: int | None = Field(None, description="Sampling seed, for repeatable answers.")
+    stats: bool = Field(True, description="After each answer, print tokens, speed and history size (stderr).")

@@ -37,11 +37,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
 from alpacakit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alpacakit.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +286,7 @@ class ModerationFilter:
         await self.teacher.aclose()
 
 
-def make_safety(spec: str | None, config: Any) -> SafetyFilter | None:
+def make_safety(spec: str | None, config: ServeConfig) -> SafetyFilter | None:
     """The filter `spec` names ('blocklist', 'blocklist:PATH', 'moderation:MODEL'), or None."""
     if not spec:
         return None

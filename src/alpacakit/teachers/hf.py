@@ -32,11 +32,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpacakit.errors import TeacherError
 from alpacakit.teachers.base import Completion, Usage
 from alpacakit.teachers.streaming import StopScanner, stream_thread
+
+if TYPE_CHECKING:
+    from alpacakit.teachers.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +205,13 @@ class HFTeacher:
     (a PromptFormat, a built-in name or a JSON path) overrides the folder's saved one.
     """
 
-    # requests still queued when a run stops need not finish (see run_requests)
+    # requests still queued when a run stops need not finish (see alpacakit.jobs.engine)
     finish_in_flight = False
 
     def __init__(
         self,
         path: str | Path,
-        config: Any | None = None,
+        config: TeacherConfig | None = None,
         *,
         base: str | None = None,
         prompt_format: Any | None = None,
@@ -222,7 +225,7 @@ class HFTeacher:
                 "running a Hugging Face model folder needs torch and transformers",
                 hint='pip install "alpacakit[train]", or export the model to GGUF and run that',
             ) from None
-        from alpacakit.config import TeacherConfig
+        from alpacakit.teachers.config import TeacherConfig
 
         self.config = config or TeacherConfig(model=str(path))
         self.layout = find_layout(path, base)

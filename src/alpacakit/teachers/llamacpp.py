@@ -32,12 +32,15 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpacakit.errors import TeacherError
 from alpacakit.teachers.accounting import CostTracker, cost_of
 from alpacakit.teachers.base import Completion, Usage, Watch
 from alpacakit.teachers.llama_engine import RANDOM_SEED, BatchEngine, GenerationTimeout, Job, JobResult, Sampling
+
+if TYPE_CHECKING:
+    from alpacakit.teachers.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +146,11 @@ class LlamaCppTeacher:
     """A GGUF model (embedded name or path) loaded in this process. Build it with `make_teacher`."""
 
     # Requests in flight when a job reaches its target are still generating together with the
-    # rest and cost nothing: callers may cancel them (see journal.run_requests).
+    # rest and cost nothing: callers may cancel them (see alpacakit.jobs.engine).
     finish_in_flight = False
     accepts_watch = True  # chat()/complete() take watch=Watch(): see the text grow, cut it short
 
-    def __init__(self, config: Any, tracker: CostTracker | None = None):
+    def __init__(self, config: TeacherConfig, tracker: CostTracker | None = None):
         from alpacakit.models import is_embedded, resolve_gguf
 
         self.config = config

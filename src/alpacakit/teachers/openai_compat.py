@@ -34,12 +34,15 @@ import random
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from alpacakit.errors import ConfigError, TeacherError
 from alpacakit.teachers.accounting import CostTracker, cost_of, estimate_cost, estimate_prompt_tokens, estimate_tokens
 from alpacakit.teachers.base import Completion, Usage
+
+if TYPE_CHECKING:
+    from alpacakit.teachers.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +167,7 @@ class OpenAICompatTeacher:
     is no template to render messages with.
     """
 
-    def __init__(self, config: Any, tracker: CostTracker | None = None):
+    def __init__(self, config: TeacherConfig, tracker: CostTracker | None = None):
         self.config = config
         ref = config.model.strip()
         self.model = ref[len("openai:") :] if ref.startswith("openai:") else ref

@@ -44,7 +44,7 @@ def table_is_stale(today: date | None = None) -> bool:
 
 def resolve_price(cfg: Any) -> tuple[Any, str]:
     """(Price, source) for a TeacherConfig-shaped section (see the module doc)."""
-    from alpacakit.config import Price
+    from alpacakit.teachers.config import Price
 
     if "price" in cfg.model_fields_set or cfg.price.input_per_1m or cfg.price.output_per_1m:
         return cfg.price, "config"  # set in the config, by --set, or in code (a non-zero price is never a default)

@@ -8,13 +8,16 @@ alpacakit model folder (transformers). Anything else is a clear error naming wha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpacakit.teachers.accounting import CostTracker
 from alpacakit.teachers.base import Teacher
 
+if TYPE_CHECKING:
+    from alpacakit.teachers.config import TeacherConfig
 
-def backend_of(config: Any) -> str:
+
+def backend_of(config: TeacherConfig) -> str:
     """'openai', 'llamacpp', 'hf' or 'vllm' for a TeacherConfig, without loading anything."""
     from alpacakit.models.registry import classify
 
@@ -23,7 +26,11 @@ def backend_of(config: Any) -> str:
 
 
 def make_teacher(
-    config: Any, tracker: CostTracker | None = None, *, prompt_format: Any | None = None, base: str | None = None
+    config: TeacherConfig,
+    tracker: CostTracker | None = None,
+    *,
+    prompt_format: Any | None = None,
+    base: str | None = None,
 ) -> Teacher:
     """Build the teacher a TeacherConfig describes. `tracker`, when given, is charged on every
     successful call (and Completion.cost is set either way). `prompt_format` and `base` apply to

@@ -24,11 +24,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpacakit.errors import TeacherError
 from alpacakit.teachers.base import Completion, Usage
 from alpacakit.teachers.hf import render_messages
+
+if TYPE_CHECKING:
+    from alpacakit.teachers.config import TeacherConfig
 
 VLLM_PREFIX = "vllm:"
 
@@ -51,7 +54,12 @@ class VLLMTeacher:
     finish_in_flight = True  # generation is batched: what is in the engine finishes
 
     def __init__(
-        self, ref: str, config: Any, *, prompt_format: Any | None = None, tensor_parallel_size: int | None = None
+        self,
+        ref: str,
+        config: TeacherConfig,
+        *,
+        prompt_format: Any | None = None,
+        tensor_parallel_size: int | None = None,
     ):
         vllm = import_vllm()
         from alpacakit.teachers.hf import find_layout, folder_prompt_format

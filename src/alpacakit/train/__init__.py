@@ -5,8 +5,7 @@ Library entry points (heavy imports happen inside them):
 - `alpacakit.train.merge.merge(model_dir) -> Path` and `load_trained(model_dir) -> (model, tokenizer, PromptFormat)`
 - `alpacakit.train.config.TrainConfig`, `list_presets()`, `load_train_config(path, overrides, extra)`
 - `alpacakit.train.tiny.make_tiny_base(path)`: a tiny real model folder for tests.
-"""
 
-# alpacakit.config imports alpacakit.train.config at its end; importing it first here makes
-# either import order work (train.config needs alpacakit.config.Section to exist).
-import alpacakit.config  # noqa: F401
+Nothing is imported here: `alpacakit.train.config` is imported by `alpacakit --help`, and
+importing it runs this file first.
+"""

@@ -12,13 +12,25 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
 
-from alpacakit.config import Section, deep_merge
 from alpacakit.errors import ConfigError
+from alpacakit.settings import (
+    Origins,
+    Section,
+    build,
+    deep_merge,
+    drop_none,
+    override_origins,
+    parse_overrides,
+    read_yaml,
+)
+
+if TYPE_CHECKING:
+    from alpacakit.config import AlpacakitConfig
 
 
 def _presets_dir() -> Path:
@@ -282,27 +294,31 @@ class ResolvedStage(Section):
 
 def load_train_config(
     path: str | Path | None, overrides: list[str] | None = None, extra: dict[str, Any] | None = None
-) -> Any:
+) -> AlpacakitConfig:
     """The whole config for `alpacakit train`: defaults <- YAML <- --set <- named flags.
 
     The YAML may be a full `alpacakit.yaml` (a `train:` section among others) or just the
     train section's keys; `--set lr=1e-4` is read as `--set train.lr=1e-4`.
     """
-    from alpacakit.config import AlpacakitConfig, _drop_none, build, load_yaml, parse_overrides
+    from alpacakit.config import AlpacakitConfig  # assembles this section with the others
 
     sections = set(AlpacakitConfig.model_fields)
-    data = load_yaml(path) if path else {}
+    data, origins = read_yaml(path) if path else ({}, Origins())
     if data and not set(data) <= sections:
         unknown_top = set(data) - sections
         if unknown_top <= set(TrainConfig.model_fields):
-            data = {"train": data}  # a bare train section
+            data, origins = {"train": data}, origins.nest("train")  # a bare train section
         else:
             raise ConfigError(
                 f"{path}: unknown keys {sorted(unknown_top - set(TrainConfig.model_fields))}",
                 hint=f"a config file has sections ({', '.join(sorted(sections))}) or only train keys",
             )
     fixed = [o if o.split("=", 1)[0].split(".", 1)[0] in sections else f"train.{o}" for o in (overrides or [])]
-    data = deep_merge(data, parse_overrides(fixed))
+    over = parse_overrides(fixed)
+    data = deep_merge(data, over)
+    origins.cover(over, override_origins(overrides, [f.split("=", 1)[0].strip() for f in fixed]))
     if extra:
-        data = deep_merge(data, _drop_none(extra))
-    return build(AlpacakitConfig, data, str(path) if path else "settings")
+        flags = drop_none(extra)
+        data = deep_merge(data, flags)
+        origins.cover(flags)
+    return build(AlpacakitConfig, data, str(path) if path else "settings", origins)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from alpacakit.errors import AlpacakitError, ConfigError, DataError
+from alpacakit.manifest import validated
 from alpacakit.prompting import PromptFormat
 from alpacakit.train.config import ResolvedStage, TrainConfig
 from alpacakit.train.outputs import partial_dir
@@ -426,6 +427,7 @@ def _run_stage(
     ckpt = latest_complete_checkpoint(sdir / "checkpoints") if resume else None
     if ckpt:
         _log(f"stage {st.name}: resuming from {ckpt.name}", dist)
+    _reset_peak_cuda_memory()
     t1 = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -460,6 +462,8 @@ def _run_stage(
         "eval": metrics,
         "log_history": trainer.state.log_history,
         "durations_s": {"data": round(t_data, 2), "train": round(t_train, 2)},
+        "supervised_tokens_per_s": _steady_rate(trainer.state.log_history),
+        "peak_cuda_memory_bytes": _peak_cuda_memory(dist),
     }
     if dist.main:
         from alpacakit.io import atomic_write_json
@@ -467,6 +471,37 @@ def _run_stage(
         atomic_write_json(sdir / STAGE_DONE, info)
     _barrier(dist)
     return trainer.model, info
+
+
+def _reset_peak_cuda_memory() -> None:
+    """Start the stage's peak-memory count at training, not at model loading."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_cuda_memory(dist: _Dist) -> list[int] | None:
+    """Peak CUDA bytes allocated during the stage, one per rank (ranks differ under FSDP); None on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    peak = int(torch.cuda.max_memory_allocated())
+    if dist.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        peaks: list[Any] = [None] * dist.world
+        torch.distributed.all_gather_object(peaks, peak)
+        return [int(x) for x in peaks]
+    return [peak]
+
+
+def _steady_rate(history: list[dict[str, Any]]) -> float | None:
+    """Median logged supervised tokens/s, leaving out the first window (it holds the start-up)."""
+    import statistics
+
+    rates = [e["supervised_tokens_per_s"] for e in history if "supervised_tokens_per_s" in e]
+    rates = rates[1:] or rates
+    return round(statistics.median(rates), 1) if rates else None
 
 
 # ---------------------------------------------------------------------------- the run
@@ -608,7 +643,7 @@ def _finish(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
     }
-    atomic_write_json(partial / "manifest.json", manifest)
+    atomic_write_json(partial / "manifest.json", validated(manifest))
     from alpacakit.cards import write_model_card
 
     write_model_card(partial)  # lineage, inherited licences, costs: from the manifests just written

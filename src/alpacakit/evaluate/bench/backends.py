@@ -131,7 +131,7 @@ class HFBackend(Backend):
     """
 
     def __init__(self, path: str | Path, *, base: str | None = None, n_threads: int | None = None):
-        from alpacakit.config import TeacherConfig
+        from alpacakit.teachers.config import TeacherConfig
         from alpacakit.teachers.hf import HFTeacher
 
         t0 = time.monotonic()
@@ -424,8 +424,8 @@ class EndpointBackend(Backend):
     ):
         import asyncio
 
-        from alpacakit.config import TeacherConfig
         from alpacakit.teachers import make_teacher
+        from alpacakit.teachers.config import TeacherConfig
 
         t0 = time.monotonic()
         fields: dict[str, Any] = {

@@ -16,7 +16,10 @@ same items can be compared pair by pair (`score.paired_difference`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alpacakit.config import AlpacakitConfig
 
 FORMAT = "alpacakit-follow/1"
 
@@ -39,7 +42,7 @@ def run_follow(
     system: str | None = None,
     limit: int | None = None,
     max_tokens: int = 96,
-    config: Any = None,
+    config: AlpacakitConfig | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Answer (resumably) and score the built-in verifiable instruction set with `model`."""

@@ -1,4 +1,4 @@
-"""Journaled teacher work: pay for each response once, survive kill -9, resume exactly.
+"""The journal of a job: pay for each response once, survive kill -9, resume exactly.
 
 Every response is appended to `responses.jsonl` (fsynced) the moment it arrives, *before* it is
 processed. Results (`examples.jsonl`, `discards.jsonl`) are derived from the journal by a
@@ -24,18 +24,18 @@ and an index sent more than once shows up as `asked_again` in the manifest's cou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from alpacakit.errors import DataError
 from alpacakit.io import AtomicLineWriter, JsonlAppender, atomic_write_json, iter_jsonl, repair_torn_tail
+from alpacakit.jobs.totals import JobTotals
 
 # HTTP statuses that condemn one request, not the job (see the module doc)
 PER_REQUEST_FAILURES = frozenset({400, 413, 422})
@@ -100,60 +100,6 @@ def derive(processor: Processor, entry: dict) -> tuple[list[dict], list[dict]]:
             }
         ]
     return processor.process(entry)
-
-
-@dataclass
-class JobTotals:
-    requests: int = 0
-    attempts: int = 0
-    kept: int = 0
-    discards: Counter = field(default_factory=Counter)
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    teacher_seconds: float = 0.0
-    asked_again: int = 0  # requests sent again after a crash lost their answers (see the module doc)
-    maybe_billed_attempts: int = 0  # failed attempts the endpoint may have billed (timeouts, unreadable 200s)
-    maybe_billed_usd: float = 0.0  # their worst-case cost, not in cost_usd (which is confirmed spending)
-    pending: int = 0  # journaled (counted in requests) but not yet processed by the worker (worker.py)
-    pending_most: int = 0  # the most records those pending entries can keep (see start_worker)
-
-    def add_entry(self, entry: dict) -> None:
-        self.requests += 1
-        self.attempts += int(entry.get("attempts", 1))
-        usage = entry.get("usage") or {}
-        self.prompt_tokens += int(usage.get("prompt_tokens", 0))
-        self.cached_tokens += int(usage.get("cached_tokens", 0))
-        self.completion_tokens += int(usage.get("completion_tokens", 0))
-        self.cost_usd += float(entry.get("cost", 0.0))
-        self.teacher_seconds += float(entry.get("latency_s", 0.0))
-        maybe = entry.get("maybe_billed") or {}
-        self.maybe_billed_attempts += int(maybe.get("attempts", 0))
-        self.maybe_billed_usd += float(maybe.get("cost_usd", 0.0))
-
-    def add_results(self, kept: list[dict], discards: list[dict]) -> None:
-        self.kept += len(kept)
-        for d in discards:
-            self.discards[d["reason"]] += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "attempts": self.attempts,
-            "kept": self.kept,
-            "discarded": sum(self.discards.values()),
-            "discards_by_reason": dict(sorted(self.discards.items())),
-            "prompt_tokens": self.prompt_tokens,
-            "cached_prompt_tokens": self.cached_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-            "teacher_seconds": round(self.teacher_seconds, 2),
-            "asked_again": self.asked_again,
-            "maybe_billed_attempts": self.maybe_billed_attempts,
-            "maybe_billed_usd": round(self.maybe_billed_usd, 6),
-            **({"processing": self.pending} if self.pending else {}),
-        }
 
 
 class JournaledJob:
@@ -292,7 +238,7 @@ class JournaledJob:
         any event loop or teacher client exists: the fork copies this process as it is.
         `most_kept(entry)`: an upper bound, cheap to compute, on what processing it can keep
         (summed in `totals.pending_most`, for decisions that cannot wait for the worker)."""
-        from alpacakit.generate.worker import ProcessingWorker
+        from alpacakit.jobs.worker import ProcessingWorker
 
         self._most_kept = most_kept
         self.worker = ProcessingWorker(self.processor, self.out_dir, self._lock._fd if self._lock is not None else None)
@@ -392,230 +338,3 @@ class JournaledJob:
                 f"{path}:{e.lineno}: manifest is not valid JSON: {e.msg}",
                 hint="delete the manifest; it is rebuilt from responses.jsonl on the next run",
             ) from None
-
-
-async def run_requests(
-    job: JournaledJob,
-    teacher: Any,
-    indices: Iterator[int],
-    make_request: Callable[[int], Request],
-    *,
-    should_stop: Callable[[JobTotals], bool],
-    concurrency: int,
-    sampling: dict[str, Any],
-    estimate_cost: Callable[[Request], float] | None = None,
-    max_cost: float | None = None,
-    on_result: Callable[[dict, list[dict], list[dict]], None] | None = None,
-    target_in_sight: Callable[[JobTotals, list[tuple[Request, str]]], bool] | None = None,
-    on_writing: Callable[[list[tuple[Request, str]]], None] | None = None,
-    cut_request: Callable[[Request, str], bool] | None = None,
-    hold_back: Callable[[JobTotals, list[tuple[Request, str]]], bool] | None = None,
-    check_every_s: float = 2.0,
-) -> str:
-    """Keep up to `concurrency` requests in flight until `should_stop` or the indices run out.
-
-    Before each request, the budget check adds its worst-case cost (`estimate_cost`) to what
-    was spent and what is in flight; a request that could cross `max_cost` is not sent.
-    Returns why it stopped: 'done', 'exhausted' or 'budget'.
-
-    Local models decode the requests in flight together, so when the job is done (or, every
-    `check_every_s`, when `target_in_sight` says the text written so far will finish it) the
-    requests in flight are cut short rather than dropped: a teacher that accepts a `Watch`
-    ends them at once with finish_reason 'length', and their text is journaled and processed
-    like any other answer (the parser drops a last task that may be cut). Nothing written is
-    thrown away, and the job does not wait minutes for the tail of answers it no longer needs.
-    `cut_request` looks at each answer in flight every `check_every_s`: True cuts that one
-    short (e.g. a small teacher that has started repeating itself). `on_writing` sees the text
-    in flight at the same moments (for a progress display). `hold_back` says, before a request
-    is added to those in flight, that they will probably finish the job by themselves: its
-    prompt would be paid for and then cut.
-
-    With a processing worker (`job.worker`, worker.py) answers are journaled here and processed
-    there: `job.totals.pending` counts those not yet reported, `hold_back` is asked while any
-    are, the loop does not end before all are reported, and `on_result` gets their kept count
-    and a Counter of discard reasons instead of the records.
-    """
-    from alpacakit.teachers.base import Watch
-
-    in_flight: dict[asyncio.Task, float] = {}
-    watches: dict[asyncio.Task, tuple[Request, Watch]] = {}
-    requests: dict[asyncio.Task, Request] = {}
-    can_cut = bool(getattr(teacher, "accepts_watch", False))
-    stopped = "exhausted"
-    index_iter = iter(indices)
-
-    async def call(req: Request, watch: Watch | None) -> dict:
-        t0 = time.monotonic()
-        kwargs = dict(sampling)
-        if req.stop:
-            kwargs["stop"] = list(req.stop)
-        if watch is not None:
-            kwargs["watch"] = watch
-        from alpacakit.teachers.openai_compat import EndpointError
-
-        try:
-            if req.api == "chat":
-                messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-                    {"role": "user", "content": req.prompt}
-                ]
-                c = await teacher.chat(messages, **kwargs)
-            else:
-                c = await teacher.complete(req.prompt, **kwargs)
-        except EndpointError as e:
-            if e.status not in PER_REQUEST_FAILURES:
-                raise
-            return {
-                "index": req.index,
-                **req.meta,
-                "api": req.api,
-                "text": "",
-                "finish_reason": "error",
-                "failed": {"status": e.status, "message": e.message[:500]},
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-                "cost": 0.0,
-                "attempts": e.attempts or 1,
-                "latency_s": round(time.monotonic() - t0, 3),
-                "received_at": time.time(),
-            }
-        entry = {
-            "index": req.index,
-            **req.meta,
-            "api": req.api,
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            **({"stopped_by": c.stopped_by} if c.stopped_by else {}),
-            "usage": {
-                "prompt_tokens": c.usage.prompt_tokens,
-                "completion_tokens": c.usage.completion_tokens,
-                **({"cached_tokens": c.usage.cached_tokens} if c.usage.cached_tokens else {}),
-            },
-            "cost": c.cost,
-            "model": c.model,
-            "request_id": c.request_id,
-            "attempts": c.attempts,
-            "latency_s": round(getattr(c, "latency_s", 0.0) or (time.monotonic() - t0), 3),
-            "received_at": time.time(),
-        }
-        if getattr(c, "maybe_billed_attempts", 0):
-            entry["maybe_billed"] = {"attempts": c.maybe_billed_attempts, "cost_usd": round(c.maybe_billed_usd, 8)}
-        if watch is not None and watch.cut.is_set():
-            entry["cut"] = True  # ended early by us, not by the model or max_tokens
-        return entry
-
-    def writing_now() -> list[tuple[Request, str]]:
-        return [(r, w.text) for r, w in watches.values()]
-
-    def in_flight_now() -> list[tuple[Request, str]]:
-        """Every request in flight with what it has written (nothing, for an endpoint)."""
-        return [(watches[t][0], watches[t][1].text) if t in watches else (requests[t], "") for t in in_flight]
-
-    def record(tasks: set[asyncio.Task]) -> None:
-        # in request order when several finish together, so a rerun journals them alike
-        failure: BaseException | None = None
-        entries = []
-        for task in sorted(tasks, key=lambda t: requests[t].index):
-            in_flight.pop(task)
-            watches.pop(task, None)
-            requests.pop(task)
-            if task.cancelled():
-                continue
-            if task.exception() is not None:  # a job-wide failure: raised once the others are journaled
-                failure = failure or task.exception()
-                continue
-            entries.append(task.result())
-        if entries:
-            for entry, (kept, discards) in zip(entries, job.record_many(entries)):
-                if on_result:
-                    on_result(entry, kept, discards)
-        if failure is not None:
-            raise failure
-        deliver()
-
-    def deliver() -> None:
-        """Take the worker's reports (if any): totals, then `on_result` with counts for lists."""
-        for entry, kept, reasons in job.reports():
-            if on_result:
-                on_result(entry, kept, reasons)
-
-    async def wait(tasks: set) -> set:
-        """`asyncio.wait` for the first request to finish or, with entries at the worker, its
-        next report (a decision may be waiting for it: `hold_back`, `should_stop`)."""
-        watching = can_cut and any(f is not None for f in (target_in_sight, on_writing, cut_request, hold_back))
-        timeout = check_every_s if watching else None
-        if not job.totals.pending:
-            return (
-                (await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED))[0] if tasks else set()
-            )
-        loop = asyncio.get_running_loop()
-        reported = loop.create_future()
-        loop.add_reader(job.worker.fileno(), lambda: reported.done() or reported.set_result(None))
-        try:
-            finished, _ = await asyncio.wait({*tasks, reported}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            loop.remove_reader(job.worker.fileno())
-            reported.cancel()
-        deliver()
-        return finished - {reported}
-
-    try:
-        while True:
-            deliver()
-            while stopped != "budget" and len(in_flight) < concurrency and not should_stop(job.totals):
-                if (
-                    hold_back is not None
-                    and (in_flight or job.totals.pending)
-                    and hold_back(job.totals, in_flight_now())
-                ):
-                    break
-                idx = next(index_iter, None)
-                if idx is None:
-                    break
-                req = make_request(idx)
-                est = estimate_cost(req) if estimate_cost else 0.0
-                spent = job.totals.cost_usd + job.totals.maybe_billed_usd  # the worst case counts
-                if max_cost is not None and spent + sum(in_flight.values()) + est > max_cost:
-                    stopped = "budget"
-                    break
-                watch = Watch() if can_cut else None
-                job.mark_sent(req.index)
-                task = asyncio.ensure_future(call(req, watch))
-                in_flight[task] = est
-                requests[task] = req
-                if watch is not None:
-                    watches[task] = (req, watch)
-            if not in_flight and not job.totals.pending:
-                break
-            # (answers at the worker are waited for: once reported, the target may need more requests)
-            record(await wait(set(in_flight)))
-            if not in_flight:
-                continue
-            writing = writing_now()
-            if on_writing is not None and writing:
-                on_writing(writing)
-            if cut_request is not None:
-                for r, w in watches.values():
-                    if not w.cut.is_set() and cut_request(r, w.text):
-                        w.cut.set()
-            if can_cut and (
-                should_stop(job.totals) or (target_in_sight is not None and target_in_sight(job.totals, writing))
-            ):
-                for _, watch in watches.values():
-                    watch.cut.set()
-                done, _ = await asyncio.wait(in_flight)  # (local teachers: no worker)
-                record(done)
-                continue
-            # Target reached with a local model that cannot cut: its queued requests cost nothing
-            # yet and would take minutes each, so drop them. An endpoint's requests in flight are
-            # being paid for: they are waited for and journaled.
-            if should_stop(job.totals) and not getattr(teacher, "finish_in_flight", True):
-                break
-        while job.totals.pending:  # (only after a break above: a local teacher that has no worker)
-            await wait(set())
-        if should_stop(job.totals):
-            stopped = "done"
-        return stopped
-    finally:
-        for task in in_flight:
-            task.cancel()
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)

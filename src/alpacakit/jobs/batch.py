@@ -1,6 +1,6 @@
 """Journaled teacher work through the OpenAI Batch API: half the price, hours instead of seconds.
 
-The online path (`journal.run_requests`) keeps requests in flight; here the missing requests
+The online path (`alpacakit.jobs.run_job`) keeps requests in flight; here the missing requests
 of a `JournaledJob` are written to a JSONL file, uploaded, run as a batch, polled, and every
 result is journaled through `job.record_many` in index order, exactly like live answers (same
 entry shape, with `batch` naming the batch; `cost` at the batch price). So everything after
@@ -35,14 +35,13 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alpacakit.errors import ConfigError, TeacherError
-from alpacakit.generate.journal import PER_REQUEST_FAILURES, JobTotals, JournaledJob, Request
 from alpacakit.io import JsonlAppender, iter_jsonl, repair_torn_tail
+from alpacakit.jobs import PER_REQUEST_FAILURES, JobOptions, JobStage, JournaledJob, Request
 
 BATCHES = "batches.jsonl"
 # Line errors that mean "never run" (the batch ended first): sent again in this run.
@@ -163,37 +162,46 @@ def request_body(req: Request, model: str, sampling: dict[str, Any], teacher_api
     return "completions", {**body, "prompt": req.prompt}
 
 
-class BatchRunner:
-    """Sends the requests a planner picks in batches, polls them, journals their results.
+class BatchStage(JobStage):
+    """A stage run through the Batch API: it plans whole batches, not one request at a time."""
 
-    `planner(totals, busy, open_count)` returns the request indices to send now (`busy`: those
-    in batches not yet collected); `should_stop(totals)` ends the run once every open batch
-    is collected. `estimate(req)` is a request's worst-case cost at the full price: a batch
-    is cut so that spent + open batches + the new one stays within `max_cost` at the batch price.
+    def plan_batch(self, runner: BatchRunner, busy: set[int], open_count: int) -> list[int]:
+        """The request indices to send now. `busy`: those in the `open_count` batches not yet
+        collected; `runner.lost`: not run (their batch ended first), to send again in this run;
+        `runner.held`: failed lines, left for a later run; `runner.job.totals`: so far."""
+        raise NotImplementedError
+
+    def on_poll(self, note: str) -> None:
+        """A line about the batches (polled, collected), e.g. for a progress display."""
+
+
+class BatchRunner:
+    """Sends the requests the stage plans in batches, polls them, journals their results.
+
+    `stage.should_stop(totals)` ends the run once every open batch is collected.
+    `stage.estimate_cost(req)` is a request's worst-case cost at the full price: a batch is cut
+    so that spent + open batches + the new one stays within `options.max_cost` at the batch
+    price (`settings.price_factor`). `options.concurrency` does not apply: a batch is one request.
     """
 
     def __init__(
         self,
         job: JournaledJob,
         cfg: Any,
-        make_request: Callable[[int], Request],
+        stage: BatchStage,
+        options: JobOptions,
         *,
-        sampling: dict[str, Any],
         settings: Any,
-        estimate: Callable[[Request], float] | None = None,
-        max_cost: float | None = None,
-        on_result: Callable[[dict, list, list], None] | None = None,
-        on_poll: Callable[[str], None] | None = None,
         verbose: bool = True,
     ):
         from alpacakit.teachers.batch import BatchClient
 
-        self.job, self.cfg, self.make_request = job, cfg, make_request
+        self.job, self.cfg, self.stage = job, cfg, stage
         self.client = BatchClient(cfg)
-        self.sampling, self.settings = sampling, settings
+        self.sampling, self.settings = options.sampling, settings
         self.factor = settings.price_factor
-        self.estimate, self.max_cost = estimate, max_cost
-        self.on_result, self.on_poll, self.verbose = on_result, on_poll, verbose
+        self.max_cost = options.max_cost
+        self.verbose = verbose
         self.log = BatchLog(job.out_dir)
         self.lost: set[int] = set()  # not run (the batch ended first): to send again in this run
         self.held: set[int] = set()  # failed lines: left for a later run
@@ -214,20 +222,18 @@ class BatchRunner:
             "log": BATCHES,
         }
 
-    async def run(
-        self, planner: Callable[[JobTotals, set[int], int], list[int]], should_stop: Callable[[JobTotals], bool]
-    ) -> str:
-        """'done' (should_stop), 'exhausted' (the planner has nothing more) or 'budget'."""
+    async def run(self) -> str:
+        """'done' (the stage should stop), 'exhausted' (it plans nothing more) or 'budget'."""
         stopped: str | None = None
         self.job.open()
         try:
             open_batches = await self._recover()
             while True:
-                if stopped is None and should_stop(self.job.totals):
+                if stopped is None and self.stage.should_stop(self.job.totals):
                     stopped = "done"
                 if stopped is None:
                     busy = {i for b in open_batches for i in b.indices}
-                    want = planner(self.job.totals, busy, len(open_batches))
+                    want = self.stage.plan_batch(self, busy, len(open_batches))
                     take = self._within_budget(want, open_batches)
                     if len(take) < len(want):
                         stopped = "budget"
@@ -280,13 +286,13 @@ class BatchRunner:
         return open_batches
 
     def _within_budget(self, want: list[int], open_batches: list[OpenBatch]) -> list[int]:
-        if self.max_cost is None or self.estimate is None:
+        if self.max_cost is None:
             return list(want)
         t = self.job.totals
         room = self.max_cost - t.cost_usd - t.maybe_billed_usd - sum(b.estimate_usd for b in open_batches)
         take = []
         for i in want:
-            est = self.estimate(self.make_request(i)) * self.factor
+            est = self.stage.estimate_cost(self.stage.make_request(i)) * self.factor
             if est > room:
                 break
             room -= est
@@ -296,7 +302,7 @@ class BatchRunner:
     async def _submit(self, indices: list[int]) -> OpenBatch:
         lines, routes, estimate = [], set(), 0.0
         for i in indices:
-            req = self.make_request(i)
+            req = self.stage.make_request(i)
             route, body = request_body(req, self.client.model, self.sampling, self.cfg.api)
             routes.add(route)
             lines.append(
@@ -304,8 +310,7 @@ class BatchRunner:
                     {"custom_id": custom_id(i), "method": "POST", "url": _url(route), "body": body}, ensure_ascii=False
                 )
             )
-            if self.estimate is not None:
-                estimate += self.estimate(req) * self.factor
+            estimate += self.stage.estimate_cost(req) * self.factor
         assert len(routes) == 1, "one batch, one endpoint"
         route = routes.pop()
         data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -343,8 +348,7 @@ class BatchRunner:
                 )
                 if state["status"] in TERMINAL or state["status"] == "not_found":
                     ended.append((b, state))
-            if self.on_poll is not None:
-                self.on_poll("batch " + "; ".join(notes))
+            self.stage.on_poll("batch " + "; ".join(notes))
             if ended:
                 return ended
             await asyncio.sleep(self.settings.poll_s)
@@ -377,8 +381,7 @@ class BatchRunner:
                 continue
             entries.append(entry)
         for entry, (kept, discards) in zip(entries, self.job.record_many(entries) if entries else []):
-            if self.on_result is not None:
-                self.on_result(entry, kept, discards)
+            self.stage.on_result(entry, kept, discards)
         self.lost.update(lost)
         self.log.append(
             {
@@ -397,8 +400,7 @@ class BatchRunner:
             f", {len(lost)} not run (sent again)" if lost else ""
         )
         self._say(note)
-        if self.on_poll is not None:
-            self.on_poll(note)
+        self.stage.on_poll(note)
         self._empty_in_a_row = 0 if entries or already else self._empty_in_a_row + 1
         if status == "failed":
             errors = "; ".join(str(e.get("message")) for e in ((state.get("errors") or {}).get("data") or [])[:3])
@@ -416,7 +418,7 @@ class BatchRunner:
     def _entry(self, index: int, line: dict, b: OpenBatch) -> dict | None:
         """The journal entry of one result line; None for a failure to leave for a later run."""
         try:
-            req = self.make_request(index)
+            req = self.stage.make_request(index)
         except (KeyError, IndexError):  # a batch of an earlier run over other items (eval --limit changed)
             self.line_failures["not a request of this run"] += 1
             return None

@@ -1,4 +1,4 @@
-"""Self-instruct answers processed in a forked worker, off the event loop.
+"""Answers processed in a forked worker, off the event loop (self-instruct uses it).
 
 Processing an answer (parse, filter, exact ROUGE-L dedup with statistics) takes ~1 ms per task
 at a 50K pool. Done on the event loop, no request goes out and no answer is read meanwhile, so
@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alpacakit.errors import AlpacakitError
+from alpacakit.jobs.journal import DISCARDS, EXAMPLES, derive
 
 
 class WorkerError(AlpacakitError):
@@ -35,8 +36,6 @@ class ProcessingWorker:
     """The main process's side: `send` entries, `reports` to read what the worker did with them."""
 
     def __init__(self, processor, out_dir: str | Path, lock_fd: int | None = None):
-        from alpacakit.generate.journal import DISCARDS, EXAMPLES
-
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
@@ -91,7 +90,6 @@ class ProcessingWorker:
 def _serve(conn, parent_end, processor, examples_path: Path, discards_path: Path, lock_fd: int | None) -> None:
     """The worker: entries in, results appended, reports out, until EOF. Leaves with os._exit so
     none of the parent's exit handlers (the folder lock's release, among them) run here."""
-    from alpacakit.generate.journal import derive
     from alpacakit.io import JsonlAppender
 
     code = 0
