@@ -19,7 +19,7 @@ def run(model_path: str, n_seq: int, steps: int, threads: int) -> float:
     import llama_cpp
     import numpy as np
 
-    from alpacakit.teachers.llamacpp import open_llama
+    from alpacakit.models.backends.llamacpp import open_llama
 
     llm = open_llama(model_path, n_ctx=512, n_threads=threads)  # owns the model; we make our own context
     model = llm._model.model

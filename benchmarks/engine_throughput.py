@@ -37,7 +37,7 @@ def baseline(llm, prompts: list[str], max_tokens: int) -> tuple[float, int]:
 def engine(
     llm, prompts: list[str], max_tokens: int, slots: int, threads: int, flash_attn: bool = False
 ) -> tuple[float, int, dict]:
-    from alpacakit.teachers.llama_engine import BatchEngine, Job, Sampling
+    from alpacakit.models.backends.llama_engine import BatchEngine, Job, Sampling
 
     eng = BatchEngine(llm._model.model, n_slots=slots, n_ctx_per_slot=2048, n_threads=threads, flash_attn=flash_attn)
     try:
@@ -72,7 +72,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     from alpacakit.models import resolve_gguf
-    from alpacakit.teachers.llamacpp import default_threads, open_llama
+    from alpacakit.models.backends.llamacpp import default_threads, open_llama
 
     threads = args.threads or default_threads()
     llm = open_llama(resolve_gguf(args.model), n_ctx=2048, n_threads=threads)

@@ -3,7 +3,7 @@
 Three ways to answer the same chat requests, one after the other, side by side in one run:
 
 - baseline: llama-cpp-python's own `Llama.create_chat_completion` (what a user would write);
-- `chat` / `eval`: alpacakit's local teacher (`LlamaCppTeacher.chat`, the batched engine with
+- `chat` / `eval`: alpacakit's local teacher (`LlamaCppModel.chat`, the batched engine with
   one request in flight), which `alpacakit chat`, `eval generate`, `eval follow` and the judge use;
 - `serve`: the same teacher behind `alpacakit serve` on 127.0.0.1, called over HTTP with the
   `openai` client (streamed, as the chat page and most clients do).
@@ -36,7 +36,7 @@ def main() -> None:
 
     from alpacakit.config import TeacherConfig
     from alpacakit.models import resolve_gguf
-    from alpacakit.teachers.llamacpp import LlamaCppTeacher, open_llama
+    from alpacakit.models.backends.llamacpp import LlamaCppModel, open_llama
 
     base = [line.strip() for line in (HERE / "data" / "serve_prompts.txt").read_text().splitlines() if line.strip()]
     prompts = [base[i % len(base)] for i in range(args.prompts)]
@@ -68,7 +68,7 @@ def main() -> None:
         max_concurrency=1,
         timeout_s=600,
     )
-    teacher = LlamaCppTeacher(cfg)
+    teacher = LlamaCppModel(cfg)
 
     async def ours() -> tuple[float, list[str], int]:
         await teacher.chat([{"role": "user", "content": "Hi"}], max_tokens=4)  # warm-up

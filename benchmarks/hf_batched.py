@@ -1,7 +1,7 @@
 """A model folder in transformers: batched greedy generation vs one request at a time, on the CPU.
 
 The same held-out instructions (alpacakit's eval set), greedy, the same max_tokens, sent all at
-once to `HFTeacher` (what `eval generate`, `chat`, `serve` and the judge use for a model folder):
+once to `HFModel` (what `eval generate`, `chat`, `serve` and the judge use for a model folder):
 
 - one at a time: `max_concurrency 1`, each request its own `generate()` call;
 - batched: `max_concurrency N`, waiting requests decoded together (left-padded, one forward
@@ -38,8 +38,8 @@ def main() -> None:
     from alpacakit.config import TeacherConfig
     from alpacakit.evaluate.evalsets import load_eval_set
     from alpacakit.models import file_sha256, resolve_gguf
-    from alpacakit.teachers.hf import HFTeacher
-    from alpacakit.teachers.llamacpp import LlamaCppTeacher
+    from alpacakit.models.backends.hf import HFModel
+    from alpacakit.models.backends.llamacpp import LlamaCppModel
     from alpacakit.train.base_model import gguf_to_hf
 
     torch.set_num_threads(args.threads)
@@ -61,7 +61,7 @@ def main() -> None:
     rows = []
     texts: dict[str, list[str]] = {}
     for name, n in (("HF one at a time", 1), (f"HF batched (N={args.n})", args.n)):
-        t = HFTeacher(
+        t = HFModel(
             folder,
             TeacherConfig(
                 model=str(folder),
@@ -76,7 +76,7 @@ def main() -> None:
         texts[name] = out
         rows.append((name, tok, s))
         del t
-    g = LlamaCppTeacher(
+    g = LlamaCppModel(
         TeacherConfig(
             model=args.model,
             temperature=0.0,

@@ -21,6 +21,10 @@ two is switched:
 - trl-packed: the same with `packing=True` + `padding_free=True` (best-fit-decreasing bins of
   `batch x max_length` tokens, one bin per step, flattened into one row). A step holds a different
   number of examples than ours, so compare rates (supervised tokens per second), not steps.
+  `--trl-bin` sets the bin: `match` (default) gives TRL's steps as many tokens as ours hold on
+  average (the same work per optimizer step: larger steps run faster per token on a CPU, and
+  that would be measured instead of the two implementations), `full` keeps TRL's own
+  `batch x max_length`.
 
 TRL gets the very token ids and labels the others train on (a pre-tokenized dataset), the same
 LoRA-wrapped model, learning rate, seed and precision.
@@ -169,6 +173,7 @@ def _result(args: argparse.Namespace, timer: object, meter: object, rss_loaded: 
         "supervised_tokens": meter.supervised,
         "tokens_in_batches": meter.tokens,
         "steps": len(timer.times),
+        "tokens_per_step": meter.tokens / max(len(timer.times), 1),
     }
 
 
@@ -215,7 +220,7 @@ def _trl(
             completion_only_loss=True,
             packing=packed,
             padding_free=packed,
-            max_length=args.batch * args.max_length if packed else args.max_length,
+            max_length=(args.bin_tokens or args.batch * args.max_length) if packed else args.max_length,
         )
         trainer = CountingSFTTrainer(
             model=model, args=sargs, train_dataset=data, processing_class=tok, callbacks=[timer]
@@ -238,6 +243,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (frozen base weights)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    ap.add_argument(
+        "--trl-bin",
+        choices=("match", "full"),
+        default="match",
+        help="trl-packed bin size: match = ours' mean tokens per step, full = batch x max length",
+    )
+    ap.add_argument("--bin-tokens", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
@@ -273,6 +285,11 @@ def main() -> None:
                 "--precision",
                 precision,
             ]
+            if mode == "trl-packed" and args.trl_bin == "match":
+                ours = results.get(f"ours-{precision}")
+                if ours is None:
+                    sys.exit("--trl-bin match needs ours to run first: put ours before trl-packed in --variants")
+                cmd += ["--bin-tokens", str(round(ours["tokens_in_batches"] / ours["steps"]))]
             print(f"running {mode} ({precision}) ...", flush=True)
             # Passive OpenMP waiting: on a machine shared with other jobs, spinning threads make
             # timings swing wildly; every variant gets the same setting.
@@ -284,14 +301,23 @@ def main() -> None:
             results[f"{mode}-{precision}"] = json.loads(line[len("RESULT ") :])
     print(
         f"\nmodel {args.model}, LoRA r8 q/v, batch {args.batch}, max length {args.max_length}, {args.steps} measured "
-        f"steps, {args.threads} threads, CPU"
+        f"steps, {args.threads} threads, CPU; trl-packed bins: "
+        + (
+            "ours' mean tokens per step"
+            if args.trl_bin == "match"
+            else f"{args.batch * args.max_length} tokens (batch x max length)"
+        )
     )
+    # Supervised share: with few steps the variants see different examples; compare only when close.
     print(
-        f"{'':17s} {'sup tok/s':>10s} {'s/step':>8s} {'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}"
+        f"{'':17s} {'sup tok/s':>10s} {'all tok/s':>10s} {'tok/step':>9s} {'sup share':>10s} {'s/step':>8s} "
+        f"{'peak RSS MB':>12s} {'peak in training':>17s} {'RSS after load':>15s}"
     )
     for name, r in results.items():
+        share = r["supervised_tokens"] / max(r["tokens_in_batches"], 1)
         print(
-            f"{name:17s} {r['supervised_tokens_per_s']:10.2f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
+            f"{name:17s} {r['supervised_tokens_per_s']:10.2f} {r['tokens_per_step'] / r['s_per_step']:10.2f} "
+            f"{r['tokens_per_step']:9.0f} {share:10.3f} {r['s_per_step']:8.2f} {r['peak_rss_mb']:12.0f} "
             f"{r['peak_rss_training_mb'] or 0:17.0f} {r['rss_after_load_mb']:15.0f}"
         )
     summary: dict[str, float] = {}

@@ -24,10 +24,10 @@ import time
 
 def run(ref: str, messages: list, max_tokens: int, n: int, threads: int) -> tuple[float, list[str], int]:
     from alpacakit.config import TeacherConfig
-    from alpacakit.teachers import make_teacher
+    from alpacakit.models.backends import make_backend
 
     async def go() -> tuple[float, list[str], int]:
-        t = make_teacher(
+        t = make_backend(
             TeacherConfig(
                 model=ref, temperature=0.0, max_tokens=max_tokens, max_concurrency=n, n_ctx=2048, n_threads=threads
             )

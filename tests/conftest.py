@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 # Before anything loads llama.cpp's OpenMP runtime: spinning worker threads make in-process
-# models ~10x slower on a busy 2-core machine (see alpacakit/teachers/llamacpp.py).
+# models ~10x slower on a busy 2-core machine (see alpacakit/models/backends/llamacpp.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib.util  # noqa: E402

@@ -1,6 +1,6 @@
 """A scripted model backend for the serve tests (the server under test is real).
 
-`ScriptedTeacher` implements the `Teacher` protocol plus the optional streaming methods: it
+`ScriptedTeacher` implements the `ModelBackend` protocol plus the optional streaming methods: it
 answers a fixed list of text pieces, can hold every generation at a gate until the test opens
 it (to fill the queue deterministically, without sleeps), can stream forever until cancelled
 (to test client disconnects), and records what it was asked and how each generation ended.
@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from alpacakit.teachers.base import Completion, Usage
+from alpacakit.models.backends.base import Completion, Usage
 
 
 class ScriptedTeacher:

@@ -107,8 +107,8 @@ def test_section_modules_import_no_stage_code():
 
     def allowed(m: str) -> bool:
         parts = m.split(".")
-        if m in ("alpacakit", "alpacakit.errors", "alpacakit.settings", "alpacakit.teachers.base"):
-            return True  # teachers/__init__ exports the (stdlib-only) Teacher protocol
+        if m in ("alpacakit", "alpacakit.errors", "alpacakit.settings"):
+            return True
         is_package = len(parts) == 2 and (SRC / parts[1]).is_dir()
         return is_package or (len(parts) == 3 and parts[2] == "config")
 

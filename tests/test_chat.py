@@ -19,11 +19,11 @@ import pytest
 from serve_fakes import ScriptedTeacher
 
 from alpacakit.errors import ConfigError
+from alpacakit.models.backends.base import Completion
 from alpacakit.prompting import PromptFormat
 from alpacakit.serve.backend import ServeBackend
 from alpacakit.serve.chat import ChatOptions, ChatSession, choose_prompt_format, run_chat
 from alpacakit.serve.history import fold_messages
-from alpacakit.teachers.base import Completion
 
 
 def drain(stream: Any) -> tuple[str, Completion]:

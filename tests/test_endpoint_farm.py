@@ -12,7 +12,7 @@ import time
 from fake_openai import FakeOpenAIServer
 
 from alpacakit.config import TeacherConfig
-from alpacakit.teachers.openai_compat import OpenAICompatTeacher
+from alpacakit.models.backends.endpoint import EndpointModel
 
 
 def _dead_url() -> str:
@@ -23,7 +23,7 @@ def _dead_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def _ask(teacher: OpenAICompatTeacher, n: int) -> list[str]:
+def _ask(teacher: EndpointModel, n: int) -> list[str]:
     async def run() -> list[str]:
         try:
             outs = await asyncio.gather(*(teacher.chat([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
@@ -54,7 +54,7 @@ def test_requests_spread_over_the_endpoints_by_load(monkeypatch) -> None:
     with FakeOpenAIServer() as a, FakeOpenAIServer() as b:
         for srv in (a, b):
             srv.responder = lambda body: {"sleep": 0.1, "text": "ok"}
-        out = _ask(OpenAICompatTeacher(_cfg([a.url, b.url], monkeypatch)), 16)
+        out = _ask(EndpointModel(_cfg([a.url, b.url], monkeypatch)), 16)
         assert out == ["ok"] * 16
         assert len(a.requests) + len(b.requests) == 16 and min(len(a.requests), len(b.requests)) >= 6
 
@@ -63,7 +63,7 @@ def test_a_dead_endpoint_is_skipped_and_the_answers_all_arrive(monkeypatch) -> N
     dead = _dead_url()
     with FakeOpenAIServer() as a:
         a.responder = lambda body: "ok"
-        teacher = OpenAICompatTeacher(_cfg([dead, a.url], monkeypatch, endpoint_cooldown_s=60.0))
+        teacher = EndpointModel(_cfg([dead, a.url], monkeypatch, endpoint_cooldown_s=60.0))
         out = _ask(teacher, 12)
         assert out == ["ok"] * 12 and len(a.requests) == 12
         assert teacher._down_until[dead.rstrip("/")] > time.monotonic()  # cooling down, not asked again meanwhile
@@ -75,7 +75,7 @@ def test_a_cooled_down_endpoint_is_tried_again(monkeypatch) -> None:
         a.responder = lambda body: "from a"
         b.script([{"status": 503}])  # b fails once, then answers
         b.responder = lambda body: "from b"
-        teacher = OpenAICompatTeacher(_cfg([b.url, a.url], monkeypatch, endpoint_cooldown_s=0.2))
+        teacher = EndpointModel(_cfg([b.url, a.url], monkeypatch, endpoint_cooldown_s=0.2))
         first = _ask(teacher, 1)
         assert first == ["from a"]  # b's 503 sent the request to a at once
         time.sleep(0.3)

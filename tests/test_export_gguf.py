@@ -382,7 +382,7 @@ def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(
     import asyncio
 
     from alpacakit.config import TeacherConfig
-    from alpacakit.teachers import make_teacher
+    from alpacakit.models.backends import make_backend
 
     assert PromptFormat.load("alpaca").stop == ["### Instruction:", "### Input:", "### Response:"]
 
@@ -392,7 +392,7 @@ def test_chat_with_the_gguf_stops_at_the_trained_formats_stop_strings(
         fmt = json.loads(ALPACA.read_text())
         (folder / "prompt_format.json").write_text(json.dumps({**fmt, "stop": stop}))
         out = export_gguf(folder, tmp_path / f"{folder.name}.gguf", "f16").path
-        teacher = make_teacher(TeacherConfig(model=str(out), temperature=0.0, max_tokens=24))
+        teacher = make_backend(TeacherConfig(model=str(out), temperature=0.0, max_tokens=24))
         try:
             reply = asyncio.run(teacher.chat([{"role": "user", "content": "Name three colours."}]))
             return teacher.format_stop, reply.text

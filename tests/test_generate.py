@@ -482,7 +482,7 @@ class _OneAtATime:
         self._lock = asyncio.Lock()
 
     async def complete(self, prompt, **kw):
-        from alpacakit.teachers.base import Completion, Usage
+        from alpacakit.models.backends.base import Completion, Usage
 
         async with self._lock:
             self.started += 1

@@ -1,4 +1,4 @@
-"""A model folder decodes concurrent greedy requests together (HFTeacher): the same answers as one
+"""A model folder decodes concurrent greedy requests together (HFModel): the same answers as one
 at a time, in fewer `generate()` calls, with each request's own stop strings, max_tokens and
 cancellation. Speed is measured in benchmarks/hf_batched.py, not here."""
 
@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from alpacakit.config import TeacherConfig  # noqa: E402
-from alpacakit.teachers.base import Completion  # noqa: E402
-from alpacakit.teachers.hf import HFTeacher  # noqa: E402
+from alpacakit.models.backends.base import Completion  # noqa: E402
+from alpacakit.models.backends.hf import HFModel  # noqa: E402
 
 QUESTIONS = [
     "Name a colour.",
@@ -33,8 +33,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_base(tmp_path_factory.mktemp("hfb") / "chat", chat_template=True, seed=5)
 
 
-def teacher(folder: Path, n: int) -> HFTeacher:
-    t = HFTeacher(
+def teacher(folder: Path, n: int) -> HFModel:
+    t = HFModel(
         folder, TeacherConfig(model=str(folder), max_tokens=20, temperature=0.0, max_concurrency=n), device="cpu"
     )
     calls: list[int] = []
@@ -49,7 +49,7 @@ def teacher(folder: Path, n: int) -> HFTeacher:
     return t
 
 
-def ask_all(t: HFTeacher, **kw: Any) -> list[Completion]:
+def ask_all(t: HFModel, **kw: Any) -> list[Completion]:
     async def run() -> list[Completion]:
         return await asyncio.gather(*(t.chat([{"role": "user", "content": q}], **kw) for q in QUESTIONS))
 

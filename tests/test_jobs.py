@@ -12,8 +12,8 @@ import json
 import pytest
 
 from alpacakit.jobs import JobOptions, JobStage, JournaledJob, Request, run_job
-from alpacakit.teachers.base import Completion, Usage
-from alpacakit.teachers.openai_compat import EndpointError
+from alpacakit.models.backends.base import Completion, Usage
+from alpacakit.models.backends.endpoint import EndpointError
 
 
 class Teacher:

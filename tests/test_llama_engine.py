@@ -27,7 +27,7 @@ PROMPTS = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "a, b, c, d,", "10, 
 
 @pytest.fixture(scope="module")
 def llm(smollm2_gguf):
-    from alpacakit.teachers.llamacpp import open_llama
+    from alpacakit.models.backends.llamacpp import open_llama
 
     model = open_llama(smollm2_gguf, n_ctx=256, n_threads=2)
     yield model
@@ -36,7 +36,7 @@ def llm(smollm2_gguf):
 
 @pytest.fixture
 def engine_factory(llm):
-    from alpacakit.teachers.llama_engine import BatchEngine
+    from alpacakit.models.backends.llama_engine import BatchEngine
 
     made = []
 
@@ -54,7 +54,7 @@ def engine_factory(llm):
 
 
 def job(llm, prompt: str, **kw):
-    from alpacakit.teachers.llama_engine import Job, Sampling
+    from alpacakit.models.backends.llama_engine import Job, Sampling
 
     kw.setdefault("max_tokens", 8)
     kw.setdefault("sampling", Sampling(temperature=0.0))
@@ -153,9 +153,9 @@ def test_closing_fails_what_is_still_waiting(llm, engine_factory):
 
 def test_the_teacher_sends_concurrent_calls_through_one_batch(smollm2_gguf):
     from alpacakit.config import TeacherConfig
-    from alpacakit.teachers import make_teacher
+    from alpacakit.models.backends import make_backend
 
-    teacher = make_teacher(
+    teacher = make_backend(
         TeacherConfig(model="smollm2-135m-instruct", n_ctx=512, n_threads=2, temperature=0.0, max_concurrency=4)
     )
     try:

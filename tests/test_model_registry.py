@@ -110,11 +110,11 @@ def test_a_model_folder_is_a_judge_too(chat_folder: Path) -> None:
     import asyncio
 
     from alpacakit.config import TeacherConfig
-    from alpacakit.teachers import make_teacher
-    from alpacakit.teachers.hf import HFTeacher
+    from alpacakit.models.backends import make_backend
+    from alpacakit.models.backends.hf import HFModel
 
-    judge = make_teacher(TeacherConfig(model=str(chat_folder), max_tokens=4, temperature=0.0))
-    assert isinstance(judge, HFTeacher)
+    judge = make_backend(TeacherConfig(model=str(chat_folder), max_tokens=4, temperature=0.0))
+    assert isinstance(judge, HFModel)
     out = asyncio.run(judge.chat([{"role": "user", "content": "Which answer is better, A or B?"}]))
     assert out.usage.completion_tokens >= 1
 

@@ -26,7 +26,7 @@ def _lines(path: Path) -> int:
 def test_profiles_are_data_and_take_overrides():
     default, tiny = load_profile(), load_profile("tiny")
     assert default.teacher == "qwen2.5-coder-1.5b-instruct" and default.student_base == "gemma-3-270m"
-    assert default.config.generate.num == 100 and default.quickstart.quant == "auto"
+    assert default.config.generate.num == 100 and default.config.export.quant == "auto"
     assert default.config.eval.judge.name == "alpacakit_brief" and default.config.eval.judge.order == "both"
     assert default.quickstart.heldout > 0 and default.quickstart.follow_limit >= 150
     assert tiny.teacher == "smollm2-135m-instruct" and tiny.config.generate.num < default.config.generate.num
@@ -54,7 +54,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
             "eval.limit=2",
             "eval.system.max_tokens=24",
             "quickstart.bench_limit=1",
-            "quickstart.quant=f16",
+            "export.quant=f16",
             "quickstart.before_after=2",
             "train.max_steps=2",
             "train.max_length=512",
@@ -128,7 +128,7 @@ def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
             "eval.limit=2",
             "eval.system.max_tokens=24",
             "quickstart.bench_limit=1",
-            "quickstart.quant=f16",
+            "export.quant=f16",
             "quickstart.before_after=2",
             "train.max_steps=2",
             "train.max_length=128",
@@ -171,13 +171,13 @@ def test_an_auto_export_that_misses_the_agreement_bar_is_written_f16(finished_ru
     bar = f"min_agreement={(q8 + f16) / 2}"
     shutil.copytree(run / "model", tmp_path / "r" / "model")
     said: list[str] = []
-    r = Run(tmp_path / "r", load_profile("tiny", ["quickstart.quant=auto", f"quickstart.{bar}"]), said.append)
+    r = Run(tmp_path / "r", load_profile("tiny", ["export.quant=auto", f"quickstart.{bar}"]), said.append)
     summary = stage_export(r)
     side = json.loads(r.gguf.with_name("model.gguf.json").read_text())
     assert r.gguf.name == "model.gguf" and side["quant"] == "f16" and side["verification"]["top1_agreement"] == f16
     assert "written f16 instead" in summary and any("does not reproduce" in m for m in said)
     # a quantization named in the profile is not swapped: the run stops with the figures
-    r2 = Run(tmp_path / "r2", load_profile("tiny", ["quickstart.quant=q8_0", f"quickstart.{bar}"]), said.append, False)
+    r2 = Run(tmp_path / "r2", load_profile("tiny", ["export.quant=q8_0", f"quickstart.{bar}"]), said.append, False)
     shutil.copytree(run / "model", r2.dir.model)
     with pytest.raises(AlpacakitError, match="does not reproduce the trained model"):
         stage_export(r2)

@@ -103,7 +103,7 @@ def test_the_curate_stage_writes_a_typed_manifest(tmp_path):
 
     rd = RunDir(tmp_path / "run")
     _small_jsonl(rd.examples)
-    res = stage.run(AlpacakitConfig(), rd, heldout=2)
+    res = stage.run(AlpacakitConfig().curate, rd, heldout=2)
     m = read_manifest(rd.manifest("curate"))
     assert isinstance(m, CurateManifest) and m == res.manifest
     assert m.n_examples == 12 and m.n_heldout == 2 and m.n_train == 12 - m.n_contaminated - 2

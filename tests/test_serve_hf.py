@@ -1,4 +1,4 @@
-"""The transformers backend (`teachers/hf.py`) that runs model folders from `alpacakit train`.
+"""The transformers backend (`models/backends/hf.py`) that runs model folders from `alpacakit train`.
 
 Models are tiny and built offline from a config (alpacakit.train.tiny): random weights, so
 answers are gibberish, but prompts, streaming, stop strings, adapter merging and the saved
@@ -21,10 +21,10 @@ pytest.importorskip("transformers")
 
 from alpacakit.config import TeacherConfig  # noqa: E402
 from alpacakit.errors import TeacherError  # noqa: E402
+from alpacakit.models.backends.base import Completion  # noqa: E402
+from alpacakit.models.backends.hf import HFModel, find_layout, is_hf_folder  # noqa: E402
 from alpacakit.prompting import PromptFormat  # noqa: E402
 from alpacakit.serve.history import fold_messages  # noqa: E402
-from alpacakit.teachers.base import Completion  # noqa: E402
-from alpacakit.teachers.hf import HFTeacher, find_layout, is_hf_folder  # noqa: E402
 
 GREEDY = TeacherConfig(model="tiny", temperature=0.0, max_tokens=12)
 
@@ -37,8 +37,8 @@ def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher(tiny_chat_model: Path) -> HFTeacher:
-    return HFTeacher(tiny_chat_model, GREEDY)
+def tiny_teacher(tiny_chat_model: Path) -> HFModel:
+    return HFModel(tiny_chat_model, GREEDY)
 
 
 def collect(stream: Any) -> tuple[list[str], Completion]:
@@ -94,7 +94,7 @@ def test_alpaca_format_folder_builds_the_trained_prompt_and_folds_history(tiny_c
     shutil.copytree(tiny_chat_model, root / "merged")
     PromptFormat.load("alpaca").save(root)
     assert is_hf_folder(root)
-    teacher = HFTeacher(root, GREEDY)
+    teacher = HFModel(root, GREEDY)
     assert teacher.layout.weights == root / "merged" and teacher.prompt_format.name == "alpaca"
     fmt = PromptFormat.load("alpaca")
     one = [{"role": "user", "content": "Name a colour."}]
@@ -156,7 +156,7 @@ def test_alpacakit_lora_model_folder_is_loaded_with_its_manifest_and_merged(tiny
     cfg_path = root / "adapter" / "adapter_config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "base_model_name_or_path": "/gone/base"}))
 
-    teacher = HFTeacher(root, GREEDY)
+    teacher = HFModel(root, GREEDY)
     assert teacher.layout.alpacakit and teacher.layout.adapter == root / "adapter"
     assert not hasattr(teacher.model, "peft_config")  # merged, not a PeftModel
     got = asyncio.run(teacher.complete(lora["prompt"], max_tokens=8))
@@ -165,7 +165,7 @@ def test_alpacakit_lora_model_folder_is_loaded_with_its_manifest_and_merged(tiny
     manifest["complete"] = False
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="incomplete"):
-        HFTeacher(root, GREEDY)
+        HFModel(root, GREEDY)
 
 
 def test_bare_adapter_folder_uses_the_given_base(tiny_chat_model, lora, tmp_path):
@@ -174,8 +174,8 @@ def test_bare_adapter_folder_uses_the_given_base(tiny_chat_model, lora, tmp_path
     cfg_path = adapter / "adapter_config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "base_model_name_or_path": "/gone/base"}))
     with pytest.raises(TeacherError, match="/gone/base"):
-        HFTeacher(adapter, GREEDY)
-    teacher = HFTeacher(adapter, GREEDY, base=str(tiny_chat_model))
+        HFModel(adapter, GREEDY)
+    teacher = HFModel(adapter, GREEDY, base=str(tiny_chat_model))
     assert asyncio.run(teacher.complete(lora["prompt"], max_tokens=8)).text == lora["want"]
 
 
@@ -232,7 +232,7 @@ def test_prompt_plus_max_tokens_over_the_context_window_is_400(tiny_teacher):
 
 
 def test_generation_past_the_timeout_is_an_error(tiny_chat_model):
-    slow = HFTeacher(tiny_chat_model, TeacherConfig(model="tiny", temperature=0.0, max_tokens=400, timeout_s=0.05))
+    slow = HFModel(tiny_chat_model, TeacherConfig(model="tiny", temperature=0.0, max_tokens=400, timeout_s=0.05))
     with pytest.raises(TeacherError, match="timed out"):
         asyncio.run(slow.complete("the cat", max_tokens=400))
 
@@ -265,7 +265,7 @@ def test_a_folder_written_by_alpacakit_train_chats_in_the_terminal(tmp_path):
     )
     assert (out / "adapter").is_dir() and (out / "prompt_format.json").is_file()
 
-    teacher = HFTeacher(out, GREEDY)
+    teacher = HFModel(out, GREEDY)
     assert teacher.layout.alpacakit and teacher.prompt_format.name == "alpaca" and teacher.name == "run/model"
     expected = asyncio.run(teacher.chat([{"role": "user", "content": "Repeat the word cat."}], max_tokens=6)).text
 

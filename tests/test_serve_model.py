@@ -159,10 +159,10 @@ def test_wrong_or_missing_key_is_refused(server_url):
 
 def test_server_works_as_an_alpacakit_teacher(server_url, monkeypatch):
     from alpacakit.config import TeacherConfig
-    from alpacakit.teachers import make_teacher
+    from alpacakit.models.backends import make_backend
 
     monkeypatch.setenv(KEY_ENV, KEY)
-    teacher = make_teacher(
+    teacher = make_backend(
         TeacherConfig(
             model="openai:x",
             base_url=server_url + "/v1",

@@ -202,17 +202,33 @@ class _Bulk:
         probing = items >= self.n_seeds
         probe_codes = np.concatenate([codes[probing] * 2, codes[probing & inner] * 2 + 1])
         probe_items = np.concatenate([items[probing], items[probing & inner]])
-        code_ids, index_cid = np.unique(index_codes, return_inverse=True)
-        self.index_key = np.sort(index_cid.reshape(-1) * n + items)
-        by_value = np.argsort(probe_codes)
-        hit = np.empty(len(probe_codes), dtype=np.int64)
-        hit[by_value] = np.searchsorted(code_ids, probe_codes[by_value])
-        found = hit < len(code_ids)
-        found[found] = code_ids[hit[found]] == probe_codes[found]
-        cid, text = hit[found], probe_items[found]
-        order = np.lexsort((cid, (text - self.n_seeds) // _CHUNK))
-        self.probe_cid, self.probe_text = cid[order], text[order]
-        self.probe_chunk = (self.probe_text - self.n_seeds) // _CHUNK
+        # One stable sort of index and probe codes together numbers them alike (`gid`, ascending
+        # along the sort) and puts, within a code, index entries first, in their own order; a probe
+        # code with no index entry is dropped. At 1M texts (~47M codes) this replaces a unique,
+        # a sort of the probes, a binary search and a lexsort (about 2x faster in all).
+        m = len(index_codes)
+        both = np.concatenate([index_codes, probe_codes])
+        order = np.argsort(both, kind="stable")
+        ordered = both[order]
+        new = np.ones(len(both), dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+        gid = np.cumsum(new) - 1
+        del both, ordered, new
+        is_index = order < m
+        index_gid = gid[is_index]
+        # already in code order; within a code the items need ordering (timsort: nearly sorted)
+        self.index_key = np.sort(index_gid * n + items[order[is_index]], kind="stable")
+        indexed = np.zeros(int(gid[-1]) + 1 if len(gid) else 0, dtype=bool)
+        indexed[index_gid] = True
+        probe = ~is_index
+        cid, text = gid[probe], probe_items[order[probe] - m]
+        found = indexed[cid]
+        cid, text = cid[found], text[found]
+        chunk = (text - self.n_seeds) // _CHUNK
+        by_chunk = np.argsort(
+            chunk.astype(np.int16 if len(chunk) == 0 or chunk.max() < 2**15 else np.int64), kind="stable"
+        )
+        self.probe_cid, self.probe_text, self.probe_chunk = cid[by_chunk], text[by_chunk], chunk[by_chunk]
 
     def run(self, progress) -> list[bool]:
         np = self.np

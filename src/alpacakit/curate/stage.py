@@ -16,17 +16,18 @@ from alpacakit.manifest import CurateManifest, StageResult
 from alpacakit.rundir import RunDir
 
 if TYPE_CHECKING:
-    from alpacakit.config import AlpacakitConfig
+    from alpacakit.curate.config import CurateConfig
 
 
 def run(
-    config: AlpacakitConfig, run_dir: RunDir, *, heldout: int = 0, eval_set: str = "alpacakit"
+    section: CurateConfig, run_dir: RunDir, *, heldout: int = 0, eval_set: str = "alpacakit"
 ) -> StageResult[CurateManifest]:
-    """Drop examples that copy an eval instruction (ROUGE-L F > 0.7), then hold `heldout` out."""
+    """Drop examples that copy an eval instruction (ROUGE-L F above `section.threshold`), then
+    hold `heldout` out."""
     from alpacakit.evaluate.contamination import check_contamination
     from alpacakit.io import atomic_write_json
 
-    rep = check_contamination(run_dir.examples, eval_set, write_clean=run_dir.train_file)
+    rep = check_contamination(run_dir.examples, eval_set, threshold=section.threshold, write_clean=run_dir.train_file)
     run_dir.eval.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir.contamination, rep)
     held = hold_out(run_dir.train_file, run_dir.heldout_file, heldout)

@@ -240,7 +240,7 @@ def _gguf_side_format(path: Path) -> Path | None:
 
 
 def choose_prompting(system: Any, prompt_format: str | None, template_stop: list[str]) -> Prompting:
-    """Decide how `system` (a loaded Teacher) is asked; see the module doc."""
+    """Decide how `system` (a loaded ModelBackend) is asked; see the module doc."""
     from alpacakit.prompting import PromptFormat
 
     def template(fmt: Any, why: str) -> Prompting:
@@ -248,7 +248,7 @@ def choose_prompting(system: Any, prompt_format: str | None, template_stop: list
         return Prompting("template", fmt, stops, why)
 
     explicit = PromptFormat.load(prompt_format) if prompt_format else None
-    own_format = getattr(system, "prompt_format", None)  # model folders (HFTeacher) carry theirs, or --prompt-format
+    own_format = getattr(system, "prompt_format", None)  # model folders (HFModel) carry theirs, or --prompt-format
     if own_format is not None:
         if own_format.kind == "template":
             return template(
@@ -280,10 +280,10 @@ def system_name(ref: str) -> str:
 
 
 def load_system(config: TeacherConfig, prompt_format: str | None = None) -> Any:
-    """The system under evaluation as a Teacher (any model reference; see models/registry.py)."""
-    from alpacakit.teachers import make_teacher
+    """The system under evaluation as a model backend (any model reference; see models/registry.py)."""
+    from alpacakit.models.backends import make_backend
 
-    return make_teacher(config, prompt_format=prompt_format)
+    return make_backend(config, prompt_format=prompt_format)
 
 
 # --------------------------------------------------------------------------- eval generate

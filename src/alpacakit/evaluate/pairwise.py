@@ -313,9 +313,9 @@ def judge_pairwise(
         async def drive() -> str:
             t = teacher
             if own:
-                from alpacakit.teachers import make_teacher
+                from alpacakit.models.backends import make_backend
 
-                t = make_teacher(tcfg)
+                t = make_backend(tcfg)
             try:
                 shown = JobTotals(requests=cached, kept=cached)
                 return await run_pending(

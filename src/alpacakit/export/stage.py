@@ -10,24 +10,35 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
+from alpacakit.export.config import ExportConfig
 from alpacakit.manifest import ExportManifest, StageResult, read_manifest
 from alpacakit.rundir import RunDir
 
 
 def run(
+    section: ExportConfig,
     run_dir: RunDir,
     *,
-    quant: str = "auto",
     min_agreement: float = 0.95,
     progress: Callable[[str], None] | None = None,
 ) -> StageResult[ExportManifest]:
-    """Export `run_dir.model` to `run_dir.gguf(quant)` (skipped when it and its sidecar exist)."""
+    """Export `run_dir.model` to `run_dir.gguf(section.quant)`, verified (skipped when it and its
+    sidecar exist)."""
     from alpacakit.export.gguf import export_gguf
 
+    quant = section.quant
     gguf, sidecar = run_dir.gguf(quant), run_dir.manifest("export", quant)
     if gguf.is_file() and sidecar.is_file():
         return StageResult("export", "skipped", "already complete: skipped", _read(sidecar), {"gguf": gguf})
-    res = export_gguf(run_dir.model, gguf, quant, verify=True, min_agreement=min_agreement, progress=progress)
+    res = export_gguf(
+        run_dir.model,
+        gguf,
+        quant,
+        verify=True,
+        min_agreement=min_agreement,
+        progress=progress,
+        converter=section.converter,
+    )
     fell_back = next((f" ({n})" for n in res.notes if n.startswith("auto: ")), "")
     v = res.verification or {}
     # The trained prompt, beside the GGUF: eval asks the student exactly as it was trained.

@@ -203,9 +203,9 @@ async def _run(
 
     own_teacher = teacher is None
     if own_teacher:
-        from alpacakit.teachers import make_teacher
+        from alpacakit.models.backends import make_backend
 
-        teacher = make_teacher(config.teacher)
+        teacher = make_backend(config.teacher)
     t = config.teacher
     sampling = {"max_tokens": t.max_tokens, "temperature": t.temperature, "top_p": t.top_p}
     if t.seed is not None:

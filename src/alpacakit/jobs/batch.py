@@ -63,7 +63,7 @@ def index_of(cid: Any) -> int | None:
 
 def require_endpoint(cfg: Any, setting: str, teacher: Any = None) -> None:
     """A ConfigError unless `cfg` is an OpenAI-compatible endpoint (a Batch API needs one)."""
-    from alpacakit.teachers.resolve import backend_of
+    from alpacakit.models.backends.resolve import backend_of
 
     if teacher is not None:
         raise ConfigError(f"{setting} sends requests through the Batch API itself: it cannot use a teacher object")
@@ -152,7 +152,7 @@ def refuse_open_batches(job: JournaledJob, flag: str = "--batch-api") -> None:
 
 
 def request_body(req: Request, model: str, sampling: dict[str, Any], teacher_api: str) -> tuple[str, dict[str, Any]]:
-    """(route, body) of one request line, as `OpenAICompatTeacher` would send it live."""
+    """(route, body) of one request line, as `EndpointModel` would send it live."""
     body: dict[str, Any] = {"model": model, **sampling}
     if req.stop:
         body["stop"] = list(req.stop)
@@ -328,8 +328,8 @@ class BatchRunner:
 
     async def _wait_any(self, open_batches: list[OpenBatch]) -> list[tuple[OpenBatch, dict]]:
         """Poll until at least one batch has ended; those, with their last state."""
+        from alpacakit.models.backends.endpoint import EndpointError
         from alpacakit.teachers.batch import TERMINAL
-        from alpacakit.teachers.openai_compat import EndpointError
 
         while True:
             ended, notes = [], []

@@ -34,7 +34,7 @@ async def run_job(job: JournaledJob, teacher: Any, stage: JobStage, options: Job
     what was spent and what is in flight; a request that could cross `options.max_cost` is not
     sent. Returns why it stopped: 'done', 'exhausted' or 'budget'. `job` must be open.
     """
-    from alpacakit.teachers.base import Watch
+    from alpacakit.models.backends.base import Watch
 
     concurrency, check_every_s = options.concurrency, options.check_every_s
     in_flight: dict[asyncio.Task, float] = {}
@@ -162,7 +162,7 @@ async def ask(teacher: Any, req: Request, sampling: dict[str, Any], watch: Any =
         kwargs["stop"] = list(req.stop)
     if watch is not None:
         kwargs["watch"] = watch
-    from alpacakit.teachers.openai_compat import EndpointError
+    from alpacakit.models.backends.endpoint import EndpointError
 
     try:
         if req.api == "chat":

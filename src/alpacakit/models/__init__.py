@@ -457,7 +457,7 @@ def describe(ref: str | Path) -> dict[str, Any]:
         return {**describe(ref[len("vllm:") :]), "backend": "vllm"}
     folder = Path(ref).expanduser()
     if folder.is_dir() and not any(folder.glob("*.gguf")):
-        from alpacakit.teachers.hf import find_layout, is_hf_folder
+        from alpacakit.models.backends.hf import find_layout, is_hf_folder
 
         if is_hf_folder(folder):  # a Hugging Face / alpacakit model folder, run by transformers
             layout = find_layout(folder)

@@ -13,7 +13,7 @@ evaluation, `chat`, `serve`, `export` and the quickstart):
 `classify(ref)` says which, without loading anything, and `capabilities(kind)` what that kind
 can do. A verb that needs something a kind lacks calls `require(...)`, which raises one clear
 error naming the alternative, before any model is loaded or any request is paid for.
-`make_teacher` (teachers/resolve.py) builds every kind from this same classification.
+`make_backend` (models/backends/resolve.py) builds every kind from this same classification.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def classify(ref: str, *, base_url: str | None = None) -> ModelRef:
     if ref.endswith(".gguf"):
         return ModelRef(ref, "gguf", p)
     if p.is_dir():
-        from alpacakit.teachers.hf import is_hf_folder
+        from alpacakit.models.backends.hf import is_hf_folder
 
         if is_hf_folder(p):
             return ModelRef(ref, "hf", p)

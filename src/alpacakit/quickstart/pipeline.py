@@ -53,9 +53,6 @@ class QuickstartOptions(Section):
     )
     follow_max_tokens: int = Field(96, ge=16, description="Longest answer to a verifiable instruction.")
     bench_limit: int = Field(12, ge=1, description="Items per capability task.")
-    quant: str = Field(
-        "auto", description="GGUF quantization of the exported student (`alpacakit export gguf --quant`)."
-    )
     min_agreement: float = Field(
         0.95,
         ge=0.0,
@@ -133,7 +130,7 @@ class Run:
 
     @property
     def gguf(self) -> Path:
-        return self.dir.gguf(self.q.quant)
+        return self.dir.gguf(self.config.export.quant)
 
     def systems(self) -> dict[str, str]:
         """The three systems compared: the base as shipped, our exported student, the teacher."""
@@ -157,7 +154,7 @@ def stage_clean(run: Run) -> str:
     """The held-out eval instructions must not be in the training data (ROUGE-L F > 0.7)."""
     from alpacakit.curate import stage
 
-    return stage.run(run.config, run.dir, heldout=run.q.heldout).summary
+    return stage.run(run.config.curate, run.dir, heldout=run.q.heldout).summary
 
 
 def hold_out(train_file: Path, heldout_file: Path, n: int, seed: int = 0) -> int:
@@ -170,7 +167,7 @@ def hold_out(train_file: Path, heldout_file: Path, n: int, seed: int = 0) -> int
 def stage_train(run: Run) -> str | None:
     from alpacakit.train import stage
 
-    res = stage.run(run.config, run.dir)
+    res = stage.run(run.config.train, run.dir)
     return None if res.status == "skipped" else res.summary
 
 
@@ -178,8 +175,8 @@ def stage_export(run: Run) -> str | None:
     from alpacakit.export import stage
 
     res = stage.run(
+        run.config.export,
         run.dir,
-        quant=run.q.quant,
         min_agreement=run.q.min_agreement,
         progress=run.say if run.progress else None,
     )

@@ -2,7 +2,7 @@
 HTTP API with a web chat page).
 
 - `config.py`   the `serve` section of alpacakit.yaml (ServeConfig)
-- `backend.py`  any model reference -> a Teacher, plus streaming and token counting
+- `backend.py`  any model reference -> a model backend, plus streaming and token counting
 - `app.py`      the FastAPI app (routes, validation, auth, SSE); `schemas.py`, `errors.py`
 - `queue.py`    bounded concurrency and the 429 queue; `safety.py` the optional filter
 - `server.py`   running it (CLI, or `BackgroundServer` in a thread)

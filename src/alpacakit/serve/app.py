@@ -54,13 +54,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 
 from alpacakit.errors import ConfigError
+from alpacakit.models.backends.base import Completion
 from alpacakit.serve.config import ServeConfig
 from alpacakit.serve.errors import APIError, bad_request, unauthorized
 from alpacakit.serve.guard import ConnectionGuard
 from alpacakit.serve.queue import Admission, Ticket
 from alpacakit.serve.safety import FoldedText
 from alpacakit.serve.schemas import ChatCompletionRequest, CompletionRequest, parse_request
-from alpacakit.teachers.base import Completion
 
 log = logging.getLogger("alpacakit.serve")
 T = TypeVar("T")

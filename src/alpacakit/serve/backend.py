@@ -1,7 +1,7 @@
-"""What `serve` and `chat` need from a model, on top of the `Teacher` protocol.
+"""What `serve` and `chat` need from a model, on top of the `ModelBackend` protocol.
 
-- Loading: `load_teacher(ref)` turns any model reference into a Teacher: a Hugging Face or
-  alpacakit model folder runs in transformers (`teachers.hf.HFTeacher`, with the folder's
+- Loading: `load_teacher(ref)` turns any model reference into a model backend: a Hugging Face or
+  alpacakit model folder runs in transformers (`models.backends.hf.HFModel`, with the folder's
   prompt format); an embedded name, a .gguf file or a folder holding one runs in llama.cpp;
   `openai:MODEL` is an endpoint (then `serve` is a proxy with auth, limits and safety).
 - Streaming: `stream_chat` / `stream_complete` use the teacher's optional streaming methods
@@ -16,8 +16,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from alpacakit.models.backends.base import Completion
 from alpacakit.teachers.accounting import estimate_prompt_tokens, estimate_tokens
-from alpacakit.teachers.base import Completion
 
 _MESSAGE_OVERHEAD = 8  # role markers and separators of a chat template, per message
 
@@ -35,7 +35,7 @@ def load_teacher(
     seed: int | None = None,
     max_concurrency: int = 1,
 ) -> Any:
-    """A Teacher for any model reference (see the module doc). Heavy imports happen here."""
+    """A ModelBackend for any model reference (see the module doc). Heavy imports happen here."""
     from alpacakit.teachers.config import TeacherConfig
 
     fields: dict[str, Any] = {
@@ -50,13 +50,13 @@ def load_teacher(
     }
     if api_key_env:
         fields["api_key_env"] = api_key_env
-    from alpacakit.teachers import make_teacher
+    from alpacakit.models.backends import make_backend
 
-    return make_teacher(TeacherConfig(**fields), base=base, prompt_format=prompt_format)
+    return make_backend(TeacherConfig(**fields), base=base, prompt_format=prompt_format)
 
 
 class ServeBackend:
-    """A loaded Teacher plus the name it is served under."""
+    """A loaded ModelBackend plus the name it is served under."""
 
     def __init__(self, teacher: Any, name: str | None = None):
         self.teacher = teacher

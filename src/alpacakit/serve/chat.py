@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from alpacakit.errors import AlpacakitError, ConfigError
-from alpacakit.teachers.base import Completion
+from alpacakit.models.backends.base import Completion
 
 COMMANDS = {"/reset": "forget the conversation", "/exit": "leave (also /quit, Ctrl-D)", "/help": "this list"}
 

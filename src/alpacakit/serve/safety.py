@@ -244,7 +244,7 @@ def parse_moderation(answer: str) -> Verdict | None:
 
 
 class ModerationFilter:
-    """Asks `teacher` (a Teacher) to classify each request, and the answer in blocks."""
+    """Asks `teacher` (a model backend) to classify each request, and the answer in blocks."""
 
     def __init__(
         self, teacher: Any, *, fail_closed: bool = True, name: str | None = None, answer_block_chars: int = 400

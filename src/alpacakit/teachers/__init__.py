@@ -1,14 +1,8 @@
-"""Teachers: any model that answers prompts (teacher, judge, or a system under evaluation).
+"""What makes a model a teacher: its settings (`config.py`: which model, where, sampling, price),
+the price table and cost accounting (`prices.py`, `accounting.py`) and the OpenAI Batch API
+client (`batch.py`).
 
-`make_teacher(TeacherConfig)` returns a `Teacher`; see `base.py` for the interface.
+The models themselves (endpoints, GGUF files, model folders, vLLM) are not teachers only: the
+same backends judge, answer as the system under evaluation and serve. They live in
+`alpacakit.models.backends` (`make_backend(TeacherConfig)`).
 """
-
-from alpacakit.teachers.base import Completion, Teacher, Usage
-
-__all__ = ["Completion", "Teacher", "Usage", "make_teacher"]
-
-
-def make_teacher(config, tracker=None, **kwargs):  # noqa: ANN001 - lazy import keeps `alpacakit --help` fast
-    from alpacakit.teachers.resolve import make_teacher as _make
-
-    return _make(config, tracker, **kwargs)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from alpacakit.errors import BudgetExceeded
-from alpacakit.teachers.base import Usage
+from alpacakit.models.backends.base import Usage
 
 
 def cost_of(usage: Usage, price: Any | None) -> float:

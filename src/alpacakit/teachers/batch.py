@@ -2,7 +2,7 @@
 
 A batch is not a call that returns an answer: it is a JSONL file uploaded, a job created on
 it, polled for minutes or hours, and one or two result files downloaded. That is why it has
-its own small client instead of going through `OpenAICompatTeacher`, whose retry loop and
+its own small client instead of going through `EndpointModel`, whose retry loop and
 concurrency are about single requests. What the two share: the key (read the same way, from
 the variable named by `api_key_env`, and scrubbed from every message) and the parsing of an
 answer's body (`parse_body` runs the teacher's own parser, so a batch answer and a live answer
@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any
 
-from alpacakit.teachers.base import Completion
+from alpacakit.models.backends.base import Completion
 
 # The request lines' `url`, by route (the API takes exactly these paths, whatever the base URL).
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -33,13 +33,13 @@ class BatchClient:
     """Upload, create, poll, download for one endpoint (`cfg`: a TeacherConfig, openai: model)."""
 
     def __init__(self, cfg: Any):
-        from alpacakit.teachers.openai_compat import DEFAULT_BASE_URL, OpenAICompatTeacher, read_api_key
+        from alpacakit.models.backends.endpoint import DEFAULT_BASE_URL, EndpointModel, read_api_key
 
         self.cfg = cfg
         self.base_url = (cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._key = read_api_key(cfg.api_key_env, self.base_url)
         self.model = cfg.model.strip().removeprefix("openai:")
-        self._parser = OpenAICompatTeacher(cfg)  # for parse_body only: it sends nothing
+        self._parser = EndpointModel(cfg)  # for parse_body only: it sends nothing
         self._client: Any = None
 
     @property
@@ -60,7 +60,7 @@ class BatchClient:
         """Run one SDK call; its failure becomes a TeacherError naming `what` (never the key)."""
         import openai
 
-        from alpacakit.teachers.openai_compat import EndpointError
+        from alpacakit.models.backends.endpoint import EndpointError
 
         client = self.client.with_options(max_retries=0) if once else self.client
         try:

@@ -60,7 +60,7 @@ def resolve_price(cfg: Any) -> tuple[Any, str]:
     if found is not None:  # even behind a proxy on this machine (LiteLLM...): the name says who bills
         return Price(**found), f"table {price_table()['as_of']}"
     if cfg.base_url:
-        from alpacakit.teachers.openai_compat import is_loopback
+        from alpacakit.models.backends.endpoint import is_loopback
 
         if is_loopback(cfg.base_url):
             return Price(), "loopback"

@@ -13,18 +13,18 @@ from alpacakit.manifest import StageResult, TrainManifest, read_manifest
 from alpacakit.rundir import RunDir
 
 if TYPE_CHECKING:
-    from alpacakit.config import AlpacakitConfig
+    from alpacakit.train.config import TrainConfig
 
 
-def run(config: AlpacakitConfig, run_dir: RunDir) -> StageResult[TrainManifest]:
-    """Fine-tune `config.train.base` on `run_dir.train_file` into `run_dir.model`."""
+def run(section: TrainConfig, run_dir: RunDir) -> StageResult[TrainManifest]:
+    """Fine-tune `section.base` on `run_dir.train_file` into `run_dir.model`."""
     from alpacakit.train.outputs import partial_dir
     from alpacakit.train.recipe import train
 
     done = finished(run_dir)
     if done is not None:
         return StageResult("train", "skipped", "already complete: skipped", done, {"model": run_dir.model})
-    cfg = config.train.model_copy(update={"data": str(run_dir.train_file)})
+    cfg = section.model_copy(update={"data": str(run_dir.train_file)})
     train(cfg, output_dir=run_dir.model, resume=partial_dir(run_dir.model).exists())
     m = finished(run_dir)
     assert m is not None

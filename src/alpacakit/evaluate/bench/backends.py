@@ -124,18 +124,18 @@ def _cut(text: str, stops: list[str]) -> str:
 
 class HFBackend(Backend):
     """A Hugging Face model folder (or an alpacakit model folder / LoRA adapter), on the device
-    `HFTeacher` picks (the first CUDA GPU in bf16 when there is one, else the CPU in fp32).
+    `HFModel` picks (the first CUDA GPU in bf16 when there is one, else the CPU in fp32).
 
-    Loading goes through `alpacakit.teachers.hf.HFTeacher`, so adapters are merged onto their
+    Loading goes through `alpacakit.models.backends.hf.HFModel`, so adapters are merged onto their
     base and the folder's saved prompt format is found the same way `chat` and `serve` find it.
     """
 
     def __init__(self, path: str | Path, *, base: str | None = None, n_threads: int | None = None):
+        from alpacakit.models.backends.hf import HFModel
         from alpacakit.teachers.config import TeacherConfig
-        from alpacakit.teachers.hf import HFTeacher
 
         t0 = time.monotonic()
-        self.teacher = HFTeacher(path, TeacherConfig(model=str(path), n_threads=n_threads), base=base)
+        self.teacher = HFModel(path, TeacherConfig(model=str(path), n_threads=n_threads), base=base)
         self.load_s = time.monotonic() - t0
         self.model = self.teacher.model
         self.tokenizer = self.teacher.tokenizer
@@ -231,7 +231,7 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, ref: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None):
         from alpacakit.models import is_embedded, resolve_gguf
-        from alpacakit.teachers.llamacpp import default_threads
+        from alpacakit.models.backends.llamacpp import default_threads
 
         self.ref = str(ref)
         self.path = resolve_gguf(ref)
@@ -424,7 +424,7 @@ class EndpointBackend(Backend):
     ):
         import asyncio
 
-        from alpacakit.teachers import make_teacher
+        from alpacakit.models.backends import make_backend
         from alpacakit.teachers.config import TeacherConfig
 
         t0 = time.monotonic()
@@ -437,7 +437,7 @@ class EndpointBackend(Backend):
         }
         if api_key_env:
             fields["api_key_env"] = api_key_env
-        self.teacher = make_teacher(TeacherConfig(**fields))
+        self.teacher = make_backend(TeacherConfig(**fields))
         self.name = ref.removeprefix("openai:")
         self.base_url = base_url
         self._loop = asyncio.new_event_loop()

@@ -29,7 +29,7 @@ _HEADLINE = (("acc_norm", "acc"), ("acc", "acc"), ("exact_match", "em"), ("em", 
 
 def _model_args(model: str, base: str | None) -> dict[str, Any]:
     from alpacakit.models import is_embedded
-    from alpacakit.teachers.hf import find_layout, is_hf_folder
+    from alpacakit.models.backends.hf import find_layout, is_hf_folder
 
     p = Path(model).expanduser()
     if is_embedded(model) or model.endswith(".gguf") or (p.is_dir() and any(p.glob("*.gguf")) and not is_hf_folder(p)):

@@ -1,4 +1,4 @@
-"""A Hugging Face model folder as a `Teacher`, through transformers (CPU by default).
+"""A Hugging Face model folder as a `ModelBackend`, through transformers (CPU by default).
 
 This is how `chat`, `serve` and `eval` run a model that `alpacakit train` just wrote, before
 it is exported to GGUF. It accepts:
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alpacakit.errors import TeacherError
-from alpacakit.teachers.base import Completion, Usage
-from alpacakit.teachers.streaming import StopScanner, stream_thread
+from alpacakit.models.backends.base import Completion, Usage
+from alpacakit.models.backends.streaming import StopScanner, stream_thread
 
 if TYPE_CHECKING:
     from alpacakit.teachers.config import TeacherConfig
@@ -197,7 +197,7 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-class HFTeacher:
+class HFModel:
     """A transformers model answering chat() / complete(), with optional streaming.
 
     `config` is a TeacherConfig (its max_tokens, temperature, top_p, seed and n_threads are the
@@ -349,7 +349,7 @@ class HFTeacher:
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    # ------------------------------------------------------------------ Teacher protocol
+    # ------------------------------------------------------------------ ModelBackend protocol
 
     async def chat(
         self,

@@ -7,7 +7,7 @@ gathers the requests that are waiting and hands them to `vllm.LLM.generate` toge
 its own sampling parameters (max_tokens, temperature, top_p, stop strings, seed), so a
 self-instruct or answering run feeds the engine full batches without any change to the runner.
 
-- Prompts: the folder's trained prompt format, found the same way `HFTeacher` finds it
+- Prompts: the folder's trained prompt format, found the same way `HFModel` finds it
   (`prompt_format.json`, else the tokenizer's chat template), so an alpacakit student is asked
   exactly as it was trained.
 - A LoRA adapter folder runs on its base through vLLM's own LoRA support (`enable_lora`), no merge.
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alpacakit.errors import TeacherError
-from alpacakit.teachers.base import Completion, Usage
-from alpacakit.teachers.hf import render_messages
+from alpacakit.models.backends.base import Completion, Usage
+from alpacakit.models.backends.hf import render_messages
 
 if TYPE_CHECKING:
     from alpacakit.teachers.config import TeacherConfig
@@ -48,8 +48,8 @@ def import_vllm() -> Any:
     return vllm
 
 
-class VLLMTeacher:
-    """The Teacher protocol over `vllm.LLM` for one model folder (see the module doc)."""
+class VLLMModel:
+    """The ModelBackend protocol over `vllm.LLM` for one model folder (see the module doc)."""
 
     finish_in_flight = True  # generation is batched: what is in the engine finishes
 
@@ -62,7 +62,7 @@ class VLLMTeacher:
         tensor_parallel_size: int | None = None,
     ):
         vllm = import_vllm()
-        from alpacakit.teachers.hf import find_layout, folder_prompt_format
+        from alpacakit.models.backends.hf import find_layout, folder_prompt_format
 
         self.config = config
         folder = Path(ref.removeprefix(VLLM_PREFIX)).expanduser()

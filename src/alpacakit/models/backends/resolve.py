@@ -1,4 +1,4 @@
-"""One resolver from a model reference to a loaded `Teacher`, for teachers, judges and systems
+"""One resolver from a model reference to a loaded `ModelBackend`, for teachers, judges and systems
 under evaluation alike. What a reference is comes from `alpacakit.models.registry.classify`
 (see its table): an endpoint (`openai:MODEL`, or a bare name with a base URL), a GGUF model
 (embedded name, `.gguf` file, folder holding one: llama.cpp in process), or a Hugging Face /
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alpacakit.models.backends.base import ModelBackend
 from alpacakit.teachers.accounting import CostTracker
-from alpacakit.teachers.base import Teacher
 
 if TYPE_CHECKING:
     from alpacakit.teachers.config import TeacherConfig
@@ -25,29 +25,29 @@ def backend_of(config: TeacherConfig) -> str:
     return {"endpoint": "openai", "gguf": "llamacpp", "hf": "hf", "vllm": "vllm"}[kind]
 
 
-def make_teacher(
+def make_backend(
     config: TeacherConfig,
     tracker: CostTracker | None = None,
     *,
     prompt_format: Any | None = None,
     base: str | None = None,
-) -> Teacher:
+) -> ModelBackend:
     """Build the teacher a TeacherConfig describes. `tracker`, when given, is charged on every
     successful call (and Completion.cost is set either way). `prompt_format` and `base` apply to
     model folders (a format other than the folder's own; an adapter's base model)."""
     kind = backend_of(config)
     if kind == "openai":
-        from alpacakit.teachers.openai_compat import OpenAICompatTeacher
+        from alpacakit.models.backends.endpoint import EndpointModel
 
-        return OpenAICompatTeacher(config, tracker)
+        return EndpointModel(config, tracker)
     if kind == "vllm":
-        from alpacakit.teachers.vllm import VLLMTeacher
+        from alpacakit.models.backends.vllm import VLLMModel
 
-        return VLLMTeacher(config.model.strip(), config, prompt_format=prompt_format)
+        return VLLMModel(config.model.strip(), config, prompt_format=prompt_format)
     if kind == "hf":
-        from alpacakit.teachers.hf import HFTeacher
+        from alpacakit.models.backends.hf import HFModel
 
-        return HFTeacher(Path(config.model.strip()).expanduser(), config, base=base, prompt_format=prompt_format)
-    from alpacakit.teachers.llamacpp import LlamaCppTeacher
+        return HFModel(Path(config.model.strip()).expanduser(), config, base=base, prompt_format=prompt_format)
+    from alpacakit.models.backends.llamacpp import LlamaCppModel
 
-    return LlamaCppTeacher(config, tracker)
+    return LlamaCppModel(config, tracker)

@@ -1,6 +1,6 @@
 """The one interface every model backend speaks.
 
-Generation, judging, evaluation and the serve tests all talk to models through `Teacher`, so a
+Generation, judging, evaluation and the serve tests all talk to models through `ModelBackend`, so a
 local GGUF file and a paid API are interchangeable. Calls are async: remote backends run many
 requests at once (bounded by `max_concurrency`); local backends serialise on one model.
 """
@@ -60,7 +60,7 @@ class Watch:
 
 
 @runtime_checkable
-class Teacher(Protocol):
+class ModelBackend(Protocol):
     """A model that answers. `name` identifies it in manifests and outputs.
 
     Optional extras, not part of the protocol check (a backend may have them; callers test
@@ -69,7 +69,7 @@ class Teacher(Protocol):
     - `stream_chat(messages, **same keywords as chat)` and `stream_complete(prompt, **...)`:
       async generators yielding text pieces (str) as they are generated, then the final
       `Completion`. Closing the generator early stops the generation (within a token for
-      local models). `teachers/streaming.py` has the thread-to-async bridge local backends use.
+      local models). `models/backends/streaming.py` has the thread-to-async bridge local backends use.
     - `count_tokens(text) -> int` and `count_chat_tokens(messages) -> int`: exact prompt
       lengths in the model's tokens (servers refuse over-long prompts before queueing them).
     - `has_chat_template: bool`: False for a local base model that can only continue text.

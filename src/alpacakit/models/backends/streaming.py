@@ -24,7 +24,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from alpacakit.teachers.base import Completion
+from alpacakit.models.backends.base import Completion
 
 _END = object()
 

@@ -15,10 +15,10 @@ from fake_openai import FAKE_KEY, FAKE_KEY_ENV, FakeOpenAIServer, unused_port
 
 from alpacakit.config import Price, TeacherConfig
 from alpacakit.errors import BudgetExceeded, ConfigError, TeacherError
-from alpacakit.teachers import make_teacher
+from alpacakit.models.backends import make_backend
+from alpacakit.models.backends.base import ModelBackend, Usage
+from alpacakit.models.backends.endpoint import EndpointError, EndpointModel, parse_retry_after
 from alpacakit.teachers.accounting import CostTracker, cost_of, estimate_cost, estimate_tokens
-from alpacakit.teachers.base import Teacher, Usage
-from alpacakit.teachers.openai_compat import EndpointError, OpenAICompatTeacher, parse_retry_after
 
 USER = [{"role": "user", "content": "Name a colour."}]
 
@@ -45,9 +45,9 @@ async def _complete_and_close(teacher, prompt, **kw):
 
 
 def test_openai_reference_builds_an_endpoint_teacher(fake_teacher_config):
-    teacher = make_teacher(fake_teacher_config())
-    assert isinstance(teacher, OpenAICompatTeacher)
-    assert isinstance(teacher, Teacher)
+    teacher = make_backend(fake_teacher_config())
+    assert isinstance(teacher, EndpointModel)
+    assert isinstance(teacher, ModelBackend)
     assert teacher.model == "fake-model" and teacher.name == "openai:fake-model"
 
 
@@ -55,7 +55,7 @@ def test_chat_posts_messages_to_chat_completions_with_the_key(fake_openai, fake_
     fake_openai.script(
         [{"text": "Blue.", "finish_reason": "stop", "usage": {"prompt_tokens": 12, "completion_tokens": 2}}]
     )
-    c = run(_chat_and_close(make_teacher(fake_teacher_config()), max_tokens=7, temperature=0.3, top_p=0.9))
+    c = run(_chat_and_close(make_backend(fake_teacher_config()), max_tokens=7, temperature=0.3, top_p=0.9))
     assert (c.text, c.finish_reason, c.usage, c.attempts) == ("Blue.", "stop", Usage(12, 2), 1)
     assert c.model == "fake-model" and c.request_id.startswith("chatcmpl-fake-")
     (req,) = fake_openai.requests
@@ -67,7 +67,7 @@ def test_chat_posts_messages_to_chat_completions_with_the_key(fake_openai, fake_
 
 def test_complete_posts_a_raw_prompt_to_legacy_completions(fake_openai, fake_teacher_config):
     fake_openai.script([{"text": " upon a time", "finish_reason": "length"}])
-    c = run(_complete_and_close(make_teacher(fake_teacher_config(seed=5)), "Once", stop=["\n\n"]))
+    c = run(_complete_and_close(make_backend(fake_teacher_config(seed=5)), "Once", stop=["\n\n"]))
     assert (c.text, c.finish_reason) == (" upon a time", "length")
     (req,) = fake_openai.requests
     assert req.path == "/v1/completions"
@@ -76,7 +76,7 @@ def test_complete_posts_a_raw_prompt_to_legacy_completions(fake_openai, fake_tea
 
 
 def test_api_chat_sends_raw_prompts_as_one_user_message(fake_openai, fake_teacher_config):
-    run(_complete_and_close(make_teacher(fake_teacher_config(api="chat")), "Say hi"))
+    run(_complete_and_close(make_backend(fake_teacher_config(api="chat")), "Say hi"))
     (req,) = fake_openai.requests
     assert req.path == "/v1/chat/completions"
     assert req.body["messages"] == [{"role": "user", "content": "Say hi"}]
@@ -84,13 +84,13 @@ def test_api_chat_sends_raw_prompts_as_one_user_message(fake_openai, fake_teache
 
 def test_api_completions_refuses_chat(fake_openai, fake_teacher_config):
     with pytest.raises(TeacherError, match="api=completions"):
-        run(_chat_and_close(make_teacher(fake_teacher_config(api="completions"))))
+        run(_chat_and_close(make_backend(fake_teacher_config(api="completions"))))
     assert fake_openai.requests == []
 
 
 def test_auto_falls_back_to_chat_when_the_endpoint_has_no_completions_route(fake_openai, fake_teacher_config):
     fake_openai.script([{"status": 404, "message": "This is a chat model"}, {"text": "a"}, {"text": "b"}])
-    teacher = make_teacher(fake_teacher_config())
+    teacher = make_backend(fake_teacher_config())
 
     async def two_calls():
         try:
@@ -104,7 +104,7 @@ def test_auto_falls_back_to_chat_when_the_endpoint_has_no_completions_route(fake
 
 
 def test_list_models_reads_the_models_route(fake_teacher_config):
-    teacher = make_teacher(fake_teacher_config())
+    teacher = make_backend(fake_teacher_config())
 
     async def go():
         try:
@@ -116,7 +116,7 @@ def test_list_models_reads_the_models_route(fake_teacher_config):
 
 
 def test_a_teacher_can_be_closed_and_reused_from_another_event_loop(fake_teacher_config):
-    teacher = make_teacher(fake_teacher_config(max_concurrency=2))
+    teacher = make_backend(fake_teacher_config(max_concurrency=2))
     assert run(_chat_and_close(teacher)).text == "echo: Name a colour."
     assert run(_chat_and_close(teacher)).text == "echo: Name a colour."
 
@@ -126,7 +126,7 @@ def test_a_teacher_can_be_closed_and_reused_from_another_event_loop(fake_teacher
 
 def test_429_is_retried_after_the_retry_after_delay(fake_openai, fake_teacher_config):
     fake_openai.script([{"status": 429, "retry_after": 1}, {"text": "ok"}])
-    c = run(_chat_and_close(make_teacher(fake_teacher_config())))
+    c = run(_chat_and_close(make_backend(fake_teacher_config())))
     assert (c.text, c.attempts) == ("ok", 2)
     first, second = fake_openai.requests
     assert first.status == 429
@@ -137,7 +137,7 @@ def test_429_is_retried_after_the_retry_after_delay(fake_openai, fake_teacher_co
 def test_5xx_are_retried_and_every_attempt_is_counted(fake_openai, fake_teacher_config):
     fake_openai.script([{"status": 500}, {"status": 503}, {"text": "fine"}])
     tracker = CostTracker()
-    c = run(_chat_and_close(make_teacher(fake_teacher_config(), tracker)))
+    c = run(_chat_and_close(make_backend(fake_teacher_config(), tracker)))
     assert (c.text, c.attempts) == ("fine", 3)
     assert len(fake_openai.requests) == 3
     assert tracker.snapshot()["attempts"] == 3 and tracker.snapshot()["requests"] == 1
@@ -145,7 +145,7 @@ def test_5xx_are_retried_and_every_attempt_is_counted(fake_openai, fake_teacher_
 
 def test_a_request_slower_than_timeout_is_abandoned_and_retried(fake_openai, fake_teacher_config):
     fake_openai.script([{"sleep": 3, "text": "too late"}, {"text": "on time"}])
-    c = run(_chat_and_close(make_teacher(fake_teacher_config(timeout_s=0.5))))
+    c = run(_chat_and_close(make_backend(fake_teacher_config(timeout_s=0.5))))
     assert (c.text, c.attempts) == ("on time", 2)
     first, second = fake_openai.requests
     # the retry went out while the first request was still unanswered on the server
@@ -157,7 +157,7 @@ def test_retries_stop_after_max_retries_with_the_last_error(fake_openai, fake_te
     fake_openai.script([{"status": 500}] * 10)
     tracker = CostTracker()
     with pytest.raises(EndpointError) as err:
-        run(_chat_and_close(make_teacher(fake_teacher_config(max_retries=2), tracker)))
+        run(_chat_and_close(make_backend(fake_teacher_config(max_retries=2), tracker)))
     assert len(fake_openai.requests) == 3
     msg = str(err.value)
     assert f"{fake_openai.url}/chat/completions" in msg and "3 attempts" in msg and "HTTP 500" in msg
@@ -175,25 +175,25 @@ def test_retries_stop_after_max_retries_with_the_last_error(fake_openai, fake_te
 def test_client_errors_are_not_retried(fake_openai, fake_teacher_config):
     fake_openai.script([{"status": 400, "message": "max_tokens is too large"}, {"text": "never sent"}])
     with pytest.raises(EndpointError, match="HTTP 400: max_tokens is too large"):
-        run(_chat_and_close(make_teacher(fake_teacher_config())))
+        run(_chat_and_close(make_backend(fake_teacher_config())))
     assert len(fake_openai.requests) == 1
 
 
 def test_malformed_bodies_are_retried(fake_openai, fake_teacher_config):
     fake_openai.script([{"malformed": True}, {"malformed": "no_choices"}, {"malformed": "html"}, {"text": "good"}])
-    c = run(_chat_and_close(make_teacher(fake_teacher_config())))
+    c = run(_chat_and_close(make_backend(fake_teacher_config())))
     assert (c.text, c.attempts) == ("good", 4)
 
 
 def test_persistently_malformed_output_fails_clearly(fake_openai, fake_teacher_config):
     fake_openai.script([{"malformed": "no_choices"}] * 3)
     with pytest.raises(EndpointError, match="3 attempts; last error: malformed response: no choices"):
-        run(_chat_and_close(make_teacher(fake_teacher_config(max_retries=2))))
+        run(_chat_and_close(make_backend(fake_teacher_config(max_retries=2))))
 
 
 def test_null_content_becomes_empty_text_the_caller_can_count(fake_openai, fake_teacher_config):
     fake_openai.script([{"malformed": "null_content"}])
-    c = run(_chat_and_close(make_teacher(fake_teacher_config())))
+    c = run(_chat_and_close(make_backend(fake_teacher_config())))
     assert (c.text, c.finish_reason, c.attempts) == ("", "stop", 1)
 
 
@@ -210,7 +210,7 @@ def test_an_unreachable_endpoint_fails_after_its_retries_naming_url_and_attempts
         timeout_s=5,
     )
     with pytest.raises(EndpointError) as err:
-        run(_chat_and_close(make_teacher(cfg)))
+        run(_chat_and_close(make_backend(cfg)))
     msg = str(err.value)
     assert url in msg and "3 attempts" in msg and "connection failed" in msg
     assert FAKE_KEY not in msg and FAKE_KEY not in repr(err.value)
@@ -230,7 +230,7 @@ def test_retry_after_as_an_http_date_is_honoured(fake_openai, fake_teacher_confi
     fake_openai.script(
         [{"status": 429, "retry_after": email.utils.formatdate(not_before, usegmt=True)}, {"text": "ok"}]
     )
-    assert run(_chat_and_close(make_teacher(fake_teacher_config()))).attempts == 2
+    assert run(_chat_and_close(make_backend(fake_teacher_config()))).attempts == 2
     first, second = fake_openai.requests
     assert second.received_wall >= not_before
 
@@ -244,27 +244,27 @@ def test_a_missing_key_names_the_environment_variable(monkeypatch):
         model="openai:gpt-x", base_url="https://api.example.com/v1", api_key_env="ALPACAKIT_NO_SUCH_KEY"
     )
     with pytest.raises(TeacherError, match="environment variable ALPACAKIT_NO_SUCH_KEY is not set"):
-        make_teacher(cfg)
+        make_backend(cfg)
 
 
 def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(fake_openai):
     cfg = TeacherConfig(model="openai:m", base_url=fake_openai.url, api_key_env="sk-proj-abc123-secret")
     with pytest.raises(ConfigError, match="name of an environment variable") as err:
-        make_teacher(cfg)
+        make_backend(cfg)
     assert "abc123" not in str(err.value)
 
 
 def test_a_loopback_endpoint_works_without_a_key(fake_openai, monkeypatch):
     monkeypatch.delenv("ALPACAKIT_NO_SUCH_KEY", raising=False)
     cfg = TeacherConfig(model="openai:fake-model", base_url=fake_openai.url, api_key_env="ALPACAKIT_NO_SUCH_KEY")
-    assert run(_chat_and_close(make_teacher(cfg))).text == "echo: Name a colour."
+    assert run(_chat_and_close(make_backend(cfg))).text == "echo: Name a colour."
     assert fake_openai.requests[0].authorization.startswith("Bearer ")
 
 
 def test_a_rejected_key_is_reported_without_the_key(fake_openai, fake_teacher_config):
     fake_openai.api_key = "the-right-key"
     with pytest.raises(EndpointError) as err:
-        run(_chat_and_close(make_teacher(fake_teacher_config())))
+        run(_chat_and_close(make_backend(fake_teacher_config())))
     assert err.value.status == 401 and FAKE_KEY_ENV in err.value.hint
     assert FAKE_KEY not in str(err.value)
     assert len(fake_openai.requests) == 1
@@ -273,16 +273,16 @@ def test_a_rejected_key_is_reported_without_the_key(fake_openai, fake_teacher_co
 def test_the_key_is_scrubbed_even_when_a_server_echoes_it(fake_openai, fake_teacher_config):
     fake_openai.script([{"status": 400, "message": f"key {FAKE_KEY} is not allowed"}])
     with pytest.raises(EndpointError) as err:
-        run(_chat_and_close(make_teacher(fake_teacher_config())))
+        run(_chat_and_close(make_backend(fake_teacher_config())))
     assert FAKE_KEY not in str(err.value) and "***" in str(err.value)
 
 
 def test_bad_base_url_and_empty_model_are_config_errors(monkeypatch):
     monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY)
     with pytest.raises(ConfigError, match="not an http"):
-        make_teacher(TeacherConfig(model="openai:m", base_url="127.0.0.1:8000/v1", api_key_env=FAKE_KEY_ENV))
+        make_backend(TeacherConfig(model="openai:m", base_url="127.0.0.1:8000/v1", api_key_env=FAKE_KEY_ENV))
     with pytest.raises(ConfigError, match="no model name"):
-        make_teacher(TeacherConfig(model="openai:", base_url="http://127.0.0.1:1/v1", api_key_env=FAKE_KEY_ENV))
+        make_backend(TeacherConfig(model="openai:", base_url="http://127.0.0.1:1/v1", api_key_env=FAKE_KEY_ENV))
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -290,7 +290,7 @@ def test_bad_base_url_and_empty_model_are_config_errors(monkeypatch):
 
 def test_requests_in_flight_never_exceed_max_concurrency(fake_openai, fake_teacher_config):
     fake_openai.responder = lambda body: {"sleep": 0.3, "text": body["messages"][0]["content"]}
-    teacher = make_teacher(fake_teacher_config(max_concurrency=3))
+    teacher = make_backend(fake_teacher_config(max_concurrency=3))
 
     async def many():
         try:
@@ -317,7 +317,7 @@ def test_usage_and_cost_follow_the_price_table(fake_openai, fake_teacher_config)
         ]
     )
     tracker = CostTracker()
-    teacher = make_teacher(fake_teacher_config(price=price), tracker)
+    teacher = make_backend(fake_teacher_config(price=price), tracker)
 
     async def two():
         try:
@@ -339,7 +339,7 @@ def test_usage_and_cost_follow_the_price_table(fake_openai, fake_teacher_config)
 
 def test_cost_is_set_without_a_tracker_and_estimated_when_usage_is_missing(fake_openai, fake_teacher_config):
     fake_openai.script([{"text": "some words here", "no_usage": True}])
-    c = run(_chat_and_close(make_teacher(fake_teacher_config(price=Price(input_per_1m=10, output_per_1m=10)))))
+    c = run(_chat_and_close(make_backend(fake_teacher_config(price=Price(input_per_1m=10, output_per_1m=10)))))
     assert c.usage.prompt_tokens >= 3 and c.usage.completion_tokens >= 3
     assert c.cost == pytest.approx(cost_of(c.usage, Price(input_per_1m=10, output_per_1m=10))) and c.cost > 0
 

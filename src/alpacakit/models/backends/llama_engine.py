@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alpacakit.errors import TeacherError
-from alpacakit.teachers.streaming import StopScanner
+from alpacakit.models.backends.streaming import StopScanner
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class BatchEngine:
             raise TeacherError(f"{self.name}: empty prompt", hint="send at least one token of prompt")
         with self._cv:
             if self._closing:
-                raise TeacherError(f"{self.name} was closed", hint="create a new teacher with make_teacher()")
+                raise TeacherError(f"{self.name} was closed", hint="create a new teacher with make_backend()")
             self._pending.append(job)
             self._cv.notify()
         return job.future
@@ -241,7 +241,7 @@ class BatchEngine:
             log.exception("%s: engine failed", self.name)
             self._fail_all(TeacherError(f"{self.name}: llama.cpp engine failed: {e}"))
         finally:
-            self._fail_all(TeacherError(f"{self.name} was closed", hint="create a new teacher with make_teacher()"))
+            self._fail_all(TeacherError(f"{self.name} was closed", hint="create a new teacher with make_backend()"))
             self._free()
 
     def _busy(self) -> bool:

@@ -1,4 +1,4 @@
-"""A local GGUF model as a `Teacher`, in process, through llama-cpp-python.
+"""A local GGUF model as a `ModelBackend`, in process, through llama-cpp-python.
 
 - chat() renders messages with the model's own chat template (`create_chat_completion`,
   which reads `tokenizer.chat_template` from the GGUF); a model without one (a base model such
@@ -35,9 +35,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from alpacakit.errors import TeacherError
+from alpacakit.models.backends.base import Completion, Usage, Watch
+from alpacakit.models.backends.llama_engine import RANDOM_SEED, BatchEngine, GenerationTimeout, Job, JobResult, Sampling
 from alpacakit.teachers.accounting import CostTracker, cost_of
-from alpacakit.teachers.base import Completion, Usage, Watch
-from alpacakit.teachers.llama_engine import RANDOM_SEED, BatchEngine, GenerationTimeout, Job, JobResult, Sampling
 
 if TYPE_CHECKING:
     from alpacakit.teachers.config import TeacherConfig
@@ -142,8 +142,8 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class LlamaCppTeacher:
-    """A GGUF model (embedded name or path) loaded in this process. Build it with `make_teacher`."""
+class LlamaCppModel:
+    """A GGUF model (embedded name or path) loaded in this process. Build it with `make_backend`."""
 
     # Requests in flight when a job reaches its target are still generating together with the
     # rest and cost nothing: callers may cancel them (see alpacakit.jobs.engine).
@@ -256,7 +256,7 @@ class LlamaCppTeacher:
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
-    async def __aenter__(self) -> LlamaCppTeacher:
+    async def __aenter__(self) -> LlamaCppModel:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -284,7 +284,7 @@ class LlamaCppTeacher:
 
     def _alive(self) -> None:
         if not self._finalizer.alive:
-            raise TeacherError(f"{self.name} was closed", hint="create a new teacher with make_teacher()")
+            raise TeacherError(f"{self.name} was closed", hint="create a new teacher with make_backend()")
 
     def _raw_tokens(self, prompt: str) -> list[int]:
         """A raw continuation, tokenized as `Llama.create_completion` does (BOS when the model wants one)."""
@@ -387,7 +387,7 @@ class LlamaCppTeacher:
         return completion
 
     # ------------------------------------------------------------------ streaming and token counts
-    # Optional extras of the Teacher protocol (see teachers/base.py), used by `alpacakit chat` and
+    # Optional extras of the ModelBackend protocol (see models/backends/base.py), used by `alpacakit chat` and
     # `alpacakit serve`: text pieces as they are generated, then the Completion; and exact token
     # counts for request validation.
 
@@ -475,7 +475,7 @@ class LlamaCppTeacher:
         stop: list[str] | None,
         seed: int | None,
     ) -> AsyncIterator[str | Completion]:
-        from alpacakit.teachers.streaming import stream_thread
+        from alpacakit.models.backends.streaming import stream_thread
 
         t0 = time.monotonic()
 
