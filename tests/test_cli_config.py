@@ -149,6 +149,18 @@ def test_a_bad_value_names_the_yaml_file(tmp_path: Path) -> None:
     assert str(cfg) in r.exception.message and "val_fraction" in r.exception.message
 
 
+def test_a_bad_flag_value_names_the_flag_and_a_bad_file_value_its_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "alpacakit.yaml"
+    cfg.write_text("generate:\n  filters:\n    max_words: -3\n", encoding="utf-8")
+    r = run("generate", "--num", "-3", "--temperature", "-1", "--config", cfg, "-o", tmp_path / "out")
+    assert isinstance(r.exception, ConfigError)
+    lines = r.exception.message.splitlines()
+    assert any(line.strip().startswith("--num: generate.num:") for line in lines), lines
+    assert any(line.strip().startswith("--temperature: teacher.temperature:") for line in lines), lines
+    assert any(line.strip().startswith(f"{cfg}:3: generate.filters.max_words:") for line in lines), lines
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def test_alpacakit_yaml_in_the_working_folder_is_not_read_unless_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -566,6 +566,8 @@ def test_without_a_terminal_progress_is_a_few_lines_with_rate_and_eta(server, tm
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[generate]")]
     assert result.totals.requests > 5 and len(lines) <= 3  # not one per response
     assert "eta" in lines[-1] and "kept/s" in lines[-1]
+    # answers still arriving after the target do not print the target line again
+    assert sum("kept 30/30" in line for line in lines) == 1, lines
 
 
 def test_a_resume_takes_earlier_results_as_they_were_and_rebuilds_only_what_differs(server, tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from alpacakit.settings import (
     build,
     deep_merge,
     drop_none,
+    flag_origins,
     load_yaml,
     override_origins,
     parse_overrides,
@@ -71,11 +72,15 @@ class AlpacakitConfig(Section):
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, extra: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> AlpacakitConfig:
     """Defaults <- YAML file <- --set overrides <- named flags (`extra`, None values ignored).
 
-    A value that fails validation is reported with the FILE:LINE or `--set KEY` it came from."""
+    A value that fails validation is reported with the FILE:LINE, `--set KEY` or flag it came from
+    (`flag_names`: dotted field -> the verb's flag that set it)."""
     data, origins = read_yaml(path) if path else ({}, Origins())
     over = parse_overrides(overrides)
     data = deep_merge(data, over)
@@ -83,5 +88,5 @@ def load_config(
     if extra:
         flags = drop_none(extra)
         data = deep_merge(data, flags)
-        origins.cover(flags)
+        origins.cover(flags, flag_origins(flags, flag_names) if flag_names else None)
     return build(AlpacakitConfig, data, str(path) if path else "settings", origins)

@@ -111,6 +111,11 @@ def override_origins(overrides: list[str] | None, keys: list[str] | None = None)
     return Origins({tuple(k.split(".")): f"--set {t}" for t, k in zip(typed, read)})
 
 
+def flag_origins(flags: dict[str, Any], names: dict[str, str]) -> Origins:
+    """The leaves of a verb's named flags -> the flag that set each (`--num`), where known."""
+    return Origins({path: names.get(".".join(path)) for path in _leaf_paths(flags)})
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`extra` over `base`: mappings merge key by key, anything else is replaced."""
     out = dict(base)

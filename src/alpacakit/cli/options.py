@@ -151,6 +151,13 @@ def _loader(name: str | None) -> Callable[..., Any]:
     return load_config
 
 
+def _flag_decl(flag: Flag) -> str:
+    """The flag's long name as typed (`--num`), for error messages."""
+    decls = flag.decls or (f"--{_flag_name(flag.field)}",)
+    long = next((d for d in decls if d.startswith("--")), decls[0])
+    return long.split("/", 1)[0]
+
+
 def config_options(*specs: Spec, loader: str | None = None, config_argument: bool = False) -> Callable:
     """Expose config fields as flags of a verb whose first parameter receives the config.
 
@@ -217,13 +224,15 @@ def config_options(*specs: Spec, loader: str | None = None, config_argument: boo
                 raise ConfigError("two config files given (an argument and --config)", hint="give one")
             overrides = kwargs.pop(SET_PARAM)
             extra: dict[str, Any] = {}
+            names: dict[str, str] = {}  # field -> the flag that set it, for error messages
             for name, flag in generated.items():
                 value = kwargs.pop(name)
                 if value is None or (isinstance(value, list | tuple) and not value):
                     continue  # not given: the file (or the default) decides
                 for field in flag.fields:
                     _set_dotted(extra, field, list(value) if isinstance(value, tuple) else value)
-            cfg = _loader(loader)(config_path(path or positional), overrides, extra)
+                    names[field] = _flag_decl(flag)
+            cfg = _loader(loader)(config_path(path or positional), overrides, extra, names)
             return fn(cfg, **kwargs)
 
         del wrapper.__wrapped__  # typer must see the new signature, not the function's

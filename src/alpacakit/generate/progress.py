@@ -57,6 +57,7 @@ class GenerationProgress:
 
     writing = ""  # what the requests in flight have written so far, when the teacher shows it
     _last_log = float("-inf")
+    _logged_target = False
     log_every_s = 10.0  # without a terminal: one line at most this often (and the last one)
     _start: tuple[float, int] | None = None  # (time, done) when this run's first update came
 
@@ -81,8 +82,10 @@ class GenerationProgress:
         now = time.monotonic()
         if self._start is None:
             self._start = (now, self._done())
-        if self.log and (now - self._last_log >= self.log_every_s or self._done() >= self.target):
+        reached = self._done() >= self.target
+        if self.log and (now - self._last_log >= self.log_every_s or (reached and not self._logged_target)):
             self._last_log = now
+            self._logged_target = reached  # answers still arriving after the target: no repeats
             print(
                 f"[{self.label}] {self.unit} {self._done()}/{self.target} | {self._stats()}{self._rate_eta(now)}",
                 file=sys.stderr,

@@ -24,6 +24,7 @@ from alpacakit.settings import (
     build,
     deep_merge,
     drop_none,
+    flag_origins,
     override_origins,
     parse_overrides,
     read_yaml,
@@ -46,21 +47,12 @@ def list_presets() -> dict[str, str]:
     return out
 
 
-def _formats_dir() -> Path:
-    return Path(str(resources.files("alpacakit.train").joinpath("prompt_formats")))
-
-
 def train_prompt_formats() -> list[str]:
-    """Prompt formats shipped with the train stage (`alpacakit/train/prompt_formats/*.json`)."""
-    return sorted(p.stem for p in _formats_dir().glob("*.json"))
+    """The prompt formats shipped (`alpacakit/templates/*.json`): alpaca, alpaca-lora,
+    alpaca-stanford, chat. Every verb loads them by name (`PromptFormat.load`)."""
+    from alpacakit.prompting import list_formats
 
-
-def resolve_prompt_format(ref: str) -> str:
-    """A prompt format reference as `PromptFormat.load` takes it: the train stage's own formats
-    (alpaca-stanford, alpaca-lora) by name become their file's path; anything else is unchanged
-    (the built-in names alpaca and chat, a path, a model folder)."""
-    f = _formats_dir() / f"{ref}.json"
-    return str(f) if "/" not in str(ref) and f.is_file() else str(ref)
+    return list_formats()
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -293,7 +285,10 @@ class ResolvedStage(Section):
 
 
 def load_train_config(
-    path: str | Path | None, overrides: list[str] | None = None, extra: dict[str, Any] | None = None
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> AlpacakitConfig:
     """The whole config for `alpacakit train`: defaults <- YAML <- --set <- named flags.
 
@@ -320,5 +315,5 @@ def load_train_config(
     if extra:
         flags = drop_none(extra)
         data = deep_merge(data, flags)
-        origins.cover(flags)
+        origins.cover(flags, flag_origins(flags, flag_names) if flag_names else None)
     return build(AlpacakitConfig, data, str(path) if path else "settings", origins)

@@ -176,11 +176,11 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
 
 
 def load_prompt_format(ref: str) -> PromptFormat:
-    """A built-in format, one of the train stage's (alpaca-stanford, alpaca-lora), or a file."""
-    from alpacakit.train.config import resolve_prompt_format, train_prompt_formats
+    """A shipped format (alpaca, alpaca-lora, alpaca-stanford, chat) or a file."""
+    from alpacakit.train.config import train_prompt_formats
 
     try:
-        return PromptFormat.load(resolve_prompt_format(ref))
+        return PromptFormat.load(ref)
     except ConfigError as e:
         if e.hint:
             e.hint += f" (or {', '.join(train_prompt_formats())})"
