@@ -794,3 +794,35 @@ def test_a_failure_in_the_worker_surfaces_after_the_answers_are_journaled(server
     assert result.status == "complete" and result.totals.kept >= 30
     kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
     assert len(kept) == result.totals.kept == len(set(kept))
+
+
+def test_a_lagging_worker_with_a_poor_start_does_not_overshoot_by_more_than_one_request(server, tmp_path, monkeypatch):
+    """The first answers keep nothing (empty), the rest keep 3 each, and the worker is slower
+    than the answers: judged on that stale, poor start, the mean yield said far more requests
+    were needed than were. Counting every answer to come at the best one so far keeps the
+    overshoot within one request's tasks."""
+    from alpacakit.generate.self_instruct import SelfInstructProcessor
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    real_process = SelfInstructProcessor.process
+
+    def process(self, entry):
+        time.sleep(0.03)  # the worker lags the answers
+        return real_process(self, entry)
+
+    monkeypatch.setattr(SelfInstructProcessor, "process", process)
+    calls = itertools.count()
+
+    def answer(body):
+        time.sleep(0.01)
+        first = int(re.findall(r"(\d+)\. Instruction:", body["messages"][-1]["content"])[-1])
+        return "" if next(calls) < 6 else tasks_text(first, 3)
+
+    server.responder = answer
+    cfg = config(server, seeds, num=24)
+    cfg.teacher.max_concurrency = 8
+    cfg.generate.request_batch = 8
+    cfg.generate.process_in_worker = True
+    result = generate(cfg, tmp_path / "out", show_progress=False)
+    assert result.status == "complete"
+    assert 24 <= result.totals.kept <= 24 + 3, result.totals.as_dict()

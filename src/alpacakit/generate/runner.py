@@ -255,8 +255,9 @@ class LiveStage(JobStage):
         if not answer_mode:
             from alpacakit.generate.self_instruct import enough_in_flight, runaway_answer, target_in_sight
 
-            self._in_sight, self._enough = target_in_sight(target), enough_in_flight(target)
             g = config.generate
+            most = max(g.tasks_per_request - g.num_prompt_instructions, 1)  # new tasks one answer is asked for
+            self._in_sight, self._enough = target_in_sight(target), enough_in_flight(target, most)
             if g.cut_runaway_answers:
                 self._runaway = runaway_answer(g.similarity_threshold, g.max_task_chars)
 

@@ -202,7 +202,7 @@ def target_in_sight(target: int) -> Callable[[JobTotals, list[tuple[Request, str
     return check
 
 
-def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
+def enough_in_flight(target: int, most_per_answer: int = 0) -> Callable[[JobTotals, list[tuple[Request, str]]], bool]:
     """For the job engine (`alpacakit.jobs`): True when the answers in flight will probably reach `target` by
     themselves (each expected to keep at least as many tasks as a finished answer kept on
     average), so a new request would only pay for its prompt and then be cut.
@@ -225,6 +225,12 @@ def enough_in_flight(target: int) -> Callable[[JobTotals, list[tuple[Request, st
             per_request = totals.pending_most / totals.pending
         else:
             return False
+        # Every answer still to come is counted at the most one answer has kept so far (before any
+        # kept anything: at `most_per_answer`, the tasks one answer is asked for), not at the
+        # mean: a request goes out only if even that leaves the target short, so the answers in
+        # flight cannot overshoot it by more than one request. (At the mean, judged on the early,
+        # stale sample a lagging worker gives, too many went out: --num 2000 overshot by 3.)
+        per_request = max(per_request, totals.best_kept or most_per_answer)
         seen = totals.kept + sum(totals.discards.values())
         keep_rate = totals.kept / seen if seen else 0.0
         expected = sum(max(per_request, keep_rate * tasks_written([w]) if w[1] else 0.0) for w in writing)

@@ -310,6 +310,7 @@ class JournaledJob:
             self.totals.pending -= 1
             self.totals.pending_most -= most
             self.totals.kept += kept
+            self.totals.best_kept = max(self.totals.best_kept, kept)
             self.totals.discards.update(reasons)
             out.append((entry, kept, Counter(reasons)))
         return out

@@ -24,6 +24,7 @@ class JobTotals:
     maybe_billed_usd: float = 0.0  # their worst-case cost, not in cost_usd (which is confirmed spending)
     pending: int = 0  # journaled (counted in requests) but not yet processed by the worker (worker.py)
     pending_most: int = 0  # the most records those pending entries can keep (see start_worker)
+    best_kept: int = 0  # the most records one answer has kept so far (the overshoot guard's yardstick)
 
     def add_entry(self, entry: dict) -> None:
         self.requests += 1
@@ -40,6 +41,7 @@ class JobTotals:
 
     def add_results(self, kept: list[dict], discards: list[dict]) -> None:
         self.kept += len(kept)
+        self.best_kept = max(self.best_kept, len(kept))
         for d in discards:
             self.discards[d["reason"]] += 1
 
