@@ -13,7 +13,7 @@ import pytest
 
 from alpacakit.errors import ConfigError
 from alpacakit.quickstart import load_profile, run_quickstart
-from alpacakit.quickstart.pipeline import STAGES, before_after
+from alpacakit.quickstart.pipeline import STAGES, QuickstartSettings, before_after
 
 pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
@@ -21,6 +21,30 @@ pytest.importorskip("llama_cpp")
 
 def _lines(path: Path) -> int:
     return sum(1 for _ in path.open(encoding="utf-8"))
+
+
+# The `--set` overrides of the tiny profile that `finished_run` is built with, and that its rerun
+# repeats: a few examples, two training steps, short answers, small evaluations.
+FINISHED_RUN_OVERRIDES = [
+    "generate.num=4",
+    "eval.limit=2",
+    "eval.system.max_tokens=24",
+    "quickstart.bench_limit=1",
+    "export.quant=f16",
+    "quickstart.before_after=2",
+    "train.max_steps=2",
+    "train.max_length=512",  # SmolLM2's longer tasks fit the byte-level tiny tokenizer
+    "quickstart.follow_limit=6",
+    "quickstart.follow_teacher_limit=2",
+    "quickstart.follow_max_tokens=24",
+    "quickstart.heldout=1",
+    "quickstart.judge_follow=2",
+]
+
+
+def _finished_run_profile(base: Path) -> QuickstartSettings:
+    """The tiny profile with FINISHED_RUN_OVERRIDES, training the tiny base at `base`."""
+    return load_profile("tiny", [f"train.base={base}", *FINISHED_RUN_OVERRIDES])
 
 
 def test_profiles_are_data_and_take_overrides():
@@ -46,25 +70,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
 
     root = tmp_path_factory.mktemp("qs")
     base = make_tiny_base(root / "tiny-base")
-    profile = load_profile(
-        "tiny",
-        [
-            f"train.base={base}",
-            "generate.num=4",
-            "eval.limit=2",
-            "eval.system.max_tokens=24",
-            "quickstart.bench_limit=1",
-            "export.quant=f16",
-            "quickstart.before_after=2",
-            "train.max_steps=2",
-            "train.max_length=512",
-            "quickstart.follow_limit=6",
-            "quickstart.follow_teacher_limit=2",
-            "quickstart.follow_max_tokens=24",
-            "quickstart.heldout=1",
-            "quickstart.judge_follow=2",
-        ],
-    )
+    profile = _finished_run_profile(base)
     said: list[str] = []
     log = run_quickstart(root / "run", profile, say=said.append, progress=False)
     return root / "run", log, said
@@ -120,25 +126,7 @@ def test_a_rerun_skips_finished_stages_and_pays_for_nothing_twice(finished_run):
     before = {p: _lines(p) for p in journals}
     finished = [run / "model" / "manifest.json", run / "export" / "model-f16.gguf"]
     stamps = [p.stat().st_mtime_ns for p in finished]
-    profile = load_profile(
-        "tiny",
-        [
-            f"train.base={run.parent / 'tiny-base'}",
-            "generate.num=4",
-            "eval.limit=2",
-            "eval.system.max_tokens=24",
-            "quickstart.bench_limit=1",
-            "export.quant=f16",
-            "quickstart.before_after=2",
-            "train.max_steps=2",
-            "train.max_length=128",
-            "quickstart.follow_limit=6",
-            "quickstart.follow_teacher_limit=2",
-            "quickstart.follow_max_tokens=24",
-            "quickstart.heldout=1",
-            "quickstart.judge_follow=2",
-        ],
-    )
+    profile = _finished_run_profile(run.parent / "tiny-base")
     log = run_quickstart(
         run,
         profile,

@@ -2,74 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
-from alpacakit.train.launch import SHIPPED, accelerate_config_path  # noqa: E402
-from alpacakit.train.tiny import make_tiny_base  # noqa: E402
+from distributed_helpers import manifest, rank_reports, run_train, write_tiny_setup  # noqa: E402
 
-WORDS = [
-    "red",
-    "blue",
-    "cat",
-    "dog",
-    "sun",
-    "tea",
-    "fox",
-    "bread",
-    "milk",
-    "rain",
-    "salt",
-    "tree",
-    "sky",
-    "ice",
-    "owl",
-    "bee",
-]
+from alpacakit.train.launch import SHIPPED, accelerate_config_path  # noqa: E402
 
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes_trains_on_both_ranks_and_saves_once(tmp_path):
-    base = make_tiny_base(tmp_path / "base")
-    data = tmp_path / "data.jsonl"
-    data.write_text(
-        "".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS)
-    )
+    setup = write_tiny_setup(tmp_path)
     out = tmp_path / "model"
-    cmd = [
-        sys.executable,
-        "-m",
-        "alpacakit.cli.main",
-        "train",
-        "--base",
-        str(base),
-        "--data",
-        str(data),
-        "-o",
-        str(out),
-        "--set",
-        "epochs=1",
-        "--set",
-        "batch_size=2",
-        "--set",
-        "lr=1e-2",
-        "--launcher",
-        "accelerate",
-        "--num-processes",
-        "2",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    args = ["--base", setup["base"], "--data", setup["data"]]
+    args += ["--set", "epochs=1", "--set", "batch_size=2", "--set", "lr=1e-2"]
+    r = run_train(args, out, timeout=600)
 
-    reports = [json.loads((out / "logs" / "ranks" / f"01-main-rank{i}.json").read_text()) for i in (0, 1)]
+    reports = rank_reports(out)
     for i, rep in enumerate(reports):
         assert rep["rank"] == i and rep["world_size"] == 2
         assert rep["steps"] == 4  # 16 examples / (2 per process x 2 processes)
@@ -78,7 +29,7 @@ def test_ddp_with_two_cpu_processes_trains_on_both_ranks_and_saves_once(tmp_path
     # the gradients were all-reduced: both ranks end with identical weights
     assert reports[0]["trainable_digest"] == reports[1]["trainable_digest"]
 
-    m = json.loads((out / "manifest.json").read_text())
+    m = manifest(out)
     assert m["complete"] and m["world_size"] == 2 and m["steps"] == 4
     # saved once: one model folder, one adapter, nothing left half-written next to it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "data.jsonl", "model"]

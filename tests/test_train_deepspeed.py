@@ -8,10 +8,7 @@ and a save by rank 0 alone would look right by accident).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,77 +17,32 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 pytest.importorskip("deepspeed")
 
-from alpacakit.train.tiny import make_tiny_base  # noqa: E402
+from distributed_helpers import (  # noqa: E402
+    assert_resumed_run_equals,
+    run_train,
+    train_cmd,
+    train_until_killed,
+    write_tiny_setup,
+)
+
 from alpacakit.train.trainer import CHECKPOINT_MARKER  # noqa: E402
 
 # Two training processes each: minutes on a 2-core machine.
 pytestmark = pytest.mark.slow
 
-WORDS = [
-    "red",
-    "blue",
-    "cat",
-    "dog",
-    "sun",
-    "tea",
-    "fox",
-    "bread",
-    "milk",
-    "rain",
-    "salt",
-    "tree",
-    "sky",
-    "ice",
-    "owl",
-    "bee",
-]
 CFG = (
     "method: full\nprecision: fp32\nloss: supervised\nepochs: 1\nbatch_size: 2\nlr: 1.0e-2\nsave_steps: 2\n"
     "keep_checkpoints: true\nlogging_steps: 1\n"
 )
 
 
-def _env(**kw: str) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **kw}
-
-
-def _cmd(cfg: Path, out: Path, accelerate_config: Path | str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "alpacakit.cli.main",
-        "train",
-        str(cfg),
-        "-o",
-        str(out),
-        "--launcher",
-        "accelerate",
-        "--num-processes",
-        "2",
-        "--accelerate-config",
-        str(accelerate_config),
-        *extra,
-    ]
-
-
 def _train(cfg: Path, out: Path, accelerate_config: Path | str, *extra: str) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        _cmd(cfg, out, accelerate_config, *extra), env=_env(), capture_output=True, text=True, timeout=400
-    )
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-5000:])
-    return r
+    return run_train([cfg, *extra], out, accelerate_config, timeout=400)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("zero3")
-    base = make_tiny_base(d / "base")
-    data = d / "data.jsonl"
-    data.write_text(
-        "".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS)
-    )
-    cfg = d / "train.yaml"
-    cfg.write_text(f"base: {base}\ndata: {data}\n{CFG}")
     ds_json = d / "zero3.json"
     ds_json.write_text(
         json.dumps(
@@ -115,7 +67,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
         f"machine_rank: 0\nrdzv_backend: static\nsame_network: true\nuse_cpu: false\n"
         f"deepspeed_config:\n  deepspeed_config_file: {ds_json}\n  zero3_init_flag: true\n"
     )
-    return {"dir": d, "base": base, "cfg": cfg, "acc": acc}
+    return {**write_tiny_setup(d, cfg=CFG), "acc": acc}
 
 
 @pytest.fixture(scope="module")
@@ -154,19 +106,6 @@ def test_zero3_on_two_cpu_processes_partitions_the_weights_and_saves_them_whole(
     assert not (zero3 / "merged" / "training_args.bin").exists()
 
 
-def _kill_tree(pid: int) -> None:
-    import psutil
-
-    root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]  # the launcher, accelerate and both ranks
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-
-
 def test_zero3_resume_from_a_partitioned_checkpoint_equals_the_uninterrupted_run(setup, zero3):
     """kill -9 after checkpoint-2 (of 4 steps), then `--resume`: DeepSpeed reloads each rank's
     partition of the weights and of the Adam state, the Trainer the data position and RNG."""
@@ -174,35 +113,12 @@ def test_zero3_resume_from_a_partitioned_checkpoint_equals_the_uninterrupted_run
     out = setup["dir"] / "killed"
     partial = setup["dir"] / "killed.partial"
     ck = partial / "stages" / "01-main" / "checkpoints" / "checkpoint-2" / CHECKPOINT_MARKER
-    proc = subprocess.Popen(
-        _cmd(setup["cfg"], out, setup["acc"]),
-        env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="1.5"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 300
-        while not ck.exists():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint-2 in time"
-            time.sleep(0.1)
-        time.sleep(0.5)  # inside step 3: that work is lost
-    finally:
-        _kill_tree(proc.pid)
+    # killed 0.5 s after checkpoint-2, inside step 3: that work is lost
+    train_until_killed(train_cmd([setup["cfg"]], out, setup["acc"]), ck, step_delay_s=1.5, within_s=300, then_s=0.5)
     assert not out.exists() and partial.exists()
     assert not (partial / "stages" / "01-main" / "checkpoints" / "checkpoint-4" / CHECKPOINT_MARKER).exists()
 
     r = _train(setup["cfg"], out, setup["acc"], "--resume")
     assert "resuming from checkpoint-2" in r.stdout
-    from safetensors.torch import load_file
-
-    a = load_file(zero3 / "merged" / "model.safetensors")
-    b = load_file(out / "merged" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:  # weights, Adam moments and data order all came back from the partitions
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
-    la = {e["step"]: e["loss"] for e in json.loads((zero3 / "manifest.json").read_text())["losses"]}
-    lb = {e["step"]: e["loss"] for e in json.loads((out / "manifest.json").read_text())["losses"]}
-    assert la.keys() == lb.keys() == set(range(1, 5))
-    for step in la:
-        assert lb[step] == pytest.approx(la[step], rel=1e-5, abs=1e-6), step
+    # weights, Adam moments and data order all came back from the partitions
+    assert_resumed_run_equals(zero3, out, steps=4)

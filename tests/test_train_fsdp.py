@@ -8,10 +8,7 @@ the save tests.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,31 +17,23 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 pytest.importorskip("peft")
 
+from distributed_helpers import (  # noqa: E402
+    assert_resumed_run_equals,
+    manifest,
+    rank_reports,
+    run_train,
+    train_cmd,
+    train_until_killed,
+    write_examples,
+    write_tiny_setup,
+)
+
 from alpacakit.train.launch import _cpu_variant, accelerate_config_path  # noqa: E402
-from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 from alpacakit.train.trainer import CHECKPOINT_MARKER  # noqa: E402
 
 # Two training processes each: minutes on a 2-core machine.
 pytestmark = pytest.mark.slow
 
-WORDS = [
-    "red",
-    "blue",
-    "cat",
-    "dog",
-    "sun",
-    "tea",
-    "fox",
-    "bread",
-    "milk",
-    "rain",
-    "salt",
-    "tree",
-    "sky",
-    "ice",
-    "owl",
-    "bee",
-]
 # fp32 and `loss: supervised` on both sides of every comparison (FSDP turns `chunked` into
 # `supervised`, and a bf16 base would round differently under the two wrappers)
 FULL = (
@@ -57,48 +46,13 @@ LORA = (
 )
 
 
-def _env(**kw: str) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **kw}
-
-
-def _cmd(cfg: Path, out: Path, config: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "alpacakit.cli.main",
-        "train",
-        str(cfg),
-        "-o",
-        str(out),
-        "--launcher",
-        "accelerate",
-        "--num-processes",
-        "2",
-        "--accelerate-config",
-        config,
-        *extra,
-    ]
-
-
 def _run(cfg: Path, out: Path, config: str, *extra: str) -> subprocess.CompletedProcess:
-    r = subprocess.run(_cmd(cfg, out, config, *extra), env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-5000:])
-    return r
+    return run_train([cfg, *extra], out, config, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("fsdp")
-    base = make_tiny_base(d / "base")
-    data = d / "data.jsonl"
-    data.write_text(
-        "".join(json.dumps({"instruction": f"Repeat {w}.", "input": "", "output": w}) + "\n" for w in WORDS)
-    )
-    full = d / "full.yaml"
-    full.write_text(f"base: {base}\ndata: {data}\n{FULL}")
-    lora = d / "lora.yaml"
-    lora.write_text(f"base: {base}\ndata: {data}\n{LORA}")
-    return {"dir": d, "base": base, "data": data, "full": full, "lora": lora}
+    return write_tiny_setup(tmp_path_factory.mktemp("fsdp"), full=FULL, lora=LORA)
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +80,11 @@ def _logits(folder: Path) -> torch.Tensor:
 
 def test_fsdp_full_shard_on_two_cpu_processes_saves_a_full_model_that_reloads(setup, fsdp_full, ddp_full):
     # both ranks trained (FSDP really ran: the ranks hold different shards of the weights)
-    reports = [json.loads((fsdp_full / "logs" / "ranks" / f"01-main-rank{i}.json").read_text()) for i in (0, 1)]
+    reports = rank_reports(fsdp_full)
     assert [r["world_size"] for r in reports] == [2, 2] and [r["steps"] for r in reports] == [8, 8]
     assert [r["examples"] for r in reports] == [16, 16]  # 2 epochs of half the data each
     assert reports[0]["trainable_digest"] != reports[1]["trainable_digest"]  # shards, not copies
-    ddp_reports = [json.loads((ddp_full / "logs" / "ranks" / f"01-main-rank{i}.json").read_text()) for i in (0, 1)]
+    ddp_reports = rank_reports(ddp_full)
     assert ddp_reports[0]["trainable_digest"] == ddp_reports[1]["trainable_digest"]  # DDP: full copies
 
     # the checkpoints are sharded (each rank wrote its part with torch.distributed.checkpoint) ...
@@ -149,7 +103,7 @@ def test_fsdp_full_shard_on_two_cpu_processes_saves_a_full_model_that_reloads(se
     # reloaded in one process, it gives the logits of the same training without FSDP (DDP)
     ours, ref = _logits(fsdp_full), _logits(ddp_full)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    m = json.loads((fsdp_full / "manifest.json").read_text())
+    m = manifest(fsdp_full)
     assert m["complete"] and m["world_size"] == 2 and m["steps"] == 8
 
 
@@ -171,54 +125,19 @@ def test_fsdp_lora_save_writes_the_whole_adapter_not_an_empty_file(setup):
     torch.testing.assert_close(_logits(fsdp), _logits(ddp), rtol=1e-4, atol=1e-4)
 
 
-def _kill_tree(pid: int) -> None:
-    import psutil
-
-    root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]  # the launcher, torchrun and both ranks
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-
-
 def test_fsdp_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(setup, fsdp_full):
     pytest.importorskip("psutil")
     out = setup["dir"] / "killed"
     partial = setup["dir"] / "killed.partial"
     ck = partial / "stages" / "01-main" / "checkpoints" / "checkpoint-4" / CHECKPOINT_MARKER
-    proc = subprocess.Popen(
-        _cmd(setup["full"], out, "fsdp"),
-        env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 240
-        while not ck.exists():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint-4 in time"
-            time.sleep(0.1)
-        time.sleep(0.9)  # inside step 5 or 6: that work is lost
-    finally:
-        _kill_tree(proc.pid)
+    # killed 0.9 s after checkpoint-4, inside step 5 or 6: that work is lost
+    train_until_killed(train_cmd([setup["full"]], out, "fsdp"), ck, step_delay_s=0.7, within_s=240, then_s=0.9)
     assert not out.exists() and partial.exists()
 
     r = _run(setup["full"], out, "fsdp", "--resume")
     assert "resuming from checkpoint-4" in r.stdout
-    from safetensors.torch import load_file
-
-    a = load_file(fsdp_full / "merged" / "model.safetensors")
-    b = load_file(out / "merged" / "model.safetensors")
-    for k in a:  # weights, Adam moments and data order all came back from the shards
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
-    la = {e["step"]: e["loss"] for e in json.loads((fsdp_full / "manifest.json").read_text())["losses"]}
-    lb = {e["step"]: e["loss"] for e in json.loads((out / "manifest.json").read_text())["losses"]}
-    assert la.keys() == lb.keys() == set(range(1, 9))
-    for step in la:
-        assert lb[step] == pytest.approx(la[step], rel=1e-5, abs=1e-6), step
+    # weights, Adam moments and data order all came back from the shards
+    assert_resumed_run_equals(fsdp_full, out, steps=8)
 
 
 def test_fsdp_config_runs_on_cpu_without_module_state_sync(tmp_path):
@@ -244,13 +163,7 @@ STAGES = (
 
 def _two_stage_config(setup) -> Path:
     d = setup["dir"]
-    domain = d / "domain.jsonl"
-    domain.write_text(
-        "".join(
-            json.dumps({"instruction": f"Give the opposite of {a}.", "input": "", "output": b}) + "\n"
-            for a, b in DOMAIN
-        )
-    )
+    domain = write_examples(d / "domain.jsonl", ((f"Give the opposite of {a}.", b) for a, b in DOMAIN))
     cfg = d / "stages.yaml"
     cfg.write_text(f"base: {setup['base']}\n" + STAGES.format(general=setup["data"], domain=domain))
     return cfg
@@ -274,23 +187,21 @@ def test_fsdp_two_stage_training_continues_from_stage_one_and_equals_ddp(setup):
         assert (ck / CHECKPOINT_MARKER).exists() and (ck / "pytorch_model_fsdp_0").is_dir(), name
         assert (sdir / "weights" / "model.safetensors").exists(), name
         assert any((fsdp / "logs" / name).iterdir()), name  # TensorBoard events
-        reports = [json.loads((fsdp / "logs" / "ranks" / f"{name}-rank{i}.json").read_text()) for i in (0, 1)]
+        reports = rank_reports(fsdp, name)
         assert [r["steps"] for r in reports] == [steps, steps] and reports[0]["trainable_digest"] != reports[1][
             "trainable_digest"
         ]  # sharded in both stages
     # stage 2 began where stage 1 ended (on each rank, the same shard of the same weights), not at the base
-    for i in (0, 1):
-        general = json.loads((fsdp / "logs" / "ranks" / f"01-general-rank{i}.json").read_text())
-        domain = json.loads((fsdp / "logs" / "ranks" / f"02-domain-rank{i}.json").read_text())
+    for i, (general, domain) in enumerate(zip(rank_reports(fsdp, "01-general"), rank_reports(fsdp, "02-domain"))):
         assert domain["initial_digest"] == general["trainable_digest"] != general["initial_digest"], i
 
-    m = json.loads((fsdp / "manifest.json").read_text())
+    m = manifest(fsdp)
     assert m["complete"] and m["world_size"] == 2 and m["steps"] == 6
     assert [s["name"] for s in m["stages"]] == ["general", "domain"]
     assert [s["steps"] for s in m["stages"]] == [4, 2]
     assert [e["step"] for e in m["losses"]] == list(range(1, 7))
     assert (fsdp / "merged" / "model.safetensors").exists() and (fsdp / "loss.png").exists()
-    dm = json.loads((ddp / "manifest.json").read_text())
+    dm = manifest(ddp)
     for a, b in zip(m["losses"], dm["losses"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), a["step"]
 
