@@ -8,17 +8,19 @@ model is reloaded in a fresh process and greedily continues one instruction:
 - lora: LoRA on a bf16 base;
 - qlora: our `qlora` preset (4-bit NF4 base, bf16 compute; CUDA only).
 
-Then the same full and LoRA steps through TRL's `SFTTrainer` at its best GPU settings: packing
-with `padding_free=True`, Liger's fused linear cross-entropy (`use_liger_kernel`) when
-liger-kernel is installed, flash-attention 2 when flash-attn is installed (else sdpa); the same
+Then the same full and LoRA runs with `--engine trl`: the very command, so the peer measured is
+the path users get when they switch (src/alpacakit/train/trl_engine.py): TRL's `SFTTrainer` at
+its best GPU settings (best-fit packing with `padding_free=True`, Liger's kernels when
+liger-kernel is installed, flash-attention 2 when flash-attn is installed, else sdpa), on the same
 base, examples (tokenized by our code, so the same supervised tokens), LoRA layers, precision,
 batch, FSDP config and process count. The issue's bar: ours >= 1.0x TRL's supervised tokens/s
-at <= its peak GPU memory, per method; where we miss it, TRL's path should be used on GPUs.
+at <= its peak GPU memory, per method; where we miss it, the verdict names the switch
+(`--engine trl`, `train.engine: trl`) to train that method through TRL's path on this GPU.
 
-Measured the same way on both sides: supervised (response) tokens/s is the median over steps of
-one step's supervised tokens over the time between consecutive step ends (the first step, with
-its start-up, left out), summed over processes; peak memory is `torch.cuda.max_memory_allocated`
-from the start of training, the largest over ranks. Ours come from the run's manifest.json.
+Measured the same way on both sides, by the same code, from each run's manifest.json: supervised
+(response) tokens/s is the median of the logged per-step rates (logging every step, the first
+window, with its start-up, left out), summed over processes; peak memory is
+`torch.cuda.max_memory_allocated` from the start of training, the largest over ranks.
 
     python benchmarks/gpu_train_check.py [--model PATH|embedded] [--data alpaca_data.json]
         [--steps 8] [--methods full,lora,qlora] [--out runs/gpu-check]
@@ -34,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -72,149 +73,7 @@ def train_settings(args: argparse.Namespace, method: str, cuda: bool) -> tuple[s
     return "qlora", [*sets, "precision=bf16"]
 
 
-def load_config(args: argparse.Namespace, method: str, cuda: bool):  # noqa: ANN201
-    from alpacakit.train.config import load_train_config
-
-    preset, sets = train_settings(args, method, cuda)
-    extra = {
-        "train": {
-            "preset": preset,
-            "data": args.data,
-            "base": args.model,
-            "method": method,
-            "max_examples": args.examples,
-            "max_steps": args.steps,
-        }
-    }
-    return load_train_config(None, sets, extra).train
-
-
-def step_rate(marks: list[tuple[float, int]], world: int) -> float | None:
-    """Median supervised tokens/s over step-to-step windows (the first step is left out), times processes."""
-    rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(marks, marks[1:]) if b[0] > a[0]]
-    return statistics.median(rates) * world if rates else None
-
-
-def gathered_peak() -> list[int] | None:
-    """torch.cuda.max_memory_allocated of every rank (None on CPU)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    peak = int(torch.cuda.max_memory_allocated())
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        peaks: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(peaks, peak)
-        return [int(p) for p in peaks]
-    return [peak]
-
-
 # ---------------------------------------------------------------------------- child processes
-
-
-def trl_child(args: argparse.Namespace) -> None:
-    """One TRL SFTTrainer run (every rank under accelerate launch); rank 0 writes --result."""
-    import tempfile
-    from importlib.util import find_spec
-
-    import torch
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from alpacakit.train.base_model import load_model, load_tokenizer, resolve_base
-    from alpacakit.train.recipe import _stage_data, _wrap_lora, load_prompt_format
-    from alpacakit.train.trainer import Meter
-
-    cuda = torch.cuda.is_available()
-    cfg = load_config(args, args.method, cuda)
-    st = cfg.stage_list()[0]
-    base = resolve_base(cfg.base)
-    tok = load_tokenizer(base)
-    fmt = load_prompt_format(cfg.prompt_format).bind(tok)
-    rows, _, _ = _stage_data(st, cfg, fmt, tok)  # our tokenization and label rule: the same supervised tokens
-    liger = cuda and find_spec("liger_kernel") is not None
-    attn = "flash_attention_2" if cuda and find_spec("flash_attn") is not None else "sdpa"
-    model = load_model(base, precision=cfg.precision, method=cfg.method)
-    try:
-        model.set_attn_implementation(attn)
-    except (ImportError, ValueError) as e:  # e.g. a flash-attn build that does not fit this torch
-        print(f"attention {attn} refused ({e}); sdpa instead", flush=True)
-        attn = "sdpa"
-        model.set_attn_implementation(attn)
-    if cfg.method == "lora":
-        model = _wrap_lora(model, cfg)
-    meter = Meter()
-    marks: list[tuple[float, int]] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003
-            if cuda:
-                torch.cuda.synchronize()
-            marks.append((time.perf_counter(), meter.supervised))
-
-    class CountingSFTTrainer(SFTTrainer):
-        """Counts supervised tokens as ours does; FSDP on CPU as ours (see distributed.py)."""
-
-        def create_accelerator_and_postprocess(self) -> None:
-            from alpacakit.train.distributed import enable_fsdp_on_cpu
-
-            super().create_accelerator_and_postprocess()
-            if enable_fsdp_on_cpu(self.accelerator):
-                self.is_fsdp_enabled = True
-
-        def compute_loss(self, model, inputs, *a, **k):  # noqa: ANN001, ANN002, ANN003
-            if model.training:
-                labels = inputs["labels"]
-                tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
-                meter.add(tokens, int((labels != -100).sum()), 0)
-            return super().compute_loss(model, inputs, *a, **k)
-
-    from datasets import Dataset
-
-    data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    with tempfile.TemporaryDirectory() as tmp:
-        sargs = SFTConfig(
-            output_dir=tmp,
-            max_steps=args.steps,
-            per_device_train_batch_size=1,  # one packed row of batch x max_length tokens
-            gradient_accumulation_steps=1,
-            learning_rate=st.lr,
-            lr_scheduler_type="constant",
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=not cuda,
-            seed=0,
-            data_seed=0,
-            dataloader_num_workers=0,
-            bf16=cuda,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            completion_only_loss=True,
-            packing=True,
-            padding_free=True,
-            max_length=st.batch_size * st.max_length,
-            use_liger_kernel=liger,
-        )
-        trainer = CountingSFTTrainer(
-            model=model, args=sargs, train_dataset=data, processing_class=tok, callbacks=[Clock()]
-        )
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        trainer.train()
-    peaks = gathered_peak()
-    if int(os.environ.get("RANK", "0")) == 0:
-        result = {
-            "supervised_tokens_per_s": step_rate(marks, world),
-            "peak_cuda_memory_bytes": peaks,
-            "steps": len(marks),
-            "supervised_tokens_rank0": meter.supervised,
-            "tokens_rank0": meter.tokens,
-            "world_size": world,
-            "settings": {"liger_kernel": liger, "attn_implementation": attn, "packing": True, "padding_free": True},
-        }
-        Path(args.result).write_text(json.dumps(result), encoding="utf-8")
 
 
 def generate_child(args: argparse.Namespace) -> None:
@@ -258,53 +117,17 @@ def _fail(log: Path) -> str:
     return f"failed: {(errors or lines or ['no output'])[-1][:300]} (see {log})"
 
 
-def _accelerate_cmd(args: argparse.Namespace, procs: int, folder: Path) -> list[str]:
-    """`accelerate launch` with our shipped FSDP config (its CPU variant without CUDA), as our launcher does."""
-    import torch
+def run_engine(args: argparse.Namespace, method: str, procs: int, cuda: bool, out: Path, engine: str) -> dict:
+    """`alpacakit train --engine ENGINE` (the real CLI), then a reload and generation in a fresh process.
 
-    from alpacakit.train.launch import _cpu_variant, _free_port, accelerate_config_path
-
-    src = accelerate_config_path("fsdp")
-    acfg = src if torch.cuda.is_available() else _cpu_variant(src, folder)
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(acfg),
-        "--num_processes",
-        str(procs),
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        str(_free_port()),
-    ]
-
-
-def _child_flags(args: argparse.Namespace) -> list[str]:
-    return [
-        "--model",
-        args.model,
-        "--data",
-        args.data,
-        "--steps",
-        str(args.steps),
-        "--batch",
-        str(args.batch),
-        "--max-length",
-        str(args.max_length),
-        "--examples",
-        str(args.examples),
-    ]
-
-
-def run_ours(args: argparse.Namespace, method: str, procs: int, cuda: bool, out: Path) -> dict:
-    """`alpacakit train` (the real CLI), then a reload and generation in a fresh process."""
-    folder = out / f"ours-{method}"
+    engine alpacakit is ours; trl is the peer, TRL's SFTTrainer through src/alpacakit/train/trl_engine.py:
+    the command a user runs after a verdict of NO, so the peer measured is the path they get."""
+    folder = out / f"{'ours' if engine == 'alpacakit' else engine}-{method}"
     folder.mkdir(parents=True, exist_ok=True)
     preset, sets = train_settings(args, method, cuda)
     cmd = [sys.executable, "-m", "alpacakit.cli.main", "train", "--base", args.model, "--data", args.data]
-    cmd += ["--method", method, "--max-steps", str(args.steps), "--max-examples", str(args.examples)]
+    cmd += ["--method", method, "--engine", engine]
+    cmd += ["--max-steps", str(args.steps), "--max-examples", str(args.examples)]
     cmd += ["-o", str(folder / "model"), "--overwrite"]
     if preset:
         cmd += ["--preset", preset]
@@ -325,7 +148,12 @@ def run_ours(args: argparse.Namespace, method: str, procs: int, cuda: bool, out:
         "steps": manifest["steps"],
         "world_size": manifest["world_size"],
         "train_wall_s": round(wall, 1),
-        "settings": {"packing": manifest["config"]["packing"], "loss": manifest["config"]["loss"]},
+        "settings": {
+            "engine": manifest.get("engine"),
+            "packing": manifest["config"]["packing"],
+            "loss": manifest["config"]["loss"],
+            **stage.get("engine_settings", {}),
+        },
     }
     gen = folder / "generate.json"
     gcmd = [sys.executable, __file__, "--child", "generate", "--model-dir", str(folder / "model"), "--result", str(gen)]
@@ -335,18 +163,6 @@ def run_ours(args: argparse.Namespace, method: str, procs: int, cuda: bool, out:
         r["generate"] = {"error": _fail(folder / "generate.log")}
         r["status"] = "generate " + r["generate"]["error"]
     return r
-
-
-def run_trl(args: argparse.Namespace, method: str, procs: int, out: Path) -> dict:
-    folder = out / f"trl-{method}"
-    folder.mkdir(parents=True, exist_ok=True)
-    result = folder / "result.json"
-    result.unlink(missing_ok=True)
-    child = [__file__, "--child", "trl", "--method", method, "--result", str(result), *_child_flags(args)]
-    cmd = [*_accelerate_cmd(args, procs, folder), *child] if method == "full" else [sys.executable, *child]
-    if not _run(cmd, folder / "train.log", args.timeout) or not result.exists():
-        return {"status": _fail(folder / "train.log")}
-    return {"status": "ok", **json.loads(result.read_text(encoding="utf-8"))}
 
 
 def _peak(r: dict) -> int | None:
@@ -369,7 +185,9 @@ def verdict(ours: dict, trl: dict | None, cuda: bool) -> dict:
     elif speed >= 1.0 and mem is not None and mem <= 1.0:
         out["verdict"] = "ours >= 1.0x at <= memory: yes"
     else:
-        out["verdict"] = "ours >= 1.0x at <= memory: NO - use TRL's path on GPUs for this method"
+        out["verdict"] = (
+            "ours >= 1.0x at <= memory: NO - on this GPU train this method with --engine trl (train.engine: trl)"
+        )
     return out
 
 
@@ -403,15 +221,28 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m} | {row['skipped']} | - | - | - | - | - | - | - |")
             continue
         ours, trl, v = row["ours"], row.get("trl"), row["verdict"]
-        gen = ours.get("generate", {})
-        g = f"{gen['new_tokens']} tokens" if "new_tokens" in gen else "failed"
+        g = " / ".join(_fmt_gen(r) for r in (ours, trl) if r is not None)
         sr = f"{v['speed_ratio']:.2f}x" if v.get("speed_ratio") else "-"
         mr = f"{v['memory_ratio']:.2f}x" if v.get("memory_ratio") else "-"
         lines.append(
             f"| {m} | {_fmt_rate(ours)} | {_fmt_rate(trl)} | {sr} | {_fmt_mem(ours)} | {_fmt_mem(trl)} | {mr} "
             f"| {g} | {v['verdict']} |"
         )
-    return head + "\n".join(lines) + "\n"
+    peers = [row["trl"]["settings"] for row in report["methods"].values() if (row.get("trl") or {}).get("settings")]
+    foot = ""
+    if peers:
+        p = peers[0]
+        foot = (
+            f"\nTRL's path (`--engine trl`, `train.engine: trl`): TRL {p.get('trl')}, attention "
+            f"{p.get('attn_implementation')}, Liger kernels {'on' if p.get('liger_kernel') else 'off'}, "
+            f"best-fit bins of {p.get('bin_tokens')} tokens, padding-free. Reload + generate: ours / TRL's.\n"
+        )
+    return head + "\n".join(lines) + "\n" + foot
+
+
+def _fmt_gen(r: dict) -> str:
+    gen = r.get("generate", {})
+    return f"{gen['new_tokens']} tokens" if "new_tokens" in gen else "failed"
 
 
 def _tiny_base(out: Path) -> str:
@@ -455,8 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-trl", action="store_true", help="skip TRL's peer runs")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per child run")
     ap.add_argument("--cpu-smoke", action="store_true", help="run the same code on CPU: tiny model, 2 steps")
-    ap.add_argument("--child", choices=("trl", "generate"), help=argparse.SUPPRESS)
-    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("generate",), help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -467,9 +297,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.child == "trl":
-        trl_child(args)
-        return 0
     if args.child == "generate":
         generate_child(args)
         return 0
@@ -510,11 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             report["methods"][m] = {"skipped": "skipped: needs CUDA (bitsandbytes 4-bit)"}
             continue
         print(f"[{m}] ours: alpacakit train ...", flush=True)
-        ours = run_ours(args, m, procs, cuda, out)
+        ours = run_engine(args, m, procs, cuda, out, "alpacakit")
         trl = None
         if m in PEERS and not args.no_trl:
-            print(f"[{m}] TRL SFTTrainer ...", flush=True)
-            trl = run_trl(args, m, procs, out)
+            print(f"[{m}] TRL's path: alpacakit train --engine trl ...", flush=True)
+            trl = run_engine(args, m, procs, cuda, out, "trl")
         failed |= ours["status"] != "ok" or (trl is not None and trl["status"] != "ok")
         report["methods"][m] = {"ours": ours, "trl": trl, "verdict": verdict(ours, trl, cuda)}
     md = markdown(report)

@@ -105,6 +105,7 @@ class TrainManifest(Record):
     complete: bool = False
     name: str | None = None
     method: str | None = None
+    engine: Literal["alpacakit", "trl"] | None = None  # who ran the steps (train.engine); None: before engines
     base: dict[str, Any] = {}
     steps: int | None = None
     final_train_loss: float | None = None

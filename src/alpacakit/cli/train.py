@@ -16,6 +16,7 @@ from alpacakit.config import AlpacakitConfig
     ("train.base", "--base", "-b"),
     ("train.output_dir", "--out", "-o"),
     "train.method",
+    "train.engine",
     "train.max_examples",
     "train.max_steps",
     "train.prompt_format",
@@ -61,6 +62,8 @@ def train(
       alpacakit train --preset cpu-quick --data runs/x/data/examples.jsonl -o runs/x/model
 
       alpacakit train alpacakit.yaml --set lr=1e-4 --set lora.r=16
+
+      alpacakit train alpacakit.yaml --engine trl   # TRL's SFTTrainer, on the same tokens
 
       alpacakit train alpacakit.yaml --launcher accelerate --num-processes 2
 

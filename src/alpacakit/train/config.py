@@ -147,6 +147,14 @@ class TrainConfig(Section):
         "(bitsandbytes int8, CUDA).",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    engine: Literal["alpacakit", "trl"] = Field(
+        "alpacakit",
+        description="Which trainer runs the steps. alpacakit: ours (per-example packed attention, chunked loss at "
+        "response positions). trl: TRL's SFTTrainer at its best GPU settings (best-fit packing of batch_size x "
+        "max_length tokens per micro-batch, padding-free, flash-attention 2 and Liger kernels where installed on "
+        "CUDA), on the same tokenized examples and labels. `make gpu-check` prints which is faster per method on "
+        "your GPU. trl refuses packing: false, loss: full and loss_average: micro_batch (ours only).",
+    )
 
     epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")

@@ -6,8 +6,9 @@
    prompt format, QLoRA on CPU, batch arithmetic);
 2. resolve and load the base (a GGUF is dequantised once and cached), wrap it with LoRA;
 3. for each stage: read its data, tokenize with Stanford's label rule, train with the
-   transformers Trainer (checkpoints every `save_steps`), save the stage's weights and a
-   `done.json`; the next stage starts from these weights;
+   transformers Trainer (ours, or TRL's SFTTrainer on the same tokens with `engine: trl`, see
+   trl_engine.py; checkpoints every `save_steps`), save the stage's weights and a `done.json`;
+   the next stage starts from these weights;
 4. write adapter/ (or merged/ for a full fine-tune), tokenizer, prompt_format.json,
    manifest.json, logs/ (TensorBoard) and loss.png into OUT.partial/, then rename it to OUT.
 
@@ -153,6 +154,10 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool) -> lis
                 + "\n  ".join(changed[:20]),
                 hint="resume with the same settings, or delete the .partial folder to start a new run",
             )
+    if cfg.engine == "trl":
+        from alpacakit.train.trl_engine import check
+
+        check(cfg)  # what TRL's path cannot run as asked: refused before data or a model is loaded
     stages = cfg.stage_list()
     for st in stages:
         if not st.data:
@@ -283,9 +288,10 @@ def _stage_data(st: ResolvedStage, cfg: TrainConfig, fmt: PromptFormat, tok: Any
 # ---------------------------------------------------------------------------- one stage
 
 
-def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bool, world: int) -> Any:
+def _training_kwargs(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bool, world: int) -> dict[str, Any]:
+    """The TrainingArguments of a stage, as keywords: both engines build theirs from this one dict
+    (TRL's `SFTConfig` subclasses TrainingArguments), so they cannot drift apart."""
     import torch
-    from transformers import TrainingArguments
 
     from alpacakit.train.base_model import torch_dtype
 
@@ -295,7 +301,7 @@ def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bo
     eval_strategy = "no"
     if has_val:
         eval_strategy = "steps" if cfg.eval_steps else "epoch"
-    return TrainingArguments(
+    return dict(
         output_dir=str(ckdir),
         num_train_epochs=st.epochs,
         max_steps=st.max_steps or -1,
@@ -334,6 +340,55 @@ def _training_args(cfg: TrainConfig, st: ResolvedStage, ckdir: Path, has_val: bo
     )
 
 
+def _stage_trainer(
+    model: Any,
+    tok: Any,
+    cfg: TrainConfig,
+    st: ResolvedStage,
+    rows: list,
+    vrows: list,
+    kwargs: dict[str, Any],
+    callbacks: list,
+    meter: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The trainer that runs a stage's steps (`cfg.engine`), and what it runs with, for the manifest."""
+    if cfg.engine == "trl":
+        from alpacakit.train.trl_engine import build_trainer
+
+        return build_trainer(model, tok, st, rows, vrows, kwargs, callbacks, meter)
+    from transformers import TrainingArguments
+
+    from alpacakit.train.attention import NAME, supported
+    from alpacakit.train.collate import PackedCollator, PaddedCollator
+    from alpacakit.train.distributed import sharding
+    from alpacakit.train.loss import causal_lm
+    from alpacakit.train.trainer import AlpacaTrainer
+
+    loss_mode = cfg.loss
+    if loss_mode == "chunked" and sharding():
+        loss_mode = "supervised"  # sharded weights: the LM head must run inside the wrapped forward
+    collator = (
+        PackedCollator()
+        if cfg.packing
+        else PaddedCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    )
+    lm = causal_lm(model)
+    trainer = AlpacaTrainer(
+        model=model,
+        args=TrainingArguments(**kwargs),
+        train_dataset=_ListDataset(rows),
+        eval_dataset=_ListDataset(vrows) if vrows else None,
+        data_collator=collator,
+        callbacks=callbacks,
+        loss_mode=loss_mode,
+        loss_chunk=cfg.loss_chunk,
+        meter=meter,
+        loss_average=cfg.loss_average,
+    )
+    attn = NAME if cfg.packing and supported(lm) else lm.config._attn_implementation
+    return trainer, {"loss": loss_mode, "attn_implementation": attn}
+
+
 def _is_oom(e: BaseException) -> bool:
     import torch
 
@@ -366,9 +421,7 @@ def _run_stage(
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    from alpacakit.train.collate import PackedCollator, PaddedCollator
     from alpacakit.train.trainer import (
-        AlpacaTrainer,
         CheckpointMarker,
         Meter,
         ProgressBar,
@@ -388,12 +441,7 @@ def _run_stage(
         dist,
     )
     meter = Meter()
-    collator = (
-        PackedCollator()
-        if cfg.packing
-        else PaddedCollator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    )
-    args = _training_args(cfg, st, sdir / "checkpoints", bool(vrows), dist.world)
+    kwargs = _training_kwargs(cfg, st, sdir / "checkpoints", bool(vrows), dist.world)
     progress = ProgressBar(f"train {st.name}")
     callbacks = [
         CheckpointMarker(),
@@ -404,23 +452,7 @@ def _run_stage(
     ]
     if dist.main:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(partial / "logs" / st.dirname))))
-    from alpacakit.train.distributed import sharding
-
-    loss_mode = cfg.loss
-    if loss_mode == "chunked" and sharding():
-        loss_mode = "supervised"  # sharded weights: the LM head must run inside the wrapped forward
-    trainer = AlpacaTrainer(
-        model=model,
-        args=args,
-        train_dataset=_ListDataset(rows),
-        eval_dataset=_ListDataset(vrows) if vrows else None,
-        data_collator=collator,
-        callbacks=callbacks,
-        loss_mode=loss_mode,
-        loss_chunk=cfg.loss_chunk,
-        meter=meter,
-        loss_average=cfg.loss_average,
-    )
+    trainer, engine_settings = _stage_trainer(model, tok, cfg, st, rows, vrows, kwargs, callbacks, meter)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the progress bar shows the logs; no dict dumps on stdout
@@ -454,6 +486,8 @@ def _run_stage(
         "settings": st.model_dump(mode="json"),
         "accumulation": st.accumulation(dist.world),
         "world_size": dist.world,
+        "engine": cfg.engine,
+        "engine_settings": engine_settings,
         "data": data_info,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -622,6 +656,7 @@ def _finish(
         "kind": "alpacakit.model",
         "complete": True,
         "method": cfg.method,
+        "engine": cfg.engine,
         "base_dtype": str(torch_dtype(cfg.precision, cfg.method)).removeprefix("torch."),
         "weights": final.name,
         "base": base.describe(),

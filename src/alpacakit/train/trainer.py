@@ -1,8 +1,9 @@
 """transformers `Trainer` with our loss, plus the callbacks a run needs.
 
 `AlpacaTrainer` only replaces `compute_loss` (see `loss.py`) and adds token throughput to the
-logs; the loop, optimizer, scheduler, gradient accumulation, checkpointing, resume and DDP are
-the Trainer's own. The loss is a sum over supervised tokens divided by the number of
+logs (`StageTrainerMixin`, which TRL's trainer shares under `engine: trl`, see trl_engine.py);
+the loop, optimizer, scheduler, gradient accumulation, checkpointing, resume and DDP are the
+Trainer's own. The loss is a sum over supervised tokens divided by the number of
 supervised tokens in the whole optimizer step (across accumulation steps and processes), so a
 token weighs the same whatever batch it lands in; `loss_average: micro_batch` gives Stanford's
 weighting instead (each micro-batch's mean, averaged).
@@ -58,7 +59,56 @@ class Meter:
         return rates
 
 
-class AlpacaTrainer(Trainer):
+def count_batch(meter: Meter, inputs: dict[str, Any], labels: Any) -> None:
+    """Add one training micro-batch to `meter`, the same way for both engines: its tokens, its
+    supervised tokens (a label at t+1 that is not -100: what the loss predicts) and its examples
+    (one per position-id restart in a packed row, else one per row)."""
+    supervised = int((labels[:, 1:] != -100).sum())
+    examples = int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else labels.shape[0]
+    tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
+    meter.add(tokens, supervised, examples)
+
+
+class StageTrainerMixin:
+    """What a stage's trainer needs here whichever engine computes the loss (ours or TRL's).
+
+    FSDP on CPU (accelerate leaves it off there, see distributed.py), the optimizer state of an
+    FSDP resume, and token throughput in every log line, from `self.meter` (which the engine's
+    `compute_loss` feeds through `count_batch`): the manifest's `supervised_tokens_per_s` is read from those lines, so
+    both engines are measured by the same code.
+    """
+
+    meter: Meter
+    args: Any
+    accelerator: Any
+    is_fsdp_enabled: bool
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator; on CPU under an FSDP launch, with FSDP turned on (see distributed.py)."""
+        from alpacakit.train.distributed import enable_fsdp_on_cpu
+
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
+    def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
+        if checkpoint and self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1:
+            from alpacakit.train.distributed import init_optimizer_state
+
+            init_optimizer_state(self.optimizer)  # else accelerate loads nothing into it (see there)
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:
+            tok_s, sup_s = self.meter.window()
+            world = max(self.args.world_size, 1)
+            logs["tokens_per_s"] = round(tok_s * world, 1)
+            logs["supervised_tokens_per_s"] = round(sup_s * world, 1)
+            logs["tokens_seen"] = self.meter.offset_tokens + self.meter.tokens * world
+        super().log(logs, *args, **kwargs)
+
+
+class AlpacaTrainer(StageTrainerMixin, Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(
@@ -78,21 +128,6 @@ class AlpacaTrainer(Trainer):
         # Makes the Trainer count supervised tokens over the whole accumulated step
         # (`num_items_in_batch`), which we divide by.
         self.model_accepts_loss_kwargs = True
-
-    def create_accelerator_and_postprocess(self) -> None:
-        """The Trainer's accelerator; on CPU under an FSDP launch, with FSDP turned on (see distributed.py)."""
-        from alpacakit.train.distributed import enable_fsdp_on_cpu
-
-        super().create_accelerator_and_postprocess()
-        if enable_fsdp_on_cpu(self.accelerator):
-            self.is_fsdp_enabled = True
-
-    def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
-        if checkpoint and self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1:
-            from alpacakit.train.distributed import init_optimizer_state
-
-            init_optimizer_state(self.optimizer)  # else accelerate loads nothing into it (see there)
-        super()._load_optimizer_and_scheduler(checkpoint)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -129,9 +164,7 @@ class AlpacaTrainer(Trainer):
         else:
             loss = total / max(n, 1)
         if model.training:
-            examples = int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else labels.shape[0]
-            tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
-            self.meter.add(tokens, n, examples)
+            count_batch(self.meter, inputs, labels)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _attention(self) -> Any:
@@ -152,15 +185,6 @@ class AlpacaTrainer(Trainer):
     def evaluate(self, *args: Any, **kwargs: Any) -> Any:
         with self._attention():
             return super().evaluate(*args, **kwargs)
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs:
-            tok_s, sup_s = self.meter.window()
-            world = max(self.args.world_size, 1)
-            logs["tokens_per_s"] = round(tok_s * world, 1)
-            logs["supervised_tokens_per_s"] = round(sup_s * world, 1)
-            logs["tokens_seen"] = self.meter.offset_tokens + self.meter.tokens * world
-        super().log(logs, *args, **kwargs)
 
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:
