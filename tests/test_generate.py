@@ -592,8 +592,8 @@ def test_a_resume_takes_earlier_results_as_they_were_and_rebuilds_only_what_diff
     assert b"near_duplicate" in discards and examples.count(b"\n") >= 20
 
     searched = []
-    real_top_k = pool_stats.PoolStats.top_k
-    monkeypatch.setattr(pool_stats.PoolStats, "top_k", lambda *a: searched.append(1) or real_top_k(*a))
+    real_stats = pool_stats.PoolStats.stats
+    monkeypatch.setattr(pool_stats.PoolStats, "stats", lambda *a: searched.append(1) or real_stats(*a))
     assert generate(cfg, out, show_progress=False).status == "complete"
     assert searched == []  # nothing recomputed...
     assert (out / "examples.jsonl").read_bytes() == examples  # ...and nothing changed

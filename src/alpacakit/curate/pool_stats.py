@@ -98,6 +98,7 @@ class PoolStats:
         self._max_id = -1  # highest token id in the matrix
         self._rng = random.Random(rng_seed)
         self._sample: list[int] = []
+        self._sample_firsts: tuple[np.ndarray, np.ndarray] | None = None  # cached _mean_entries()
         self._seen = 0
 
     def __len__(self) -> int:
@@ -137,10 +138,12 @@ class PoolStats:
         self._seen += 1
         if len(self._sample) < SAMPLE:
             self._sample.append(idx)
+            self._sample_firsts = None
         else:
             j = self._rng.randrange(self._seen)
             if j < SAMPLE:
                 self._sample[j] = idx
+                self._sample_firsts = None
 
     # ---------------------------------------------------------------------------- scoring
 
@@ -197,11 +200,15 @@ class PoolStats:
         try:
             lens = self._lens.buf[entries]
             order = np.argsort(-lens, kind="stable")
-            rows = self._tok[entries[order]]
             lens_sorted = lens[order]
             full = np.uint64((1 << m) - 1) if m < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
             v = np.full(len(entries), full, dtype=np.uint64)
             width = int(lens_sorted[0]) if len(lens_sorted) else 0
+            rows = self._tok[entries[order], :width]
+            # The masks of every column at once, one contiguous row per column (padding -> 0, a
+            # no-op step); the loop below is then four ufuncs per column writing in place.
+            cols = table[rows.T]
+            u, s = np.empty_like(v), np.empty_like(v)
             # active[j]: entries longer than j (a prefix, lengths sorted descending)
             active = np.searchsorted(-lens_sorted, -np.arange(width), side="left")
             for j in range(width):
@@ -216,9 +223,11 @@ class PoolStats:
                                 x = (x + u) | (x - u)
                         v[i] = x & int(full)
                     break
-                va = v[:a]
-                u = va & table[rows[:a, j]]
-                v[:a] = (va + u) | (va - u)
+                va, ua, sa = v[:a], u[:a], s[:a]
+                np.bitwise_and(va, cols[j, :a], out=ua)
+                np.add(va, ua, out=sa)
+                np.subtract(va, ua, out=va)
+                np.bitwise_or(sa, va, out=va)
             lcs = m - np.bitwise_count(v & full).astype(np.int64)
         finally:
             table[keys] = 0
@@ -226,54 +235,100 @@ class PoolStats:
         out[order] = lcs
         return out
 
-    def top_k(
+    def stats(
         self, ids: Sequence[int], keys: Sequence[int], masks: dict, k: int, known: list[tuple[int, float]]
-    ) -> tuple[list[tuple[int, float]], np.ndarray | None]:
-        """The k best first entries by (F desc, index asc), exactly; `known` are exact scores
-        already computed. Also returns the overlaps (for the mean)."""
+    ) -> tuple[list[tuple[int, float]], float | None]:
+        """(the k best first entries by (F desc, index asc), exactly; the mean F or None).
+
+        `known` are exact scores already computed (the decision's hits). Each bit-parallel LCS
+        pass costs a few numpy calls per token column whatever its width, so the entries the
+        mean needs ride along with the first pass of the search instead of a pass of their own."""
         overlap = self.overlaps(keys)
         exact: dict[int, float] = dict(known)
-        cand = np.flatnonzero(overlap)  # first entries sharing a word (repeats have no postings)
-        if len(cand) > _ALL_AT_ONCE:
-            # Exact scores for the best bounds first: the k-th best of those is a floor that
-            # every other entry's bound must reach to matter; score only those, in one go.
-            bound = f_vector(overlap[cand], len(ids), self._lens.buf[cand])
-            head = np.argpartition(bound, len(cand) - _ALL_AT_ONCE)[-_ALL_AT_ONCE:]
-            self._score_into(exact, ids, masks, cand[head], overlap)
-            floor = sorted(exact.values(), reverse=True)[k - 1] if len(exact) >= k else 0.0
-            cand = cand[bound >= floor - _TIE_MARGIN]
-        self._score_into(exact, ids, masks, cand, overlap)
-        firsts = self._firsts.view()
-        top = sorted(exact.items(), key=lambda x: (-x[1], x[0]))[:k]
+        m = len(ids)
+        sample = self._mean_entries()
+        riders = sample[0][overlap[sample[0]] >= 2] if sample is not None else None
+        counts = np.bincount(overlap)  # counts[v]: entries sharing v tokens (repeats share none)
+        at_least = np.cumsum(counts[::-1])[::-1]  # at_least[v]: entries sharing >= v tokens
+        sharing = int(at_least[1]) if len(at_least) > 1 else 0
+        if sharing <= _ALL_AT_ONCE:
+            self._score_into(exact, ids, masks, _join(np.flatnonzero(overlap), riders), overlap)
+        else:
+            # Exact scores for a head of high bounds first: the k-th best of those is a floor that
+            # every other entry's bound must reach to matter; score only those, in one go. The head
+            # comes from the highest overlaps, so the bound is never computed over the whole pool.
+            level = int(np.flatnonzero(at_least >= _ALL_AT_ONCE)[-1])
+            head = np.flatnonzero(overlap >= level)
+            if len(head) > _ALL_AT_ONCE:
+                bound = f_vector(overlap[head], m, self._lens.buf[head])
+                head = head[np.argpartition(bound, len(head) - _ALL_AT_ONCE)[-_ALL_AT_ONCE:]]
+            self._score_into(exact, ids, masks, _join(head, riders), overlap)
+            floor = _kth_largest(exact, k)
+            # F <= 2 ov / (m + n) <= 2 ov / (m + ov) (n >= ov): fewer shared tokens than this cannot reach it
+            reach = floor - _TIE_MARGIN
+            least = max(1, int(reach * m / (2 - reach)) if 0 < reach < 2 else 1)
+            cand = np.flatnonzero(overlap >= least)
+            cand = cand[f_vector(overlap[cand], m, self._lens.buf[cand]) >= reach]
+            self._score_into(exact, ids, masks, cand, overlap)
+        top = _best(exact, k)
         if len(top) < k:
             # Every entry sharing a word is scored already: the rest score 0.0, earliest first.
             have = {e for e, _ in top}
-            for e in firsts[: k + len(have)].tolist():
+            for e in self._firsts.view()[: k + len(have)].tolist():
                 if len(top) >= k:
                     break
                 if e not in have:
                     top.append((e, 0.0))
-        return top, overlap
+        if sample is None:
+            return top, None
+        return top, self._mean(*sample, overlap, exact, m)
+
+    def _mean_entries(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(first entries the mean is over, the index of each pool/sample entry among them)."""
+        n = len(self)
+        if n == 0 or self.mean == "off":
+            return None
+        if self.mean == "sample" and n > SAMPLE:
+            if self._sample_firsts is None:  # the reservoir changed: map it to first entries again
+                entries = np.asarray(self._sample, dtype=np.int64)
+                alias = self._alias.buf[entries]
+                self._sample_firsts = np.unique(np.where(alias >= 0, alias, entries), return_inverse=True)
+            return self._sample_firsts
+        entries = np.arange(n, dtype=np.int64)
+        alias = self._alias.buf[entries]
+        return np.unique(np.where(alias >= 0, alias, entries), return_inverse=True)
+
+    def _mean(self, uniq: np.ndarray, inverse: np.ndarray, overlap: np.ndarray, exact: dict, m: int) -> float:
+        ov = overlap[uniq]
+        scores = np.zeros(len(uniq), dtype=np.float64)
+        one = np.flatnonzero(ov == 1)  # the LCS is the one shared token
+        if len(one):
+            scores[one] = f_vector(np.ones(len(one), dtype=np.int64), m, self._lens.buf[uniq[one]])
+        multi = np.flatnonzero(ov >= 2)
+        if len(multi):
+            scores[multi] = [exact[e] for e in uniq[multi].tolist()]
+        return float(np.mean(scores[inverse]))
 
     def _score_into(self, exact: dict[int, float], ids, masks, entries: np.ndarray, overlap: np.ndarray) -> None:
         todo = np.array([e for e in entries.tolist() if e not in exact], dtype=np.int64)
         if len(todo):
             exact.update(zip(todo.tolist(), self.exact_scores(ids, masks, todo, overlap).tolist()))
 
-    def mean_score(self, ids: Sequence[int], masks: dict, overlap: np.ndarray) -> float | None:
-        """The mean F over the pool (exact), or over the reservoir sample."""
-        n = len(self)
-        if n == 0 or self.mean == "off":
-            return None
-        if self.mean == "sample" and n > SAMPLE:
-            entries = np.asarray(self._sample, dtype=np.int64)
-        else:
-            entries = np.arange(n, dtype=np.int64)
-        alias = self._alias.buf[entries]
-        firsts = np.where(alias >= 0, alias, entries)
-        uniq, inverse = np.unique(firsts, return_inverse=True)
-        scores = np.zeros(len(uniq), dtype=np.float64)
-        shared = np.flatnonzero(overlap[uniq] > 0)
-        if len(shared):
-            scores[shared] = self.exact_scores(ids, masks, uniq[shared], overlap)
-        return float(np.mean(scores[inverse]))
+
+def _kth_largest(exact: dict[int, float], k: int) -> float:
+    if len(exact) < k:
+        return 0.0
+    vals = np.fromiter(exact.values(), np.float64, len(exact))
+    return float(np.partition(vals, len(vals) - k)[len(vals) - k])
+
+
+def _best(exact: dict[int, float], k: int) -> list[tuple[int, float]]:
+    """The k best (entry, F) by F descending, earlier entry first among equals."""
+    ents = np.fromiter(exact.keys(), np.int64, len(exact))
+    vals = np.fromiter(exact.values(), np.float64, len(exact))
+    order = np.lexsort((ents, -vals))[:k]
+    return list(zip(ents[order].tolist(), vals[order].tolist()))
+
+
+def _join(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    return a if b is None or not len(b) else np.concatenate([a, b])
