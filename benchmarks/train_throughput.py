@@ -18,16 +18,19 @@ two is switched:
   batches padded to the longest, completion-only loss (`completion_only_loss=True`; the labels are
   ours, so the same tokens are supervised), no gradient checkpointing, no bf16 autocast (TRL's
   defaults turn both on), its fused chunked LM head (TRL computes log-probs in chunks itself);
-- trl-packed: the same with `packing=True` + `padding_free=True` (best-fit-decreasing bins of
-  `batch x max_length` tokens, one bin per step, flattened into one row). A step holds a different
-  number of examples than ours, so compare rates (supervised tokens per second), not steps.
-  `--trl-bin` sets the bin: `match` (default) gives TRL's steps as many tokens as ours hold on
-  average (the same work per optimizer step: larger steps run faster per token on a CPU, and
-  that would be measured instead of the two implementations), `full` keeps TRL's own
-  `batch x max_length`.
+- trl-packed: the trainer `alpacakit train --engine trl` runs, built by the same function
+  (`trl_engine.build_trainer`): `packing=True` + `padding_free=True` (best-fit-decreasing bins,
+  one bin per step, flattened into one row), completion-only loss, TRL's fused LM head. A step
+  holds a different number of examples than ours, so compare rates (supervised tokens per
+  second), not steps. `--trl-bin` sets the bin: `match` (default) gives TRL's steps as many tokens
+  as ours hold on average (the same work per optimizer step: larger steps run faster per token on
+  a CPU, and that would be measured instead of the two implementations), `full` keeps
+  `batch x max_length`, the bin `--engine trl` uses.
 
-TRL gets the very token ids and labels the others train on (a pre-tokenized dataset), the same
-LoRA-wrapped model, learning rate, seed and precision.
+TRL gets the very token ids and labels the others train on (trl_engine's pre-tokenized dataset,
+with a completion mask read off our labels), the same LoRA-wrapped model, the same
+TrainingArguments (learning rate, seed, precision: one dict for every variant, as `alpacakit
+train` builds both engines' from one), and is metered by the same code as ours (`count_batch`).
 
 Each variant runs in its own child process (so peak RSS is its own), one after the other.
 Printed: supervised (response) tokens per second over the measured steps (after a warm-up
@@ -83,7 +86,7 @@ def child(args: argparse.Namespace) -> dict:
     from alpacakit.train.config import TrainConfig
     from alpacakit.train.data import Sample, Turn, tokenize_samples
     from alpacakit.train.recipe import _ListDataset, _wrap_lora
-    from alpacakit.train.trainer import AlpacaTrainer
+    from alpacakit.train.trainer import AlpacaTrainer, Meter
 
     torch.set_num_threads(args.threads)
     records = json.loads(Path(args.data).read_text(encoding="utf-8"))
@@ -102,7 +105,13 @@ def child(args: argparse.Namespace) -> dict:
         tok,
         args.max_length,
     )
-    cfg = TrainConfig(preset="alpaca-lora", base=args.model, precision=args.precision)
+    cfg = TrainConfig(
+        preset="alpaca-lora",
+        base=args.model,
+        precision=args.precision,
+        batch_size=args.batch,
+        max_length=args.max_length,
+    )
     model = _wrap_lora(load_model(base, precision=args.precision), cfg)
     rss_loaded = _status_mb("VmRSS")
     reset = _reset_peak_rss()
@@ -127,36 +136,54 @@ def child(args: argparse.Namespace) -> dict:
 
     timer = Timer()
     ours = args.mode == "ours"
-    if args.mode.startswith("trl"):
-        return _trl(args, model, tok, rows, timer, rss_loaded, reset)
     with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp,
-            max_steps=args.steps + 1,
-            per_device_train_batch_size=args.batch,
-            learning_rate=3e-4,
-            lr_scheduler_type="constant",
-            logging_steps=10_000,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
-            seed=args.seed,
-            data_seed=args.seed,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-        )
-        trainer = AlpacaTrainer(
-            model=model,
-            args=targs,
-            train_dataset=_ListDataset(rows),
-            data_collator=PackedCollator() if ours else PaddedCollator(tok.pad_token_id),
-            loss_mode="chunked" if ours else "full",
-            callbacks=[timer],
-        )
+        kwargs = _training_kwargs(args, tmp)
+        if args.mode == "trl-packed":
+            from alpacakit.train.trl_engine import build_trainer
+
+            # `--engine trl`'s trainer, from the same function; only the bin may differ (--trl-bin)
+            st = cfg.stage_list()[0]
+            trainer, _ = build_trainer(model, tok, st, rows, [], kwargs, [timer], Meter(), bin_tokens=args.bin_tokens)
+        elif args.mode == "trl-padded":
+            trainer = _trl_padded(args, kwargs, model, tok, rows, timer)
+        else:
+            trainer = AlpacaTrainer(
+                model=model,
+                args=TrainingArguments(**kwargs),
+                train_dataset=_ListDataset(rows),
+                data_collator=PackedCollator() if ours else PaddedCollator(tok.pad_token_id),
+                loss_mode="chunked" if ours else "full",
+                callbacks=[timer],
+            )
         timer.meter = trainer.meter
         trainer.train()
+    if args.mode.startswith("trl") and len(timer.times) < args.steps + 1:
+        raise SystemExit(f"{args.mode}: only {len(timer.times)} steps (not enough data for the bins)")
     return _result(args, timer, trainer.meter, rss_loaded, reset)
+
+
+def _training_kwargs(args: argparse.Namespace, output_dir: str) -> dict:
+    """Every variant's TrainingArguments, as keywords: ours builds TrainingArguments from them and
+    TRL's `SFTConfig` (a subclass) is built from the same dict, as in `alpacakit train`."""
+    return dict(
+        output_dir=output_dir,
+        max_steps=args.steps + 1,
+        per_device_train_batch_size=args.batch,
+        learning_rate=3e-4,
+        lr_scheduler_type="constant",
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=args.seed,
+        data_seed=args.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        # TrainingArguments' defaults, spelled out: TRL's SFTConfig turns both on unless told
+        bf16=False,
+        activation_checkpointing=False,
+    )
 
 
 def _result(args: argparse.Namespace, timer: object, meter: object, rss_loaded: float, reset: bool) -> dict:
@@ -177,59 +204,28 @@ def _result(args: argparse.Namespace, timer: object, meter: object, rss_loaded: 
     }
 
 
-def _trl(
-    args: argparse.Namespace, model: object, tok: object, rows: list, timer: object, rss_loaded: float, reset: bool
-) -> dict:
-    """TRL's SFTTrainer on the same rows (pre-tokenized: TRL uses the ids and labels as given)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+def _trl_padded(
+    args: argparse.Namespace, kwargs: dict, model: object, tok: object, rows: list, timer: object
+) -> object:
+    """TRL's SFTTrainer on padded batches of `batch` examples, completion-only loss. trl_engine has
+    no padded mode (`--engine trl` refuses `packing: false`), so this SFTConfig is the only one kept
+    here; the dataset and the metered trainer are trl_engine's."""
+    from trl import SFTConfig
 
+    from alpacakit.train.loss import causal_lm
     from alpacakit.train.trainer import Meter
+    from alpacakit.train.trl_engine import dataset, trainer_class
 
-    packed = args.mode == "trl-packed"
-    meter = Meter()
-
-    class CountingSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, *a, **k):  # noqa: ANN001, ANN002, ANN003
-            if model.training:
-                labels = inputs["labels"]
-                sup = int((labels != -100).sum())
-                examples = int((inputs["position_ids"] == 0).sum()) if "position_ids" in inputs else labels.shape[0]
-                tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
-                meter.add(tokens, sup, examples)
-            return super().compute_loss(model, inputs, *a, **k)
-
-    data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    with tempfile.TemporaryDirectory() as tmp:
-        sargs = SFTConfig(
-            output_dir=tmp,
-            max_steps=args.steps + 1,
-            per_device_train_batch_size=1 if packed else args.batch,
-            learning_rate=3e-4,
-            lr_scheduler_type="constant",
-            logging_steps=10_000,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
-            seed=args.seed,
-            data_seed=args.seed,
-            dataloader_num_workers=0,
-            bf16=False,
-            gradient_checkpointing=False,
-            completion_only_loss=True,
-            packing=packed,
-            padding_free=packed,
-            max_length=(args.bin_tokens or args.batch * args.max_length) if packed else args.max_length,
-        )
-        trainer = CountingSFTTrainer(
-            model=model, args=sargs, train_dataset=data, processing_class=tok, callbacks=[timer]
-        )
-        timer.meter = meter
-        trainer.train()
-    if len(timer.times) < args.steps + 1:
-        raise SystemExit(f"{args.mode}: only {len(timer.times)} steps (not enough data for the bins)")
-    return _result(args, timer, meter, rss_loaded, reset)
+    sargs = SFTConfig(**kwargs, completion_only_loss=True, max_length=args.max_length)
+    return trainer_class()(
+        model=model,
+        args=sargs,
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        callbacks=[timer],
+        meter=Meter(),
+        attn_implementation=causal_lm(model).config._attn_implementation,  # the model's own (sdpa here)
+    )
 
 
 def main() -> None:

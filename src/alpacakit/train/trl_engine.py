@@ -145,9 +145,10 @@ def trainer_class() -> type:
     return MeteredSFTTrainer
 
 
-def sft_config(kwargs: dict[str, Any], st: ResolvedStage, liger: bool) -> Any:
+def sft_config(kwargs: dict[str, Any], st: ResolvedStage, liger: bool, bin_tokens: int | None = None) -> Any:
     """Our stage's TrainingArguments (`kwargs`) plus TRL's best path: one packed bin of
-    batch_size x max_length tokens per micro-batch, padding-free, completion-only loss."""
+    batch_size x max_length tokens per micro-batch (or `bin_tokens`: benchmarks/train_throughput.py
+    matches ours' mean tokens per step with it), padding-free, completion-only loss."""
     from trl import SFTConfig
 
     return SFTConfig(
@@ -155,7 +156,7 @@ def sft_config(kwargs: dict[str, Any], st: ResolvedStage, liger: bool) -> Any:
             **kwargs,
             "per_device_train_batch_size": 1,
             "per_device_eval_batch_size": 1,
-            "max_length": st.batch_size * st.max_length,
+            "max_length": bin_tokens or st.batch_size * st.max_length,
             "packing": True,
             "packing_strategy": "bfd",
             "padding_free": True,
@@ -174,8 +175,10 @@ def build_trainer(
     kwargs: dict[str, Any],
     callbacks: list,
     meter: Any,
+    bin_tokens: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """TRL's trainer for one stage, and the settings it runs with (for the stage's manifest entry)."""
+    """TRL's trainer for one stage, and the settings it runs with (for the stage's manifest entry).
+    `bin_tokens` replaces the batch_size x max_length bin (see `sft_config`)."""
     import copy
     import warnings
     from importlib.metadata import version
@@ -195,7 +198,7 @@ def build_trainer(
             warnings.filterwarnings("ignore", message=".*use_liger_kernel.*", category=FutureWarning)
             trainer = trainer_class()(
                 model=model,
-                args=sft_config(kwargs, st, liger),
+                args=sft_config(kwargs, st, liger, bin_tokens),
                 train_dataset=dataset(rows),
                 eval_dataset=dataset(vrows) if vrows else None,
                 processing_class=copy.deepcopy(tok),  # TRL may set a pad token: not on the tokenizer we save
@@ -213,6 +216,6 @@ def build_trainer(
         "loss": "trl_fused_lm_head",
         "packing_strategy": "bfd",
         "padding_free": True,
-        "bin_tokens": st.batch_size * st.max_length,
+        "bin_tokens": trainer.args.max_length,
     }
     return trainer, settings
