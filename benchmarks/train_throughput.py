@@ -228,6 +228,46 @@ def _trl_padded(
     )
 
 
+def _run_variant(args: argparse.Namespace, mode: str, precision: str, rounds: dict, round_no: int) -> dict:
+    """One variant at one precision in a fresh process; returns its RESULT."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--mode",
+        mode,
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--max-length",
+        str(args.max_length),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--precision",
+        precision,
+    ]
+    if mode == "trl-packed" and args.trl_bin == "match":
+        ours = rounds.get(f"ours-{precision}")
+        if not ours:
+            sys.exit("--trl-bin match needs ours to run first: put ours before trl-packed in --variants")
+        cmd += ["--bin-tokens", str(round(ours[-1]["tokens_in_batches"] / ours[-1]["steps"]))]
+    print(f"running {mode} ({precision}){f' round {round_no + 1}' if args.rounds > 1 else ''} ...", flush=True)
+    # Passive OpenMP waiting: on a machine shared with other jobs, spinning threads make
+    # timings swing wildly; every variant gets the same setting.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if r.returncode != 0 or line is None:
+        sys.exit(f"{mode} ({precision}) failed:\n{r.stderr[-3000:]}")
+    return json.loads(line[len("RESULT ") :])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="gemma-3-270m")
@@ -245,6 +285,13 @@ def main() -> None:
         default="match",
         help="trl-packed bin size: match = ours' mean tokens per step, full = batch x max length",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the variants this many times, alternating (ours, peer, ours, peer, ...), and compare medians: "
+        "on a shared machine one pair of runs can swing by 10-20%%",
+    )
     ap.add_argument("--bin-tokens", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -257,44 +304,17 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "ours" not in variants:
         sys.exit("--variants must include ours (every ratio is against it)")
-    for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
-        for mode in variants:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--mode",
-                mode,
-                "--model",
-                args.model,
-                "--data",
-                args.data,
-                "--steps",
-                str(args.steps),
-                "--batch",
-                str(args.batch),
-                "--max-length",
-                str(args.max_length),
-                "--threads",
-                str(args.threads),
-                "--seed",
-                str(args.seed),
-                "--precision",
-                precision,
-            ]
-            if mode == "trl-packed" and args.trl_bin == "match":
-                ours = results.get(f"ours-{precision}")
-                if ours is None:
-                    sys.exit("--trl-bin match needs ours to run first: put ours before trl-packed in --variants")
-                cmd += ["--bin-tokens", str(round(ours["tokens_in_batches"] / ours["steps"]))]
-            print(f"running {mode} ({precision}) ...", flush=True)
-            # Passive OpenMP waiting: on a machine shared with other jobs, spinning threads make
-            # timings swing wildly; every variant gets the same setting.
-            env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if r.returncode != 0 or line is None:
-                sys.exit(f"{mode} ({precision}) failed:\n{r.stderr[-3000:]}")
-            results[f"{mode}-{precision}"] = json.loads(line[len("RESULT ") :])
+    rounds: dict[str, list[dict]] = {}
+    for round_no in range(args.rounds):
+        for precision in [p.strip() for p in args.precision.split(",") if p.strip()]:
+            for mode in variants:
+                r = _run_variant(args, mode, precision, rounds, round_no)
+                rounds.setdefault(f"{mode}-{precision}", []).append(r)
+    for name, runs in rounds.items():
+        # the run with the median rate stands for the variant; every round's rate is kept beside it
+        rates = sorted(x["supervised_tokens_per_s"] for x in runs)
+        median = next(x for x in runs if x["supervised_tokens_per_s"] == rates[(len(rates) - 1) // 2])
+        results[name] = {**median, "rates_per_round": [x["supervised_tokens_per_s"] for x in runs]}
     print(
         f"\nmodel {args.model}, LoRA r8 q/v, batch {args.batch}, max length {args.max_length}, {args.steps} measured "
         f"steps, {args.threads} threads, CPU; trl-packed bins: "
@@ -327,7 +347,9 @@ def main() -> None:
             summary[f"speed_ratio{key}_{precision}"] = round(speed, 3)
             summary[f"peak_rss_ratio{key}_{precision}"] = round(mem, 3)
             target = ("   (target >= 2x)", "   (target <= 0.7x)") if other == "baseline" else ("", "")
-            print(f"\n[{precision}] supervised tokens/s: ours / {other} = {speed:.2f}x{target[0]}")
+            per_round = [x / y for x, y in zip(o["rates_per_round"], b["rates_per_round"])]
+            spread = f"   (per round: {min(per_round):.2f}x-{max(per_round):.2f}x)" if len(per_round) > 1 else ""
+            print(f"\n[{precision}] supervised tokens/s: ours / {other} = {speed:.2f}x{target[0]}{spread}")
             print(f"[{precision}] peak RSS (process):  ours / {other} = {mem:.2f}x{target[1]}")
             if b["peak_rss_training_mb"] and o["peak_rss_training_mb"]:
                 print(
