@@ -130,14 +130,16 @@ def rank_reports(out: Path, stage: str = "01-main") -> list[dict[str, Any]]:
     return [json.loads((out / "logs" / "ranks" / f"{stage}-rank{i}.json").read_text()) for i in (0, 1)]
 
 
-def assert_resumed_run_equals(uninterrupted: Path, resumed: Path, steps: int) -> None:
-    """The resumed run's final weights and every logged loss equal the uninterrupted run's: weights,
-    Adam moments and data order all came back from the checkpoint."""
+def assert_resumed_run_equals(
+    uninterrupted: Path, resumed: Path, steps: int, weights: str = "merged/model.safetensors"
+) -> None:
+    """The resumed run's final weights (`weights`, in the model folder) and every logged loss equal
+    the uninterrupted run's: weights, Adam moments and data order all came back from the checkpoint."""
     import torch
     from safetensors.torch import load_file
 
-    a = load_file(uninterrupted / "merged" / "model.safetensors")
-    b = load_file(resumed / "merged" / "model.safetensors")
+    a = load_file(uninterrupted / weights)
+    b = load_file(resumed / weights)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)

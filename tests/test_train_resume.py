@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
+
+from distributed_helpers import assert_resumed_run_equals, train_env, train_until_killed  # noqa: E402
 
 from alpacakit.train.tiny import make_tiny_base  # noqa: E402
 from alpacakit.train.trainer import CHECKPOINT_MARKER  # noqa: E402
@@ -44,14 +43,16 @@ def _cmd(cfg: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "alpacakit.cli.main", "train", str(cfg), "-o", str(out), *extra]
 
 
-def _env(**kw: str) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **kw}
+_env = train_env  # offline, one thread, unbuffered
+
+
+ADAPTER = "adapter/adapter_model.safetensors"
 
 
 def _adapter(out: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(out / "adapter" / "adapter_model.safetensors")
+    return load_file(out / ADAPTER)
 
 
 @pytest.mark.slow
@@ -64,23 +65,10 @@ def test_kill_9_then_resume_gives_the_same_weights_and_losses(tmp_path):
     out = tmp_path / "killed"
     partial = tmp_path / "killed.partial"
     ckdir = partial / "stages" / "01-main" / "checkpoints"
-    proc = subprocess.Popen(
-        _cmd(cfg, out),
-        env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # killed somewhere inside step 5 or 6: the work after the checkpoint is lost
+    train_until_killed(
+        _cmd(cfg, out), ckdir / "checkpoint-4" / CHECKPOINT_MARKER, step_delay_s=0.7, within_s=300, then_s=0.9
     )
-    try:
-        deadline = time.time() + 300
-        while not (ckdir / "checkpoint-4" / CHECKPOINT_MARKER).exists():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint-4 in time"
-            time.sleep(0.1)
-        time.sleep(0.9)  # somewhere inside step 5 or 6: work after the checkpoint is lost
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
     assert not out.exists(), "a killed run must not leave a folder that looks complete"
     assert partial.exists()
 
@@ -92,19 +80,11 @@ def test_kill_9_then_resume_gives_the_same_weights_and_losses(tmp_path):
     assert "resuming from checkpoint-" in r.stdout
     assert not partial.exists()
 
-    a, b = _adapter(whole), _adapter(out)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert_resumed_run_equals(whole, out, 9, weights=ADAPTER)
     ma = json.loads((whole / "manifest.json").read_text())
     mb = json.loads((out / "manifest.json").read_text())
     assert mb["stages"][0]["resumed_from"].startswith("checkpoint-")
     assert ma["steps"] == mb["steps"] == 9
-    la = {e["step"]: e["loss"] for e in ma["losses"]}
-    lb = {e["step"]: e["loss"] for e in mb["losses"]}
-    assert la.keys() == lb.keys()
-    for step in la:
-        assert lb[step] == pytest.approx(la[step], rel=1e-5, abs=1e-6), step
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path):

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
-from test_train_resume import _adapter, _env  # noqa: E402
+from distributed_helpers import assert_resumed_run_equals, train_until_killed  # noqa: E402
+from test_train_resume import ADAPTER, _adapter, _env  # noqa: E402
 
 from alpacakit.errors import ConfigError  # noqa: E402
 from alpacakit.train.config import TrainConfig, load_train_config  # noqa: E402
@@ -59,13 +58,7 @@ def data(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and CI shares two cores between jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(base, data, **kw) -> TrainConfig:
@@ -221,37 +214,17 @@ def test_kill_9_then_resume_gives_the_uninterrupted_runs_weights_and_losses(base
     out = tmp_path / "killed"
     partial = tmp_path / "killed.partial"
     ckdir = partial / "stages" / "01-main" / "checkpoints"
-    proc = subprocess.Popen(
-        cmd(out), env=_env(ALPACAKIT_TRAIN_STEP_DELAY_S="0.7"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 300
-        while not (ckdir / "checkpoint-4" / CHECKPOINT_MARKER).exists():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint-4 in time"
-            time.sleep(0.1)
-        time.sleep(0.9)  # inside step 5 or 6: the work after the checkpoint is lost
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # killed inside step 5 or 6: the work after the checkpoint is lost
+    train_until_killed(cmd(out), ckdir / "checkpoint-4" / CHECKPOINT_MARKER, step_delay_s=0.7, within_s=300, then_s=0.9)
     assert not out.exists() and partial.exists()
 
     r = subprocess.run(cmd(out, "--resume"), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from checkpoint-" in r.stdout
 
-    a, b = _adapter(whole), _adapter(out)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert_resumed_run_equals(whole, out, 9, weights=ADAPTER)
     ma = json.loads((whole / "manifest.json").read_text())
     mb = json.loads((out / "manifest.json").read_text())
     assert ma["engine"] == mb["engine"] == "trl"
     assert mb["stages"][0]["resumed_from"].startswith("checkpoint-")
     assert ma["steps"] == mb["steps"] == 9  # 12 examples, 2 to a bin, 2 bins a step, 3 epochs
-    la = {e["step"]: e["loss"] for e in ma["losses"]}
-    lb = {e["step"]: e["loss"] for e in mb["losses"]}
-    assert la.keys() == lb.keys()
-    for step in la:
-        assert lb[step] == pytest.approx(la[step], rel=1e-5, abs=1e-6), step
