@@ -186,27 +186,45 @@ def _hwm_mb(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
     try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Children, then theirs (the processing worker's copies computing the statistics)."""
+    try:
+        children = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    return [d for c in children for d in (c, *_descendants(c))]
+
+
+LAST_CPU: dict[int, float] = {}  # CPU seconds of the last measured run: 0 = the CLI, 1 = its worker, 2.. its copies
 
 
 def run_measured(cmd: list[str], *, kill_when=None, log: Path | None = None) -> tuple[float, int, int]:
     """(wall seconds, peak RSS in MB, exit status) of one CLI run; `kill_when()` True -> SIGKILL.
+    The CPU seconds each of its processes used (last seen) go to `LAST_CPU`.
 
     Peak RSS is read from /proc while the run lasts, not from wait4 (a child forked from this
     large process would report the parent's pages as its own peak), and it is the sum of the
-    CLI's and its processing worker's peaks (generate.process_in_worker)."""
+    peaks of the CLI, its processing worker (generate.process_in_worker) and the worker's copies
+    of the pool computing the statistics (generate.stats_copies)."""
     env = {**os.environ, "NO_COLOR": "1"}
     peaks: dict[int, int] = {}
+    LAST_CPU.clear()
     with open(log or os.devnull, "w") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
-            for pid in (proc.pid, *_children(proc.pid)):
+            for n, pid in enumerate((proc.pid, *_descendants(proc.pid))):
                 peaks[pid] = max(peaks.get(pid, 0), _hwm_mb(pid))
+                LAST_CPU[n] = max(LAST_CPU.get(n, 0.0), cpu_s(pid))
             if kill_when is not None and kill_when():
                 os.kill(proc.pid, signal.SIGKILL)
                 break
@@ -253,6 +271,7 @@ def phase_fresh(args, port: int, work: Path) -> dict:
         "examples_per_s": c["kept"] / wall,
         "overshoot": c["kept"] - args.num,
         "discards": c["discards_by_reason"],
+        "cpu": dict(LAST_CPU),
     }
 
 
@@ -387,12 +406,17 @@ def main() -> None:
             )
         if "fresh" in phases:
             fresh_teacher()
+            teacher_cpu = cpu_s(teacher.pid)
             r = phase_fresh(args, port, work)
+            cpu = r["cpu"]
             print(
                 f"fresh: {r['kept']} kept from {r['requests']} requests in {r['wall']:.1f}s | "
                 f"{r['req_per_s']:.1f} req/s = {r['of_ideal']:.2f}x the ideal {r['ideal']:.0f} | "
                 f"{r['examples_per_s']:.0f} examples/s | peak RSS {r['rss']} MB | overshoot {r['overshoot']} "
-                f"| discards {r['discards']} | rc {r['rc']}"
+                f"| discards {r['discards']} | rc {r['rc']}\n"
+                f"  CPU seconds: CLI {cpu.get(0, 0):.1f}, its worker {cpu.get(1, 0):.1f}, "
+                f"statistics copies {', '.join(f'{v:.1f}' for k, v in sorted(cpu.items()) if k >= 2) or 'none'}, "
+                f"the teacher {cpu_s(teacher.pid) - teacher_cpu:.1f} (of {os.cpu_count()} cores x {r['wall']:.1f}s)"
             )
         if "kill" in phases and args.kill_at:
             fresh_teacher()

@@ -364,6 +364,8 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
         "--no-progress",
         "--concurrency",
         "2",
+        "--set",
+        "generate.stats_copies=2",  # (forks of the worker, which must die with it too)
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "alpacakit.cli.main", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -378,11 +380,12 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     proc.wait()
     answered_before = journal.read_bytes().count(b"\n")
     assert 4 <= answered_before < 15, "the run should have been killed mid-way"
-    # its processing worker (a fork: the same command line) sees the pipe close and exits
+    # its processing worker (a fork: the same command line) sees the pipe close and exits, and
+    # the worker's copies computing the statistics see their parent gone
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _processes_writing(out):
         time.sleep(0.05)
-    assert not _processes_writing(out), "the processing worker outlived the killed run"
+    assert not _processes_writing(out), "the processing worker or its copies outlived the killed run"
 
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
@@ -740,7 +743,8 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
 
     monkeypatch.setattr(SelfInstructProcessor, "process", process)
     results = {}
-    for in_worker in (False, True):
+    # here; in the worker; in the worker with two forked copies computing the statistics (stats_farm.py)
+    for in_worker, copies in ((False, 0), (True, 0), (True, 2)):
         calls = itertools.count()
 
         def answer(body, calls=calls):  # by call order: the same script for both runs (one request at a time)
@@ -759,15 +763,42 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
 
         server.responder = answer
         pids.write_text("")
-        out = tmp_path / f"out_{in_worker}"
-        cfg = config(server, seeds, request_batch=1, process_in_worker=in_worker, **fields)
+        out = tmp_path / f"out_{in_worker}_{copies}"
+        cfg = config(server, seeds, request_batch=1, process_in_worker=in_worker, stats_copies=copies, **fields)
         result = generate(cfg, out, show_progress=False)
         assert result.totals.pending == 0 and result.totals.kept == (out / "examples.jsonl").read_bytes().count(b"\n")
         processed_in = set(pids.read_text().split())
         assert processed_in and (str(os.getpid()) not in processed_in) == in_worker
-        results[in_worker] = (result.status, *_results(out))
-    assert results[True] == results[False]
-    assert b"near_duplicate" in results[True][2] and b"blacklisted_word" in results[True][2]
+        results[in_worker, copies] = (result.status, *_results(out))
+    assert results[True, 0] == results[False, 0] == results[True, 2]
+    assert b"near_duplicate" in results[True, 2][2] and b"blacklisted_word" in results[True, 2][2]
+    assert b'"most_similar_instructions": {}' not in results[True, 2][1]  # (the statistics are there)
+
+
+def test_a_failure_in_a_statistics_copy_surfaces_and_a_rerun_finishes(server, tmp_path, monkeypatch):
+    from alpacakit.curate.rouge import RougeDeduper
+    from alpacakit.jobs.worker import WorkerError
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    real_describe = RougeDeduper.describe
+
+    def describe(self, instruction, hits, *, report):
+        if report and len(self) > len(SEEDS) + 6:
+            raise ZeroDivisionError("a copy's statistics")
+        return real_describe(self, instruction, hits, report=report)
+
+    monkeypatch.setattr(RougeDeduper, "describe", describe)  # (copies are forks: they see it too)
+    out = tmp_path / "out"
+    cfg = config(server, seeds, num=30, stats_copies=2)
+    with pytest.raises(WorkerError, match="(?s)statistics failed in a copy of the pool.*ZeroDivisionError"):
+        generate(cfg, out, show_progress=False)
+    assert (out / "responses.jsonl").read_bytes().count(b"\n") >= 3
+    monkeypatch.setattr(RougeDeduper, "describe", real_describe)
+    result = generate(cfg, out, show_progress=False)
+    kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
+    assert result.status == "complete" and len(kept) >= 30 and len(set(kept)) == len(kept)
+    assert all(o["most_similar_instructions"] for _, o in iter_jsonl(out / "examples.jsonl"))
 
 
 def test_a_failure_in_the_worker_surfaces_after_the_answers_are_journaled(server, tmp_path, monkeypatch):

@@ -535,3 +535,32 @@ def test_entries_added_as_known_decide_and_score_exactly_like_checked_ones():
     for t in kept_first:
         known.add_known(t)
     assert [known.add_if_novel(t) for t in rest] == [checked.add_if_novel(t) for t in rest]
+
+
+@pytest.mark.parametrize("mean", ["sample", "exact", "off"])
+def test_a_copy_that_follows_the_decisions_describes_them_exactly_as_add_if_novel(mean):
+    """The statistics can be computed by a copy of the pool (`curate/stats_farm.py`): one pool
+    decides only (`decide_and_add`), a copy follows each decision (`describe`), and together they
+    give `add_if_novel`'s results, kept and dropped alike, statistic for statistic."""
+    rng = random.Random(13)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 40)]
+    rng.shuffle(texts)
+    seeds, texts = texts[:5], texts[5:]
+    one, decider, copy = (RougeDeduper(0.7, keep_most_similar=4, mean=mean) for _ in range(3))
+    for pool in (one, decider, copy):
+        for s in seeds:
+            pool.add_seed(s)
+    decider.drop_statistics()
+    expected = [one.add_if_novel(t) for t in texts]
+    followed, decisions = [], []
+    for i, t in enumerate(texts):
+        hits = decider.decide_and_add(t)
+        decisions.append(not hits)
+        followed.append(copy.describe(t, hits, report=i % 3 != 1))  # a copy also follows what it does not describe
+    assert sum(not r.kept for r in expected) > 20 and sum(r.kept for r in expected) > 20
+    assert decisions == [r.kept for r in expected]
+    for i, (e, f) in enumerate(zip(expected, followed)):
+        assert (f is None) == (i % 3 == 1)
+        if f is not None:
+            assert f == e
+    assert len(decider) == len(copy) == len(one)

@@ -458,6 +458,31 @@ class RougeDeduper:
             self._add(c)
         return result
 
+    def decide_and_add(self, instruction: str) -> list[tuple[int, float]]:
+        """`add_if_novel` without the statistics: the pool entries above the threshold (empty:
+        kept, and added). For a pool whose statistics a forked copy computes (`describe`)."""
+        c = self._prepare(instruction)
+        hits = self._hits_above_threshold(c)
+        if not hits:
+            self._add(c)
+        return hits
+
+    def describe(self, instruction: str, hits: list[tuple[int, float]], *, report: bool) -> DedupResult | None:
+        """Follow a decision that another copy of this pool made (`hits`, from its
+        `decide_and_add`): the instruction joins the pool when kept (no hits), and when `report`
+        its statistics are returned, exactly those `add_if_novel` would have given. A copy that
+        follows every decision in order holds the same pool as the one deciding."""
+        c = self._prepare(instruction)
+        result = self._statistics(c, hits) if report else None
+        if not hits:
+            self._add(c, index=False)  # (a copy never decides: no signature index to grow)
+        return result
+
+    def drop_statistics(self) -> None:
+        """Decisions only from now on (`decide_and_add`): the statistics are computed elsewhere."""
+        self.stats = False
+        self._pool_stats = None
+
     def prime(self, instructions: Iterable[str]) -> None:
         """Order index keys by their rarity in texts that are about to arrive.
 
@@ -594,11 +619,13 @@ class RougeDeduper:
                 return DedupResult(kept=True, max_similarity=None)
             best_f, neg_idx = max((f, -i) for i, f in hits)
             return DedupResult(kept=False, max_similarity=best_f, most_similar={self._texts[-neg_idx]: best_f})
-        ps = self._pool_stats
-        top, mean = ps.stats(c.ids, c.keys, c.masks(), max(self.keep_most_similar, 1), hits)
+        return self._statistics(c, hits)
+
+    def _statistics(self, c: _Prepared, hits: list[tuple[int, float]]) -> DedupResult:
+        top, mean = self._pool_stats.stats(c.ids, c.keys, c.masks(), max(self.keep_most_similar, 1), hits)
         max_sim = top[0][1] if top else 0.0
         most = {self._texts[i]: f for i, f in top[: self.keep_most_similar]}
-        return DedupResult(kept=kept, max_similarity=max_sim, mean_similarity=mean, most_similar=most)
+        return DedupResult(kept=not hits, max_similarity=max_sim, mean_similarity=mean, most_similar=most)
 
     def _hits_above_threshold(self, c: _Prepared) -> list[tuple[int, float]]:
         """Every pool entry (first of its text) whose F with `c` exceeds the threshold, exactly."""

@@ -11,6 +11,9 @@ theirs is copied). It receives journal entries in journal order, so its results 
 those of in-process processing, appends them to examples.jsonl / discards.jsonl itself (derived
 data: a replay rebuilds them from the journal), and reports per entry (index, kept, discard
 reasons). When the main process dies, even by kill -9, the pipe reaches EOF and the worker exits.
+
+Self-instruct's processor forks helpers of its own here (`fork_helpers`): copies of the dedup
+pool that compute the statistics while this process only decides (`curate/stats_farm.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import multiprocessing
 import os
 import signal
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,31 +92,53 @@ class ProcessingWorker:
 
 def _serve(conn, parent_end, processor, examples_path: Path, discards_path: Path, lock_fd: int | None) -> None:
     """The worker: entries in, results appended, reports out, until EOF. Leaves with os._exit so
-    none of the parent's exit handlers (the folder lock's release, among them) run here."""
+    none of the parent's exit handlers (the folder lock's release, among them) run here.
+
+    A processor with `fork_helpers` (self-instruct) may hand part of its work to processes of its
+    own (the statistics, `curate/stats_farm.py`): its records are then completed later, so each
+    entry's results wait here, in journal order, until they are whole; only then are they
+    written and reported (reported = on disk, as without helpers)."""
+    from multiprocessing.connection import wait
+
     from alpacakit.io import JsonlAppender
 
     code = 0
+    helpers = None
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process; we follow its EOF
         parent_end.close()
         if lock_fd is not None:
             os.close(lock_fd)  # the lock stays the main process's: released when it ends, not when we do
+        fork_helpers = getattr(processor, "fork_helpers", None)
+        helpers = fork_helpers(keep_out=(conn,)) if fork_helpers else None  # (before any file is open here)
         examples, discards = JsonlAppender(examples_path), JsonlAppender(discards_path)
+        waiting: deque[tuple[int, list[dict], list[dict], int]] = deque()  # (index, kept, dropped, complete at)
         try:
             while True:
-                try:
-                    entries = conn.recv()
-                except EOFError:
-                    break
+                ready = wait([conn, *helpers.connections()]) if helpers else [conn]
+                if helpers is not None:
+                    helpers.collect()
+                if conn in ready:
+                    try:
+                        entries = conn.recv()
+                    except EOFError:
+                        break
+                    for entry in entries:
+                        kept, dropped = derive(processor, entry)
+                        waiting.append((entry["index"], kept, dropped, helpers.submitted if helpers else 0))
+                    if helpers is not None:
+                        helpers.flush()
+                        helpers.collect()
                 out = []
-                for entry in entries:
-                    kept, dropped = derive(processor, entry)
+                while waiting and (helpers is None or waiting[0][3] <= helpers.described):
+                    index, kept, dropped, _ = waiting.popleft()
                     for r in kept:
                         examples.write(r)
                     for d in dropped:
                         discards.write(d)
-                    out.append((entry["index"], len(kept), dict(Counter(d["reason"] for d in dropped))))
-                conn.send(out)
+                    out.append((index, len(kept), dict(Counter(d["reason"] for d in dropped))))
+                if out:
+                    conn.send(out)
         finally:
             examples.close()
             discards.close()
@@ -122,4 +147,7 @@ def _serve(conn, parent_end, processor, examples_path: Path, discards_path: Path
         with contextlib.suppress(Exception):  # (the main process may be gone: nobody to tell)
             conn.send(("error", traceback.format_exc()))
     finally:
+        if helpers is not None:
+            with contextlib.suppress(Exception):
+                helpers.close()
         os._exit(code)
