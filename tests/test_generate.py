@@ -499,7 +499,7 @@ class _OneAtATime:
         pass
 
 
-@pytest.mark.parametrize("finish_in_flight, journaled", [(False, 1), (True, 4)])
+@pytest.mark.parametrize("finish_in_flight, journaled", [(False, 1), (True, 3)])
 def test_a_local_teacher_drops_queued_requests_once_the_target_is_reached(tmp_path, finish_in_flight, journaled):
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     cfg = load_config(
@@ -507,7 +507,8 @@ def test_a_local_teacher_drops_queued_requests_once_the_target_is_reached(tmp_pa
         None,
         {
             "teacher": {"model": "smollm2-135m-instruct", "api": "completions"},
-            "generate": {"seeds": str(seeds), "request_batch": 4, "num": 3},
+            # each request asks for 1 new task, so 3 go out for a target of 3 (each answer then writes 3)
+            "generate": {"seeds": str(seeds), "request_batch": 4, "num": 3, "tasks_per_request": 4},
         },
     )
     teacher = _OneAtATime(finish_in_flight)
@@ -516,7 +517,7 @@ def test_a_local_teacher_drops_queued_requests_once_the_target_is_reached(tmp_pa
     assert len(list(iter_jsonl(tmp_path / "out" / "responses.jsonl"))) == journaled
     # dropped: the queued requests (at most the next one got the lock before the result was read,
     # and was cancelled); kept waiting: every request ran
-    assert teacher.started == 4 if finish_in_flight else teacher.started <= 2
+    assert teacher.started == 3 if finish_in_flight else teacher.started <= 2
 
 
 def test_a_request_the_endpoint_refuses_for_good_is_a_discard_and_the_job_finishes(server, tmp_path):
@@ -825,6 +826,21 @@ def test_a_failure_in_the_worker_surfaces_after_the_answers_are_journaled(server
     assert result.status == "complete" and result.totals.kept >= 30
     kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
     assert len(kept) == result.totals.kept == len(set(kept))
+
+
+@pytest.mark.parametrize("in_worker", [True, False], ids=["worker", "in_process"])
+def test_a_target_smaller_than_the_first_wave_is_not_overshot(server, tmp_path, in_worker):
+    """`--num 5 --concurrency 8` with answers of 3 tasks: before any answer, each request in
+    flight counts at the tasks it asks for, so the whole first wave is not sent (it was: 8
+    requests, 24 examples, for a target of 5)."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    server.responder = responder(3)
+    cfg = config(server, seeds, num=5, process_in_worker=in_worker)
+    cfg.teacher.max_concurrency = 8
+    cfg.generate.request_batch = 8
+    result = generate(cfg, tmp_path / "out", show_progress=False)
+    assert result.status == "complete"
+    assert 5 <= result.totals.kept <= 5 + 3 and result.totals.requests <= 3, result.totals.as_dict()
 
 
 def test_a_lagging_worker_with_a_poor_start_does_not_overshoot_by_more_than_one_request(server, tmp_path, monkeypatch):

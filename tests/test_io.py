@@ -16,6 +16,18 @@ def test_torn_last_line_is_cut_on_reopen(tmp_path):
     assert [o["a"] for _, o in iter_jsonl(p)] == [1, 2, 4]
 
 
+def test_write_many_appends_the_same_bytes_as_one_write_each(tmp_path):
+    records = [{"a": 1, "t": "é"}, {"b": [1, 2]}, {}]
+    with JsonlAppender(tmp_path / "one.jsonl") as one, JsonlAppender(tmp_path / "many.jsonl", fsync=True) as many:
+        for r in records:
+            one.write(r)
+        many.write_many(records[:2])
+        many.write_many([])
+        many.write_many(records[2:])
+    assert (tmp_path / "many.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert [o for _, o in iter_jsonl(tmp_path / "many.jsonl")] == records
+
+
 def test_broken_line_names_file_and_line(tmp_path):
     p = tmp_path / "data.jsonl"
     p.write_text('{"instruction": "x"}\n{"instruction": \n')

@@ -564,3 +564,23 @@ def test_a_copy_that_follows_the_decisions_describes_them_exactly_as_add_if_nove
         if f is not None:
             assert f == e
     assert len(decider) == len(copy) == len(one)
+
+
+def test_a_large_pool_reorders_at_each_fourfold_growth_and_decides_alike(monkeypatch):
+    """Past `_REORDER_BY_4_FROM` the key order is re-derived at 4x growth, not 2x: fewer index
+    rebuilds, the same decisions."""
+    import alpacakit.curate.rouge as rouge
+
+    monkeypatch.setattr(rouge, "_REORDER_BY_4_FROM", 128)
+    rng = random.Random(14)
+    vocab = [f"w{i}" for i in range(400)]
+    texts = [" ".join(rng.choices(vocab, k=rng.randint(4, 14))) for _ in range(900)]
+    texts += [v for t in texts[:60] for v in near_duplicates(rng, t, 3)]
+    rng.shuffle(texts)
+    pool = RougeDeduper(0.7, stats=False)
+    reorders = []
+    real = RougeDeduper._reorder
+    monkeypatch.setattr(RougeDeduper, "_reorder", lambda self: reorders.append(len(self)) or real(self))
+    kept = [pool.add_if_novel(t).kept for t in texts]
+    assert kept == dedup_instructions(texts, [], 0.7)
+    assert reorders[:3] == [64, 128, 512] and len(pool) > 512

@@ -202,6 +202,13 @@ class JsonlAppender:
         if self._fsync and sync:
             os.fsync(self._f.fileno())
 
+    def write_many(self, objs: list[dict[str, Any]]) -> None:
+        """Append several records with one flush (and one fsync if asked): an entry's results at once."""
+        if objs:
+            self._f.write(b"".join(json.dumps(o, ensure_ascii=False).encode("utf-8") + b"\n" for o in objs))
+            self._f.flush()
+            self.sync()
+
     def sync(self) -> None:
         if self._fsync:
             os.fsync(self._f.fileno())

@@ -58,8 +58,15 @@ def parse_tasks(
     return kept, discards
 
 
+def _strip_separators(text: str) -> str:
+    """`_TRAILING.sub("", text)`. The regex tries `\\s*` at every position of the text, ~15 us
+    for a 600-character output (two thirds of parsing an answer): it can only match where the
+    text ends in `###` (whitespace aside), so the others are returned as they are."""
+    return _TRAILING.sub("", text) if text.rstrip().endswith("###") else text
+
+
 def _parse_chunk(chunk: str) -> tuple[ParsedTask | None, Discard | None]:
-    raw = _TRAILING.sub("", chunk).strip()
+    raw = _strip_separators(chunk).strip()
     body = _SEPARATOR_LINE.split(_TASK_START.sub("", raw, count=1), maxsplit=1)[0]
     fields = list(_FIELD.finditer(body))
     names = [m.group(1).lower() for m in fields]
@@ -75,7 +82,7 @@ def _parse_chunk(chunk: str) -> tuple[ParsedTask | None, Discard | None]:
         inp = ""
     # Anything after a second Input/Output label belongs to no task: cut it off.
     out_end = fields[out_i + 1].start() if out_i + 1 < len(fields) else len(body)
-    output = _TRAILING.sub("", body[fields[out_i].end() : out_end]).strip()
+    output = _strip_separators(body[fields[out_i].end() : out_end]).strip()
     if _NO_INPUT.match(inp):
         inp = ""
     if not instruction:

@@ -262,6 +262,11 @@ def enough_in_flight(target: int, most_per_answer: int = 0) -> Callable[[JobTota
             # count each answer at the most it could keep, rather than send freely meanwhile
             # (a busy machine sent 128 requests for --num 2000 that way: 166 examples over).
             per_request = totals.pending_most / totals.pending
+        elif processed or most_per_answer:
+            # Too few answers to go by, or none yet: the floor below (the most one answer has kept,
+            # or what one is asked for) decides. Sending freely here sent the whole first wave:
+            # `--num 100 --concurrency 64` paid for 64 answers and kept 1,085 examples.
+            per_request = 0.0
         else:
             return False
         # Every answer still to come is counted at the most one answer has kept so far (before any

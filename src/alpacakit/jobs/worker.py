@@ -132,10 +132,8 @@ def _serve(conn, parent_end, processor, examples_path: Path, discards_path: Path
                 out = []
                 while waiting and (helpers is None or waiting[0][3] <= helpers.described):
                     index, kept, dropped, _ = waiting.popleft()
-                    for r in kept:
-                        examples.write(r)
-                    for d in dropped:
-                        discards.write(d)
+                    examples.write_many(kept)
+                    discards.write_many(dropped)
                     out.append((index, len(kept), dict(Counter(d["reason"] for d in dropped))))
                 if out:
                     conn.send(out)

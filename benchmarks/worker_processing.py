@@ -1,0 +1,117 @@
+"""Where self-instruct's processing worker spends its time, on a real journal, without HTTP.
+
+    python benchmarks/generate_scale.py --num 52000 --phases fresh --keep /tmp/gs   # makes a journal
+    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3]
+
+Replays every answer of the journal through `SelfInstructProcessor` with the default settings,
+side by side in this process:
+  * one process computing everything (`generate.stats_copies=0`): CPU seconds;
+  * decisions only (no statistics): what the deciding worker cannot hand off;
+  * the worker as `generate` runs it with K forked copies computing the statistics
+    (`curate/stats_farm.py`): the decider's CPU, the wall time until every record is whole,
+    and the speed-up over one process. Results are compared byte for byte with one process's.
+  * `--ab N`: N alternated rounds of decisions only with the code before 2026-12-06's changes
+    (the trailing-separator regex on every task, the key order re-derived at each 2x growth of
+    the pool) and after; the ratio of the medians, and a check that the results are equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import alpacakit.curate.rouge as rouge
+import alpacakit.generate.parse as parse
+from alpacakit.config import AlpacakitConfig
+from alpacakit.generate.seeds import default_seeds_path, load_seed_tasks
+from alpacakit.generate.self_instruct import SelfInstructProcessor
+
+
+def processor(copies: int = 0, stats: bool = True) -> SelfInstructProcessor:
+    cfg = AlpacakitConfig()
+    cfg.generate.stats_copies = copies
+    if not stats:
+        cfg.generate.keep_most_similar, cfg.generate.mean_similarity = 0, "off"
+    return SelfInstructProcessor(load_seed_tasks(default_seeds_path()), cfg, "bench")
+
+
+def dump(results) -> bytes:
+    return b"".join(
+        json.dumps(r, ensure_ascii=False).encode() + b"\n" for kept, dropped in results for r in kept + dropped
+    )
+
+
+def one_process(entries, stats=True) -> tuple[float, bytes]:
+    p = processor(0, stats)
+    t = time.process_time()
+    results = [p.process(e) for e in entries]
+    return time.process_time() - t, dump(results)
+
+
+def with_copies(entries, copies: int) -> tuple[float, float, bytes]:
+    """(the decider's CPU s, wall s until every record is whole, results), batches of 8 answers."""
+    p = processor(copies)
+    t0, c0 = time.perf_counter(), time.process_time()
+    farm = p.fork_helpers()
+    results = []
+    for i in range(0, len(entries), 8):
+        results += [p.process(e) for e in entries[i : i + 8]]
+        farm.flush()
+        farm.collect()
+    while farm.described < farm.submitted:
+        wait(farm.connections())
+        farm.collect()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    farm.close()
+    return cpu, wall, dump(results)
+
+
+def ab(entries, rounds: int) -> None:
+    fast_strip, by_4 = parse._strip_separators, rouge._REORDER_BY_4_FROM
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ref = None
+    try:
+        for r in range(rounds):
+            for new in (False, True):
+                parse._strip_separators = fast_strip if new else (lambda t: parse._TRAILING.sub("", t))
+                rouge._REORDER_BY_4_FROM = by_4 if new else 1 << 60
+                dt, out = one_process(entries, stats=False)
+                times[new].append(dt)
+                ref = ref or out
+                assert out == ref, "the two code paths gave different results"
+                print(f"  round {r}: {'after ' if new else 'before'} {dt:.1f} CPU s", flush=True)
+    finally:
+        parse._strip_separators, rouge._REORDER_BY_4_FROM = fast_strip, by_4
+    before, after = statistics.median(times[False]), statistics.median(times[True])
+    print(f"decisions only, before / after: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same results)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--journal", required=True, help="a generate run's responses.jsonl")
+    ap.add_argument("--copies", default="1,2", help="numbers of statistics copies to run, comma-separated")
+    ap.add_argument("--ab", type=int, default=0, metavar="N", help="N rounds of the before/after decision paths")
+    args = ap.parse_args()
+    entries = [json.loads(line) for line in Path(args.journal).read_text(encoding="utf-8").splitlines() if line]
+    print(f"# {len(entries)} answers from {args.journal}")
+    if args.ab:
+        ab(entries, args.ab)
+    cpu_one, ref = one_process(entries)
+    print(f"one process, default statistics: {cpu_one:.1f} CPU s ({len(ref.splitlines())} records)")
+    cpu_decide, _ = one_process(entries, stats=False)
+    print(f"decisions only: {cpu_decide:.1f} CPU s")
+    for k in (int(x) for x in args.copies.split(",") if x):
+        cpu, wall, out = with_copies(entries, k)
+        same = "identical" if out == ref else "DIFFERENT"
+        print(
+            f"{k} copies: decider {cpu:.1f} CPU s, every record whole after {wall:.1f} s = "
+            f"{cpu_one / wall:.2f}x one process; results {same}"
+        )
+
+
+if __name__ == "__main__":
+    main()
