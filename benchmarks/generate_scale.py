@@ -10,7 +10,8 @@ records of the given Alpaca-format file, so dedup sees real instruction text; pa
 the file, instructions come back with half of their words swapped. (The data file is read
 at run time and never copied anywhere.)
 
-Phases, each the real CLI in a subprocess (peak RSS: VmHWM from /proc while it runs, the CLI's
+Phases, each the real CLI in a subprocess (peak RSS: VmHWM from /proc while it runs; peak PSS:
+the highest sum of the processes' PSS seen, which counts the pages forks share once; the CLI's
 and its processing worker's summed):
   0. The client ceiling: the bare `openai` SDK sending the same requests and doing nothing
      with the answers (what any SDK-based client can reach here, in the same run).
@@ -175,6 +176,18 @@ def generate_cmd(out: Path, port: int, num: int, concurrency: int) -> list[str]:
     ]
 
 
+def _pss_mb(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (a fork's, copy-on-write) count
+    as a share each, so the sum over processes is the memory they really hold together."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _hwm_mb(pid: int) -> int:
     """Peak RSS of a running process (VmHWM: per address space, so counted from its exec)."""
     try:
@@ -204,6 +217,7 @@ def _descendants(pid: int) -> list[int]:
     return [d for c in children for d in (c, *_descendants(c))]
 
 
+LAST_PSS: dict[int, int] = {}  # 0: the highest sum of the processes' PSS seen in the last measured run, MB
 LAST_CPU: dict[int, float] = {}  # CPU seconds of the last measured run: 0 = the CLI, 1 = its worker, 2.. its copies
 
 
@@ -218,13 +232,17 @@ def run_measured(cmd: list[str], *, kill_when=None, log: Path | None = None) -> 
     env = {**os.environ, "NO_COLOR": "1"}
     peaks: dict[int, int] = {}
     LAST_CPU.clear()
+    LAST_PSS.clear()
     with open(log or os.devnull, "w") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
+            pss = 0
             for n, pid in enumerate((proc.pid, *_descendants(proc.pid))):
                 peaks[pid] = max(peaks.get(pid, 0), _hwm_mb(pid))
                 LAST_CPU[n] = max(LAST_CPU.get(n, 0.0), cpu_s(pid))
+                pss += _pss_mb(pid)
+            LAST_PSS[0] = max(LAST_PSS.get(0, 0), pss)
             if kill_when is not None and kill_when():
                 os.kill(proc.pid, signal.SIGKILL)
                 break
@@ -263,6 +281,7 @@ def phase_fresh(args, port: int, work: Path) -> dict:
         "rc": rc,
         "wall": wall,
         "rss": rss,
+        "pss": LAST_PSS.get(0, 0),
         "requests": c["requests"],
         "kept": c["kept"],
         "req_per_s": c["requests"] / wall,
@@ -296,6 +315,7 @@ def phase_kill_resume(args, port: int, work: Path) -> dict:
         "resume_rc": rc2,
         "resume_wall": wall2,
         "resume_rss": rss2,
+        "resume_pss": LAST_PSS.get(0, 0),
         "replay_s": (first - t0) if first else None,
         "duplicate_instructions": len(records) - len({r["instruction"] for r in records}),
         "duplicate_requests": len(indices) - len(set(indices)),
@@ -412,7 +432,7 @@ def main() -> None:
             print(
                 f"fresh: {r['kept']} kept from {r['requests']} requests in {r['wall']:.1f}s | "
                 f"{r['req_per_s']:.1f} req/s = {r['of_ideal']:.2f}x the ideal {r['ideal']:.0f} | "
-                f"{r['examples_per_s']:.0f} examples/s | peak RSS {r['rss']} MB | overshoot {r['overshoot']} "
+                f"{r['examples_per_s']:.0f} examples/s | peak RSS {r['rss']} MB (PSS {r['pss']} MB) | overshoot {r['overshoot']} "
                 f"| discards {r['discards']} | rc {r['rc']}\n"
                 f"  CPU seconds: CLI {cpu.get(0, 0):.1f}, its worker {cpu.get(1, 0):.1f}, "
                 f"statistics copies {', '.join(f'{v:.1f}' for k, v in sorted(cpu.items()) if k >= 2) or 'none'}, "
@@ -424,7 +444,7 @@ def main() -> None:
             replay = f"{r['replay_s']:.1f}s" if r["replay_s"] is not None else "no new request"
             print(
                 f"kill -9 at {r['killed_at']} kept, resume: replay {replay} before the first new request, "
-                f"resume run {r['resume_wall']:.1f}s, peak RSS {r['resume_rss']} MB | final {r['kept']} kept, "
+                f"resume run {r['resume_wall']:.1f}s, peak RSS {r['resume_rss']} MB (PSS {r['resume_pss']} MB) | final {r['kept']} kept, "
                 f"duplicate instructions {r['duplicate_instructions']}, requests journaled twice "
                 f"{r['duplicate_requests']}, pre-kill lines changed {r['pre_kill_changed']}, "
                 f"asked again {r['asked_again']} | rc {r['resume_rc']}"
