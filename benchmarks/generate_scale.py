@@ -176,27 +176,26 @@ def generate_cmd(out: Path, port: int, num: int, concurrency: int) -> list[str]:
     ]
 
 
-def _pss_mb(pid: int) -> int:
-    """Proportional set size: pages shared with other processes (a fork's, copy-on-write) count
-    as a share each, so the sum over processes is the memory they really hold together."""
+def _proc_mb(pid: int, file: str, field: str) -> int:
+    """A `Field:  N kB` line of /proc/PID/FILE, in MB (0 once the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) // 1024
     except OSError:
         pass
     return 0
+
+
+def _pss_mb(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (a fork's, copy-on-write) count
+    as a share each, so the sum over processes is the memory they really hold together."""
+    return _proc_mb(pid, "smaps_rollup", "Pss:")
 
 
 def _hwm_mb(pid: int) -> int:
     """Peak RSS of a running process (VmHWM: per address space, so counted from its exec)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_mb(pid, "status", "VmHWM:")
 
 
 def cpu_s(pid: int) -> float:
