@@ -404,6 +404,44 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
     assert len(server.requests) - len(entries) <= asked_again <= 2
 
 
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_leaves_no_process_and_the_rerun_finishes(server, tmp_path):
+    """Typer turns Ctrl-C into a silent exit 130; the CLI says what to do. The worker and its
+    statistics copies go with the run, and the rerun finishes without duplicates."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    answer = responder(2)
+
+    def slow(body):
+        time.sleep(0.1)
+        return answer(body)
+
+    server.responder = slow
+    out = tmp_path / "out"
+    args = ["generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds)]
+    args += ["--num", "40", "-o", str(out), "--no-progress", "--concurrency", "2", "--set", "generate.stats_copies=2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alpacakit.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (a background shell ignores it)
+    )
+    journal = out / "responses.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (journal.exists() and journal.read_bytes().count(b"\n") >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err.decode()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_writing(out):
+        time.sleep(0.05)
+    assert not _processes_writing(out), "the processing worker or its copies outlived the interrupted run"
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
+    assert len(kept) >= 40 and len(set(kept)) == len(kept)
+
+
 def test_answer_mode_curates_refusals_duplicates_and_truncation(server, tmp_path):
     prompts = tmp_path / "prompts.csv"
     prompts.write_text(

@@ -46,6 +46,9 @@ app.add_typer(eval_cmd.app, name="eval")
 app.command("report")(report_cmd.report)
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume (train: add --resume)"
+
+
 def main() -> None:
     from alpacakit.errors import AlpacakitError
 
@@ -62,9 +65,13 @@ def main() -> None:
         if e.hint:
             err.print(f"[bold]fix:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # (before typer runs a verb)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C in a verb into a silent exit 130: say what to do
+            print(INTERRUPTED, file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
