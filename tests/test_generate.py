@@ -338,54 +338,59 @@ def _processes_writing(out: Path) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
+def _interruptible_run(server, tmp_path, num: int, delay: float) -> tuple[list[str], Path]:
+    """A generate command (CLI args, out folder) against a teacher that answers 2 tasks after
+    `delay` seconds, 2 requests in flight, with a worker and two statistics copies (forks that
+    must end with the run)."""
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     answer = responder(2)
 
     def slow(body):
-        time.sleep(0.15)
+        time.sleep(delay)
         return answer(body)
 
     server.responder = slow
     out = tmp_path / "out"
-    args = [
-        "generate",
-        "--teacher",
-        "openai:fake-model",
-        "--base-url",
-        server.url,
-        "--seeds",
-        str(seeds),
-        "--num",
-        "30",
-        "-o",
-        str(out),
-        "--no-progress",
-        "--concurrency",
-        "2",
-        "--set",
-        "generate.stats_copies=2",  # (forks of the worker, which must die with it too)
-    ]
+    args = ["generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds)]
+    args += ["--num", str(num), "-o", str(out), "--no-progress", "--concurrency", "2"]
+    return [*args, "--set", "generate.stats_copies=2"], out
+
+
+def _start_until_answered(args: list[str], out: Path, answers: int) -> subprocess.Popen:
+    """The CLI in a subprocess, once `answers` answers are journaled. SIGINT is reset to its
+    default in the child: a shell that runs the tests in the background ignores it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "alpacakit.cli.main", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "alpacakit.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     journal = out / "responses.jsonl"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= 4:
-            break
+    while time.monotonic() < deadline and not (journal.exists() and journal.read_bytes().count(b"\n") >= answers):
         time.sleep(0.02)
+    return proc
+
+
+def _assert_no_process_left(out: Path) -> None:
+    """The processing worker (a fork: the same command line) sees the pipe close and exits, and
+    its copies computing the statistics see their parent gone."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_writing(out):
+        time.sleep(0.05)
+    assert not _processes_writing(out), "the processing worker or its copies outlived the run"
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
+    args, out = _interruptible_run(server, tmp_path, num=30, delay=0.15)
+    journal = out / "responses.jsonl"
+    proc = _start_until_answered(args, out, answers=4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     answered_before = journal.read_bytes().count(b"\n")
     assert 4 <= answered_before < 15, "the run should have been killed mid-way"
-    # its processing worker (a fork: the same command line) sees the pipe close and exits, and
-    # the worker's copies computing the statistics see their parent gone
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _processes_writing(out):
-        time.sleep(0.05)
-    assert not _processes_writing(out), "the processing worker or its copies outlived the killed run"
+    _assert_no_process_left(out)
 
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
@@ -408,34 +413,12 @@ def test_kill_minus_nine_then_resume_pays_for_nothing_twice(server, tmp_path):
 def test_ctrl_c_says_how_to_resume_leaves_no_process_and_the_rerun_finishes(server, tmp_path):
     """Typer turns Ctrl-C into a silent exit 130; the CLI says what to do. The worker and its
     statistics copies go with the run, and the rerun finishes without duplicates."""
-    seeds = write_seeds(tmp_path / "seeds.jsonl")
-    answer = responder(2)
-
-    def slow(body):
-        time.sleep(0.1)
-        return answer(body)
-
-    server.responder = slow
-    out = tmp_path / "out"
-    args = ["generate", "--teacher", "openai:fake-model", "--base-url", server.url, "--seeds", str(seeds)]
-    args += ["--num", "40", "-o", str(out), "--no-progress", "--concurrency", "2", "--set", "generate.stats_copies=2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alpacakit.cli.main", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (a background shell ignores it)
-    )
-    journal = out / "responses.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (journal.exists() and journal.read_bytes().count(b"\n") >= 3):
-        time.sleep(0.02)
+    args, out = _interruptible_run(server, tmp_path, num=40, delay=0.1)
+    proc = _start_until_answered(args, out, answers=3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted; rerun the same command to resume" in err.decode()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _processes_writing(out):
-        time.sleep(0.05)
-    assert not _processes_writing(out), "the processing worker or its copies outlived the interrupted run"
+    _assert_no_process_left(out)
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
