@@ -180,6 +180,11 @@ def _read_hf_dataset(path: Path, required: Iterable[str]) -> list[dict]:
     return rows
 
 
+def jsonl_line(obj: dict[str, Any]) -> bytes:
+    """One JSONL line as every writer here writes it: UTF-8, non-ASCII kept, newline-ended."""
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
 class JsonlAppender:
     """Append-only JSONL writer: one `write` per record, flushed (and fsynced if asked).
 
@@ -196,8 +201,7 @@ class JsonlAppender:
 
     def write(self, obj: dict[str, Any], *, sync: bool = True) -> None:
         """Append one record; `sync=False` defers the fsync to a later `sync()` (group commit)."""
-        line = json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
-        self._f.write(line)
+        self._f.write(jsonl_line(obj))
         self._f.flush()
         if self._fsync and sync:
             os.fsync(self._f.fileno())
@@ -205,7 +209,7 @@ class JsonlAppender:
     def write_many(self, objs: list[dict[str, Any]]) -> None:
         """Append several records with one flush (and one fsync if asked): an entry's results at once."""
         if objs:
-            self._f.write(b"".join(json.dumps(o, ensure_ascii=False).encode("utf-8") + b"\n" for o in objs))
+            self._f.write(b"".join(map(jsonl_line, objs)))
             self._f.flush()
             self.sync()
 
@@ -263,7 +267,7 @@ class AtomicLineWriter:
         self._f = os.fdopen(fd, "wb")
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._f.write(jsonl_line(obj))
 
     def write_raw(self, line: bytes) -> None:
         """A line already in JSONL form (no newline at its end)."""

@@ -48,7 +48,6 @@ class StatsFarm:
         if copies < 1:
             raise ValueError(f"copies must be >= 1, got {copies}")
         ctx = multiprocessing.get_context("fork")
-        self.copies = copies
         self._queues: list = []
         self._conns: list = []
         self._pids: list[int] = []
