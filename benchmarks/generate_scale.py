@@ -14,7 +14,8 @@ Phases, each the real CLI in a subprocess (peak RSS: VmHWM from /proc while it r
 the highest sum of the processes' PSS seen, which counts the pages forks share once; the CLI's
 and its processing worker's summed):
   0. The client ceiling: the bare `openai` SDK sending the same requests and doing nothing
-     with the answers (what any SDK-based client can reach here, in the same run).
+     with the answers (what an SDK-based client can reach here, in the same run), through the
+     typed `chat.completions.create` and through the low-level `post` that alpacakit uses.
   1. `alpacakit generate --num N --concurrency C` from scratch: wall, requests/s and examples/s
      against the ideal (C / latency requests/s), peak RSS, kept - target (overshoot).
   2. The same run killed with SIGKILL once `--kill-at` examples are kept, then rerun: time from
@@ -34,6 +35,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -270,8 +272,15 @@ def first_sent_after(out: Path, t0_wall: float) -> float | None:
     return None
 
 
+def fresh_folder(out: Path) -> Path:
+    """An empty run folder: one left by an earlier `--keep` run would make `generate` resume
+    (a finished job sends nothing and "finishes" at an absurd request rate)."""
+    shutil.rmtree(out, ignore_errors=True)
+    return out
+
+
 def phase_fresh(args, port: int, work: Path) -> dict:
-    out = work / "fresh"
+    out = fresh_folder(work / "fresh")
     wall, rss, rc = run_measured(generate_cmd(out, port, args.num, args.concurrency), log=work / "fresh.log")
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
@@ -294,7 +303,7 @@ def phase_fresh(args, port: int, work: Path) -> dict:
 
 
 def phase_kill_resume(args, port: int, work: Path) -> dict:
-    out = work / "killed"
+    out = fresh_folder(work / "killed")
     examples = out / "examples.jsonl"
     cmd = generate_cmd(out, port, args.num, args.concurrency)
     _, _, rc1 = run_measured(cmd, kill_when=lambda: count_lines(examples) >= args.kill_at, log=work / "kill.log")
@@ -331,28 +340,39 @@ def phase_rerun_finished(args, port: int, work: Path) -> dict:
     return {"rc": rc, "wall": wall, "rss": rss, "new_requests": count_lines(out / "responses.jsonl") - journal_before}
 
 
-def phase_client_ceiling(args, port: int) -> dict:
+CEILING_CALLS = {
+    # the typed call most clients make
+    "create": "r = await c.chat.completions.create(**body); return r.choices[0].message.content",
+    # the SDK's low-level POST, as alpacakit's endpoint client sends it (no typed params/reply)
+    "post": "r = await c.post('/chat/completions', body=body, cast_to=httpx.Response); "
+    "return json.loads(r.content)['choices'][0]['message']['content']",
+}
+
+
+def phase_client_ceiling(args, port: int, call: str) -> dict:
     """The same number of requests through the bare `openai` SDK (AsyncOpenAI, `concurrency`
-    in flight, nothing done with the answers): the most any SDK-based client reaches on this
-    machine against this server, measured in the same run."""
+    in flight, nothing done with the answers): the most an SDK-based client reaches on this
+    machine against this server, measured in the same run, with its CPU seconds."""
     code = f"""
-import asyncio, time, openai
+import asyncio, time, json, httpx, openai
 async def main():
     c = openai.AsyncOpenAI(base_url="http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
     sem = asyncio.Semaphore({args.concurrency})
+    body = dict(model="bench", messages=[{{"role": "user", "content": "x " * 2000}}])
     async def one():
         async with sem:
-            r = await c.chat.completions.create(model="bench", messages=[{{"role": "user", "content": "x " * 2000}}])
-            return r.choices[0].message.content
-    t0 = time.perf_counter()
+            {CEILING_CALLS[call]}
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one() for _ in range({args.ceiling_requests})))
-    print(time.perf_counter() - t0)
+    print(time.perf_counter() - t0, time.process_time() - c0)
 asyncio.run(main())
 """
-    wall = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    wall, cpu = map(float, out.split())
     return {
         "req_per_s": args.ceiling_requests / wall,
         "of_ideal": args.ceiling_requests / wall / (args.concurrency / args.latency),
+        "cpu_ms_per_request": 1000 * cpu / args.ceiling_requests,
     }
 
 
@@ -418,11 +438,12 @@ def main() -> None:
             f"ideal {args.concurrency / args.latency:.0f} req/s; folders in {work}"
         )
         if "ceiling" in phases:
-            r = phase_client_ceiling(args, port)
-            print(
-                f"client ceiling (bare openai SDK, no processing): {r['req_per_s']:.0f} req/s = "
-                f"{r['of_ideal']:.2f}x the ideal"
-            )
+            for call in CEILING_CALLS:
+                r = phase_client_ceiling(args, port, call)
+                print(
+                    f"client ceiling (bare openai SDK, `{call}`, no processing): {r['req_per_s']:.0f} req/s = "
+                    f"{r['of_ideal']:.2f}x the ideal, {r['cpu_ms_per_request']:.2f} CPU ms per request"
+                )
         if "fresh" in phases:
             fresh_teacher()
             teacher_cpu = cpu_s(teacher.pid)

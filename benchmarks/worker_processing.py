@@ -1,7 +1,7 @@
 """Where self-instruct's processing worker spends its time, on a real journal, without HTTP.
 
     python benchmarks/generate_scale.py --num 52000 --phases fresh --keep /tmp/gs   # makes a journal
-    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3]
+    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3] [--ab-strip 3]
 
 Replays every answer of the journal through `SelfInstructProcessor` with the default settings,
 side by side in this process:
@@ -10,6 +10,8 @@ side by side in this process:
   * the worker as `generate` runs it with K forked copies computing the statistics
     (`curate/stats_farm.py`): the decider's CPU, the wall time until every record is whole,
     and the speed-up over one process. Results are compared byte for byte with one process's.
+  * `--ab-strip N`: N alternated rounds of decisions only with 2026-12-06's separator
+    stripping (the regex, run when a task ends in `###`) and today's walk; then stops.
   * `--ab N`: N alternated rounds of decisions only with the code before 2026-12-06's changes
     (the trailing-separator regex on every task, the key order re-derived at each 2x growth of
     the pool) and after; the ratio of the medians, and a check that the results are equal.
@@ -90,16 +92,44 @@ def ab(entries, rounds: int) -> None:
     print(f"decisions only, before / after: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same results)")
 
 
+def ab_strip(entries, rounds: int) -> None:
+    """Decisions only with 2026-12-06's separator stripping (the regex, when the text ends in
+    `###`) and with today's walk back from the end, alternated."""
+    walk = parse._strip_separators
+    guarded = lambda t: parse._TRAILING.sub("", t) if t.rstrip().endswith("###") else t  # noqa: E731
+    times: dict[str, list[float]] = {"regex": [], "walk": []}
+    ref = None
+    try:
+        for r in range(rounds):
+            for name, strip in (("regex", guarded), ("walk", walk)):
+                parse._strip_separators = strip
+                dt, out = one_process(entries, stats=False)
+                times[name].append(dt)
+                ref = ref or out
+                assert out == ref, "the two ways of stripping gave different results"
+                print(f"  round {r}: {name:5} {dt:.1f} CPU s", flush=True)
+    finally:
+        parse._strip_separators = walk
+    before, after = statistics.median(times["regex"]), statistics.median(times["walk"])
+    print(
+        f"decisions only, separator regex / walk: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same results)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--journal", required=True, help="a generate run's responses.jsonl")
     ap.add_argument("--copies", default="1,2", help="numbers of statistics copies to run, comma-separated")
     ap.add_argument("--ab", type=int, default=0, metavar="N", help="N rounds of the before/after decision paths")
+    ap.add_argument("--ab-strip", type=int, default=0, metavar="N", help="N rounds of regex/walk separator stripping")
     args = ap.parse_args()
     entries = [json.loads(line) for line in Path(args.journal).read_text(encoding="utf-8").splitlines() if line]
     print(f"# {len(entries)} answers from {args.journal}")
     if args.ab:
         ab(entries, args.ab)
+    if args.ab_strip:
+        ab_strip(entries, args.ab_strip)
+        return
     cpu_one, ref = one_process(entries)
     print(f"one process, default statistics: {cpu_one:.1f} CPU s ({len(ref.splitlines())} records)")
     cpu_decide, _ = one_process(entries, stats=False)

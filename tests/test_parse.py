@@ -101,9 +101,13 @@ def test_commentary_after_a_separator_is_not_part_of_the_output():
 
 @settings(max_examples=2000, deadline=None)
 @given(
-    st.text(alphabet=st.sampled_from(["#", "#", "#", " ", "\n", "\t", "a", ".", "\u00a0", "\u2028", "\x1c", "\u3000"]))
+    st.text(
+        alphabet=st.sampled_from(
+            ["#", "#", "#", " ", "\n", "\t", "\r", "a", ".", "\u00a0", "\u2028", "\x1c", "\x85", "\u3000", "\u200b"]
+        )
+    )
 )
-def test_the_separator_fast_path_strips_exactly_what_the_regex_strips(text):
+def test_the_separator_walk_strips_exactly_what_the_regex_strips(text):
     from alpacakit.generate.parse import _TRAILING, _strip_separators
 
     assert _strip_separators(text) == _TRAILING.sub("", text)
