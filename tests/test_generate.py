@@ -555,6 +555,9 @@ def test_a_request_the_endpoint_refuses_for_good_is_a_discard_and_the_job_finish
     assert len(failed) == 1 and failed[0]["status"] == 400 and "context length" in failed[0]["message"]
     journal = [o for _, o in iter_jsonl(out / "responses.jsonl")]
     assert sum(1 for e in journal if e.get("failed")) == 1
+    # the end-of-run line names the error, so a setting every request trips over is seen at once
+    assert "1 request failed for good: " in result.summary()
+    assert "HTTP 400: This model's maximum context length is 4096 tokens" in result.summary()
     asked = len(server.requests)
     again = generate(config(server, seeds, num=6), out, show_progress=False)
     assert again.status == "complete" and len(server.requests) == asked

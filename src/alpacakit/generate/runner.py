@@ -35,6 +35,16 @@ class GenerateResult:
             f"{self.status}: kept {t.kept} examples in {self.examples_path} from {t.requests} requests "
             f"({t.prompt_tokens + t.completion_tokens:,} tokens, ${t.cost_usd:.4f}); discarded: {reasons}"
         )
+        if t.discards.get("request_failed"):
+            from alpacakit.jobs.journal import DISCARDS, most_common_failure
+
+            common = most_common_failure(self.out_dir / DISCARDS)
+            if common:
+                message, times = common
+                failed = t.discards["request_failed"]
+                which = "1 request failed for good" if failed == 1 else f"{failed} requests failed for good, "
+                which += "" if failed == 1 else "all with" if times == failed else f"{times} of them with"
+                text += f". {which}: {message[:400]} (each failure is in {self.out_dir / DISCARDS})"
         if self.status == "stalled":
             text += (
                 ". The last answers kept nothing new (generate.stall_requests in a row): the teacher repeats "

@@ -102,6 +102,26 @@ def derive(processor: Processor, entry: dict) -> tuple[list[dict], list[dict]]:
     return processor.process(entry)
 
 
+def most_common_failure(discards: Path) -> tuple[str, int] | None:
+    """(the message most requests that failed for good gave, how many gave it), or None when
+    none failed: what the end-of-run line shows, so a wrong setting that every request trips
+    over (max_tokens above the server's limit, an unknown model) is named without opening files."""
+    messages: Counter[str] = Counter()
+    if not discards.exists():
+        return None
+    with open(discards, "rb") as f:
+        for line in f:
+            if b'"request_failed"' not in line:
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and d.get("reason") == "request_failed":
+                messages[str(d.get("message") or f"HTTP {d.get('status')}")] += 1
+    return messages.most_common(1)[0] if messages else None
+
+
 class JournaledJob:
     """A folder of journaled teacher work: journal, derived results, manifest."""
 
