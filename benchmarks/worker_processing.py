@@ -1,7 +1,7 @@
 """Where self-instruct's processing worker spends its time, on a real journal, without HTTP.
 
     python benchmarks/generate_scale.py --num 52000 --phases fresh --keep /tmp/gs   # makes a journal
-    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3] [--ab-strip 3]
+    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3] [--ab-strip 3] [--ab-compiled 2]
 
 Replays every answer of the journal through `SelfInstructProcessor` with the default settings,
 side by side in this process:
@@ -12,6 +12,8 @@ side by side in this process:
     and the speed-up over one process. Results are compared byte for byte with one process's.
   * `--ab-strip N`: N alternated rounds of decisions only with 2026-12-06's separator
     stripping (the regex, run when a task ends in `###`) and today's walk; then stops.
+  * `--ab-compiled N`: N alternated rounds of one process with the default statistics, by the
+    numpy search and by the compiled one (`PoolStats.compiled`); then stops.
   * `--ab N`: N alternated rounds of decisions only with the code before 2026-12-06's changes
     (the trailing-separator regex on every task, the key order re-derived at each 2x growth of
     the pool) and after; the ratio of the medians, and a check that the results are equal.
@@ -116,12 +118,39 @@ def ab_strip(entries, rounds: int) -> None:
     )
 
 
+def ab_compiled(entries, rounds: int) -> None:
+    """One process with the default statistics, the numpy search and the compiled one
+    (`PoolStats.compiled`), alternated."""
+    import alpacakit.curate.pool_stats as pool_stats
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ref = None
+    try:
+        for r in range(rounds):
+            for compiled in (False, True):
+                pool_stats.PoolStats.compiled = compiled  # (as generate's statistics copies use it)
+                if compiled:
+                    pool_stats.pool_kernel.warm()
+                dt, out = one_process(entries)
+                times[compiled].append(dt)
+                ref = ref or out
+                assert out == ref, "the two searches gave different results"
+                print(f"  round {r}: {'compiled' if compiled else 'numpy   '} {dt:.1f} CPU s", flush=True)
+    finally:
+        pool_stats.PoolStats.compiled = False
+    before, after = statistics.median(times[False]), statistics.median(times[True])
+    print(
+        f"default statistics, numpy / compiled search: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same bytes)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--journal", required=True, help="a generate run's responses.jsonl")
     ap.add_argument("--copies", default="1,2", help="numbers of statistics copies to run, comma-separated")
     ap.add_argument("--ab", type=int, default=0, metavar="N", help="N rounds of the before/after decision paths")
     ap.add_argument("--ab-strip", type=int, default=0, metavar="N", help="N rounds of regex/walk separator stripping")
+    ap.add_argument("--ab-compiled", type=int, default=0, metavar="N", help="N rounds of numpy/compiled statistics")
     args = ap.parse_args()
     entries = [json.loads(line) for line in Path(args.journal).read_text(encoding="utf-8").splitlines() if line]
     print(f"# {len(entries)} answers from {args.journal}")
@@ -129,6 +158,9 @@ def main() -> None:
         ab(entries, args.ab)
     if args.ab_strip:
         ab_strip(entries, args.ab_strip)
+        return
+    if args.ab_compiled:
+        ab_compiled(entries, args.ab_compiled)
         return
     cpu_one, ref = one_process(entries)
     print(f"one process, default statistics: {cpu_one:.1f} CPU s ({len(ref.splitlines())} records)")

@@ -584,3 +584,69 @@ def test_a_large_pool_reorders_at_each_fourfold_growth_and_decides_alike(monkeyp
     kept = [pool.add_if_novel(t).kept for t in texts]
     assert kept == dedup_instructions(texts, [], 0.7)
     assert reorders[:3] == [64, 128, 512] and len(pool) > 512
+
+
+# ------------------------------------------------------------------ the compiled statistics search
+
+
+def test_the_compiled_search_matches_the_rouge_score_loop(monkeypatch):
+    """The numba search (pool_kernel.py) on every pool size, with common-key bits from the 4th
+    holder on: top-5 and the mean exactly as Stanford's loop scores them."""
+    import alpacakit.curate.pool_kernel as pool_kernel
+    import alpacakit.curate.pool_stats as pool_stats
+
+    assert pool_kernel.available()
+    monkeypatch.setattr(pool_stats.PoolStats, "compiled", True)
+    monkeypatch.setattr(pool_stats, "_COMPILED_FROM", 0)
+    monkeypatch.setattr(pool_stats, "_COMMON_FROM", 4)
+    calls = []
+    real = pool_stats.PoolStats._stats_compiled
+    monkeypatch.setattr(pool_stats.PoolStats, "_stats_compiled", lambda *a: calls.append(1) or real(*a))
+    rng = random.Random(21)
+    texts = [v for b in BASES for v in near_duplicates(rng, b, 15)]
+    rng.shuffle(texts)
+    seeds = BASES[:2]
+    keep, maxes, scores, pools = ref_dedup(seeds, texts, 0.7)
+    assert len(pools[-1]) <= pool_stats.SAMPLE  # so the sampled mean is the exact one
+    results = stream(seeds, texts, 0.7, keep_most_similar=5, mean="sample")
+    assert len(calls) == len(texts)
+    assert [r.kept for r in results] == keep
+    assert [r.max_similarity for r in results] == maxes
+    for r, s, pool in zip(results, scores, pools):
+        assert r.mean_similarity == float(np.mean(s))
+        order = sorted(range(len(pool)), key=lambda i: (-s[i], i))
+        expected = {}
+        for i in order:
+            expected.setdefault(pool[i], s[i])
+        assert list(r.most_similar.items()) == list(expected.items())[:5]
+
+
+def test_the_compiled_and_numpy_searches_agree_on_a_large_pool_with_ties_repeats_and_long_texts(monkeypatch):
+    """Past `_COMPILED_FROM` entries the statistics come from the compiled search. On a pool of
+    a small vocabulary (many equal scores, so ties decide the top 10), with repeated texts,
+    texts too long for the token matrix (scored in Python) and queries sharing nothing, it
+    gives what the numpy search gives, field for field."""
+    import alpacakit.curate.pool_stats as pool_stats
+
+    rng = random.Random(22)
+    vocab = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rng.choices(vocab, k=rng.randint(3, 18))) for _ in range(2300)]
+    texts += [" ".join(rng.choices(vocab, k=rng.randint(130, 190))) for _ in range(30)]  # > _WIDE tokens
+    texts += rng.sample(texts, 40)  # repeats
+    rng.shuffle(texts)
+    pool = RougeDeduper(1.0, keep_most_similar=10, mean="sample")  # 1.0: everything joins the pool
+    for t in texts:
+        pool.add_seed(t)
+    pool.use_compiled_search(len(pool))
+    assert len(pool) > pool_stats._COMPILED_FROM
+    queries = [" ".join(rng.choices(vocab, k=rng.randint(2, 20))) for _ in range(120)]
+    queries += [" ".join(rng.choices(vocab, k=rng.randint(40, 64))) for _ in range(10)]  # long, still one word
+    queries += [texts[0], texts[1], "nothing in common here", " ".join(rng.choices(vocab, k=80))]
+    calls = []
+    real = pool_stats.PoolStats._stats_compiled
+    monkeypatch.setattr(pool_stats.PoolStats, "_stats_compiled", lambda *a: calls.append(1) or real(*a))
+    compiled = [pool.check(q) for q in queries]
+    assert len(calls) == len(queries) - 1  # all but the one over 64 tokens
+    monkeypatch.setattr(pool_stats, "COMPILED", False)
+    assert [pool.check(q) for q in queries] == compiled
+    assert any(len(set(r.most_similar.values())) < len(r.most_similar) for r in compiled)  # ties were decided

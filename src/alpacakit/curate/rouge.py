@@ -482,6 +482,12 @@ class RougeDeduper:
             self._add(c, index=False)  # (a copy never decides: no signature index to grow)
         return result
 
+    def use_compiled_search(self, expected_pool: int) -> None:
+        """Statistics by the compiled search (`PoolStats.use_compiled`), for a pool about to grow
+        to `expected_pool` entries."""
+        if self._pool_stats is not None:
+            self._pool_stats.use_compiled(expected_pool)
+
     def drop_statistics(self) -> None:
         """Decisions only from now on (`decide_and_add`): the statistics are computed elsewhere."""
         self.stats = False

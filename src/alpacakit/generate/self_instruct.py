@@ -57,6 +57,7 @@ class SelfInstructProcessor:
             self.dedup.add_seed(s.instruction)
         self.teacher_name = teacher_name
         self.stats_copies = (auto_stats_copies() if g.stats_copies is None else g.stats_copies) if stats else 0
+        self._target = g.num
         self._farm = None
 
     def fork_helpers(self, keep_out: tuple = ()):
@@ -68,6 +69,7 @@ class SelfInstructProcessor:
             return None
         from alpacakit.curate.stats_farm import StatsFarm
 
+        self.dedup.use_compiled_search(len(self.dedup) + self._target)  # loaded here once, for every copy
         self._farm = StatsFarm(self.dedup, self.stats_copies, keep_out)
         self.dedup.drop_statistics()
         return self._farm
