@@ -74,74 +74,66 @@ def with_copies(entries, copies: int) -> tuple[float, float, bytes]:
     return cpu, wall, dump(results)
 
 
-def ab(entries, rounds: int) -> None:
-    fast_strip, by_4 = parse._strip_separators, rouge._REORDER_BY_4_FROM
-    times: dict[bool, list[float]] = {False: [], True: []}
+def alternate(entries, rounds: int, what: str, stats: bool, before: tuple, after: tuple) -> None:
+    """`rounds` alternated runs of one process with the code paths `before` and `after`, each
+    (name, switch): switch() sets its path up and returns the undo. Prints the ratio of the
+    median CPU seconds and checks that both give the same bytes."""
+    times: dict[str, list[float]] = {before[0]: [], after[0]: []}
     ref = None
-    try:
-        for r in range(rounds):
-            for new in (False, True):
-                parse._strip_separators = fast_strip if new else (lambda t: parse._TRAILING.sub("", t))
-                rouge._REORDER_BY_4_FROM = by_4 if new else 1 << 60
-                dt, out = one_process(entries, stats=False)
-                times[new].append(dt)
-                ref = ref or out
-                assert out == ref, "the two code paths gave different results"
-                print(f"  round {r}: {'after ' if new else 'before'} {dt:.1f} CPU s", flush=True)
-    finally:
-        parse._strip_separators, rouge._REORDER_BY_4_FROM = fast_strip, by_4
-    before, after = statistics.median(times[False]), statistics.median(times[True])
-    print(f"decisions only, before / after: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same results)")
+    for r in range(rounds):
+        for name, switch in (before, after):
+            undo = switch()
+            try:
+                dt, out = one_process(entries, stats=stats)
+            finally:
+                undo()
+            times[name].append(dt)
+            ref = ref or out
+            assert out == ref, f"{before[0]} and {after[0]} gave different results"
+            print(f"  round {r}: {name:8} {dt:.1f} CPU s", flush=True)
+    b, a = statistics.median(times[before[0]]), statistics.median(times[after[0]])
+    print(f"{what}, {before[0]} / {after[0]}: {b:.1f} / {a:.1f} CPU s = {b / a:.2f}x (same results)")
+
+
+def patched(module, **values):
+    """A switch that sets module attributes and returns the undo."""
+
+    def switch():
+        old = {k: getattr(module, k) for k in values}
+        for k, v in values.items():
+            setattr(module, k, v)
+        return lambda: [setattr(module, k, v) for k, v in old.items()]
+
+    return switch
+
+
+def ab(entries, rounds: int) -> None:
+    """Decisions only with the code before 2026-12-06's changes and after."""
+
+    def old():
+        undo_parse = patched(parse, _strip_separators=lambda t: parse._TRAILING.sub("", t))()
+        undo_rouge = patched(rouge, _REORDER_BY_4_FROM=1 << 60)()
+        return lambda: (undo_parse(), undo_rouge())
+
+    alternate(entries, rounds, "decisions only", False, ("before", old), ("after", lambda: lambda: None))
 
 
 def ab_strip(entries, rounds: int) -> None:
     """Decisions only with 2026-12-06's separator stripping (the regex, when the text ends in
-    `###`) and with today's walk back from the end, alternated."""
-    walk = parse._strip_separators
+    `###`) and with today's walk back from the end."""
     guarded = lambda t: parse._TRAILING.sub("", t) if t.rstrip().endswith("###") else t  # noqa: E731
-    times: dict[str, list[float]] = {"regex": [], "walk": []}
-    ref = None
-    try:
-        for r in range(rounds):
-            for name, strip in (("regex", guarded), ("walk", walk)):
-                parse._strip_separators = strip
-                dt, out = one_process(entries, stats=False)
-                times[name].append(dt)
-                ref = ref or out
-                assert out == ref, "the two ways of stripping gave different results"
-                print(f"  round {r}: {name:5} {dt:.1f} CPU s", flush=True)
-    finally:
-        parse._strip_separators = walk
-    before, after = statistics.median(times["regex"]), statistics.median(times["walk"])
-    print(
-        f"decisions only, separator regex / walk: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same results)"
-    )
+    before = ("regex", patched(parse, _strip_separators=guarded))
+    alternate(entries, rounds, "decisions only, separator", False, before, ("walk", lambda: lambda: None))
 
 
 def ab_compiled(entries, rounds: int) -> None:
-    """One process with the default statistics, the numpy search and the compiled one
-    (`PoolStats.compiled`), alternated."""
+    """One process with the default statistics, by the numpy search and by the compiled one
+    (`PoolStats.compiled`, as generate's statistics copies use it)."""
     import alpacakit.curate.pool_stats as pool_stats
 
-    times: dict[bool, list[float]] = {False: [], True: []}
-    ref = None
-    try:
-        for r in range(rounds):
-            for compiled in (False, True):
-                pool_stats.PoolStats.compiled = compiled  # (as generate's statistics copies use it)
-                if compiled:
-                    pool_stats.pool_kernel.warm()
-                dt, out = one_process(entries)
-                times[compiled].append(dt)
-                ref = ref or out
-                assert out == ref, "the two searches gave different results"
-                print(f"  round {r}: {'compiled' if compiled else 'numpy   '} {dt:.1f} CPU s", flush=True)
-    finally:
-        pool_stats.PoolStats.compiled = False
-    before, after = statistics.median(times[False]), statistics.median(times[True])
-    print(
-        f"default statistics, numpy / compiled search: {before:.1f} / {after:.1f} CPU s = {before / after:.2f}x (same bytes)"
-    )
+    pool_stats.pool_kernel.warm()
+    after = ("compiled", patched(pool_stats.PoolStats, compiled=True))
+    alternate(entries, rounds, "default statistics, search", True, ("numpy", lambda: lambda: None), after)
 
 
 def main() -> None:

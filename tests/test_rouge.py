@@ -58,6 +58,18 @@ def ref_dedup(seeds: list[str], texts: list[str], threshold: float):
     return keep, maxes, all_scores, pools
 
 
+def assert_stanford_statistics(results, scores, pools, k: int) -> None:
+    """Each result's mean and top k are those of Stanford's loop (`ref_dedup`): np.mean of every
+    score, and the k best pool texts by (F desc, earliest first), a repeated text once."""
+    for r, s, pool in zip(results, scores, pools):
+        assert r.mean_similarity == float(np.mean(s))
+        order = sorted(range(len(pool)), key=lambda i: (-s[i], i))
+        expected = {}
+        for i in order:
+            expected.setdefault(pool[i], s[i])
+        assert list(r.most_similar.items()) == list(expected.items())[:k]
+
+
 def stream(seeds, texts, threshold, **kw) -> list[DedupResult]:
     d = RougeDeduper(threshold, **kw)
     for s in seeds:
@@ -228,13 +240,7 @@ def test_deduper_matches_stanford_loop_on_near_duplicate_sets_with_stats():
     results = stream(seeds, texts, 0.7, keep_most_similar=5, full_stats=True)
     assert [r.kept for r in results] == keep
     assert [r.max_similarity for r in results] == maxes
-    for r, s, pool in zip(results, scores, pools):
-        assert r.mean_similarity == float(np.mean(s))
-        order = sorted(range(len(pool)), key=lambda i: (-s[i], i))
-        expected = {}
-        for i in order:
-            expected.setdefault(pool[i], s[i])
-        assert list(r.most_similar.items()) == list(expected.items())[:5]
+    assert_stanford_statistics(results, scores, pools, 5)
     assert dedup_instructions(texts, seeds, 0.7) == keep
     assert 0 < sum(keep) < len(texts)  # the set really has near-duplicates and novel ones
 
@@ -612,13 +618,7 @@ def test_the_compiled_search_matches_the_rouge_score_loop(monkeypatch):
     assert len(calls) == len(texts)
     assert [r.kept for r in results] == keep
     assert [r.max_similarity for r in results] == maxes
-    for r, s, pool in zip(results, scores, pools):
-        assert r.mean_similarity == float(np.mean(s))
-        order = sorted(range(len(pool)), key=lambda i: (-s[i], i))
-        expected = {}
-        for i in order:
-            expected.setdefault(pool[i], s[i])
-        assert list(r.most_similar.items()) == list(expected.items())[:5]
+    assert_stanford_statistics(results, scores, pools, 5)
 
 
 def test_the_compiled_and_numpy_searches_agree_on_a_large_pool_with_ties_repeats_and_long_texts(monkeypatch):

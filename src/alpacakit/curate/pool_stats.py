@@ -314,15 +314,7 @@ class PoolStats:
             cand = np.flatnonzero(overlap >= least)
             cand = cand[f_vector(overlap[cand], m, self._lens.buf[cand]) >= reach]
             self._score_into(exact, ids, masks, cand, overlap)
-        top = _best(exact, k)
-        if len(top) < k:
-            # Every entry sharing a word is scored already: the rest score 0.0, earliest first.
-            have = {e for e, _ in top}
-            for e in self._firsts.view()[: k + len(have)].tolist():
-                if len(top) >= k:
-                    break
-                if e not in have:
-                    top.append((e, 0.0))
+        top = self._top(exact, k)
         if sample is None:
             return top, None
         return top, self._mean(*sample, overlap, exact, m)
@@ -362,20 +354,24 @@ class PoolStats:
         exact = dict(zip(best.tolist(), found.tolist()))
         for e in deferred.tolist():  # too long for the token matrix: scored here
             exact[e] = self._python_f(masks, m, e)
-        top = _best(exact, k) if exact else []
-        if len(top) < k:
-            # Every entry sharing a word is scored already: the rest score 0.0, earliest first.
-            have = {e for e, _ in top}
-            for e in self._firsts.view()[: k + len(have)].tolist():
-                if len(top) >= k:
-                    break
-                if e not in have:
-                    top.append((e, 0.0))
+        top = self._top(exact, k)
         if sample is None:
             return top, None
         for i in np.flatnonzero(sampled < 0).tolist():
             sampled[i] = self._python_f(masks, m, int(sample[0][i]))
         return top, float(np.mean(sampled[sample[1]]))
+
+    def _top(self, exact: dict[int, float], k: int) -> list[tuple[int, float]]:
+        """The k best of `exact`, which holds every entry sharing a word with the instruction
+        that could be among them: when fewer share one, the rest score 0.0, earliest first."""
+        top = _best(exact, k)
+        have = {e for e, _ in top}
+        for e in self._firsts.view()[: k + len(have)].tolist():
+            if len(top) >= k:
+                break
+            if e not in have:
+                top.append((e, 0.0))
+        return top
 
     def _python_f(self, masks: dict, m: int, e: int) -> float:
         lcs = lcs_with_masks(masks, m, self._wide[e])
