@@ -1,27 +1,33 @@
-"""The top-k search of `pool_stats.py` compiled with numba: one pass where numpy needs ten.
+"""The top-k search of `pool_stats.py` compiled with numba: loops where numpy needs ten calls.
 
 Numpy pays per call, not per element: a search there is ~10 calls over the whole pool (the
 overlap `bincount`, its histogram, two thresholds, the bounds) and two bit-parallel LCS passes
 of four calls per token column, ~0.45 ms per kept instruction at a 40K pool whatever few
-entries matter. Compiled, the same search is loops over the entries that share a key:
+entries matter. Compiled (`search`):
 
-1. count each entry's shared keys from the posting lists, noting which entries were touched
-   (the counts are reset afterwards by that list, never by a pass over the pool);
-2. order the touched entries by shared keys, most first (a counting sort: counts are small);
-3. walk that order keeping the k best (F desc, earlier entry first): an entry whose bound
-   2 ov / (m + n) cannot reach the k-th best so far is skipped, any other gets its exact LCS
-   (the same bit-parallel recurrence as `rouge.lcs_with_masks`) and F with the float formula
-   of `rouge_score` in the same order of operations, so every score is bit for bit the scalar
-   one. The most shared entries come first, so the k-th best rises early and most entries are
-   skipped on a multiply and a compare.
+1. the shared keys that are not common are counted from their posting lists, noting which
+   entries were touched (the counts are reset afterwards through that list, never by a pass
+   over the pool); each touched entry then adds the common keys it shares, a popcount of its
+   mask of the 64 commonest keys (`PoolStats._common`) against the instruction's, so its count
+   is the exact bag overlap without ever reading the posting lists of "the" or "a";
+2. the touched entries are ordered by that overlap, most first (a counting sort);
+3. they are walked in that order, keeping the k best (F desc, earlier entry first): an entry
+   whose bound 2 ov / (m + n) cannot reach the k-th best so far is skipped, any other gets its
+   exact LCS (the bit-parallel recurrence of `rouge.lcs_with_masks`) and F in the float
+   operations of `rouge_score`, so every score is bit for bit the scalar one;
+4. unless an entry sharing common keys only cannot reach the k-th best (2c / (m + c) for the
+   instruction's c common keys), every other entry's mask is scanned (one popcount each) and
+   walked the same way. The most similar entries usually share a rarer key, so by then the
+   k-th best is high and the scan skips nearly everything on a multiply and a compare.
 
 The skip compares 2 ov with (floor - margin)(m + n): the float bound differs from the exact
 2 ov / (m + n) by a few ulps, and the margin (1e-9) is far above that and far below any gap
 between distinct F values (>= 1 / (m + n)^2), so no entry that can tie the floor is skipped.
 
 Entries too long for the token matrix (`_WIDE`) are returned unscored when their bound can
-reach the floor, and scored in Python by the caller. `available()` is False when numba cannot
-be imported; `pool_stats` then keeps its numpy search (same results, tested against each other).
+reach the floor, and scored in Python by the caller; `scores` gives the exact F of the mean's
+sample. `available()` is False when numba cannot be imported; `pool_stats` then keeps its
+numpy search (same results, tested against each other and against `rouge_score`'s loop).
 """
 
 from __future__ import annotations
