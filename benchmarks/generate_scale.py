@@ -11,8 +11,9 @@ the file, instructions come back with half of their words swapped. (The data fil
 at run time and never copied anywhere.)
 
 Phases, each the real CLI in a subprocess (peak RSS: VmHWM from /proc while it runs; peak PSS:
-the highest sum of the processes' PSS seen, which counts the pages forks share once; the CLI's
-and its processing worker's summed):
+the highest sum of the processes' PSS seen, which counts the pages forks share once, with each
+process's share at that moment and its private dirty pages; the CLI's and its processing
+worker's summed):
   0. The client ceiling: the bare `openai` SDK sending the same requests and doing nothing
      with the answers (what an SDK-based client can reach here, in the same run), through the
      typed `chat.completions.create` and through the low-level `post` that alpacakit uses.
@@ -219,6 +220,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 LAST_PSS: dict[int, int] = {}  # 0: the highest sum of the processes' PSS seen in the last measured run, MB
+LAST_SPLIT: list[tuple[int, int]] = []  # (PSS, private dirty) MB per process at that moment: CLI, worker, copies
 LAST_CPU: dict[int, float] = {}  # CPU seconds of the last measured run: 0 = the CLI, 1 = its worker, 2.. its copies
 
 
@@ -234,22 +236,32 @@ def run_measured(cmd: list[str], *, kill_when=None, log: Path | None = None) -> 
     peaks: dict[int, int] = {}
     LAST_CPU.clear()
     LAST_PSS.clear()
+    LAST_SPLIT.clear()
     with open(log or os.devnull, "w") as sink:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
-            pss = 0
+            split = []
             for n, pid in enumerate((proc.pid, *_descendants(proc.pid))):
                 peaks[pid] = max(peaks.get(pid, 0), _hwm_mb(pid))
                 LAST_CPU[n] = max(LAST_CPU.get(n, 0.0), cpu_s(pid))
-                pss += _pss_mb(pid)
-            LAST_PSS[0] = max(LAST_PSS.get(0, 0), pss)
+                split.append((_pss_mb(pid), _proc_mb(pid, "smaps_rollup", "Private_Dirty:")))
+            if sum(p for p, _ in split) > LAST_PSS.get(0, 0):
+                LAST_PSS[0] = sum(p for p, _ in split)
+                LAST_SPLIT[:] = split
             if kill_when is not None and kill_when():
                 os.kill(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.05)
         proc.wait()
         return time.perf_counter() - t0, sum(peaks.values()), proc.returncode
+
+
+def split_text() -> str:
+    """Where the peak PSS of the last measured run was: each process's PSS (and how much of it
+    is private dirty pages, i.e. not shared with the others), at the moment of the peak."""
+    names = ["CLI", "worker"] + [f"copy {i}" for i in range(1, len(LAST_SPLIT) - 1)]
+    return ", ".join(f"{n} {pss} ({private})" for n, (pss, private) in zip(names, LAST_SPLIT))
 
 
 def count_lines(path: Path) -> int:
@@ -290,6 +302,7 @@ def phase_fresh(args, port: int, work: Path) -> dict:
         "wall": wall,
         "rss": rss,
         "pss": LAST_PSS.get(0, 0),
+        "split": split_text(),
         "requests": c["requests"],
         "kept": c["kept"],
         "req_per_s": c["requests"] / wall,
@@ -324,6 +337,7 @@ def phase_kill_resume(args, port: int, work: Path) -> dict:
         "resume_wall": wall2,
         "resume_rss": rss2,
         "resume_pss": LAST_PSS.get(0, 0),
+        "resume_split": split_text(),
         "replay_s": (first - t0) if first else None,
         "duplicate_instructions": len(records) - len({r["instruction"] for r in records}),
         "duplicate_requests": len(indices) - len(set(indices)),
@@ -456,7 +470,8 @@ def main() -> None:
                 f"| discards {r['discards']} | rc {r['rc']}\n"
                 f"  CPU seconds: CLI {cpu.get(0, 0):.1f}, its worker {cpu.get(1, 0):.1f}, "
                 f"statistics copies {', '.join(f'{v:.1f}' for k, v in sorted(cpu.items()) if k >= 2) or 'none'}, "
-                f"the teacher {cpu_s(teacher.pid) - teacher_cpu:.1f} (of {os.cpu_count()} cores x {r['wall']:.1f}s)"
+                f"the teacher {cpu_s(teacher.pid) - teacher_cpu:.1f} (of {os.cpu_count()} cores x {r['wall']:.1f}s)\n"
+                f"  PSS at the peak, MB (private dirty): {r['split']}"
             )
         if "kill" in phases and args.kill_at:
             fresh_teacher()
@@ -467,7 +482,8 @@ def main() -> None:
                 f"resume run {r['resume_wall']:.1f}s, peak RSS {r['resume_rss']} MB (PSS {r['resume_pss']} MB) | final {r['kept']} kept, "
                 f"duplicate instructions {r['duplicate_instructions']}, requests journaled twice "
                 f"{r['duplicate_requests']}, pre-kill lines changed {r['pre_kill_changed']}, "
-                f"asked again {r['asked_again']} | rc {r['resume_rc']}"
+                f"asked again {r['asked_again']} | rc {r['resume_rc']}\n"
+                f"  PSS at the peak, MB (private dirty): {r['resume_split']}"
             )
         if "rerun" in phases and "fresh" in phases:
             r = phase_rerun_finished(args, port, work)
