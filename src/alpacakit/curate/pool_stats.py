@@ -57,8 +57,8 @@ _PYTHON_TAIL = 6  # columns where at most this many entries are still running fi
 _COMPILED_FROM = 2048
 COMPILED = True
 # The compiled search counts the common keys ("the", "a", "of": each in a good part of the
-# pool) from a uint64 mask per entry instead of their posting lists: the first _COMMON_BITS keys
-# that _COMMON_FROM entries hold get a bit.
+# pool) from a uint64 mask per entry instead of their posting lists: up to _COMMON_BITS keys that
+# _COMMON_FROM entries hold get a bit (kept up only once the compiled search is switched on).
 _COMMON_BITS = 64
 _COMMON_FROM = 256
 _TIE_MARGIN = 1e-9  # as in rouge.py: >> float error of F, << any gap between distinct F values
@@ -139,6 +139,10 @@ class PoolStats:
         if COMPILED and expected_pool >= _COMPILED_FROM and pool_kernel.available():
             pool_kernel.warm()
             self.compiled = True
+            held = sorted(((p.size, k) for k, p in self._postings.items() if p.size >= _COMMON_FROM), reverse=True)
+            for _, k in held[: _COMMON_BITS - len(self._bit)]:
+                if k not in self._bit:
+                    self._give_bit(k)
 
     # ------------------------------------------------------------------------------ adding
 
@@ -153,20 +157,21 @@ class PoolStats:
         if alias >= 0:
             return
         self._firsts.append(idx)
-        common = 0
         for k in keys:
             p = self._postings.get(k)
             if p is None:
                 p = self._postings[k] = _Growing(np.int64)
             p.append(idx)
-            bit = self._bit.get(k)
-            if bit is not None:
-                common |= bit
-            elif p.size == _COMMON_FROM and len(self._bit) < _COMMON_BITS:
-                self._bit[k] = 1 << len(self._bit)
-                self._common.buf[p.view()] |= np.uint64(self._bit[k])  # (this entry included)
-        if common:
-            self._common.buf[idx] |= np.uint64(common)
+        if self.compiled:
+            common = 0
+            for k in keys:
+                bit = self._bit.get(k)
+                if bit is not None:
+                    common |= bit
+                elif self._postings[k].size == _COMMON_FROM and len(self._bit) < _COMMON_BITS:
+                    self._give_bit(k)  # (this entry included)
+            if common:
+                self._common.buf[idx] |= np.uint64(common)
         if len(ids) > _WIDE:
             self._wide[idx] = tuple(ids)
             return
@@ -179,6 +184,11 @@ class PoolStats:
         if ids:
             self._tok[idx, : len(ids)] = np.asarray(ids, dtype=np.int32) + 1
             self._max_id = max(self._max_id, max(ids))
+
+    def _give_bit(self, key: int) -> None:
+        """A common key's bit, set in the mask of every entry holding it."""
+        bit = self._bit[key] = 1 << len(self._bit)
+        self._common.buf[self._postings[key].view()] |= np.uint64(bit)
 
     def _reservoir(self, idx: int) -> None:
         """Algorithm R: after n entries, each is in the sample with probability SAMPLE/n."""

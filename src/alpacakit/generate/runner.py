@@ -42,8 +42,12 @@ class GenerateResult:
             if common:
                 message, times = common
                 failed = t.discards["request_failed"]
-                which = "1 request failed for good" if failed == 1 else f"{failed} requests failed for good, "
-                which += "" if failed == 1 else "all with" if times == failed else f"{times} of them with"
+                if failed == 1:
+                    which = "1 request failed for good"
+                else:
+                    which = (
+                        f"{failed} requests failed for good, {'all' if times == failed else f'{times} of them'} with"
+                    )
                 text += f". {which}: {message[:400]} (each failure is in {self.out_dir / DISCARDS})"
         if self.status == "stalled":
             text += (
