@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from multiprocessing.connection import wait
@@ -38,6 +39,7 @@ from alpacakit.generate.self_instruct import SelfInstructProcessor
 def processor(copies: int = 0, stats: bool = True) -> SelfInstructProcessor:
     cfg = AlpacakitConfig()
     cfg.generate.stats_copies = copies
+    cfg.generate.num = 52_000  # as `generate --num 52000`: the copies search compiled (PoolStats.use_compiled)
     if not stats:
         cfg.generate.keep_most_similar, cfg.generate.mean_similarity = 0, "off"
     return SelfInstructProcessor(load_seed_tasks(default_seeds_path()), cfg, "bench")
@@ -56,9 +58,11 @@ def one_process(entries, stats=True) -> tuple[float, bytes]:
     return time.process_time() - t, dump(results)
 
 
-def with_copies(entries, copies: int) -> tuple[float, float, bytes]:
-    """(the decider's CPU s, wall s until every record is whole, results), batches of 8 answers."""
+def with_copies(entries, copies: int) -> tuple[float, float, float, bytes]:
+    """(the decider's CPU s, wall s until every record is whole, the copies' CPU s, results),
+    batches of 8 answers."""
     p = processor(copies)
+    before = os.times()
     t0, c0 = time.perf_counter(), time.process_time()
     farm = p.fork_helpers()
     results = []
@@ -70,8 +74,10 @@ def with_copies(entries, copies: int) -> tuple[float, float, bytes]:
         wait(farm.connections())
         farm.collect()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    farm.close()
-    return cpu, wall, dump(results)
+    farm.close()  # (reaps the copies, so their CPU time is counted below)
+    after = os.times()
+    copies_cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    return cpu, wall, copies_cpu, dump(results)
 
 
 def alternate(entries, rounds: int, what: str, stats: bool, before: tuple, after: tuple) -> None:
@@ -159,11 +165,11 @@ def main() -> None:
     cpu_decide, _ = one_process(entries, stats=False)
     print(f"decisions only: {cpu_decide:.1f} CPU s")
     for k in (int(x) for x in args.copies.split(",") if x):
-        cpu, wall, out = with_copies(entries, k)
+        cpu, wall, copies_cpu, out = with_copies(entries, k)
         same = "identical" if out == ref else "DIFFERENT"
         print(
-            f"{k} copies: decider {cpu:.1f} CPU s, every record whole after {wall:.1f} s = "
-            f"{cpu_one / wall:.2f}x one process; results {same}"
+            f"{k} copies: decider {cpu:.1f} CPU s, copies {copies_cpu:.1f} CPU s in all, every record whole "
+            f"after {wall:.1f} s = {cpu_one / wall:.2f}x one process; results {same}"
         )
 
 

@@ -7,6 +7,7 @@ The teacher side is the real `openai` SDK over HTTP; the server (tests/fake_open
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -792,6 +793,7 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
         cfg = config(server, seeds, request_batch=1, process_in_worker=in_worker, stats_copies=copies, **fields)
         result = generate(cfg, out, show_progress=False)
         assert result.totals.pending == 0 and result.totals.kept == (out / "examples.jsonl").read_bytes().count(b"\n")
+        assert gc.get_freeze_count() == 0  # frozen for the fork (forking.py) only while the worker lived
         processed_in = set(pids.read_text().split())
         assert processed_in and (str(os.getpid()) not in processed_in) == in_worker
         results[in_worker, copies] = (result.status, *_results(out))

@@ -557,6 +557,7 @@ def test_a_copy_that_follows_the_decisions_describes_them_exactly_as_add_if_nove
         for s in seeds:
             pool.add_seed(s)
     decider.drop_statistics()
+    copy.only_follow()  # as the farm's copies: what only deciding reads is no longer kept
     expected = [one.add_if_novel(t) for t in texts]
     followed, decisions = [], []
     for i, t in enumerate(texts):
@@ -570,6 +571,10 @@ def test_a_copy_that_follows_the_decisions_describes_them_exactly_as_add_if_nove
         if f is not None:
             assert f == e
     assert len(decider) == len(copy) == len(one)
+    seeds_only = RougeDeduper(0.7, stats=False)
+    for s in seeds:
+        seeds_only.add_seed(s)
+    assert len(copy._keysets) == len(copy._ids) == len(seeds) and copy._df == seeds_only._df
 
 
 def test_a_large_pool_reorders_at_each_fourfold_growth_and_decides_alike(monkeypatch):
@@ -619,6 +624,33 @@ def test_the_compiled_search_matches_the_rouge_score_loop(monkeypatch):
     assert [r.kept for r in results] == keep
     assert [r.max_similarity for r in results] == maxes
     assert_stanford_statistics(results, scores, pools, 5)
+
+
+def test_the_compiled_search_walks_entries_by_length_with_their_common_bits(monkeypatch):
+    """The rows the compiled search walks (`PoolStats._by_len`): every first entry with a token,
+    in its length's row (the last row: longer ones) in pool order, with the same common-key
+    bits as `_common`, through rows moved to make room and bits given to earlier holders."""
+    import numpy as np
+
+    import alpacakit.curate.pool_stats as pool_stats
+
+    monkeypatch.setattr(pool_stats.PoolStats, "compiled", True)
+    monkeypatch.setattr(pool_stats, "_COMMON_FROM", 3)
+    rng = random.Random(23)
+    stats = pool_stats.PoolStats()
+    lengths = [rng.choice([1, 2, 3, 5, 140]) for _ in range(300)]
+    for n in lengths:
+        ids = rng.sample(range(40), min(n, 40)) + list(range(40, 40 + max(0, n - 40)))
+        stats.add(ids, ids, -1)
+    stats.add([], [], -1)  # no token: in no row
+    rows = stats._by_len
+    top = len(rows.start) - 1
+    for row in range(len(rows.start)):
+        start, size = int(rows.start[row]), int(rows.size[row])
+        entries = rows.entries[start : start + size]
+        assert entries.tolist() == [e for e, n in enumerate(lengths) if min(n, top) == row]
+        assert np.array_equal(rows.masks[start : start + size], stats._common.view()[entries])
+    assert len(stats._bit) == pool_stats._COMMON_BITS and int(rows.size.max()) > 8  # bits given, rows moved
 
 
 def test_the_compiled_and_numpy_searches_agree_on_a_large_pool_with_ties_repeats_and_long_texts(monkeypatch):

@@ -33,7 +33,7 @@ instructions of 1 to 64 tokens, mean `sample` or `off`), the search runs compile
 (`pool_kernel.py`, numba): the same bounds walked entry by entry, the common keys counted from a
 bit mask per entry instead of their posting lists. Results are the same bit for bit (tested
 against the numpy search and against `rouge_score`'s loop); the statistics of a 52K Alpaca run
-take 1.4x less CPU.
+take 1.9x less CPU.
 """
 
 from __future__ import annotations
@@ -95,6 +95,56 @@ class _Growing:
         return self.buf[: self.size]
 
 
+class _ByLength:
+    """First entries grouped by length, each with a copy of its common-key mask, for the
+    compiled search's walk over the entries that share common keys only: it reads just the
+    lengths that can still matter, in memory order. Row n holds the entries of length n (the
+    last row: any longer), in pool order, in one buffer (one array, a start and a size per row,
+    for numba). A full row moves to the end of the buffer with twice the room; the room it
+    leaves is not reused, so the buffer holds at most ~4x the entries."""
+
+    __slots__ = ("entries", "masks", "start", "size", "room", "used", "slot")
+
+    def __init__(self, rows: int):
+        self.entries = np.zeros(64, dtype=np.int64)
+        self.masks = np.zeros(64, dtype=np.uint64)
+        self.start = np.zeros(rows, dtype=np.int64)
+        self.size = np.zeros(rows, dtype=np.int64)
+        self.room = np.zeros(rows, dtype=np.int64)
+        self.used = 0
+        self.slot = np.zeros(64, dtype=np.int64)  # entry -> where it is in the buffer
+
+    def add(self, e: int, length: int, mask: int) -> None:
+        row = min(length, len(self.start) - 1)
+        size = int(self.size[row])
+        if size == self.room[row]:
+            self._move(row, max(8, 2 * size))
+        at = int(self.start[row]) + size
+        self.entries[at], self.masks[at] = e, mask
+        if e >= len(self.slot):
+            self.slot = np.concatenate([self.slot, np.zeros(max(e + 1, 2 * len(self.slot)) - len(self.slot), np.int64)])
+        self.slot[e] = at
+        self.size[row] = size + 1
+
+    def _move(self, row: int, room: int) -> None:
+        if self.used + room > len(self.entries):
+            grow = max(len(self.entries), self.used + room - len(self.entries))
+            self.entries = np.concatenate([self.entries, np.zeros(grow, np.int64)])
+            self.masks = np.concatenate([self.masks, np.zeros(grow, np.uint64)])
+        old, size, new = int(self.start[row]), int(self.size[row]), self.used
+        self.entries[new : new + size] = self.entries[old : old + size]
+        self.masks[new : new + size] = self.masks[old : old + size]
+        self.slot[self.entries[new : new + size]] = np.arange(new, new + size)
+        self.start[row], self.room[row] = new, room
+        self.used += room
+
+    def set_bit(self, entries: np.ndarray, bit: np.uint64) -> None:
+        self.masks[self.slot[entries]] |= bit
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.entries, self.masks, self.start, self.size
+
+
 class PoolStats:
     """Scores of one instruction against every pool entry, for the statistics.
 
@@ -118,6 +168,8 @@ class PoolStats:
         self._marks = np.zeros(0, dtype=np.int8)
         self._bit: dict[int, int] = {}  # common key -> its bit in `_common`
         self._common = _Growing(np.uint64)  # per entry: the common keys it holds
+        # The compiled search's first entries by length, in pool order (row _WIDE + 1: longer ones)
+        self._by_len = _ByLength(_WIDE + 2)
         self._touched = np.zeros(0, dtype=np.int64)
         self._postings: dict[int, _Growing] = {}
         self._table = np.zeros(64, dtype=np.uint64)  # token id + 1 -> the candidate's LCS mask
@@ -136,9 +188,15 @@ class PoolStats:
         statistics, so they share numba's ~190 MB (its import and the machine code) instead of
         each loading it. Only those processes pay for it: a generate run's main process never
         imports numba."""
+        if self.compiled:
+            return  # (already: every entry is linked and has its bits)
         if COMPILED and expected_pool >= _COMPILED_FROM and pool_kernel.available():
             pool_kernel.warm()
             self.compiled = True
+            lens, common = self._lens.view(), self._common.view()
+            for e in self._firsts.view().tolist():
+                if lens[e]:
+                    self._by_len.add(e, int(lens[e]), common[e])
             held = sorted(((p.size, k) for k, p in self._postings.items() if p.size >= _COMMON_FROM), reverse=True)
             for _, k in held[: _COMMON_BITS - len(self._bit)]:
                 if k not in self._bit:
@@ -163,6 +221,8 @@ class PoolStats:
                 p = self._postings[k] = _Growing(np.int64)
             p.append(idx)
         if self.compiled:
+            if ids:
+                self._by_len.add(idx, len(ids), 0)  # (first: a bit given below reaches it too)
             common = 0
             for k in keys:
                 bit = self._bit.get(k)
@@ -172,6 +232,7 @@ class PoolStats:
                     self._give_bit(k)  # (this entry included)
             if common:
                 self._common.buf[idx] |= np.uint64(common)
+                self._by_len.masks[self._by_len.slot[idx]] = self._common.buf[idx]
         if len(ids) > _WIDE:
             self._wide[idx] = tuple(ids)
             return
@@ -188,7 +249,10 @@ class PoolStats:
     def _give_bit(self, key: int) -> None:
         """A common key's bit, set in the mask of every entry holding it."""
         bit = self._bit[key] = 1 << len(self._bit)
-        self._common.buf[self._postings[key].view()] |= np.uint64(bit)
+        holders = self._postings[key].view()
+        self._common.buf[holders] |= np.uint64(bit)
+        if self.compiled:
+            self._by_len.set_bit(holders, np.uint64(bit))
 
     def _reservoir(self, idx: int) -> None:
         """Algorithm R: after n entries, each is in the sample with probability SAMPLE/n."""
@@ -353,7 +417,7 @@ class PoolStats:
             lens, wide = self._lens.view(), self._is_wide.view()
             best, found, deferred = search(
                 flat, self._common.view(), np.uint64(bits), self._counts, self._touched, self._marks,
-                lens, wide, self._tok, table, m, k, _TIE_MARGIN,
+                lens, wide, self._tok, table, m, k, _TIE_MARGIN, *self._by_len.arrays(),
             )  # fmt: skip
             sample = self._mean_entries()
             if sample is not None:

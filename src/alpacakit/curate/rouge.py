@@ -416,6 +416,7 @@ class RougeDeduper:
         self._lens: list[int] = []
         self._alias: list[int] = []
         self._first_with_text: dict[str, int] = {}
+        self._decides = True  # False: a copy that only follows (`only_follow`)
         self._max_len = 0
         # Key order (rank) and the signature index built under it.
         self._rank: dict[int, int] = {}
@@ -481,6 +482,13 @@ class RougeDeduper:
         if not hits:
             self._add(c, index=False)  # (a copy never decides: no signature index to grow)
         return result
+
+    def only_follow(self) -> None:
+        """In a copy that only follows decisions (`describe`): from now on the pool keeps what
+        the statistics read (texts, `PoolStats`), not what deciding needs (token tuples, key
+        sets, key frequencies: ~45 MB at a 52K pool, per copy). What it already holds is left
+        as it is, shared with the process it was forked from."""
+        self._decides = False
 
     def use_compiled_search(self, expected_pool: int) -> None:
         """Statistics by the compiled search (`PoolStats.use_compiled`), for a pool about to grow
@@ -573,17 +581,20 @@ class RougeDeduper:
     def _add(self, c: _Prepared, index: bool = True) -> None:
         idx = len(self._texts)
         self._texts.append(c.text)
-        self._ids.append(c.ids)
-        self._keysets.append(c.keyset)
-        self._lens.append(c.m)
         first = self._first_with_text.get(c.text)
         if self._pool_stats is not None:
             self._pool_stats.add(c.ids, c.keys, -1 if first is None else first)
+        if first is None:
+            self._first_with_text[c.text] = idx
+        if not self._decides:
+            return
+        self._ids.append(c.ids)
+        self._keysets.append(c.keyset)
+        self._lens.append(c.m)
         if first is not None:
             # Same text, same score against anything: looking it up again only repeats work.
             self._alias.append(first)
             return
-        self._first_with_text[c.text] = idx
         self._alias.append(-1)
         self._max_len = max(self._max_len, c.m)
         df = self._df

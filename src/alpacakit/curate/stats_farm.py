@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from alpacakit.curate.rouge import DedupResult, RougeDeduper
 from alpacakit.errors import AlpacakitError
+from alpacakit.forking import after_children, before_fork
 
 
 class StatsFarmError(AlpacakitError):
@@ -52,6 +53,7 @@ class StatsFarm:
         self._conns: list = []
         self._pids: list[int] = []
         parent = os.getpid()
+        before_fork()
         for share in range(copies):
             q = ctx.Queue()
             receiver, sender = ctx.Pipe(duplex=False)
@@ -119,11 +121,13 @@ class StatsFarm:
             q.cancel_join_thread()  # (what is still queued for the dead copies is dropped)
             q.close()
         self._pids = []
+        after_children()
 
 
 def _copy(dedup: RougeDeduper, share: int, copies: int, decisions, results, parent: int) -> int:
     """A copy: follow every decision, describe those whose ordinal % copies == share."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process
+    dedup.only_follow()
     try:
         while True:
             try:

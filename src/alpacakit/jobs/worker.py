@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alpacakit.errors import AlpacakitError
+from alpacakit.forking import after_children, before_fork
 from alpacakit.jobs.journal import DISCARDS, EXAMPLES, derive
 
 
@@ -40,6 +41,7 @@ class ProcessingWorker:
 
     def __init__(self, processor, out_dir: str | Path, lock_fd: int | None = None):
         ctx = multiprocessing.get_context("fork")
+        before_fork()  # the pool the journal replay built stays shared, page for page
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=_serve,
@@ -88,6 +90,7 @@ class ProcessingWorker:
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(5)
+        after_children()
 
 
 def _serve(conn, parent_end, processor, examples_path: Path, discards_path: Path, lock_fd: int | None) -> None:
