@@ -1,7 +1,7 @@
 """Where self-instruct's processing worker spends its time, on a real journal, without HTTP.
 
     python benchmarks/generate_scale.py --num 52000 --phases fresh --keep /tmp/gs   # makes a journal
-    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3] [--ab-strip 3] [--ab-compiled 2]
+    python benchmarks/worker_processing.py --journal /tmp/gs/fresh/responses.jsonl [--copies 1,2] [--ab 3] [--ab-strip 3] [--ab-compiled 2] [--ab-decide 3]
 
 Replays every answer of the journal through `SelfInstructProcessor` with the default settings,
 side by side in this process:
@@ -14,6 +14,8 @@ side by side in this process:
     stripping (the regex, run when a task ends in `###`) and today's walk; then stops.
   * `--ab-compiled N`: N alternated rounds of one process with the default statistics, by the
     numpy search and by the compiled one (`PoolStats.compiled`); then stops.
+  * `--ab-decide N`: N alternated rounds of decisions only, by the Python signature index and
+    by the compiled one (`RougeDeduper.use_compiled_decisions`); then stops.
   * `--ab N`: N alternated rounds of decisions only with the code before 2026-12-06's changes
     (the trailing-separator regex on every task, the key order re-derived at each 2x growth of
     the pool) and after; the ratio of the medians, and a check that the results are equal.
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -35,14 +38,19 @@ from alpacakit.config import AlpacakitConfig
 from alpacakit.generate.seeds import default_seeds_path, load_seed_tasks
 from alpacakit.generate.self_instruct import SelfInstructProcessor
 
+COMPILED_DECISIONS = False  # one_process decides with the compiled index (`--ab-decide`)
+
 
 def processor(copies: int = 0, stats: bool = True) -> SelfInstructProcessor:
     cfg = AlpacakitConfig()
     cfg.generate.stats_copies = copies
-    cfg.generate.num = 52_000  # as `generate --num 52000`: the copies search compiled (PoolStats.use_compiled)
+    cfg.generate.num = 52_000  # as `generate --num 52000`: the worker's helpers use the compiled kernels
     if not stats:
         cfg.generate.keep_most_similar, cfg.generate.mean_similarity = 0, "off"
-    return SelfInstructProcessor(load_seed_tasks(default_seeds_path()), cfg, "bench")
+    p = SelfInstructProcessor(load_seed_tasks(default_seeds_path()), cfg, "bench")
+    if COMPILED_DECISIONS:
+        p.dedup.use_compiled_decisions(cfg.generate.num)
+    return p
 
 
 def dump(results) -> bytes:
@@ -142,6 +150,13 @@ def ab_compiled(entries, rounds: int) -> None:
     alternate(entries, rounds, "default statistics, search", True, ("numpy", lambda: lambda: None), after)
 
 
+def ab_decide(entries, rounds: int) -> None:
+    """Decisions only, by the Python signature index and by the compiled one (decide_kernel.py,
+    as generate's deciding worker uses it)."""
+    after = ("compiled", patched(sys.modules[__name__], COMPILED_DECISIONS=True))
+    alternate(entries, rounds, "decisions only, index", False, ("python", lambda: lambda: None), after)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--journal", required=True, help="a generate run's responses.jsonl")
@@ -149,6 +164,7 @@ def main() -> None:
     ap.add_argument("--ab", type=int, default=0, metavar="N", help="N rounds of the before/after decision paths")
     ap.add_argument("--ab-strip", type=int, default=0, metavar="N", help="N rounds of regex/walk separator stripping")
     ap.add_argument("--ab-compiled", type=int, default=0, metavar="N", help="N rounds of numpy/compiled statistics")
+    ap.add_argument("--ab-decide", type=int, default=0, metavar="N", help="N rounds of Python/compiled decisions")
     args = ap.parse_args()
     entries = [json.loads(line) for line in Path(args.journal).read_text(encoding="utf-8").splitlines() if line]
     print(f"# {len(entries)} answers from {args.journal}")
@@ -159,6 +175,9 @@ def main() -> None:
         return
     if args.ab_compiled:
         ab_compiled(entries, args.ab_compiled)
+        return
+    if args.ab_decide:
+        ab_decide(entries, args.ab_decide)
         return
     cpu_one, ref = one_process(entries)
     print(f"one process, default statistics: {cpu_one:.1f} CPU s ({len(ref.splitlines())} records)")

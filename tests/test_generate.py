@@ -755,10 +755,12 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
     """The worker processes the journal in order with the replayed state, so its results are
     exactly in-process processing's; and it waits for the worker before any decision the
     pending answers could change (no request past the target or the stall limit)."""
+    import alpacakit.curate.pool_stats as pool_stats
     from alpacakit.generate.self_instruct import SelfInstructProcessor
 
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     pids = tmp_path / "pids"
+    real_compiled_from = pool_stats._COMPILED_FROM
     real_process = SelfInstructProcessor.process
 
     def process(self, entry):
@@ -769,8 +771,10 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
 
     monkeypatch.setattr(SelfInstructProcessor, "process", process)
     results = {}
-    # here; in the worker; in the worker with two forked copies computing the statistics (stats_farm.py)
-    for in_worker, copies in ((False, 0), (True, 0), (True, 2)):
+    # here; in the worker; in the worker with two forked copies computing the statistics (stats_farm.py);
+    # the same with the compiled search and decisions (pool_kernel.py, decide_kernel.py) from the first entry
+    for in_worker, copies, compiled in ((False, 0, False), (True, 0, False), (True, 2, False), (True, 2, True)):
+        monkeypatch.setattr(pool_stats, "_COMPILED_FROM", 0 if compiled else real_compiled_from)
         calls = itertools.count()
 
         def answer(body, calls=calls):  # by call order: the same script for both runs (one request at a time)
@@ -789,17 +793,18 @@ def test_processing_in_a_worker_gives_the_same_results_byte_for_byte(server, tmp
 
         server.responder = answer
         pids.write_text("")
-        out = tmp_path / f"out_{in_worker}_{copies}"
+        out = tmp_path / f"out_{in_worker}_{copies}_{compiled}"
         cfg = config(server, seeds, request_batch=1, process_in_worker=in_worker, stats_copies=copies, **fields)
         result = generate(cfg, out, show_progress=False)
         assert result.totals.pending == 0 and result.totals.kept == (out / "examples.jsonl").read_bytes().count(b"\n")
         assert gc.get_freeze_count() == 0  # frozen for the fork (forking.py) only while the worker lived
         processed_in = set(pids.read_text().split())
         assert processed_in and (str(os.getpid()) not in processed_in) == in_worker
-        results[in_worker, copies] = (result.status, *_results(out))
-    assert results[True, 0] == results[False, 0] == results[True, 2]
-    assert b"near_duplicate" in results[True, 2][2] and b"blacklisted_word" in results[True, 2][2]
-    assert b'"most_similar_instructions": {}' not in results[True, 2][1]  # (the statistics are there)
+        results[in_worker, copies, compiled] = (result.status, *_results(out))
+    assert results[True, 0, False] == results[False, 0, False] == results[True, 2, False] == results[True, 2, True]
+    done = results[True, 2, True]
+    assert b"near_duplicate" in done[2] and b"blacklisted_word" in done[2]
+    assert b'"most_similar_instructions": {}' not in done[1]  # (the statistics are there)
 
 
 def test_a_failure_in_a_statistics_copy_surfaces_and_a_rerun_finishes(server, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
 import alpacakit.curate.dedup as bulk
+import alpacakit.curate.rouge as rouge
 from alpacakit.curate.dedup import dedup_instructions
 from alpacakit.curate.rouge import (
     NEVER,
@@ -70,10 +71,14 @@ def assert_stanford_statistics(results, scores, pools, k: int) -> None:
         assert list(r.most_similar.items()) == list(expected.items())[:k]
 
 
-def stream(seeds, texts, threshold, **kw) -> list[DedupResult]:
+def stream(seeds, texts, threshold, compiled=False, **kw) -> list[DedupResult]:
+    """`add_if_novel` of each text after the seeds; `compiled`: decided by the compiled index."""
     d = RougeDeduper(threshold, **kw)
     for s in seeds:
         d.add_seed(s)
+    if compiled:
+        d.use_compiled_decisions(1 << 40)
+        assert d._compiled is not None
     return [d.add_if_novel(t) for t in texts]
 
 
@@ -330,9 +335,10 @@ def test_streaming_and_bulk_equal_rouge_score_loop(seeds, texts, threshold):
     assert [r.kept for r in results] == keep
     assert [r.max_similarity for r in results] == maxes
     assert [r.mean_similarity for r in results] == [float(np.mean(s)) if s else None for s in scores]
-    fast = stream(seeds, texts, threshold, keep_most_similar=0, stats=False)
-    assert [r.kept for r in fast] == keep
-    assert [r.max_similarity for r, k in zip(fast, keep) if not k] == [m for m, k in zip(maxes, keep) if not k]
+    for compiled in (False, True):
+        fast = stream(seeds, texts, threshold, compiled, keep_most_similar=0, stats=False)
+        assert [r.kept for r in fast] == keep
+        assert [r.max_similarity for r, k in zip(fast, keep) if not k] == [m for m, k in zip(maxes, keep) if not k]
     assert dedup_instructions(texts, seeds, threshold) == keep
 
 
@@ -365,6 +371,7 @@ def test_long_texts_and_small_join_chunks_match_rouge_score(monkeypatch, seed, l
     keep, maxes, _, _ = ref_dedup(seeds, texts, threshold)
     assert [r.kept for r in stream(seeds, texts, threshold, keep_most_similar=1)] == keep
     assert [r.max_similarity for r in stream(seeds, texts, threshold, keep_most_similar=1)] == maxes
+    assert [r.max_similarity for r in stream(seeds, texts, threshold, True, keep_most_similar=1)] == maxes
     monkeypatch.setattr(bulk, "_CHUNK", 5)
     monkeypatch.setattr(bulk, "_MAX_JOIN", 20)  # forces chunks to be split while joining
     assert dedup_instructions(texts, seeds, threshold) == keep
@@ -453,10 +460,12 @@ def test_a_match_found_only_through_the_long_prefix_of_the_longer_text(kind, n):
     old = " ".join([f"u{i}" for i in range(k)] + shared)  # rare words first (all appear once)
     new = " ".join([f"v{i}" for i in range(own)] + shared)
     assert ref_f(new, old) > t
-    for stats in (True, False):
+    for stats, compiled in ((True, False), (False, False), (False, True)):
         d = RougeDeduper(t, stats=stats)
         d.prime([old, new])  # ranks: words seen once, then the shared ones
         d.add_seed(old)
+        if compiled:
+            d.use_compiled_decisions(1 << 40)  # (from the same primed frequencies)
         assert d.check(new).kept is False
     assert dedup_instructions([new], [old], t) == [False]
 
@@ -598,6 +607,38 @@ def test_a_large_pool_reorders_at_each_fourfold_growth_and_decides_alike(monkeyp
 
 
 # ------------------------------------------------------------------ the compiled statistics search
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+def test_the_compiled_decisions_find_the_python_index_hits_through_reorders(monkeypatch, threshold):
+    """`use_compiled_decisions` (decide_kernel.py), switched on with a pool already there: every
+    hit, with its F, is the Python index's, for texts of every length (over 64 tokens: the
+    dynamic programme), repeats, words first seen late, and reorders at 2x and 4x growth."""
+    monkeypatch.setattr(rouge, "_MIN_REORDER", 8)
+    monkeypatch.setattr(rouge, "_REORDER_BY_4_FROM", 200)
+    rng = random.Random(31)
+    vocab = [f"w{i}" for i in range(50)]
+    texts = [" ".join(rng.choices(vocab, k=rng.randint(1, 24))) for _ in range(900)]
+    texts += [" ".join(rng.choices(vocab, k=rng.randint(60, 100))) for _ in range(40)]
+    texts += edited_long_texts(rng, 80, 66, 110)  # near-duplicates over 64 tokens
+    texts += [t + " late" + str(i % 7) for i, t in enumerate(rng.sample(texts, 150))] + rng.sample(texts, 60)
+    rng.shuffle(texts)
+    python, compiled = RougeDeduper(threshold, stats=False), RougeDeduper(threshold, stats=False)
+    for t in texts[:30]:
+        python.add_seed(t)
+        compiled.add_seed(t)
+    compiled.use_compiled_decisions(1 << 40)
+    reorders = []
+    real = compiled._compiled._reorder
+    monkeypatch.setattr(compiled._compiled, "_reorder", lambda: reorders.append(len(compiled)) or real())
+    dropped = 0
+    for t in texts[30:]:
+        expected = sorted(python.decide_and_add(t))
+        assert sorted(compiled.decide_and_add(t)) == expected, t
+        dropped += bool(expected)
+    assert len(python) == len(compiled) and 100 < dropped < len(texts) - 100
+    assert sum(len(t.split()) > 64 for t in texts[30:] if t not in python._first_with_text) > 20  # long ones dropped
+    assert len(reorders) >= 3
 
 
 def test_the_compiled_search_matches_the_rouge_score_loop(monkeypatch):

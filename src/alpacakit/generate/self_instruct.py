@@ -63,15 +63,18 @@ class SelfInstructProcessor:
     def fork_helpers(self, keep_out: tuple = ()):
         """In the processing worker (jobs/worker.py), before its first entry: from now on the
         statistics are computed by `generate.stats_copies` forked copies of the pool
-        (`curate/stats_farm.py`) and this process only decides. Returns the farm (the worker
-        waits on it, then writes each entry's results once they are complete), or None."""
-        if not self.stats_copies:
-            return None
-        from alpacakit.curate.stats_farm import StatsFarm
+        (`curate/stats_farm.py`) and this process only decides, with the compiled index for a
+        large run. Returns the farm (the worker waits on it, then writes each entry's results
+        once they are complete), or None."""
+        expected_pool = len(self.dedup) + self._target
+        if self.stats_copies:
+            from alpacakit.curate.stats_farm import StatsFarm
 
-        self.dedup.use_compiled_search(len(self.dedup) + self._target)  # loaded here once, for every copy
-        self._farm = StatsFarm(self.dedup, self.stats_copies, keep_out)
-        self.dedup.drop_statistics()
+            self.dedup.use_compiled_search(expected_pool)  # loaded here once, for every copy
+            self._farm = StatsFarm(self.dedup, self.stats_copies, keep_out)
+            self.dedup.drop_statistics()
+        if not self.dedup.stats:
+            self.dedup.use_compiled_decisions(expected_pool)  # (after the forks: the copies never decide)
         return self._farm
 
     def _candidates(self, entry: dict) -> tuple[list, list[dict]]:
