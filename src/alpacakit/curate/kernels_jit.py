@@ -255,6 +255,25 @@ def index_sorted(sk, e, plan, codes, kinds, heads, node_entry, node_next, sizes)
 
 
 @jit
+def append(ids, keys, first, at, lens, tok, tok_off, key_flat, key_off, firsts, df):
+    """Store the next entry (at = [entries, tokens stored, first entries]); a first entry of
+    its text is listed in `firsts` and counted in the key frequencies."""
+    n, t, m = at[0], at[1], ids.shape[0]
+    lens[n] = m
+    tok[t : t + m] = ids
+    key_flat[t : t + m] = keys
+    tok_off[n + 1] = t + m
+    key_off[n + 1] = t + m
+    at[0] = n + 1
+    at[1] = t + m
+    if first:
+        firsts[at[2]] = n
+        at[2] += 1
+        for i in range(m):
+            df[keys[i]] += 1
+
+
+@jit
 def add(keys, e, plan, rank_of, codes, kinds, heads, node_entry, node_next, sizes):
     index_sorted(rank_sorted(keys, rank_of, sizes), e, plan, codes, kinds, heads, node_entry, node_next, sizes)
 

@@ -345,7 +345,7 @@ class DedupResult:
 class _Prepared:
     """One instruction as the index sees it: token ids, occurrence keys, LCS masks."""
 
-    __slots__ = ("text", "ids", "keys", "keyset", "m", "_masks")
+    __slots__ = ("text", "ids", "keys", "keyset", "m", "_masks", "_arrays")
 
     def __init__(self, text: str, ids: tuple[int, ...], keys: list[int]):
         self.text = text
@@ -354,11 +354,20 @@ class _Prepared:
         self.keyset = frozenset(keys)
         self.m = len(ids)
         self._masks: dict | None = None
+        self._arrays = None
 
     def masks(self) -> dict:
         if self._masks is None:
             self._masks = char_masks(self.ids)
         return self._masks
+
+    def arrays(self):
+        """(token ids, keys) as int64 arrays, for the compiled index (`decide_kernel.py`)."""
+        if self._arrays is None:
+            import numpy as np
+
+            self._arrays = np.array(self.ids, dtype=np.int64), np.array(self.keys, dtype=np.int64)
+        return self._arrays
 
 
 class RougeDeduper:
@@ -606,7 +615,7 @@ class RougeDeduper:
         if first is None:
             self._first_with_text[c.text] = idx
         if self._compiled is not None:
-            self._compiled.add(c.ids, c.keys, -1 if first is None else first)
+            self._compiled.add(*c.arrays(), -1 if first is None else first, self._next_id)
             return
         if not self._decides:
             return
@@ -674,7 +683,7 @@ class RougeDeduper:
     def _hits_above_threshold(self, c: _Prepared) -> list[tuple[int, float]]:
         """Every pool entry (first of its text) whose F with `c` exceeds the threshold, exactly."""
         if self._compiled is not None:
-            return self._compiled.find(c.ids, c.keys)
+            return self._compiled.find(*c.arrays(), self._next_id)
         if self._stale:
             self._reorder()
         m = c.m
