@@ -813,20 +813,20 @@ def test_a_failure_in_a_statistics_copy_surfaces_and_a_rerun_finishes(server, tm
 
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     server.responder = responder(3)
-    real_describe = RougeDeduper.describe
+    real_describe = RougeDeduper.describe_compact
 
     def describe(self, instruction, hits, *, report):
         if report and len(self) > len(SEEDS) + 6:
             raise ZeroDivisionError("a copy's statistics")
         return real_describe(self, instruction, hits, report=report)
 
-    monkeypatch.setattr(RougeDeduper, "describe", describe)  # (copies are forks: they see it too)
+    monkeypatch.setattr(RougeDeduper, "describe_compact", describe)  # (copies are forks: they see it too)
     out = tmp_path / "out"
     cfg = config(server, seeds, num=30, stats_copies=2)
     with pytest.raises(WorkerError, match="(?s)statistics failed in a copy of the pool.*ZeroDivisionError"):
         generate(cfg, out, show_progress=False)
     assert (out / "responses.jsonl").read_bytes().count(b"\n") >= 3
-    monkeypatch.setattr(RougeDeduper, "describe", real_describe)
+    monkeypatch.setattr(RougeDeduper, "describe_compact", real_describe)
     result = generate(cfg, out, show_progress=False)
     kept = [o["instruction"] for _, o in iter_jsonl(out / "examples.jsonl")]
     assert result.status == "complete" and len(kept) >= 30 and len(set(kept)) == len(kept)

@@ -489,11 +489,25 @@ class RougeDeduper:
         `decide_and_add`): the instruction joins the pool when kept (no hits), and when `report`
         its statistics are returned, exactly those `add_if_novel` would have given. A copy that
         follows every decision in order holds the same pool as the one deciding."""
+        compact = self.describe_compact(instruction, hits, report=report)
+        return None if compact is None else self.expand(not hits, compact)
+
+    def describe_compact(self, instruction: str, hits: list[tuple[int, float]], *, report: bool) -> tuple | None:
+        """`describe` with the most similar entries as pool positions: (max_similarity,
+        mean_similarity, [(position, F), ...]). Every copy of the pool holds the same texts at
+        the same positions, so a copy sends these through a pipe instead of the texts, and the
+        process that decided turns them into the result (`expand`)."""
         c = self._prepare(instruction)
-        result = self._statistics(c, hits) if report else None
+        compact = self._scores(c, hits) if report else None
         if not hits:
             self._add(c, index=False)  # (a copy never decides: no signature index to grow)
-        return result
+        return compact
+
+    def expand(self, kept: bool, compact: tuple) -> DedupResult:
+        """The `DedupResult` of `describe_compact`'s tuple (`kept`: the decision had no hits)."""
+        max_sim, mean, top = compact
+        most = {self._texts[i]: f for i, f in top}
+        return DedupResult(kept=kept, max_similarity=max_sim, mean_similarity=mean, most_similar=most)
 
     def only_follow(self) -> None:
         """In a copy that only follows decisions (`describe`): from now on the pool keeps what
@@ -675,10 +689,12 @@ class RougeDeduper:
         return self._statistics(c, hits)
 
     def _statistics(self, c: _Prepared, hits: list[tuple[int, float]]) -> DedupResult:
+        return self.expand(not hits, self._scores(c, hits))
+
+    def _scores(self, c: _Prepared, hits: list[tuple[int, float]]) -> tuple:
+        """(max_similarity, mean_similarity, the most similar entries as (position, F))."""
         top, mean = self._pool_stats.stats(c.ids, c.keys, c.masks(), max(self.keep_most_similar, 1), hits)
-        max_sim = top[0][1] if top else 0.0
-        most = {self._texts[i]: f for i, f in top[: self.keep_most_similar]}
-        return DedupResult(kept=not hits, max_similarity=max_sim, mean_similarity=mean, most_similar=most)
+        return (top[0][1] if top else 0.0), mean, top[: self.keep_most_similar]
 
     def _hits_above_threshold(self, c: _Prepared) -> list[tuple[int, float]]:
         """Every pool entry (first of its text) whose F with `c` exceeds the threshold, exactly."""
