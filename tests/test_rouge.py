@@ -546,10 +546,15 @@ def test_entries_added_as_known_decide_and_score_exactly_like_checked_ones():
     first, rest = texts[:150], texts[150:]
     checked = RougeDeduper(0.7, keep_most_similar=3, mean="sample")
     kept_first = [t for t in first if checked.add_if_novel(t).kept]
-    known = RougeDeduper(0.7, keep_most_similar=3, mean="sample")
+    known, compiled = (RougeDeduper(0.7, keep_most_similar=3, mean="sample") for _ in range(2))
     for t in kept_first:
         known.add_known(t)
-    assert [known.add_if_novel(t) for t in rest] == [checked.add_if_novel(t) for t in rest]
+        compiled.add_known(t)
+    compiled.use_compiled_decisions(1 << 40)  # (a resumed run's worker: the replayed pool, then compiled)
+    assert compiled._compiled is not None
+    expected = [checked.add_if_novel(t) for t in rest]
+    assert [known.add_if_novel(t) for t in rest] == expected
+    assert [compiled.add_if_novel(t) for t in rest] == expected
 
 
 @pytest.mark.parametrize("mean", ["sample", "exact", "off"])

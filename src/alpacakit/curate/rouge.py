@@ -523,8 +523,8 @@ class RougeDeduper:
         Python index is no longer kept up."""
         from alpacakit.curate import pool_kernel, pool_stats
 
-        if self._compiled is not None or not self._decides or self._stale:
-            return
+        if self._compiled is not None or not self._decides:
+            return  # (a pool replayed by `add_known` is fine: the compiled index is built whole)
         if not pool_stats.COMPILED or expected_pool < pool_stats._COMPILED_FROM or not pool_kernel.available():
             return
         from alpacakit.curate.decide_kernel import CompiledIndex
