@@ -260,8 +260,9 @@ def append(ids, keys, first, at, lens, tok, tok_off, key_flat, key_off, firsts, 
     its text is listed in `firsts` and counted in the key frequencies."""
     n, t, m = at[0], at[1], ids.shape[0]
     lens[n] = m
-    tok[t : t + m] = ids
-    key_flat[t : t + m] = keys
+    for i in range(m):
+        tok[t + i] = ids[i] + 1  # (as in the statistics' token matrix: 0 is no token)
+        key_flat[t + i] = keys[i]
     tok_off[n + 1] = t + m
     key_off[n + 1] = t + m
     at[0] = n + 1
@@ -305,29 +306,17 @@ def rehash(codes, kinds, heads, new_codes, new_kinds, new_heads):
 @inline
 def lcs_of(ids, m, e, tok_flat, tok_off, table, dp):
     """LCS length of the instruction (`ids`, its masks at token id + 1 in `table` when
-    m <= 64) and entry e."""
+    m <= 64) and entry e (its tokens stored as id + 1)."""
     lo, hi = tok_off[e], tok_off[e + 1]
     if m <= 64:
-        full = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - m)
-        v = full
-        for j in range(lo, hi):
-            mk = table[tok_flat[j] + 1]
-            if mk:
-                u = v & mk
-                v = (v + u) | (v - u)
-        v &= full
-        ones = 0
-        while v:
-            v &= v - np.uint64(1)
-            ones += 1
-        return m - ones
+        return lcs_row(table, m, tok_flat[lo:hi], hi - lo)
     dp[: m + 1] = 0  # the dynamic programme, one row at a time (rare: over 64 tokens)
     for j in range(lo, hi):
         diag = 0
         b = tok_flat[j]
         for i in range(1, m + 1):
             up = dp[i]
-            if ids[i - 1] == b:
+            if ids[i - 1] + 1 == b:
                 dp[i] = diag + 1
             elif dp[i - 1] > up:
                 dp[i] = dp[i - 1]
