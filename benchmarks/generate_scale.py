@@ -450,6 +450,7 @@ def main() -> None:
         print(
             f"# generate_scale: num {args.num}, concurrency {args.concurrency}, latency {args.latency}s, "
             f"ideal {args.concurrency / args.latency:.0f} req/s; folders in {work}"
+            + ("" if args.keep else " (removed at the end; --keep DIR keeps them)")
         )
         if "ceiling" in phases:
             for call in CEILING_CALLS:
@@ -500,6 +501,8 @@ def main() -> None:
     finally:
         teacher.terminate()
         teacher.wait()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)  # (a 52K run leaves ~170 MB of folders)
 
 
 if __name__ == "__main__":
