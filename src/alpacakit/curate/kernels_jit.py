@@ -85,6 +85,13 @@ def visit(e, shared, m, k, margin, lens, wide, tok, table, best_f, best_e, defer
             state[0] = filled + 1
 
 
+@inline
+def fewest_shared(reach, total):
+    """The fewest shared keys s >= 1 with 2 s >= reach * total, the bound `visit` skips below
+    (halving a float is exact, so s >= reach * total / 2 is the same test)."""
+    return max(1, np.int64(np.ceil(reach * total * 0.5)))
+
+
 @jit
 def search(
     rare,
@@ -157,27 +164,14 @@ def search(
             if n >= n_common:
                 break
             continue
+        # One well-predicted compare per entry: it needs at least `least` shared common keys.
+        least = fewest_shared(reach, m + n)
         for j in range(row_start[n], row_start[n] + row_size[n]):
-            q = row_masks[j] & query_bits
-            if q:
-                shared = popcount(q)
-                if 2.0 * shared >= reach * (m + n) and not marks[row_entries[j]]:
-                    visit(
-                        row_entries[j],
-                        shared,
-                        m,
-                        k,
-                        margin,
-                        lens,
-                        wide,
-                        tok,
-                        table,
-                        best_f,
-                        best_e,
-                        deferred,
-                        state,
-                    )
-                    reach = best_f[k - 1] - margin if state[0] == k else -1.0
+            shared = popcount(row_masks[j] & query_bits)
+            if shared >= least and not marks[row_entries[j]]:
+                visit(row_entries[j], shared, m, k, margin, lens, wide, tok, table, best_f, best_e, deferred, state)
+                reach = best_f[k - 1] - margin if state[0] == k else -1.0
+                least = fewest_shared(reach, m + n)
     for i in range(t):
         counts[touched[i]] = 0
         marks[touched[i]] = 0

@@ -33,7 +33,7 @@ instructions of 1 to 64 tokens, mean `sample` or `off`), the search runs compile
 (`pool_kernel.py`, numba): the same bounds walked entry by entry, the common keys counted from a
 bit mask per entry instead of their posting lists. Results are the same bit for bit (tested
 against the numpy search and against `rouge_score`'s loop); the statistics of a 52K Alpaca run
-take 1.9x less CPU.
+take 2.1x less CPU.
 """
 
 from __future__ import annotations
