@@ -281,8 +281,8 @@ def rebuild(key_flat, key_off, firsts, rank_of, plan, codes, kinds, heads, node_
     sizes[1] = 0
     for i in range(firsts.shape[0]):
         e = firsts[i]
-        keys = key_flat[key_off[e] : key_off[e + 1]]
-        index_sorted(keys[np.argsort(rank_of[keys])], e, plan, codes, kinds, heads, node_entry, node_next, sizes)
+        keys = key_flat[key_off[e] : key_off[e + 1]]  # (all ranked by now: no new rank is given)
+        index_sorted(rank_sorted(keys, rank_of, sizes), e, plan, codes, kinds, heads, node_entry, node_next, sizes)
 
 
 @jit
@@ -316,6 +316,13 @@ def lcs_of(ids, m, e, tok_flat, tok_off, table, dp):
                 dp[i] = dp[i - 1]
             diag = up
     return dp[m]
+
+
+@inline
+def head_of(codes, kinds, heads, code, kind):
+    """The first node of the entries indexed under (code, kind), or -1 when there are none."""
+    s = slot_of(codes, kinds, code, kind)
+    return heads[s] if codes[s] != _EMPTY else -1
 
 
 @inline
@@ -358,22 +365,14 @@ def find(keys, ids, need, plan, rank_of, codes, kinds, heads, node_entry, node_n
         for j in range(1, p[2]):
             for i in range(j):
                 code = (sk[i] << 32) | sk[j]
-                s = slot_of(codes, kinds, code, _PAIR_S)
-                if codes[s] != _EMPTY:
-                    n_out = take(heads[s], node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
+                n_out = take(head_of(codes, kinds, heads, code, _PAIR_S), node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
                 if j < p[1]:
-                    s = slot_of(codes, kinds, code, _PAIR_X)
-                    if codes[s] != _EMPTY:
-                        n_out = take(heads[s], node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
+                    n_out = take(head_of(codes, kinds, heads, code, _PAIR_X), node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
     if p[3]:
         for i in range(p[5]):
-            s = slot_of(codes, kinds, sk[i], _SINGLE_S)
-            if codes[s] != _EMPTY:
-                n_out = take(heads[s], node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
+            n_out = take(head_of(codes, kinds, heads, sk[i], _SINGLE_S), node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
             if i < p[4]:
-                s = slot_of(codes, kinds, sk[i], _SINGLE_X)
-                if codes[s] != _EMPTY:
-                    n_out = take(heads[s], node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
+                n_out = take(head_of(codes, kinds, heads, sk[i], _SINGLE_X), node_entry, node_next, stamp, qno, ids, m, need, lens, tok_flat, tok_off, table, dp, out_e, out_lcs, n_out)  # fmt: skip
     if m <= 64:
         for i in range(m):
             table[ids[i] + 1] = 0
