@@ -16,6 +16,13 @@
    must equal rouge_score's; and the whole-file decisions of the streaming `RougeDeduper` must
    equal the bulk ones when --streaming is given.
 5. Optionally (--cli) the whole command `alpacakit curate dedup DATA -o OUT`, timed end to end.
+6. `--ab N`: N alternated rounds of `dedup_instructions` on the whole file by its two decision
+   paths, the numpy join by chunks and the compiled walk by text (`kernels_jit.bulk_decide`,
+   taken from 20K texts when numba loads); the ratio of the medians and a check that the
+   decisions are equal; then stops. On the 1M-instruction file of
+   `generate_scale.py --phases none --dedup-million --keep DIR` (DIR/million.jsonl):
+
+       python benchmarks/dedup.py --data DIR/million.jsonl --ab 1
 
 Exits 1 if any decision or score differs, or if the ratio is below --min-ratio.
 """
@@ -82,6 +89,30 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
+def ab_paths(data: list[str], seeds: list[str], t: float, rounds: int) -> int:
+    """`rounds` alternated runs of the numpy and the compiled decision paths (same process)."""
+    import statistics
+
+    import alpacakit.curate.dedup as dedup
+
+    times: dict[str, list[float]] = {"numpy": [], "compiled": []}
+    results = {}
+    for r in range(rounds):
+        for name, compiled_from in (("numpy", 1 << 60), ("compiled", dedup._COMPILED_FROM)):
+            old, dedup._COMPILED_FROM = dedup._COMPILED_FROM, compiled_from
+            try:
+                keep, wall, cpu = timed(dedup.dedup_instructions, data, seeds, t)
+            finally:
+                dedup._COMPILED_FROM = old
+            times[name].append(wall)
+            results[name] = keep
+            print(f"  round {r}: {name:8} {wall:.1f}s wall ({cpu:.1f}s CPU), kept {sum(keep)}", flush=True)
+    same = results["numpy"] == results["compiled"]
+    a, b = statistics.median(times["numpy"]), statistics.median(times["compiled"])
+    print(f"bulk dedup of {len(data)}, numpy / compiled: {a:.1f} / {b:.1f}s = {a / b:.2f}x; same decisions: {same}")
+    return 0 if same else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -95,6 +126,7 @@ def main() -> int:
     ap.add_argument("--min-ratio", type=float, default=10_000.0, help="fail below this speed-up (default 10000)")
     ap.add_argument("--streaming", action="store_true", help="also time the streaming RougeDeduper on the whole file")
     ap.add_argument("--cli", action="store_true", help="also time `alpacakit curate dedup DATA -o OUT` end to end")
+    ap.add_argument("--ab", type=int, default=0, metavar="N", help="N rounds of numpy / compiled decisions, then stop")
     args = ap.parse_args()
 
     from alpacakit.curate.dedup import dedup_instructions
@@ -109,6 +141,8 @@ def main() -> int:
         f"data: {len(data)} instructions from {args.data}; seeds: {len(seeds)}"
         f"{f' from {seeds_path}' if seeds_path else ' (none found; pass --seeds)'}; threshold {t}"
     )
+    if args.ab:
+        return ab_paths(data, seeds, t, args.ab)
 
     ref_keep, ref_max, cost = stanford_loop(seeds, sample, t)
     for kind, (pairs, w, c) in cost.items():

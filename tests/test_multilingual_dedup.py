@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import alpacakit.curate.dedup as dedup
 from alpacakit.curate.dedup import dedup_instructions
 from alpacakit.curate.rouge import RougeDeduper, f_measure, lcs_length, tokenize, tokenize_multilingual
 
@@ -43,7 +44,9 @@ def test_multilingual_dedup_drops_the_near_duplicate_the_default_keeps(texts: li
     assert keep[0] and not keep[1] and keep[2]
 
 
-def test_bulk_and_streaming_and_direct_lcs_agree_on_mixed_scripts() -> None:
+@pytest.mark.parametrize("compiled_from", [1 << 60, 0], ids=["numpy", "compiled"])
+def test_bulk_and_streaming_and_direct_lcs_agree_on_mixed_scripts(monkeypatch, compiled_from: int) -> None:
+    monkeypatch.setattr(dedup, "_COMPILED_FROM", compiled_from)
     rng = random.Random(7)
     words = ["海", "诗", "写", "море", "стих", "光", "合成", "sea", "poem", "café", "42", "水果", "три"]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(300)]

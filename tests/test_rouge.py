@@ -18,7 +18,6 @@ from rouge_score import rouge_scorer
 
 import alpacakit.curate.dedup as bulk
 import alpacakit.curate.rouge as rouge
-from alpacakit.curate.dedup import dedup_instructions
 from alpacakit.curate.rouge import (
     NEVER,
     Bounds,
@@ -27,12 +26,25 @@ from alpacakit.curate.rouge import (
     f_measure,
     lcs_length,
     rouge_l_f,
+    token_stream,
     tokenize,
-    tokenize_many,
 )
 from alpacakit.errors import ConfigError
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def dedup_instructions(*args, **kwargs) -> list[bool]:
+    """The bulk dedup by both of its decision paths, the numpy join by chunks and the compiled
+    walk by text (numba, `kernels_jit.bulk_decide`), which must agree; every test below that
+    checks the bulk dedup checks both."""
+    results = []
+    for compiled_from in (1 << 60, 0):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(bulk, "_COMPILED_FROM", compiled_from)
+            results.append(bulk.dedup_instructions(*args, **kwargs))
+    assert results[0] == results[1], "the numpy and the compiled bulk decisions differ"
+    return results[0]
 
 
 def ref_tokens(text: str) -> list[str]:
@@ -122,12 +134,26 @@ def test_tokenize_is_rouge_score_tokenizer(text):
     assert tokenize(text) == ref_tokens(text)
 
 
-def test_tokenize_many_matches_tokenize_including_nul_and_final_sigma():
-    texts = TOKENIZER_CASES + ["ΟΔΟΣ", "ΟΔΟΣ.", "ends with Σ", "Σ starts"]
-    assert tokenize_many(texts) == [tokenize(t) for t in texts]
+def stream_tokens(texts: list[str]) -> list[list[str]] | None:
+    stream = token_stream(texts)
+    if stream is None:
+        return None
+    groups: list[list[str]] = [[]]
+    for word in stream.split():
+        if word == b"\x00":
+            groups.append([])
+        else:
+            groups[-1].append(word.decode())
+    assert groups.pop() == []  # (a NUL token after every text, the last one included)
+    return groups
+
+
+def test_the_bulk_token_stream_matches_tokenize_including_final_sigma_and_non_ascii():
+    texts = TOKENIZER_CASES + ["ΟΔΟΣ", "ΟΔΟΣ.", "ends with Σ", "Σ starts", "İstanbul \u212aelvin", "naïve café"]
     clean = [t for t in texts if "\x00" not in t]
-    assert tokenize_many(clean) == [tokenize(t) for t in clean]
-    assert tokenize_many([]) == [] and tokenize_many([""]) == [[]]
+    assert stream_tokens(clean) == [tokenize(t) for t in clean]
+    assert token_stream(["a\x00b", "c"]) is None  # a text holding NUL: tokenized one by one instead
+    assert stream_tokens([]) == [] and stream_tokens([""]) == [[]] and stream_tokens(["", "a b"]) == [[], ["a", "b"]]
 
 
 @settings(max_examples=200, deadline=None)
@@ -219,6 +245,20 @@ def test_exact_ties_at_the_threshold_fall_as_rouge_score_decides(lcs, m, n, expe
     assert result.kept == (ref <= 0.7)
     assert result.max_similarity == ref
     assert dedup_instructions([new], [old], 0.7) == [ref <= 0.7]
+
+
+@pytest.mark.parametrize("lcs,m", [(7, 10), (14, 20)])
+def test_an_exact_tie_sharing_more_words_than_its_lcs_is_kept(lcs, m):
+    """Both texts hold the same m words, the tail reversed: the bag overlap (m) passes every
+    bound, so only the exact F decides, and it is exactly 0.7 in floats too: kept."""
+    a = [f"w{i}" for i in range(m)]
+    b = a[: lcs - 1] + a[lcs - 1 :][::-1]
+    new, old = " ".join(b), " ".join(a)
+    assert lcs_length(b, a) == lcs and ref_f(new, old) == 0.7
+    d = RougeDeduper(0.7)
+    d.add_seed(old)
+    assert d.check(new).kept
+    assert dedup_instructions([new], [old], 0.7) == [True]
 
 
 def test_the_threshold_bound_agrees_with_the_float_formula_for_every_length_pair():
@@ -375,6 +415,27 @@ def test_long_texts_and_small_join_chunks_match_rouge_score(monkeypatch, seed, l
     monkeypatch.setattr(bulk, "_CHUNK", 5)
     monkeypatch.setattr(bulk, "_MAX_JOIN", 20)  # forces chunks to be split while joining
     assert dedup_instructions(texts, seeds, threshold) == keep
+
+
+def test_the_compiled_bulk_path_is_taken_and_the_numpy_one_when_signatures_are_too_wide(monkeypatch):
+    rng = random.Random(11)
+    texts = edited_long_texts(rng, 60, 3, 30)
+    keep, _, _, _ = ref_dedup([], texts, 0.7)
+    monkeypatch.setattr(bulk, "_COMPILED_FROM", 0)
+    b = bulk._Bulk(texts, 0, Bounds(0.7))
+    assert b.compiled and b.run(None) == keep
+    monkeypatch.setattr(bulk, "_PACKED_BITS", 8)  # no packed signature fits in 8 bits
+    b = bulk._Bulk(texts, 0, Bounds(0.7))
+    assert not b.compiled and b.run(None) == keep
+
+
+def test_key_ranks_by_counting_equal_those_by_np_unique(monkeypatch):
+    rng = random.Random(12)
+    texts = edited_long_texts(rng, 50, 2, 40) + ["the the the of of and", ""]
+    dense = bulk._Bulk(texts, 2, Bounds(0.7))
+    monkeypatch.setattr(bulk, "_DENSE_KEYS", -(1 << 40))
+    by_unique = bulk._Bulk(texts, 2, Bounds(0.7))
+    assert dense.k == by_unique.k and np.array_equal(dense.srk, by_unique.srk)
 
 
 def test_pool_reorders_as_it_grows_without_changing_decisions():

@@ -377,3 +377,123 @@ def find(keys, ids, need, plan, rank_of, codes, kinds, heads, node_entry, node_n
         for i in range(m):
             table[ids[i] + 1] = 0
     return n_out
+
+
+# -------------------------------------------------------------- the bulk dedup's decisions (dedup.py)
+
+
+@jit
+def bulk_decide(t0, t1, kept, ptr, glo, ghi, index_text, lens, masks, lost, need, flat_ids, flat1, off, table, dp, stamp, threshold):  # fmt: skip
+    """Decide texts t0..t1-1 in order: text j is dropped at its first kept earlier text that
+    shares a signature with it (an index entry in one of its probes' groups, texts ascending)
+    and whose ROUGE-L F exceeds the threshold. Each pair is looked at once (`stamp`); the
+    length and 256-bit mask bounds on the bag overlap skip most before the exact LCS (pairs
+    with a text longer than the `need` table are checked exactly)."""
+    top = need.shape[0]
+    for j in range(t0, t1):
+        m = lens[j]
+        loaded = False
+        dropped = False
+        for p in range(ptr[j], ptr[j + 1]):
+            for q in range(glo[p], ghi[p]):
+                e = index_text[q]
+                if e >= j:
+                    break  # (a group's texts ascend: the rest are later texts)
+                if stamp[e] == j or not kept[e]:
+                    continue
+                stamp[e] = j
+                k = lens[e]
+                if m < top and k < top:
+                    least = need[m, k]
+                    if least > m or least > k:
+                        continue
+                    ov = min(lost[j], lost[e])
+                    for w in range(masks.shape[1]):
+                        ov += popcount(masks[j, w] & masks[e, w])
+                    if ov < least:
+                        continue
+                if not loaded and m <= 64:
+                    for i in range(m):
+                        table[flat1[off[j] + i]] |= np.uint64(1) << np.uint64(i)
+                    loaded = True
+                lcs = lcs_of(flat_ids[off[j] : off[j + 1]], m, e, flat1, off, table, dp)
+                if lcs > 0 and f_measure(lcs, m, k) > threshold:
+                    dropped = True
+                    break
+            if dropped:
+                break
+        if loaded:
+            for i in range(m):
+                table[flat1[off[j] + i]] = 0
+        if dropped:
+            kept[j] = False
+
+
+@jit
+def pack_signatures(codes, items, inner, n_seeds, shift):
+    """Index and probe signatures as one int64 each, (code << shift) | (probe bit) | text,
+    the probe bit (1 << (shift - 1)) sorting a code's index entries first: index entries
+    code * 2 + (not inner) for every text; probes code * 2 (table S) for every text past the
+    seeds and code * 2 + 1 (table X) for its inner signatures."""
+    probe = np.int64(1) << np.int64(shift - 1)
+    size = codes.shape[0]
+    for i in range(codes.shape[0]):
+        if items[i] >= n_seeds:
+            size += 2 if inner[i] else 1
+    out = np.empty(size, dtype=np.int64)
+    at = 0
+    for i in range(codes.shape[0]):
+        c, t = codes[i] * 2, items[i]
+        out[at] = ((c + (0 if inner[i] else 1)) << shift) | t
+        at += 1
+        if t >= n_seeds:
+            out[at] = (c << shift) | probe | t
+            at += 1
+            if inner[i]:
+                out[at] = ((c + 1) << shift) | probe | t
+                at += 1
+    return out
+
+
+@jit
+def probes_by_text(packed, shift, n):
+    """From the sorted signatures: the index entries' texts in order (`index_text`), and each
+    text's probes as ranges of them (the index entries under the probe's code, texts ascending;
+    probes under a code with no index entry left out), grouped by text: text t's ranges are
+    glo[ptr[t]:ptr[t + 1]] .. ghi[...], in code order."""
+    probe = np.int64(1) << np.int64(shift - 1)
+    low = probe - 1
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    n_index = 0
+    prev, start = np.int64(-1), 0
+    for x in packed:  # pass 1: count
+        code = x >> shift
+        if code != prev:
+            prev, start = code, n_index
+        if x & probe:
+            if n_index > start:
+                ptr[(x & low) + 1] += 1
+        else:
+            n_index += 1
+    for t in range(n):
+        ptr[t + 1] += ptr[t]
+    index_text = np.empty(n_index, dtype=np.int64)
+    glo = np.empty(ptr[n], dtype=np.int64)
+    ghi = np.empty(ptr[n], dtype=np.int64)
+    at = ptr[:-1].copy()
+    n_index = 0
+    prev, start = np.int64(-1), 0
+    for x in packed:  # pass 2: fill
+        code = x >> shift
+        if code != prev:
+            prev, start = code, n_index
+        t = x & low
+        if x & probe:
+            if n_index > start:
+                q = at[t]
+                glo[q], ghi[q] = start, n_index
+                at[t] = q + 1
+        else:
+            index_text[n_index] = t
+            n_index += 1
+    return index_text, ptr, glo, ghi
