@@ -122,7 +122,7 @@ class GenerateConfig(Section):
         description="With process_in_worker: forked copies of the dedup pool that compute each example's "
         "statistics (most similar instructions, mean similarity) while the worker only decides; same results, "
         "three quarters of the processing moved off the worker. 0: the worker computes them. Default: one per "
-        "core beyond two, 2 to 4.",
+        "core beyond two, 1 to 4.",
     )
     max_cost: float | None = Field(None, ge=0, description="Stop cleanly before spending more than this many dollars.")
     max_requests: int | None = Field(

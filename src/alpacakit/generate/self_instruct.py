@@ -156,12 +156,14 @@ class SelfInstructProcessor:
 
 
 def auto_stats_copies() -> int:
-    """One copy per core beyond the two that the event loop and the deciding worker use, 2 to 4.
-    Two even on two cores: the processes are not busy all the time, and a 52K run there took
-    34 s with two copies, 40 s with one, 50 s with none. Past four, the decider (~0.3 ms per
-    instruction against ~0.15 ms for each of four copies) is the slower side."""
+    """One copy per core beyond the two that the event loop and the deciding worker use, 1 to 4.
+    Each copy indexes every pool entry and describes its share, so on two cores one copy does
+    the same work in less CPU: a 52K run there, alternated, took a median 12.95 s with one copy
+    against 13.6 s with two (PSS 367 against 424 MB), now that the search is compiled (two had
+    been faster while it ran in numpy: 34 s against 40 s). Past four, the decider is the slower
+    side."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(2, min(4, cores - 2))
+    return max(1, min(4, cores - 2))
 
 
 def _describe_kept(record: dict, result: DedupResult) -> None:
