@@ -1,10 +1,12 @@
-"""The numba code of `pool_kernel.py` (the statistics' top-k search) and `decide_kernel.py`
-(the compiled decisions): what they do and why is written there.
+"""The numba code of `pool_kernel.py` (the statistics' top-k search), `decide_kernel.py` (the
+compiled decisions) and `dedup.py` (the bulk dedup's join and decisions, from 20K texts): what
+they do and why is written there.
 
-Imported only by their `kernels()`, in the processes that search or decide with them, so numba
-loads nowhere else (`alpacakit --help` and a generate run's main process never import it). The
-functions live at module level so that numba's on-disk cache finds them again: defined inside
-a function, each run compiled them anew (~2.5 s in the worker of every generate run).
+Imported only by their `kernels()` (and by `dedup._Bulk` in compiled mode), in the processes
+that search or decide with them, so numba loads nowhere else (`alpacakit --help` and a generate
+run's main process never import it). The functions live at module level so that numba's
+on-disk cache finds them again: defined inside a function, each run compiled them anew (~2.5 s
+in the worker of every generate run).
 """
 
 from __future__ import annotations
@@ -464,36 +466,32 @@ def probes_by_text(packed, shift, n):
     probe = np.int64(1) << np.int64(shift - 1)
     low = probe - 1
     ptr = np.zeros(n + 1, dtype=np.int64)
+    index_text = glo = ghi = at = np.zeros(0, dtype=np.int64)
     n_index = 0
-    prev, start = np.int64(-1), 0
-    for x in packed:  # pass 1: count
-        code = x >> shift
-        if code != prev:
-            prev, start = code, n_index
-        if x & probe:
-            if n_index > start:
-                ptr[(x & low) + 1] += 1
-        else:
-            n_index += 1
-    for t in range(n):
-        ptr[t + 1] += ptr[t]
-    index_text = np.empty(n_index, dtype=np.int64)
-    glo = np.empty(ptr[n], dtype=np.int64)
-    ghi = np.empty(ptr[n], dtype=np.int64)
-    at = ptr[:-1].copy()
-    n_index = 0
-    prev, start = np.int64(-1), 0
-    for x in packed:  # pass 2: fill
-        code = x >> shift
-        if code != prev:
-            prev, start = code, n_index
-        t = x & low
-        if x & probe:
-            if n_index > start:
-                q = at[t]
-                glo[q], ghi[q] = start, n_index
-                at[t] = q + 1
-        else:
-            index_text[n_index] = t
-            n_index += 1
+    for fill in range(2):  # pass 0 counts each text's probes, pass 1 puts them in place
+        if fill:
+            for t in range(n):
+                ptr[t + 1] += ptr[t]
+            index_text = np.empty(n_index, dtype=np.int64)
+            glo = np.empty(ptr[n], dtype=np.int64)
+            ghi = np.empty(ptr[n], dtype=np.int64)
+            at = ptr[:-1].copy()
+        n_index = 0
+        prev, start = np.int64(-1), 0
+        for x in packed:
+            code = x >> shift
+            if code != prev:  # a new code: its index entries start here
+                prev, start = code, n_index
+            t = x & low
+            if not x & probe:
+                if fill:
+                    index_text[n_index] = t
+                n_index += 1
+            elif n_index > start:  # (a probe: its code's index entries all came before it)
+                if fill:
+                    q = at[t]
+                    glo[q], ghi[q] = start, n_index
+                    at[t] = q + 1
+                else:
+                    ptr[t + 1] += 1
     return index_text, ptr, glo, ghi
