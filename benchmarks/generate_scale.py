@@ -179,15 +179,18 @@ def generate_cmd(out: Path, port: int, num: int, concurrency: int) -> list[str]:
     ]
 
 
-def _proc_mb(pid: int, file: str, field: str) -> int:
-    """A `Field:  N kB` line of /proc/PID/FILE, in MB (0 once the process is gone)."""
+def _proc_mb(pid: int, file: str, *fields: str) -> list[int]:
+    """The `Field:  N kB` lines of /proc/PID/FILE named in `fields`, in MB, in that order, from
+    one read (0 for each once the process is gone)."""
+    got = dict.fromkeys(fields, 0)
     try:
         for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) // 1024
+            field = line.split(maxsplit=1)[0] if line else ""
+            if field in got:
+                got[field] = int(line.split()[1]) // 1024
     except OSError:
         pass
-    return 0
+    return list(got.values())
 
 
 def _pss_mb(pid: int) -> tuple[int, int]:
@@ -195,20 +198,13 @@ def _pss_mb(pid: int) -> tuple[int, int]:
     pages shared with other processes (a fork's, copy-on-write) as a share each, so the sum over
     processes is the memory they really hold together. (The read walks the process's page
     tables: done at most 4 times a second, see `run_measured`.)"""
-    got = {"Pss:": 0, "Private_Dirty:": 0}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            field = line.split(maxsplit=1)[0] if line else ""
-            if field in got:
-                got[field] = int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return got["Pss:"], got["Private_Dirty:"]
+    pss, dirty = _proc_mb(pid, "smaps_rollup", "Pss:", "Private_Dirty:")
+    return pss, dirty
 
 
 def _hwm_mb(pid: int) -> int:
     """Peak RSS of a running process (VmHWM: per address space, so counted from its exec)."""
-    return _proc_mb(pid, "status", "VmHWM:")
+    return _proc_mb(pid, "status", "VmHWM:")[0]
 
 
 def cpu_s(pid: int) -> float:
