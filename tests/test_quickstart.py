@@ -69,7 +69,11 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
     from alpacakit.train.tiny import make_tiny_base
 
     root = tmp_path_factory.mktemp("qs")
-    base = make_tiny_base(root / "tiny-base")
+    # The held-out teacher answer is scored whole by base and student. SmolLM2 writes up to
+    # teacher.max_tokens=384 of its tokens (~1,500 characters, and its text differs from machine to
+    # machine), and the byte-level tiny tokenizer needs a token per character: a 4,096-token window
+    # holds any such answer, where the default 512 failed CI once ("every answer is longer").
+    base = make_tiny_base(root / "tiny-base", positions=4096)
     profile = _finished_run_profile(base)
     said: list[str] = []
     log = run_quickstart(root / "run", profile, say=said.append, progress=False)

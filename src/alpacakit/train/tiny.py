@@ -59,8 +59,13 @@ def make_tiny_tokenizer(vocab_size: int = 384, chat_template: bool = False) -> A
 TinyArch = Literal["llama", "gemma3", "mistral", "qwen2", "qwen3", "phi3"]
 
 
-def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0, hidden: int = 32, layers: int = 2) -> Any:
-    """A randomly initialised causal LM sized for the tokenizer (deterministic for a seed)."""
+def make_tiny_model(
+    tokenizer: Any, arch: TinyArch = "llama", seed: int = 0, hidden: int = 32, layers: int = 2, positions: int = 512
+) -> Any:
+    """A randomly initialised causal LM sized for the tokenizer (deterministic for a seed).
+
+    `positions` is the context window (`max_position_embeddings`). The tokenizer is byte-level,
+    so a window of N tokens holds about N characters of prompt and answer."""
     import torch
 
     torch.manual_seed(seed)
@@ -71,7 +76,7 @@ def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0, hid
         num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -111,11 +116,13 @@ def make_tiny_model(tokenizer: Any, arch: TinyArch = "llama", seed: int = 0, hid
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
-def make_tiny_base(path: str | Path, arch: TinyArch = "llama", chat_template: bool = False, seed: int = 0) -> Path:
+def make_tiny_base(
+    path: str | Path, arch: TinyArch = "llama", chat_template: bool = False, seed: int = 0, positions: int = 512
+) -> Path:
     """Write a tiny base model folder (config, safetensors, tokenizer) to `path` and return it."""
     path = Path(path)
     tok = make_tiny_tokenizer(chat_template=chat_template)
-    model = make_tiny_model(tok, arch=arch, seed=seed)
+    model = make_tiny_model(tok, arch=arch, seed=seed, positions=positions)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tok.save_pretrained(path)
