@@ -24,9 +24,6 @@ from dataclasses import dataclass
 
 from alpacakit.curate import pool_kernel
 
-# Enough texts past the seeds for the bulk dedup's compiled path (`dedup._COMPILED_FROM`).
-_BULK_TEXTS = 21_000
-
 
 @dataclass
 class Compiled:
@@ -59,7 +56,9 @@ def _run_every_path() -> None:
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(400)]
     seeds = _texts(rng, 20, vocab, 4, 12)
-    texts = _texts(rng, _BULK_TEXTS, vocab, 3, 14) + _texts(rng, 20, vocab, 70, 90)
+    texts = _texts(
+        rng, dedup._COMPILED_FROM + 1000, vocab, 3, 14
+    )  # (past its compiled threshold) + _texts(rng, 20, vocab, 70, 90)
     dedup.dedup_instructions(texts, seeds)
 
     pool = RougeDeduper(0.7, keep_most_similar=0, stats=False)
