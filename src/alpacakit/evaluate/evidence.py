@@ -27,7 +27,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alpacakit.rundir import RunDir
+
 Z95 = 1.96
+#: The name of the judge's run on verifiable instructions (quickstart's `stage_judge`):
+#: `eval/pairwise-follow-student-vs-base.json`.
+FOLLOW_JUDGED = "follow-student-vs-base"
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
@@ -77,11 +82,11 @@ def _metric(
     }
 
 
-def follow_metrics(ev: Path, decide_se_points: float) -> list[dict[str, Any]]:
-    s, b = _read(ev / "follow-student.json"), _read(ev / "follow-base.json")
+def follow_metrics(run: RunDir, decide_se_points: float) -> list[dict[str, Any]]:
+    s, b = _read(run.follow("student")), _read(run.follow("base"))
     if not (isinstance(s, dict) and isinstance(b, dict)):
         return []
-    t = _read(ev / "follow-teacher.json")
+    t = _read(run.follow("teacher"))
     si, bi = {i["id"]: i for i in s["items"]}, {i["id"]: i for i in b["items"]}
     ids = [i for i in si if i in bi]
     if not ids:
@@ -131,8 +136,8 @@ def follow_metrics(ev: Path, decide_se_points: float) -> list[dict[str, Any]]:
     return out
 
 
-def likelihood_metric(ev: Path, decide_min_n: int) -> dict[str, Any] | None:
-    s, b = _read(ev / "likelihood-student.json"), _read(ev / "likelihood-base.json")
+def likelihood_metric(run: RunDir, decide_min_n: int) -> dict[str, Any] | None:
+    s, b = _read(run.likelihood("student")), _read(run.likelihood("base"))
     if not (isinstance(s, dict) and isinstance(b, dict)):
         return None
     si, bi = {i["id"]: i["nll"] for i in s["items"]}, {i["id"]: i["nll"] for i in b["items"]}
@@ -155,8 +160,8 @@ def likelihood_metric(ev: Path, decide_min_n: int) -> dict[str, Any] | None:
     return m
 
 
-def judge_metric(ev: Path, decide_se_points: float) -> dict[str, Any] | None:
-    p = _read(ev / "pairwise-student-vs-base.json")
+def judge_metric(run: RunDir, decide_se_points: float) -> dict[str, Any] | None:
+    p = _read(run.pairwise("student", "base"))
     if not isinstance(p, dict):
         return None
     prefs = [a["preference"] for a in p.get("annotations", []) if a.get("preference") is not None]
@@ -183,7 +188,7 @@ def judge_metric(ev: Path, decide_se_points: float) -> dict[str, Any] | None:
     judged = {a["instruction"] for a in p.get("annotations", [])}
     m["cut"] = {}  # judged answers that the token limit cut: counted and shown, not hidden
     for side in ("student", "base"):
-        recs = _read(ev / f"outputs-{side}.json") or []
+        recs = _read(run.outputs(side)) or []
         m["cut"][side] = sum(
             1
             for r in recs
@@ -193,16 +198,16 @@ def judge_metric(ev: Path, decide_se_points: float) -> dict[str, Any] | None:
     return m
 
 
-def judge_check_agreement(ev: Path) -> dict[str, Any] | None:
+def judge_check_agreement(run: RunDir) -> dict[str, Any] | None:
     """How often the judge preferred the answer that passed the program's checks, on the
     verifiable instructions that exactly one of student and base passed."""
-    p = _read(ev / "pairwise-follow-student-vs-base.json")
-    s = _read(ev / "follow-student.json")
+    p = _read(run.manifest("eval-pairwise", FOLLOW_JUDGED))
+    s = _read(run.follow("student"))
     if not (isinstance(p, dict) and isinstance(s, dict)):
         return None
     from alpacakit.evaluate.follow.run import outputs_path
 
-    answers = _read(outputs_path(ev / "follow-student.json")) or []
+    answers = _read(outputs_path(run.follow("student"))) or []
     passed = {i["id"]: i["pass"] for i in s["items"]}
     by_text = {r["instruction"]: passed.get(r["id"]) for r in answers if isinstance(r, dict)}
     agree = decided = ties = 0
@@ -245,9 +250,9 @@ def knowledge_metric(knowledge: dict[str, Any], decide_se_points: float) -> dict
     return m
 
 
-def follow_by_kind(ev: Path) -> list[dict[str, Any]]:
+def follow_by_kind(run: RunDir) -> list[dict[str, Any]]:
     """Per constraint kind: checks passed by each system (its own items; the teacher's are fewer)."""
-    found = {s: _read(ev / f"follow-{s}.json") for s in ("base", "student", "teacher")}
+    found = {s: _read(run.follow(s)) for s in ("base", "student", "teacher")}
     found = {s: r for s, r in found.items() if isinstance(r, dict) and isinstance(r.get("by_kind"), dict)}
     kinds = sorted({k for r in found.values() for k in r["by_kind"]})
     return [{"kind": k, **{s: r["by_kind"].get(k) for s, r in found.items()}} for k in kinds]
@@ -257,11 +262,11 @@ def collect_evidence(
     run_dir: str | Path, knowledge: dict[str, Any], *, decide_se_points: float = 5.0, decide_min_n: int = 10
 ) -> dict[str, Any]:
     """Every student-vs-base metric found in RUN/eval, and which of them decide."""
-    ev = Path(run_dir) / "eval"
-    metrics = follow_metrics(ev, decide_se_points)
+    run = RunDir(Path(run_dir))
+    metrics = follow_metrics(run, decide_se_points)
     for m in (
-        likelihood_metric(ev, decide_min_n),
-        judge_metric(ev, decide_se_points),
+        likelihood_metric(run, decide_min_n),
+        judge_metric(run, decide_se_points),
         knowledge_metric(knowledge, decide_se_points),
     ):
         if m is not None:
@@ -269,8 +274,8 @@ def collect_evidence(
     return {
         "metrics": metrics,
         "by_key": {m["key"]: m for m in metrics},
-        "by_kind": follow_by_kind(ev),
-        "judge_checks": judge_check_agreement(ev),
+        "by_kind": follow_by_kind(run),
+        "judge_checks": judge_check_agreement(run),
         "decide_se_points": decide_se_points,
         "decide_min_n": decide_min_n,
     }

@@ -242,6 +242,7 @@ def stage_judge(run: Run) -> str:
     """Student against base, directly, in both orders; then a few verifiable instructions where
     the program's checks tell them apart, to see how far the judge agrees with the checks."""
     from alpacakit.evaluate import stage
+    from alpacakit.evaluate.evidence import FOLLOW_JUDGED
 
     res = stage.pairwise(
         run.config, run.dir, "student", "base", limit=run.config.eval.limit, show_progress=run.progress
@@ -255,7 +256,7 @@ def stage_judge(run: Run) -> str:
             "student",
             "base",
             files=(pair["student"], pair["base"]),
-            name="follow-student-vs-base",
+            name=FOLLOW_JUDGED,
             show_progress=run.progress,
         )
         lines.append("verifiable instructions: " + _finished(res, "judging verifiable instructions"))
