@@ -296,6 +296,16 @@ def test_cli_reports_a_broken_data_file_with_its_line_and_exits_2(base, tmp_path
     assert not (tmp_path / "m").exists()
 
 
+def test_cli_says_where_it_trains_and_not_deepspeeds_gpu_notice(base, data, tmp_path):
+    """On a CPU the header says so; DeepSpeed's "If you have GPU ..., we were unable to detect
+    it", which accelerate's import of an installed DeepSpeed printed on every CPU run, is gone."""
+    r = _cli("train", "--base", base, "--data", data, "-o", tmp_path / "m", "--set", "max_steps=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch sees no CUDA device" in r.stdout
+    out = r.stdout + r.stderr
+    assert "Setting accelerator to CPU" not in out and "unable to detect" not in out
+
+
 def test_cli_refuses_to_start_over_an_interrupted_run(base, data, tmp_path):
     (tmp_path / "m.partial").mkdir()
     r = _cli("train", "--base", base, "--data", data, "-o", tmp_path / "m")

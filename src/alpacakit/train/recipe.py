@@ -26,6 +26,7 @@ the Trainer's own checkpoints.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -541,6 +542,26 @@ def _steady_rate(history: list[dict[str, Any]]) -> float | None:
 # ---------------------------------------------------------------------------- the run
 
 
+class _NoDeepSpeedCpuNotice(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU. If you have GPU or other accelerator, we
+    were unable to detect it.": accelerate imports DeepSpeed wherever it is installed, so every
+    CPU run printed it, DeepSpeed or not. Installed only where torch sees no CUDA device, and our
+    own header line says so instead (`_device_line`); every other DeepSpeed record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def _device_line(torch: Any) -> str:
+    """Where this process trains, for the header line; on a CPU, DeepSpeed's notice is dropped."""
+    if torch.cuda.is_available():
+        return f"on {torch.cuda.get_device_name()} ({torch.cuda.device_count()} CUDA device(s) visible)"
+    ds = logging.getLogger("DeepSpeed")  # (DeepSpeed's own logger: deepspeed/utils/logging.py)
+    if not any(isinstance(f, _NoDeepSpeedCpuNotice) for f in ds.filters):
+        ds.addFilter(_NoDeepSpeedCpuNotice())
+    return f"on CPU, {torch.get_num_threads()} threads (torch sees no CUDA device)"
+
+
 def train(
     cfg: TrainConfig, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False
 ) -> TrainResult:
@@ -566,6 +587,7 @@ def train(
     import torch
     from transformers import set_seed
 
+    where = _device_line(torch)
     t0 = time.perf_counter()
     base = resolve_base(cfg.base)
     tok = load_tokenizer(base)
@@ -594,7 +616,7 @@ def train(
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         print(
             f"base {cfg.base} ({base.source}); method {cfg.method}: {n_train:,} trainable of {n_all:,} parameters; "
-            f"base weights {dtype} (precision {cfg.precision})",
+            f"base weights {dtype} (precision {cfg.precision}); {where}",
             flush=True,
         )
 
