@@ -269,10 +269,10 @@ def load_model(model_dir: str | Path, base: str | Path | None = None, progress: 
         say(f"loading base model {base_path}")
         base_model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         tok_dir = tok_dir or base_path
-        from peft import PeftModel
+        from alpacakit.peft_quiet import load_adapter
 
         say(f"merging LoRA adapter {src.weights}")
-        model = PeftModel.from_pretrained(base_model, src.weights).merge_and_unload()
+        model = load_adapter(base_model, src.weights).merge_and_unload()
         src.base_path = str(base_path)
     else:
         say(f"loading {src.weights}")

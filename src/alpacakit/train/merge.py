@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +69,12 @@ def load_trained(
             raise ConfigError(f"{d}: no merged/ weights", hint=f"run `alpacakit merge {d}` first")
         model = AutoModelForCausalLM.from_pretrained(d / "merged", dtype=dtype)
     else:
-        from peft import PeftModel
+        from alpacakit.peft_quiet import load_adapter
 
         if manifest.get("method") == "full":
             raise ConfigError(f"{d}: a full fine-tune has no adapter; its weights are in merged/")
         base = AutoModelForCausalLM.from_pretrained(_base_path(manifest), dtype=dtype)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)  # peft probing deprecated transformers names
-            model = PeftModel.from_pretrained(base, str(d / "adapter"))
+        model = load_adapter(base, d / "adapter")
     model.eval()
     return model, tok, fmt
 

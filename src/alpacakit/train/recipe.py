@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +208,8 @@ def _lora_targets_error(model: Any, targets: list[str], err: Exception) -> Confi
 def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    from alpacakit.peft_quiet import peft_quiet
+
     if cfg.method in ("qlora", "lora-8bit"):
         from peft import prepare_model_for_kbit_training
 
@@ -223,8 +224,7 @@ def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
         target_modules="all-linear" if targets == ["all-linear"] else targets,
     )
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)  # peft probing deprecated transformers names
+        with peft_quiet():
             return get_peft_model(model, lc)
     except ValueError as e:
         raise _lora_targets_error(model, targets, e) from None

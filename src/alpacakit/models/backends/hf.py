@@ -256,10 +256,10 @@ class HFModel:
                 if self.layout.weights is not None:
                     model = _load_weights(self.layout.weights, dtype, spread)
                 else:
-                    from peft import PeftModel
+                    from alpacakit.peft_quiet import load_adapter
 
                     model = _load_weights(self.layout.base, dtype, spread)  # type: ignore[arg-type]
-                    model = PeftModel.from_pretrained(model, str(self.layout.adapter)).merge_and_unload()
+                    model = load_adapter(model, self.layout.adapter).merge_and_unload()
         except (OSError, ValueError, KeyError) as e:
             raise TeacherError(
                 f"transformers could not load the model in {self.path}: {e}",
