@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from alpacakit.evaluate.evidence import collect_evidence
 from alpacakit.evaluate.follow.run import outputs_path
 from alpacakit.evaluate.report import build_report
@@ -102,6 +104,18 @@ def test_no_clear_difference_is_reported_as_such(tmp_path):
     res = build_report(run)
     assert res.verdict["kind"] == "none"
     assert "No clear change in instruction following" in res.verdict["text"]
+    # 200 items, none changed: not "by less than 0 points" (SE 0), but Agresti-Min's 1/202
+    follow = json.loads(res.data.read_text())["evidence"]["by_key"]["follow"]
+    assert follow["se"] == pytest.approx(100 / 202) and follow["ci"][1] == pytest.approx(1.96 * 100 / 202)
+    assert "by less than 1.0 points" in res.verdict["text"]
+
+
+def test_a_judge_that_always_ties_does_not_decide(tmp_path):
+    """Four ties: plain Wald's SE is 0 and the judge "decided" no preference; bounded it is 8.3 points."""
+    run = _run(tmp_path, student_pass_every=2)
+    _pairwise(run / "eval", "pairwise-student-vs-base.json", [f"Task {i}" for i in range(4)], [1.5] * 4)
+    judge = collect_evidence(run, {"gain": None})["by_key"]["judge"]
+    assert judge["se"] == pytest.approx(100 * 0.5 / 6) and not judge["decides"]
 
 
 def test_without_verifiable_results_the_old_rule_applies(tmp_path):

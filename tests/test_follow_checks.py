@@ -9,6 +9,7 @@ at least 200 items, every kind is used at least 10 times, every constraint fits 
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -366,6 +367,36 @@ def test_paired_difference_on_known_numbers() -> None:
 def test_paired_difference_of_identical_lists_is_exactly_zero() -> None:
     result = paired_difference([1.0, 0.5, 0.0], [1.0, 0.5, 0.0])
     assert result["mean_diff"] == 0 and result["se"] == 0 and result["ci_low"] == 0
+
+
+def _agresti_min_se(a: list[int], b: list[int]) -> float:
+    """Agresti and Min (2005), from the 2 x 2 table of matched pass/fail: 0.5 added to each cell."""
+    n10 = sum(1 for x, y in zip(a, b) if x and not y) + 0.5
+    n01 = sum(1 for x, y in zip(a, b) if y and not x) + 0.5
+    n = len(a) + 2
+    p10, p01 = n10 / n, n01 / n
+    return ((p10 + p01 - (p10 - p01) ** 2) / n) ** 0.5
+
+
+def test_a_bounded_paired_difference_is_agresti_and_mins_interval_for_pass_fail_items() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        n = rng.randint(2, 300)
+        a = [int(rng.random() < 0.4) for _ in range(n)]
+        b = [x if rng.random() < rng.random() else int(rng.random() < 0.3) for x in a]
+        result = paired_difference(a, b, bound=1.0)
+        assert result["se"] == pytest.approx(_agresti_min_se(a, b), rel=1e-12)
+        assert result["mean_diff"] == pytest.approx((sum(a) - sum(b)) / n)  # (the observed difference)
+
+
+def test_items_that_all_agree_leave_an_interval_when_bounded() -> None:
+    """No item changed: plain Wald says SE 0 (the change is exactly nothing); bounded, 24 items
+    leave 1/26 = 3.8 points, 200 items 0.5, and a judge's wins (bound 0.5) half that."""
+    same = [1, 0, 1, 1] * 6
+    assert paired_difference(same, same)["se"] == 0
+    assert paired_difference(same, same, bound=1.0)["se"] == pytest.approx(1 / 26)
+    assert paired_difference([0] * 200, [0] * 200, bound=1.0)["se"] == pytest.approx(1 / 202)
+    assert paired_difference([0.5] * 4, [0.5] * 4, bound=0.5)["se"] == pytest.approx(0.5 / 6)
 
 
 def test_paired_difference_needs_matching_pairs() -> None:

@@ -35,11 +35,13 @@ Z95 = 1.96
 FOLLOW_JUDGED = "follow-student-vs-base"
 
 
-def paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    """Mean of a - b with its paired standard error and 95% interval (a, b in the same order)."""
+def paired(a: list[float], b: list[float], bound: float | None = None) -> dict[str, Any]:
+    """Mean of a - b with its paired standard error and 95% interval (a, b in the same order);
+    `bound`, for bounded scores (rates, shares, the judge's wins): the largest |a - b|, so that
+    items that all agree do not give SE 0 (`follow.score.paired_difference`)."""
     from alpacakit.evaluate.follow.score import paired_difference
 
-    d = paired_difference(a, b)
+    d = paired_difference(a, b, bound)
     return {"mean": d["mean_diff"], "se": d["se"], "n": d["n"]}
 
 
@@ -117,7 +119,7 @@ def follow_metrics(run: RunDir, decide_se_points: float) -> list[dict[str, Any]]
         ),
     ]
     for key, name, what, value, overall in specs:
-        d = paired([value(si[i]) for i in ids], [value(bi[i]) for i in ids])
+        d = paired([value(si[i]) for i in ids], [value(bi[i]) for i in ids], bound=1.0)
         m = _metric(
             key,
             name,
@@ -169,7 +171,7 @@ def judge_metric(run: RunDir, decide_se_points: float) -> dict[str, Any] | None:
         return None
     # AlpacaEval preference: 1 = baseline (base) preferred, 2 = model (student) preferred, 1.5 a tie
     wins = [(x - 1.0) for x in prefs]
-    d = paired(wins, [0.5] * len(wins))
+    d = paired(wins, [0.5] * len(wins), bound=0.5)
     m = _metric(
         "judge",
         "judge prefers the student",

@@ -105,10 +105,18 @@ def score_answers(items: list[dict[str, Any]], answers: dict[str, str]) -> dict[
     }
 
 
-def paired_difference(a_pass: list[float], b_pass: list[float]) -> dict[str, Any]:
+def paired_difference(a_pass: list[float], b_pass: list[float], bound: float | None = None) -> dict[str, Any]:
     """Mean of a - b over paired items, its standard error and a normal 95% interval.
 
     SE = sample standard deviation of the differences / sqrt(n); needs n >= 2.
+
+    `bound`: the largest |a - b| possible (1 for pass/fail items and shares). Then two pseudo-pairs
+    join the items: differences +bound and -bound at weight 1/2 each, and 0 at weight 1. For
+    pass/fail items that is Agresti and Min's (2005) interval for matched proportions (0.5 added
+    to each cell of the 2 x 2 table), here centred on the observed difference. Without it, items
+    that all agree (no item changed) give SE 0 at any n: a run of 24 unchanged items "decided"
+    that fine-tuning moved nothing by even 0.1 points. With it they give SE 1/26 (3.8 points),
+    and at a few hundred items with real changes it moves the SE by a few percent.
     """
     if len(a_pass) != len(b_pass):
         raise ValueError(f"paired lists differ in length: {len(a_pass)} vs {len(b_pass)}")
@@ -117,6 +125,11 @@ def paired_difference(a_pass: list[float], b_pass: list[float]) -> dict[str, Any
         raise ValueError(f"need at least 2 paired items for a standard error, got {n}")
     diffs = [float(a) - float(b) for a, b in zip(a_pass, b_pass)]
     mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
+    if bound is None:
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
+    else:
+        weight = n + 2  # the items, and the pseudo-pairs' weight of 2
+        m = sum(diffs) / weight
+        var = (sum(d * d for d in diffs) + bound * bound) / weight - m * m
+        se = math.sqrt(var / weight)
     return {"n": n, "mean_diff": mean, "se": se, "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se}
