@@ -737,7 +737,7 @@ def verify_gguf(
     import torch
 
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError:
         raise ExportError("verification needs llama-cpp-python", hint='pip install "alpacakit[llama]"') from None
     gguf_path = Path(gguf_path)
@@ -752,7 +752,10 @@ def verify_gguf(
 
     # The KV cache stays f32 (llama.cpp's runtime default is f16): the figure then measures the
     # file (weights, tokenizer, hyperparameters), not a runtime setting the user can change.
-    llm = Llama(
+    from alpacakit.models.backends.llama_log import quiet_llama_logs
+
+    quiet_llama_logs(llama_cpp)
+    llm = llama_cpp.Llama(
         model_path=str(gguf_path),
         n_ctx=max(64, longest + 8),
         n_batch=max(64, longest + 8),

@@ -243,6 +243,9 @@ class LlamaCppBackend(Backend):
                 f"running {self.ref!r} needs llama-cpp-python, which is not installed",
                 hint='pip install "alpacakit[llama]"  (builds llama.cpp from source: several minutes)',
             ) from None
+        from alpacakit.models.backends.llama_log import quiet_llama_logs
+
+        quiet_llama_logs(llama_cpp)
         t0 = time.monotonic()
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()

@@ -72,6 +72,9 @@ def import_llama_cpp() -> Any:
             hint='pip install "alpacakit[llama]"  (builds llama.cpp from source: several minutes), '
             "or use an OpenAI-compatible endpoint: teacher.model=openai:MODEL with teacher.base_url",
         ) from None
+    from alpacakit.models.backends.llama_log import quiet_llama_logs
+
+    quiet_llama_logs(llama_cpp)
     return llama_cpp
 
 
