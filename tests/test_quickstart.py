@@ -71,7 +71,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
     root = tmp_path_factory.mktemp("qs")
     # The held-out teacher answer is scored whole by base and student. SmolLM2 writes up to
     # teacher.max_tokens=384 of its tokens (~1,500 characters, and its text differs from machine to
-    # machine), and the byte-level tiny tokenizer needs a token per character: a 4,096-token window
+    # machine), and the byte-level tiny tokenizer needs up to a token per character: a 4,096-token window
     # holds any such answer, where the default 512 failed CI once ("every answer is longer").
     base = make_tiny_base(root / "tiny-base", positions=4096)
     profile = _finished_run_profile(base)
@@ -190,3 +190,23 @@ def test_cli_shows_the_profile_and_rejects_unknown_stages(tmp_path):
     )
     assert bad.returncode == 2 and "dance" in bad.stderr and "stages:" in bad.stderr
     assert not (tmp_path / "r" / "data").exists()
+
+
+def test_held_out_answers_too_long_for_the_window_skip_the_likelihood_stage(tmp_path, monkeypatch):
+    """A base with a small window cannot score any held-out answer whole: the stage says so and
+    the run goes on (the report then shows no likelihood row), instead of stopping the run."""
+    from alpacakit.quickstart.pipeline import Run, stage_likelihood
+    from alpacakit.train.tiny import make_tiny_base
+
+    base = str(make_tiny_base(tmp_path / "tiny-base", positions=256))
+    r = Run(tmp_path / "r", load_profile("tiny"), print, False)
+    monkeypatch.setattr(Run, "pair", lambda self: {"base": base, "student": base})
+    r.dir.data.mkdir(parents=True)
+    answer = {"instruction": "Describe the sea.", "input": "", "output": "The sea is wide and deep. " * 40}
+    r.dir.heldout_file.write_text(json.dumps(answer) + "\n")
+    summary = stage_likelihood(r)
+    assert summary.startswith("skipped:") and "longer than the context window" in summary
+    assert not r.dir.likelihood("student").exists()
+
+    r.dir.heldout_file.write_text(json.dumps({**answer, "output": "Wide."}) + "\n")
+    assert stage_likelihood(r).startswith("NLL per token of held-out teacher answers: base ")

@@ -49,6 +49,10 @@ def load_answers(path: str | Path, limit: int | None = None) -> list[dict[str, A
     return out[:limit] if limit else out
 
 
+class NothingFits(DataError):
+    """Every answer is longer than the model's context window: nothing could be scored."""
+
+
 def score_likelihood(
     model: str,
     answers_path: str | Path,
@@ -89,7 +93,7 @@ def score_likelihood(
     finally:
         backend.close()
     if not items:
-        raise DataError(
+        raise NothingFits(
             f"{answers_path}: every answer is longer than the context window of {model} ({skipped[0]['n_ctx']} tokens)",
             hint="raise --n-ctx, or score shorter answers",
         )

@@ -226,14 +226,17 @@ def stage_follow(run: Run) -> str:
 
 def stage_likelihood(run: Run) -> str:
     """Mean per-token NLL of the held-out teacher answers under base and student."""
-    from alpacakit.evaluate.likelihood import score_likelihood
+    from alpacakit.evaluate.likelihood import NothingFits, score_likelihood
 
     held = run.dir.heldout_file
     if not held.is_file() or held.stat().st_size == 0:
         return "no held-out teacher examples (heldout: 0): skipped"
     lines = []
     for label, model in run.pair().items():
-        res = score_likelihood(model, held, run.dir.likelihood(label), system=label)
+        try:
+            res = score_likelihood(model, held, run.dir.likelihood(label), system=label)
+        except NothingFits as e:  # (a small-window base: the run goes on, and says why this is missing)
+            return f"skipped: {e.message}"
         lines.append(f"{label} {res['mean_nll']:.3f}")
     return "NLL per token of held-out teacher answers: " + ", ".join(lines)
 

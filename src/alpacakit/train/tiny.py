@@ -64,8 +64,9 @@ def make_tiny_model(
 ) -> Any:
     """A randomly initialised causal LM sized for the tokenizer (deterministic for a seed).
 
-    `positions` is the context window (`max_position_embeddings`). The tokenizer is byte-level,
-    so a window of N tokens holds about N characters of prompt and answer."""
+    `positions` is the context window (`max_position_embeddings`). The tokenizer is byte-level
+    BPE with few merges (~0.6 tokens per character of English), so a window of N tokens holds
+    at least N characters of prompt and answer."""
     import torch
 
     torch.manual_seed(seed)
