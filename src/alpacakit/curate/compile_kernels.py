@@ -56,9 +56,8 @@ def _run_every_path() -> None:
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(400)]
     seeds = _texts(rng, 20, vocab, 4, 12)
-    texts = _texts(
-        rng, dedup._COMPILED_FROM + 1000, vocab, 3, 14
-    )  # (past its compiled threshold) + _texts(rng, 20, vocab, 70, 90)
+    past_threshold = dedup._COMPILED_FROM + 1000
+    texts = _texts(rng, past_threshold, vocab, 3, 14) + _texts(rng, 20, vocab, 70, 90)
     dedup.dedup_instructions(texts, seeds)
 
     pool = RougeDeduper(0.7, keep_most_similar=0, stats=False)
