@@ -56,16 +56,18 @@ def test_after_compile_kernels_a_run_compiles_nothing(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from alpacakit.curate import compile_kernels as c\n"
-            "r = c.compile_all(); print(r.summary()); print('NOT REACHED', c.not_reached())\n"
-            "print('ALL', sorted(c._dispatchers())); print('COMPILED', r.compiled)",
+            "import json\nfrom alpacakit.curate import compile_kernels as c\n"
+            "r = c.compile_all()\n"
+            "print('RESULT ' + json.dumps({'not_reached': c.not_reached(), 'all': sorted(c._dispatchers()), "
+            "'compiled': r.compiled}))",
         ],
         cache,
         tmp_path,
     )
-    assert "NOT REACHED []" in first  # every kernel was compiled by one of its paths
-    names = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in first.splitlines() if line[:3] in ("ALL", "COM")}
-    assert names["ALL"] == names["COMPILED"] and "search" in names["ALL"] and "bulk_decide" in names["ALL"]
+    [line] = [line for line in first.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["not_reached"] == []  # every kernel was compiled by one of its paths
+    assert result["all"] == result["compiled"] and "search" in result["all"] and "bulk_decide" in result["all"]
     assert "[cache] data saved" in first
 
     again = _run([sys.executable, "-m", "alpacakit.curate.compile_kernels"], cache, tmp_path)

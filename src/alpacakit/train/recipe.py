@@ -553,13 +553,20 @@ class _NoDeepSpeedCpuNotice(logging.Filter):
 
 
 def _device_line(torch: Any) -> str:
-    """Where this process trains, for the header line; on a CPU, DeepSpeed's notice is dropped."""
+    """Where this process trains, for the header line."""
     if torch.cuda.is_available():
         return f"on {torch.cuda.get_device_name()} ({torch.cuda.device_count()} CUDA device(s) visible)"
-    ds = logging.getLogger("DeepSpeed")  # (DeepSpeed's own logger: deepspeed/utils/logging.py)
+    return f"on CPU, {torch.get_num_threads()} threads (torch sees no CUDA device)"
+
+
+def _drop_deepspeed_cpu_notice(torch: Any) -> None:
+    """On a machine where torch sees no CUDA device, `_NoDeepSpeedCpuNotice` on DeepSpeed's own
+    logger (deepspeed/utils/logging.py), once per process."""
+    if torch.cuda.is_available():
+        return
+    ds = logging.getLogger("DeepSpeed")
     if not any(isinstance(f, _NoDeepSpeedCpuNotice) for f in ds.filters):
         ds.addFilter(_NoDeepSpeedCpuNotice())
-    return f"on CPU, {torch.get_num_threads()} threads (torch sees no CUDA device)"
 
 
 def train(
@@ -588,6 +595,7 @@ def train(
     from transformers import set_seed
 
     where = _device_line(torch)
+    _drop_deepspeed_cpu_notice(torch)
     t0 = time.perf_counter()
     base = resolve_base(cfg.base)
     tok = load_tokenizer(base)
